@@ -1,0 +1,39 @@
+"""Typed errors: every failure a client can see has one code from ErrorCode.
+
+The codes are part of the public protocol (docs/protocol.md); add, never rename.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+
+class ErrorCode(StrEnum):
+    INVALID_REQUEST = "INVALID_REQUEST"
+    PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
+    UNKNOWN_ACTION = "UNKNOWN_ACTION"
+    SCHEMA_UNSUPPORTED = "SCHEMA_UNSUPPORTED"
+    CONTEXT_BUDGET = "CONTEXT_BUDGET"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    BUSY = "BUSY"
+    OUTPUT_INVALID = "OUTPUT_INVALID"
+    CONFIG_INVALID = "CONFIG_INVALID"
+    TIMEOUT = "TIMEOUT"
+    INTERNAL = "INTERNAL"
+
+
+class EdgeAgentError(Exception):
+    """An error with a protocol code and a message meant for the client."""
+
+    def __init__(self, code: ErrorCode, message: str, **details: Any) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"code": str(self.code), "message": self.message}
+        if self.details:
+            body["details"] = self.details
+        return body
