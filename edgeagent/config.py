@@ -201,6 +201,21 @@ class MemoryConfig(_Section):
     overflow: Literal["truncate", "chunk", "reject"] = Field(
         default="reject", description="Default policy when a task does not fit the budget."
     )
+    grow_margin: float = Field(
+        default=0.25,
+        ge=0.0,
+        le=4.0,
+        description=(
+            "Hysteresis: the context grows only when the budget exceeds it by this fraction, "
+            "and a pause ends only when the budget reaches min_ctx by this fraction."
+        ),
+    )
+    grow_samples: int = Field(
+        default=3,
+        ge=1,
+        le=1000,
+        description="Consecutive samples the budget must stay high before the context grows.",
+    )
 
 
 class LogConfig(_Section):
