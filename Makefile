@@ -1,0 +1,44 @@
+# edgeagent developer entry points. Everything is installed into .venv; the
+# llama-cpp-python wheel is built once per CPU profile into ~/.cache/edgeagent.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+WHEELHOUSE ?= $(or $(EDGEAGENT_WHEELHOUSE),$(HOME)/.cache/edgeagent/wheelhouse)
+PROFILE ?= $(if $(filter aarch64,$(shell uname -m)),pi4,x86-64-v3)
+
+.PHONY: venv model demo test test-fast lint typecheck system-deps clean bench
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml scripts/build-wheelhouse.sh
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip wheel
+	EDGEAGENT_WHEELHOUSE=$(WHEELHOUSE) PYTHON=$(BIN)/python scripts/build-wheelhouse.sh $(PROFILE)
+	$(BIN)/pip install --quiet --find-links $(WHEELHOUSE)/$(PROFILE) -e '.[dev]'
+	touch $@
+
+model: venv
+	$(BIN)/python scripts/fetch_model.py smollm2
+
+# Installs what the tests and the demo start for real (mosquitto, container tools).
+system-deps:
+	scripts/install-system-deps.sh
+
+demo: venv system-deps
+	PATH="$(abspath $(BIN)):$$PATH" scripts/demo.sh
+
+lint: venv
+	$(BIN)/ruff check edgeagent tests scripts
+	$(BIN)/ruff format --check edgeagent
+
+typecheck: venv
+	$(BIN)/mypy
+
+test: venv system-deps lint typecheck
+	EDGEAGENT_TEST_MODEL=$$($(BIN)/python scripts/fetch_model.py smollm2) $(BIN)/pytest
+
+bench: venv
+	$(BIN)/edgeagent bench --json bench.json --model $$($(BIN)/python scripts/fetch_model.py smollm2) --model $$($(BIN)/python scripts/fetch_model.py qwen-coder)
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

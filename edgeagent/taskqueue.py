@@ -1,0 +1,42 @@
+"""Bounded priority queue between the broker and the inference thread.
+
+Higher `priority` first, then arrival order. When full, `offer` refuses at once so the
+client gets BUSY immediately instead of waiting behind work that may never finish in
+time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class TaskQueue(Generic[T]):
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._queue: asyncio.PriorityQueue[tuple[int, int, T]] = asyncio.PriorityQueue(capacity)
+        self._order = itertools.count()
+
+    def offer(self, item: T, priority: int = 0) -> bool:
+        try:
+            self._queue.put_nowait((-priority, next(self._order), item))
+        except asyncio.QueueFull:
+            return False
+        return True
+
+    async def take(self) -> T:
+        _, _, item = await self._queue.get()
+        return item
+
+    def drain(self) -> list[T]:
+        """Remove and return everything waiting (shutdown: handed back to the broker)."""
+        items: list[T] = []
+        while not self._queue.empty():
+            items.append(self._queue.get_nowait()[2])
+        return items
+
+    def __len__(self) -> int:
+        return self._queue.qsize()

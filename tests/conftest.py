@@ -1,0 +1,260 @@
+"""Shared fixtures: the real test model, a real mosquitto, config files, daemons.
+
+Nothing here fakes a broker or a model: `mosquitto` starts the real broker on a free
+loopback port, `model_path` is the real SmolLM2 GGUF (fetched and sha256-checked by
+scripts/fetch_model.py when EDGEAGENT_TEST_MODEL is not set).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+ROOT = Path(__file__).resolve().parent.parent
+EDGEAGENT = [sys.executable, "-m", "edgeagent"]
+
+CATALOG_TOML = """
+[[actions]]
+name = "set_irrigation"
+description = "Open the irrigation valve of a zone for some minutes."
+dispatch = true
+schema = { type = "object", properties = { zone = { type = "integer", minimum = 1, maximum = 8 }, minutes = { type = "integer", minimum = 0, maximum = 120 } }, required = ["zone", "minutes"] }
+
+[[actions]]
+name = "notify"
+description = "Send a short message to the operator."
+schema = { type = "object", properties = { severity = { enum = ["info", "warning", "critical"] }, message = { type = "string", maxLength = 80 } }, required = ["severity", "message"] }
+
+[[actions]]
+name = "no_action"
+description = "Nothing needs to be done."
+schema = { type = "object", properties = {} }
+"""
+
+
+@pytest.fixture(scope="session")
+def model_path() -> Path:
+    env = os.environ.get("EDGEAGENT_TEST_MODEL")
+    if env:
+        return Path(env)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "fetch_model.py"), "smollm2"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Mosquitto:
+    """A real mosquitto on 127.0.0.1:port with persistence, restartable on the same port."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        if not Path(self.binary).exists():
+            pytest.fail("mosquitto is not installed (make test installs it)")
+        self.port = free_port()
+        self.workdir = workdir
+        self.conf = workdir / "mosquitto.conf"
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "persistence true\n"
+            f"persistence_location {workdir}/\n"
+            "autosave_interval 1\n"
+            "max_queued_messages 1000\n"
+            f"log_dest file {workdir}/mosquitto.log\n"
+            "log_type all\n",
+            encoding="utf-8",
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)])
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.05)
+        pytest.fail("mosquitto did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)  # saves the persistence file
+            self.proc.wait(10)
+        self.proc = None
+
+    def log(self) -> str:
+        path = self.workdir / "mosquitto.log"
+        return path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    workdir = tmp_path / "broker"
+    workdir.mkdir()
+    broker = Mosquitto(workdir)
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+def write_config(
+    path: Path,
+    *,
+    model: Path,
+    port: int = 1883,
+    device: str = "dev1",
+    state_dir: Path | None = None,
+    extra: str = "",
+    catalog: bool = True,
+    n_ctx: int = 2048,
+) -> Path:
+    state_dir = state_dir or path.parent / f"state-{device}"
+    path.write_text(
+        f"""
+[device]
+id = "{device}"
+
+[model]
+path = "{model}"
+threads = 2
+n_ctx = {n_ctx}
+max_tokens = 256
+
+[mqtt]
+host = "127.0.0.1"
+port = {port}
+heartbeat_s = 1
+
+[state]
+dir = "{state_dir}"
+
+[log]
+format = "json"
+level = "info"
+{extra}
+{CATALOG_TOML if catalog else ""}
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+class DaemonProcess:
+    """`edgeagent run` as a real child process (so SIGKILL/SIGTERM are real)."""
+
+    def __init__(self, config: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.log_path = log_path
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        handle = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [*EDGEAGENT, "run", "--config", str(self.config)],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            cwd=ROOT,
+        )
+
+    def wait_log(self, needle: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if needle in self.log():
+                return
+            if self.proc is not None and self.proc.poll() is not None:
+                pytest.fail(f"daemon exited ({self.proc.returncode}):\n{self.log()}")
+            time.sleep(0.05)
+        pytest.fail(f"{needle!r} not in the daemon log within {timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
+
+    def events(self, event: str) -> list[dict[str, Any]]:
+        found = []
+        for line in self.log().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record.get("event") == event:
+                found.append(record)
+        return found
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 30) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class MqttProbe:
+    """A test-side MQTT client that records what arrives on its subscriptions."""
+
+    def __init__(self, port: int, *, protocol: int = mqtt.MQTTv5) -> None:
+        self.messages: list[mqtt.MQTTMessage] = []
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"probe-{uuid.uuid4().hex[:8]}", protocol=protocol
+        )
+        self.client.on_message = lambda _c, _u, msg: self.messages.append(msg)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def subscribe(self, topic: str) -> None:
+        result, mid = self.client.subscribe(topic, qos=1)
+        assert result == mqtt.MQTT_ERR_SUCCESS
+        time.sleep(0.2)
+
+    def publish(self, topic: str, payload: Any, **kwargs: Any) -> None:
+        body = payload if isinstance(payload, (str, bytes)) else json.dumps(payload)
+        self.client.publish(topic, body, qos=1, **kwargs).wait_for_publish(5)
+
+    def wait_for(self, topic: str, count: int = 1, timeout: float = 60) -> list[mqtt.MQTTMessage]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = [m for m in self.messages if mqtt.topic_matches_sub(topic, m.topic)]
+            if len(got) >= count:
+                return got
+            time.sleep(0.05)
+        seen = [(m.topic, m.payload[:200]) for m in self.messages]
+        pytest.fail(f"{count} message(s) on {topic} not seen within {timeout} s; saw {seen}")
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
