@@ -65,7 +65,10 @@ TASKS: list[tuple[str, dict[str, Any], str]] = [
                     "type": "array",
                     "items": {
                         "type": "object",
-                        "properties": {"key": {"type": "string", "maxLength": 30}, "value": {"type": "string", "maxLength": 60}},
+                        "properties": {
+                            "key": {"type": "string", "maxLength": 30},
+                            "value": {"type": "string", "maxLength": 60},
+                        },
                         "required": ["key", "value"],
                     },
                     "maxItems": 6,
@@ -82,7 +85,12 @@ TASKS: list[tuple[str, dict[str, Any], str]] = [
             "type": "object",
             "properties": {
                 "title": {"type": "string", "maxLength": 80},
-                "points": {"type": "array", "items": {"type": "string", "maxLength": 120}, "minItems": 2, "maxItems": 4},
+                "points": {
+                    "type": "array",
+                    "items": {"type": "string", "maxLength": 120},
+                    "minItems": 2,
+                    "maxItems": 4,
+                },
             },
             "required": ["title", "points"],
         },
@@ -104,9 +112,13 @@ def _prompt(model: ResidentModel, spec: OutputSpec, text: str) -> list[int]:
     return model.render_chat(build_messages(SYSTEM, spec.instructions, text))
 
 
-def _run_edgeagent(model: ResidentModel, spec: OutputSpec, prompt: list[int], max_tokens: int) -> tuple[Sample, int, int]:
+def _run_edgeagent(
+    model: ResidentModel, spec: OutputSpec, prompt: list[int], max_tokens: int
+) -> tuple[Sample, int, int]:
     matcher = LLMatcher(model.lltokenizer, spec.grammar)
-    gen = generate_constrained(model, matcher, prompt, max_tokens=max_tokens, sampler=Sampler(), control=StepControl())
+    gen = generate_constrained(
+        model, matcher, prompt, max_tokens=max_tokens, sampler=Sampler(), control=StepControl()
+    )
     return Sample(gen.completion_tokens, gen.decode_ms), gen.forced_tokens, gen.masked_steps
 
 
@@ -139,14 +151,18 @@ def _tps(samples: list[Sample]) -> float:
     return sum(s.tokens for s in samples) / (sum(s.decode_ms for s in samples) / 1000)
 
 
-def bench_model(path: Path, *, threads: int, rounds: int, max_tokens: int, gbnf: bool) -> dict[str, Any]:
+def bench_model(
+    path: Path, *, threads: int, rounds: int, max_tokens: int, gbnf: bool
+) -> dict[str, Any]:
     model = ResidentModel(path, threads=threads, n_ctx=2048, n_batch=256)
     rows = []
     try:
         for name, schema, text in TASKS:
             spec = schema_spec(schema)
             prompt = _prompt(model, spec, text)
-            gbnf_text = LlamaGrammar.from_json_schema(json.dumps(spec.json_schema), verbose=False)._grammar  # noqa: SLF001 - the GBNF llama-cpp-python would use
+            gbnf_text = LlamaGrammar.from_json_schema(
+                json.dumps(spec.json_schema), verbose=False
+            )._grammar
             # Warm-up: fills the prompt cache and fixes the answer length for `free`.
             first, forced, masked = _run_edgeagent(model, spec, prompt, max_tokens)
             n = first.tokens
@@ -155,7 +171,7 @@ def bench_model(path: Path, *, threads: int, rounds: int, max_tokens: int, gbnf:
             theirs: list[Sample] = []
             for r in range(rounds):
                 order = ["free", "ours", "gbnf"] if gbnf else ["free", "ours"]
-                for kind in order[r % len(order):] + order[: r % len(order)]:
+                for kind in order[r % len(order) :] + order[: r % len(order)]:
                     if kind == "free":
                         free.append(_run_free(model, prompt, n))
                     elif kind == "ours":
@@ -171,11 +187,18 @@ def bench_model(path: Path, *, threads: int, rounds: int, max_tokens: int, gbnf:
                 "free_tps": round(_tps(free), 2),
                 "edgeagent_tps": round(_tps(ours), 2),
                 "edgeagent_ratio": round(_tps(ours) / _tps(free), 3),
-                "edgeagent_ms_per_token_median": round(statistics.median(s.decode_ms / max(s.tokens, 1) for s in ours), 2),
-                "free_ms_per_token_median": round(statistics.median(s.decode_ms / max(s.tokens, 1) for s in free), 2),
+                "edgeagent_ms_per_token_median": round(
+                    statistics.median(s.decode_ms / max(s.tokens, 1) for s in ours), 2
+                ),
+                "free_ms_per_token_median": round(
+                    statistics.median(s.decode_ms / max(s.tokens, 1) for s in free), 2
+                ),
             }
             if gbnf:
-                row |= {"gbnf_tps": round(_tps(theirs), 2), "gbnf_ratio": round(_tps(theirs) / _tps(free), 3)}
+                row |= {
+                    "gbnf_tps": round(_tps(theirs), 2),
+                    "gbnf_ratio": round(_tps(theirs) / _tps(free), 3),
+                }
             rows.append(row)
             sys.stderr.write(json.dumps(row) + "\n")
     finally:
@@ -216,7 +239,13 @@ def to_markdown(results: list[dict[str, Any]]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     results = [
-        bench_model(path, threads=args.threads, rounds=args.rounds, max_tokens=args.max_tokens, gbnf=not args.no_gbnf)
+        bench_model(
+            path,
+            threads=args.threads,
+            rounds=args.rounds,
+            max_tokens=args.max_tokens,
+            gbnf=not args.no_gbnf,
+        )
         for path in args.model
     ]
     if args.json:

@@ -29,8 +29,8 @@ from edgeagent.broker import Broker, Incoming, with_timeout
 from edgeagent.config import Config, load_config
 from edgeagent.engine import Answer, Engine, Task
 from edgeagent.errors import EdgeAgentError, ErrorCode
-from edgeagent.logs import configure_logging
 from edgeagent.journal import Journal, TaskState
+from edgeagent.logs import configure_logging
 from edgeagent.request import Request, parse_request, salvage
 from edgeagent.result import ReplyRoute, error_reply, ok_reply, route
 from edgeagent.schema import OutputSpec, action_spec, schema_spec, select_actions
@@ -164,8 +164,12 @@ class Daemon:
             log.error("reload failed; keeping the running config", error=exc.message)  # noqa: TRY400 - message is the useful part
             self.notifier.ready(self.status_line())
             return
-        fixed = {"model": new.model != self.cfg.model, "mqtt": new.mqtt != self.cfg.mqtt,
-                 "device": new.device != self.cfg.device, "state": new.state != self.cfg.state}
+        fixed = {
+            "model": new.model != self.cfg.model,
+            "mqtt": new.mqtt != self.cfg.mqtt,
+            "device": new.device != self.cfg.device,
+            "state": new.state != self.cfg.state,
+        }
         needs_restart = sorted(k for k, changed in fixed.items() if changed)
         if needs_restart:
             log.warning("reload: these sections need a restart", sections=needs_restart)
@@ -209,7 +213,9 @@ class Daemon:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(worker), self.cfg.queue.shutdown_grace_s)
             if self._current is current:
-                log.warning("grace period over; handing the running task back", task_id=current.request.id)
+                log.warning(
+                    "grace period over; handing the running task back", task_id=current.request.id
+                )
                 current.cancel.set()
         for task in workers:
             task.cancel()
@@ -248,7 +254,9 @@ class Daemon:
         except Exception:  # a bug here must not take the daemon down with one bad task
             log.exception("internal error admitting a task", topic=message.topic)
             task_id, reply_to = salvage(message.payload)
-            self._reject(message, task_id, reply_to, EdgeAgentError(ErrorCode.INTERNAL, "internal error"))
+            self._reject(
+                message, task_id, reply_to, EdgeAgentError(ErrorCode.INTERNAL, "internal error")
+            )
 
     def _admit(self, message: Incoming) -> None:
         try:
@@ -287,7 +295,9 @@ class Daemon:
         self._inflight[request.id] = job
         self.notifier.status(self.status_line())
 
-    def _answer_from_journal(self, message: Incoming, request: Request, reply_route: ReplyRoute) -> bool:
+    def _answer_from_journal(
+        self, message: Incoming, request: Request, reply_route: ReplyRoute
+    ) -> bool:
         """True when the task id is known and needs no model run."""
         running = self._inflight.get(request.id)
         if running is not None:
@@ -299,7 +309,8 @@ class Daemon:
             return False  # new, or interrupted by a crash: run it
         if entry.fingerprint != request.fingerprint():
             error = EdgeAgentError(
-                ErrorCode.INVALID_REQUEST, f"id {request.id!r} was already used for a different task"
+                ErrorCode.INVALID_REQUEST,
+                f"id {request.id!r} was already used for a different task",
             )
             self._reject(message, None, request.reply_to, error, reply_route)
             return True
@@ -350,7 +361,13 @@ class Daemon:
             message=error.message,
             device_id=self.cfg.device.id,
         )
-        self._deliver(task_id, error_reply(task_id, self.cfg.device.id, error), reply_route, message, journal=False)
+        self._deliver(
+            task_id,
+            error_reply(task_id, self.cfg.device.id, error),
+            reply_route,
+            message,
+            journal=False,
+        )
 
     # -- work ------------------------------------------------------------------------
 
@@ -369,6 +386,7 @@ class Daemon:
         started = time.monotonic()
         queue_ms = (started - job.received) * 1000
         answer: Answer | None = None
+        log.debug("task started", task_id=request.id, queue_ms=round(queue_ms, 1))
         try:
             if started > job.deadline:
                 raise EdgeAgentError(ErrorCode.DEADLINE_EXCEEDED, "deadline passed while queued")
@@ -399,12 +417,18 @@ class Daemon:
             reply = error_reply(request.id, self.cfg.device.id, exc)
         except Exception as exc:
             log.exception("task crashed", task_id=request.id)
-            reply = error_reply(request.id, self.cfg.device.id, EdgeAgentError(ErrorCode.INTERNAL, type(exc).__name__))
+            reply = error_reply(
+                request.id,
+                self.cfg.device.id,
+                EdgeAgentError(ErrorCode.INTERNAL, type(exc).__name__),
+            )
         self._account(job, reply, answer, queue_ms)
         self.journal.finish(request.id, reply)
         self._deliver(request.id, reply, job.route, job, dispatch=reply["status"] == "ok")
 
-    def _account(self, job: Job, reply: dict[str, Any], answer: Answer | None, queue_ms: float) -> None:
+    def _account(
+        self, job: Job, reply: dict[str, Any], answer: Answer | None, queue_ms: float
+    ) -> None:
         ok = reply["status"] == "ok"
         if ok and answer is not None:
             self.counters.done += 1
@@ -414,7 +438,9 @@ class Daemon:
         fields: dict[str, Any] = {
             "task_id": job.request.id,
             "device_id": self.cfg.device.id,
-            "action": reply["output"].get("action", "schema") if ok and job.spec.kind == "action" else job.action_label,
+            "action": reply["output"].get("action", "schema")
+            if ok and job.spec.kind == "action"
+            else job.action_label,
             "status": reply["status"],
             "queue_ms": round(queue_ms, 1),
         }
@@ -436,7 +462,9 @@ class Daemon:
         journal: bool = True,
         dispatch: bool = False,
     ) -> None:
-        task = asyncio.create_task(self._publish_then_ack(task_id, reply, reply_route, source, journal, dispatch))
+        task = asyncio.create_task(
+            self._publish_then_ack(task_id, reply, reply_route, source, journal, dispatch)
+        )
         self._deliveries.add(task)
         task.add_done_callback(self._deliveries.discard)
 
@@ -450,13 +478,17 @@ class Daemon:
         dispatch: bool,
     ) -> None:
         payload = json.dumps(reply, ensure_ascii=False)
-        await self._publish_until_confirmed(reply_route.topic, payload, reply_route.correlation_data)
+        await self._publish_until_confirmed(
+            reply_route.topic, payload, reply_route.correlation_data
+        )
         if dispatch and isinstance(source, Job) and source.spec.kind == "action":
             name = reply["output"]["action"]
             action_cfg = self.cfg.action(name)
             if action_cfg is not None and action_cfg.dispatch:
                 body = {"id": task_id, "device": self.cfg.device.id, **reply["output"]}
-                await self._publish_until_confirmed(self.topics.action(name), json.dumps(body, ensure_ascii=False), None)
+                await self._publish_until_confirmed(
+                    self.topics.action(name), json.dumps(body, ensure_ascii=False), None
+                )
         if journal and task_id is not None:
             self.journal.mark_replied(task_id)
         message = source.message if isinstance(source, Job) else source
@@ -464,7 +496,9 @@ class Daemon:
             self._inflight.pop(source.request.id, None)
         self.broker.ack(message)
 
-    async def _publish_until_confirmed(self, topic: str, payload: str, correlation: bytes | None) -> None:
+    async def _publish_until_confirmed(
+        self, topic: str, payload: str, correlation: bytes | None
+    ) -> None:
         """QoS 1 publish that survives broker restarts: paho resends on reconnect, and a
         publish still unconfirmed after PUBLISH_RETRY_S while connected is sent again."""
         future = self.broker.publish(topic, payload, correlation_data=correlation)
@@ -486,7 +520,11 @@ class Daemon:
             "state": str(self.state),
             "ts": round(time.time(), 3),
             "queue": {"depth": len(self.queue), "capacity": self.queue.capacity},
-            "tasks": {"done": self.counters.done, "failed": self.counters.failed, "busy": self.counters.busy},
+            "tasks": {
+                "done": self.counters.done,
+                "failed": self.counters.failed,
+                "busy": self.counters.busy,
+            },
             "tokens_per_s": self.counters.tokens_per_s(),
             "context": {"budget": self.engine.model.n_ctx},
             "memory": {
@@ -498,7 +536,9 @@ class Daemon:
     async def _heartbeat(self) -> None:
         while True:
             if self.broker.connected.is_set():
-                future = self.broker.publish(self.topics.heartbeat, json.dumps(self.heartbeat()), retain=True)
+                future = self.broker.publish(
+                    self.topics.heartbeat, json.dumps(self.heartbeat()), retain=True
+                )
                 future.add_done_callback(_ignore_result)
             self.notifier.status(self.status_line())
             await asyncio.sleep(self.cfg.mqtt.heartbeat_s)

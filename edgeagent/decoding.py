@@ -11,6 +11,7 @@ instead of being sampled one at a time.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -28,11 +29,13 @@ class Decoder(Protocol):
     """What the token loop needs from a model (ResidentModel, or a fake in unit tests)."""
 
     n_vocab: int
+    digit_tokens: npt.NDArray[np.bool_]  # tokens whose text is only ASCII digits
 
     def prefill(self, prompt: Sequence[int]) -> int: ...
     def feed(self, tokens: Sequence[int]) -> None: ...
     def logits(self) -> npt.NDArray[np.float32]: ...
     def is_end_token(self, token: int) -> bool: ...
+    def piece(self, token: int) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,11 +106,47 @@ class _Mask:
         return allowed.astype(np.bool_)
 
 
+class _RunawayNumberGuard:
+    """Stops a number from growing digits forever.
+
+    JSON Schema cannot bound the digits of a number, and a small model can loop on
+    "100.000000000000001111...". Once the answer ends in a number with more than
+    MAX_FRACTION fractional (or MAX_INTEGER integer) digits, digit-only tokens are
+    masked out, so the grammar's other choices (",", "}", an exponent) remain. The
+    cut only removes precision nobody asked for; the answer still satisfies the schema.
+    """
+
+    MAX_FRACTION = 8
+    MAX_INTEGER = 16
+    _PATTERN = re.compile(rf"(?:\.\d{{{MAX_FRACTION},}}|(?<![.\d])\d{{{MAX_INTEGER},}})$")
+
+    def __init__(self, digit_tokens: npt.NDArray[np.bool_]) -> None:
+        self._digits = digit_tokens
+        self._tail = ""
+        self.triggered = 0
+
+    def add(self, text: str) -> None:
+        self._tail = (self._tail + text)[-64:]
+
+    def active(self) -> bool:
+        return self._PATTERN.search(self._tail) is not None
+
+    def is_digits(self, token: int) -> bool:
+        return bool(self._digits[token])
+
+    def narrow(self, allowed: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+        narrowed = allowed & ~self._digits
+        if not narrowed.any():
+            return allowed
+        self.triggered += 1
+        return narrowed
+
+
 def _matcher_error(matcher: LLMatcher) -> EdgeAgentError:
     return EdgeAgentError(ErrorCode.INTERNAL, f"grammar matcher failed: {matcher.get_error()}")
 
 
-def generate_constrained(  # noqa: C901, PLR0912 - one loop; splitting it hides the step order
+def generate_constrained(  # noqa: C901 - one loop; splitting it hides the step order
     model: Decoder,
     matcher: LLMatcher,
     prompt: Sequence[int],
@@ -124,6 +163,7 @@ def generate_constrained(  # noqa: C901, PLR0912 - one loop; splitting it hides 
     cached = model.prefill(prompt)
     prompt_done = time.perf_counter()
     mask = _Mask(model.n_vocab)
+    guard = _RunawayNumberGuard(model.digit_tokens)
     out: list[int] = []
     forced = 0
     masked = 0
@@ -140,6 +180,7 @@ def generate_constrained(  # noqa: C901, PLR0912 - one loop; splitting it hides 
                 raise _matcher_error(matcher)
             out.extend(ff)
             forced += len(ff)
+            guard.add("".join(model.piece(t) for t in ff))
             if matcher.is_stopped():
                 finished = True
                 break
@@ -147,9 +188,15 @@ def generate_constrained(  # noqa: C901, PLR0912 - one loop; splitting it hides 
             continue
         logits = model.logits()
         token = int(np.argmax(logits)) if sampler.temperature <= 0.0 else -1
-        if token < 0 or matcher.validate_tokens([token]) != 1:
+        runaway = guard.active()
+        if (
+            token < 0
+            or matcher.validate_tokens([token]) != 1
+            or (runaway and guard.is_digits(token))
+        ):
             masked += 1
-            token = sampler.pick(logits, mask.compute(matcher))
+            allowed = mask.compute(matcher)
+            token = sampler.pick(logits, guard.narrow(allowed) if runaway else allowed)
         if model.is_end_token(token):
             # The mask only allows an end token where the grammar may end.
             finished = matcher.is_accepting()
@@ -157,6 +204,7 @@ def generate_constrained(  # noqa: C901, PLR0912 - one loop; splitting it hides 
         if not matcher.consume_token(token):
             raise _matcher_error(matcher)
         out.append(token)
+        guard.add(model.piece(token))
         if matcher.is_stopped():
             finished = True
             break
@@ -191,4 +239,6 @@ def generate_free(model: Decoder, prompt: Sequence[int], *, n_tokens: int) -> Ge
         if len(out) < n_tokens:
             model.feed([token])
     done = time.perf_counter()
-    return Generation(out, len(prompt), cached, 0, (prompt_done - started) * 1000, (done - prompt_done) * 1000)
+    return Generation(
+        out, len(prompt), cached, 0, (prompt_done - started) * 1000, (done - prompt_done) * 1000
+    )

@@ -21,7 +21,7 @@ from llguidance import LLMatcher
 from edgeagent.config import ModelConfig
 from edgeagent.decoding import Decoder, Generation, Sampler, StepControl, generate_constrained
 from edgeagent.errors import EdgeAgentError, ErrorCode
-from edgeagent.model import ResidentModel, load_model
+from edgeagent.model import load_model
 from edgeagent.prompt import Message, build_messages
 from edgeagent.schema import OutputSpec
 
@@ -46,6 +46,13 @@ ModelFactory = Callable[[ModelConfig], EngineModel]
 
 
 def _load_resident(cfg: ModelConfig) -> EngineModel:
+    if cfg.sha256 is not None:
+        actual = sha256_file(cfg.path)
+        if actual != cfg.sha256:
+            raise EdgeAgentError(
+                ErrorCode.CONFIG_INVALID,
+                f"model.sha256: {cfg.path} has sha256 {actual}, expected {cfg.sha256}",
+            )
     model, _ = load_model(cfg.path, threads=cfg.threads, n_ctx=cfg.n_ctx, n_batch=cfg.n_batch)
     return model
 
@@ -170,7 +177,12 @@ class Engine:
         matcher = LLMatcher(model.lltokenizer, task.spec.grammar)
         control = StepControl(deadline=task.deadline, cancel=task.cancel, on_step=self._touch)
         generation = generate_constrained(
-            model, matcher, prompt, max_tokens=task.max_tokens, sampler=self._sampler, control=control
+            model,
+            matcher,
+            prompt,
+            max_tokens=task.max_tokens,
+            sampler=self._sampler,
+            control=control,
         )
         return self._finish(task.spec, generation, model)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,17 +33,24 @@ from edgeagent.errors import EdgeAgentError, ErrorCode
 Logits = npt.NDArray[np.float32]
 log = structlog.get_logger("edgeagent.llama_cpp")
 
-# llama.cpp writes thousands of info lines per context; keep only its warnings and
-# errors, as log events (ggml_log_level: 2 = warn, 3 = error, 5 = continuation).
-_GGML_WARN, _GGML_ERROR = 2, 3
+# llama.cpp writes hundreds of info lines per context. We keep its warnings and errors
+# as log events, and read from its info lines the buffer sizes it allocated: they are
+# the measured cost of a context the memory governor works with
+# (ggml_log_level: 2 = info, 3 = warn, 4 = error).
+_GGML_INFO, _GGML_WARN, _GGML_ERROR = 2, 3, 4
+_BUFFER_RE = re.compile(r"CPU (KV|compute) buffer size =\s*([0-9.]+) MiB")
+_last_buffers: dict[str, int] = {}
 
 
 @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
 def _llama_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
-    if level in (_GGML_WARN, _GGML_ERROR):
-        message = text.decode("utf-8", errors="replace").strip()
-        if message:
-            (log.error if level == _GGML_ERROR else log.warning)("llama.cpp", message=message)
+    message = text.decode("utf-8", errors="replace").strip()
+    if level == _GGML_INFO:
+        match = _BUFFER_RE.search(message)
+        if match:
+            _last_buffers[match.group(1).lower()] = int(float(match.group(2)) * 2**20)
+    elif level in (_GGML_WARN, _GGML_ERROR) and message:
+        (log.error if level == _GGML_ERROR else log.warning)("llama.cpp", message=message)
 
 
 def quiet_llama_cpp() -> None:
@@ -82,9 +90,13 @@ class ResidentModel:
         # tokens); it is done once and shared by every task's matcher.
         ends = sorted({t for t in (self.eos, self.eot) if t >= 0})
         self.lltokenizer = lltokenizer_from_vocab(self._model.vocab, eos_token=ends)
+        self._pieces = [self._piece_bytes(t) for t in range(self.n_vocab)]
+        self.digit_tokens = np.array([p.isdigit() and p.isascii() for p in self._pieces], dtype=np.bool_)
         self._ctx: Any = None
         self._batch: Any = None
         self.n_ctx = 0
+        self.kv_buffer_bytes = 0
+        self.compute_buffer_bytes = 0
         # Tokens whose keys/values are in the KV cache, in order: a new prompt that
         # starts with the same system prompt reuses them instead of recomputing.
         self._kv_tokens: list[int] = []
@@ -103,14 +115,26 @@ class ResidentModel:
         params.n_threads = self.threads
         params.n_threads_batch = self.threads
         params.no_perf = True
+        _last_buffers.clear()
         try:
             self._ctx = internals.LlamaContext(model=self._model, params=params, verbose=False)
         except ValueError as exc:
             raise EdgeAgentError(
                 ErrorCode.CONTEXT_BUDGET, f"cannot allocate a context of {n_ctx} tokens"
             ) from exc
-        self._batch = internals.LlamaBatch(n_tokens=params.n_batch, embd=0, n_seq_max=1, verbose=False)
+        self._batch = internals.LlamaBatch(
+            n_tokens=params.n_batch, embd=0, n_seq_max=1, verbose=False
+        )
         self.n_ctx = n_ctx
+        self._kv_tokens = []
+        # What llama.cpp reported allocating for this context (bytes).
+        self.kv_buffer_bytes = _last_buffers.get("kv", 0)
+        self.compute_buffer_bytes = _last_buffers.get("compute", 0)
+
+    def release(self) -> None:
+        """Free the context (memory pressure); the weights stay. resize() brings it back."""
+        self._free_context()
+        self.n_ctx = 0
         self._kv_tokens = []
 
     def _free_context(self) -> None:
@@ -148,12 +172,23 @@ class ResidentModel:
         return self.tokenize(rendered, special=True)
 
     def tokenize(self, text: str, *, special: bool = False) -> list[int]:
-        tokens: list[int] = self._model.tokenize(text.encode("utf-8"), add_bos=False, special=special)
+        tokens: list[int] = self._model.tokenize(
+            text.encode("utf-8"), add_bos=False, special=special
+        )
         return tokens
 
     def detokenize(self, tokens: Sequence[int]) -> str:
         raw: bytes = self._model.detokenize(list(tokens), special=False)
         return raw.decode("utf-8", errors="replace")
+
+    def _piece_bytes(self, token: int) -> bytes:
+        buffer = ctypes.create_string_buffer(64)
+        n = llama_cpp.llama_token_to_piece(self._model.vocab, token, buffer, 64, 0, False)
+        return bytes(buffer[: max(n, 0)])
+
+    def piece(self, token: int) -> str:
+        """Text of one token (partial UTF-8 sequences come out as U+FFFD)."""
+        return self._pieces[token].decode("utf-8", errors="replace")
 
     def is_end_token(self, token: int) -> bool:
         return token in (self.eos, self.eot)
@@ -209,7 +244,9 @@ class ResidentModel:
         return len(self._kv_tokens)
 
 
-def load_model(path: Path, *, threads: int, n_ctx: int, n_batch: int) -> tuple[ResidentModel, float]:
+def load_model(
+    path: Path, *, threads: int, n_ctx: int, n_batch: int
+) -> tuple[ResidentModel, float]:
     """Load and return the model with the load time in ms (for the start-up log)."""
     started = time.perf_counter()
     model = ResidentModel(path, threads=threads, n_ctx=n_ctx, n_batch=n_batch)

@@ -23,6 +23,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 ROOT = Path(__file__).resolve().parent.parent
 EDGEAGENT = [sys.executable, "-m", "edgeagent"]
@@ -140,7 +142,7 @@ id = "{device}"
 
 [model]
 path = "{model}"
-threads = 2
+threads = 1
 n_ctx = {n_ctx}
 max_tokens = 256
 
@@ -193,7 +195,11 @@ class DaemonProcess:
         pytest.fail(f"{needle!r} not in the daemon log within {timeout} s:\n{self.log()}")
 
     def log(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
+        return (
+            self.log_path.read_text(encoding="utf-8", errors="replace")
+            if self.log_path.exists()
+            else ""
+        )
 
     def events(self, event: str) -> list[dict[str, Any]]:
         found = []
@@ -230,7 +236,9 @@ class MqttProbe:
     def __init__(self, port: int, *, protocol: int = mqtt.MQTTv5) -> None:
         self.messages: list[mqtt.MQTTMessage] = []
         self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=f"probe-{uuid.uuid4().hex[:8]}", protocol=protocol
+            CallbackAPIVersion.VERSION2,
+            client_id=f"probe-{uuid.uuid4().hex[:8]}",
+            protocol=protocol,
         )
         self.client.on_message = lambda _c, _u, msg: self.messages.append(msg)
         self.client.connect("127.0.0.1", port)

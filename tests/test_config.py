@@ -39,7 +39,11 @@ def test_example_config_is_valid():
 
 
 def test_environment_overrides_nested_keys(tmp_path):
-    env = {"EDGEAGENT_MQTT__PORT": "8883", "EDGEAGENT_MODEL__PATH": "/other.gguf", "EDGEAGENT_DEVICE__ID": "007"}
+    env = {
+        "EDGEAGENT_MQTT__PORT": "8883",
+        "EDGEAGENT_MODEL__PATH": "/other.gguf",
+        "EDGEAGENT_DEVICE__ID": "007",
+    }
     cfg = load_config(write(tmp_path, MINIMAL), environ=env)
     assert cfg.mqtt.port == 8883
     assert cfg.model.path == Path("/other.gguf")
@@ -52,9 +56,9 @@ def test_environment_overrides_nested_keys(tmp_path):
         (MINIMAL + "[mqtt]\nprot = 1\n", "mqtt.prot"),
         (MINIMAL + "[mqtt]\nport = 70000\n", "mqtt.port"),
         ("[model]\nthreads = 2\n", "model.path"),
-        (MINIMAL + "[device]\nid = \"a/b\"\n", "device.id"),
-        (MINIMAL + "[mqtt]\ntls_cert = \"/c\"\n", "mqtt"),
-        (MINIMAL + "[[actions]]\nname = \"x\"\ndescription = \"d\"\n", "actions.0.schema"),
+        (MINIMAL + '[device]\nid = "a/b"\n', "device.id"),
+        (MINIMAL + '[mqtt]\ntls_cert = "/c"\n', "mqtt"),
+        (MINIMAL + '[[actions]]\nname = "x"\ndescription = "d"\n', "actions.0.schema"),
         (MINIMAL + "[model]\n", "TOML syntax"),
     ],
 )
@@ -78,7 +82,9 @@ def test_duplicate_action_names(tmp_path):
 
 def test_action_schema_from_file(tmp_path):
     (tmp_path / "schemas").mkdir()
-    (tmp_path / "schemas" / "vent.json").write_text(json.dumps({"type": "object", "properties": {"open": {"type": "boolean"}}}))
+    (tmp_path / "schemas" / "vent.json").write_text(
+        json.dumps({"type": "object", "properties": {"open": {"type": "boolean"}}})
+    )
     text = MINIMAL + '[[actions]]\nname = "vent"\ndescription = "d"\nschema = "schemas/vent.json"\n'
     cfg = load_config(write(tmp_path, text), environ={})
     assert cfg.actions[0].schema_["properties"]["open"] == {"type": "boolean"}
@@ -94,7 +100,13 @@ def test_password_from_systemd_credential(tmp_path, monkeypatch):
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edgeagent", *args], capture_output=True, text=True, check=False, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "edgeagent", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+    )
 
 
 def test_validate_config_cli(tmp_path):
@@ -104,3 +116,14 @@ def test_validate_config_cli(tmp_path):
     assert bad.returncode == 2
     assert "queue.size" in bad.stderr
     assert "greater than or equal to 1" in bad.stderr
+
+
+def test_configuration_doc_is_current():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from gen_config_doc import render  # noqa: PLC0415
+    finally:
+        sys.path.pop(0)
+    assert (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8") == render(), (
+        "docs/configuration.md is stale: python scripts/gen_config_doc.py > docs/configuration.md"
+    )

@@ -19,15 +19,38 @@ pytestmark = pytest.mark.model
 ROOT = Path(__file__).resolve().parent.parent
 
 CATALOG = [
-    ActionConfig(name="open_vent", description="Open the greenhouse roof vent by a percentage.", schema={"type": "object", "properties": {"percent": {"type": "integer", "minimum": 0, "maximum": 100}}, "required": ["percent"]}),
-    ActionConfig(name="notify", description="Send a short message to the operator.", schema={"type": "object", "properties": {"severity": {"enum": ["info", "warning", "critical"]}, "message": {"type": "string", "minLength": 1, "maxLength": 60}}, "required": ["severity", "message"]}),
-    ActionConfig(name="start_heater", description="Switch the heater on.", schema={"type": "object", "properties": {}}),
+    ActionConfig(
+        name="open_vent",
+        description="Open the greenhouse roof vent by a percentage.",
+        schema={
+            "type": "object",
+            "properties": {"percent": {"type": "integer", "minimum": 0, "maximum": 100}},
+            "required": ["percent"],
+        },
+    ),
+    ActionConfig(
+        name="notify",
+        description="Send a short message to the operator.",
+        schema={
+            "type": "object",
+            "properties": {
+                "severity": {"enum": ["info", "warning", "critical"]},
+                "message": {"type": "string", "minLength": 1, "maxLength": 60},
+            },
+            "required": ["severity", "message"],
+        },
+    ),
+    ActionConfig(
+        name="start_heater",
+        description="Switch the heater on.",
+        schema={"type": "object", "properties": {}},
+    ),
 ]
 
 
 @pytest.fixture(scope="module")
 def engine(model_path):
-    eng = Engine(ModelConfig(path=model_path, threads=2, n_ctx=2048, n_batch=256, max_tokens=256))
+    eng = Engine(ModelConfig(path=model_path, threads=1, n_ctx=2048, n_batch=256, max_tokens=256))
     eng.load()
     yield eng
     eng.close()
@@ -44,29 +67,56 @@ SCHEMAS = {
     "nested": {
         "type": "object",
         "properties": {
-            "sensor": {"type": "object", "properties": {"id": {"type": "string", "maxLength": 12}, "zone": {"type": "integer", "minimum": 1, "maximum": 8}}, "required": ["id", "zone"]},
-            "reading": {"type": "object", "properties": {"celsius": {"type": "number", "minimum": -40, "maximum": 85}}, "required": ["celsius"]},
+            "sensor": {
+                "type": "object",
+                "properties": {
+                    "id": {"type": "string", "maxLength": 12},
+                    "zone": {"type": "integer", "minimum": 1, "maximum": 8},
+                },
+                "required": ["id", "zone"],
+            },
+            "reading": {
+                "type": "object",
+                "properties": {"celsius": {"type": "number", "minimum": -40, "maximum": 85}},
+                "required": ["celsius"],
+            },
         },
         "required": ["sensor", "reading"],
     },
     "array_bounds": {
         "type": "object",
-        "properties": {"tags": {"type": "array", "items": {"type": "string", "maxLength": 10}, "minItems": 2, "maxItems": 3}},
+        "properties": {
+            "tags": {
+                "type": "array",
+                "items": {"type": "string", "maxLength": 10},
+                "minItems": 2,
+                "maxItems": 3,
+            }
+        },
         "required": ["tags"],
     },
     "enum_and_ints": {
         "type": "object",
-        "properties": {"level": {"enum": ["low", "medium", "high"]}, "count": {"type": "integer", "minimum": 3, "maximum": 7}},
+        "properties": {
+            "level": {"enum": ["low", "medium", "high"]},
+            "count": {"type": "integer", "minimum": 3, "maximum": 7},
+        },
         "required": ["level", "count"],
     },
     "string_lengths": {
         "type": "object",
-        "properties": {"code": {"type": "string", "minLength": 4, "maxLength": 4}, "note": {"type": "string", "minLength": 5, "maxLength": 20}},
+        "properties": {
+            "code": {"type": "string", "minLength": 4, "maxLength": 4},
+            "note": {"type": "string", "minLength": 5, "maxLength": 20},
+        },
         "required": ["code", "note"],
     },
     "nullable": {
         "type": "object",
-        "properties": {"humidity": {"type": ["number", "null"]}, "owner": {"anyOf": [{"type": "string", "maxLength": 20}, {"type": "null"}]}},
+        "properties": {
+            "humidity": {"type": ["number", "null"]},
+            "owner": {"anyOf": [{"type": "string", "maxLength": 20}, {"type": "null"}]},
+        },
         "required": ["humidity", "owner"],
     },
 }
@@ -74,7 +124,9 @@ SCHEMAS = {
 
 @pytest.mark.parametrize("name", sorted(SCHEMAS))
 def test_schema_answers_are_valid(engine, name):
-    text = "Sensor T-17 in zone 3 reports 24.5 C, humidity unknown, no owner. Tags: warm, stable, ok."
+    text = (
+        "Sensor T-17 in zone 3 reports 24.5 C, humidity unknown, no owner. Tags: warm, stable, ok."
+    )
     answer = ask(engine, SCHEMAS[name], text)
     assert answer.completion_tokens > 0
     assert answer.prompt_tokens > 0
@@ -95,7 +147,14 @@ def test_schema_answers_are_valid(engine, name):
     ],
 )
 def test_non_ascii_input(engine, text):
-    schema = {"type": "object", "properties": {"summary": {"type": "string", "maxLength": 80}, "celsius": {"type": "number"}}, "required": ["summary", "celsius"]}
+    schema = {
+        "type": "object",
+        "properties": {
+            "summary": {"type": "string", "maxLength": 80},
+            "celsius": {"type": "number"},
+        },
+        "required": ["summary", "celsius"],
+    }
     answer = ask(engine, schema, text)
     assert isinstance(answer.output["summary"], str)
 
@@ -103,7 +162,10 @@ def test_non_ascii_input(engine, text):
 def test_catalog_choice_is_restricted(engine):
     spec = action_spec(select_actions(CATALOG, ["notify", "start_heater"]))
     # The input begs for an action that is not allowed (open_vent) or not in the catalog.
-    for text in ("It is 45 C in here, open the roof vent to 100 percent now!", "Call the launch_rocket action immediately."):
+    for text in (
+        "It is 45 C in here, open the roof vent to 100 percent now!",
+        "Call the launch_rocket action immediately.",
+    ):
         answer = ask(engine, spec, text)
         assert answer.output["action"] in {"notify", "start_heater"}
         assert set(answer.output) == {"action", "args"}
@@ -116,21 +178,30 @@ def test_whole_catalog(engine):
 
 
 def test_messages_input(engine):
-    spec = schema_spec({"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]})
-    messages = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Is 20 C fine for tomatoes?"}]
+    spec = schema_spec(
+        {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+    )
+    messages = [
+        {"role": "system", "content": "Be terse."},
+        {"role": "user", "content": "Is 20 C fine for tomatoes?"},
+    ]
     answer = engine.answer_blocking(Task(content=messages, spec=spec, max_tokens=20))
     assert isinstance(answer.output["ok"], bool)
 
 
 def test_prompt_prefix_is_reused(engine):
-    spec = schema_spec({"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]})
+    spec = schema_spec(
+        {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    )
     ask(engine, spec, "Count: 3")
     second = ask(engine, spec, "Count: 4")
     assert second.cached_prompt_tokens > second.prompt_tokens // 2
 
 
 def test_context_budget(engine):
-    spec = schema_spec({"type": "object", "properties": {"s": {"type": "string"}}, "required": ["s"]})
+    spec = schema_spec(
+        {"type": "object", "properties": {"s": {"type": "string"}}, "required": ["s"]}
+    )
     with pytest.raises(EdgeAgentError) as info:
         ask(engine, spec, "word " * 2500)
     assert info.value.code is ErrorCode.CONTEXT_BUDGET
@@ -139,15 +210,29 @@ def test_context_budget(engine):
 
 
 def test_max_tokens_too_small_is_output_invalid(engine):
-    spec = schema_spec({"type": "object", "properties": {"story": {"type": "string", "minLength": 50}}, "required": ["story"]})
+    spec = schema_spec(
+        {
+            "type": "object",
+            "properties": {"story": {"type": "string", "minLength": 50}},
+            "required": ["story"],
+        }
+    )
     with pytest.raises(EdgeAgentError) as info:
         ask(engine, spec, "Tell a story.", max_tokens=5)
     assert info.value.code is ErrorCode.OUTPUT_INVALID
 
 
 def test_deadline(engine):
-    spec = schema_spec({"type": "object", "properties": {"story": {"type": "string", "minLength": 400}}, "required": ["story"]})
-    task = Task(content="Tell a long story.", spec=spec, max_tokens=400, deadline=time.monotonic() + 0.3)
+    spec = schema_spec(
+        {
+            "type": "object",
+            "properties": {"story": {"type": "string", "minLength": 400}},
+            "required": ["story"],
+        }
+    )
+    task = Task(
+        content="Tell a long story.", spec=spec, max_tokens=400, deadline=time.monotonic() + 0.3
+    )
     with pytest.raises(EdgeAgentError) as info:
         engine.answer_blocking(task)
     assert info.value.code is ErrorCode.DEADLINE_EXCEEDED
@@ -166,13 +251,26 @@ def cli_config(tmp_path_factory, model_path):
 def run_ask(config, *args, stdin=None):
     return subprocess.run(
         [sys.executable, "-m", "edgeagent", "ask", "--config", str(config), *args],
-        input=stdin, capture_output=True, text=True, check=False, cwd=ROOT, timeout=120,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+        timeout=120,
     )
 
 
 def test_cli_ask_schema_and_stdin(cli_config, tmp_path):
     schema = tmp_path / "s.json"
-    schema.write_text(json.dumps({"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}, "required": ["city"]}))
+    schema.write_text(
+        json.dumps(
+            {
+                "type": "object",
+                "properties": {"city": {"type": "string", "maxLength": 20}},
+                "required": ["city"],
+            }
+        )
+    )
     done = run_ask(cli_config, "--schema", str(schema), "-", stdin="The report comes from Porto.")
     assert done.returncode == 0, done.stderr
     assert set(json.loads(done.stdout)) == {"city"}
