@@ -1,0 +1,1 @@
+"""Test harnesses that need real operating-system resources (root, containers)."""
