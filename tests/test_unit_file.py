@@ -79,6 +79,7 @@ def test_settings():
         "Service.ExecStart": [EXEC_START],
         "Service.ExecReload": ["/bin/kill -HUP $MAINPID"],
         "Service.Restart": ["on-failure"],
+        "Service.RestartPreventExitStatus": ["2"],
         "Service.WatchdogSec": ["30"],
         "Service.TimeoutStartSec": ["180"],
         "Service.User": ["edgeagent"],
@@ -236,6 +237,9 @@ from edgeagent.logs import configure_logging
 from edgeagent.sdnotify import Notifier, Progress, Watchdog
 
 assert sys.argv[1:] == ["run", "--config", "/etc/edgeagent/config.toml"], sys.argv
+if Path("/etc/edgeagent/exit2").exists():
+    sys.stderr.write("/etc/edgeagent/config.toml: 1 invalid setting(s)\n")
+    sys.exit(2)  # what `edgeagent run` does on a bad configuration
 fmt = configure_logging("info", "auto", "ct-1")
 log = structlog.get_logger("standin")
 notifier = Notifier.from_env()
@@ -433,6 +437,12 @@ stat -c 'mode=%a owner=%U group=%G size=%s' /etc/edgeagent/mqtt_password >"$out/
 systemctl start edgeagent.service; echo "start_empty_password=$?" >>"$out/rc.txt"
 show empty_password
 systemctl stop edgeagent.service
+
+touch /etc/edgeagent/exit2
+systemctl start edgeagent.service; echo "start_bad_config=$?" >>"$out/rc.txt"
+sleep 3   # > RestartSec of the test drop-in: a restart would show
+show bad_config
+rm /etc/edgeagent/exit2
 
 journalctl --no-pager --all -u edgeagent.service -o json >"$out/journal.json"
 journalctl --no-pager --all -u edgeagent.service TASK_ID=abc -o json >"$out/task.json"
@@ -689,3 +699,17 @@ def test_boot_journalctl_recipes(booted):
         assert f"    {line}\n" in verbose, line
     pretty = json.loads(recipe("json").split("\n}\n")[0] + "\n}")
     assert (pretty["TASK_ID"], pretty["ERROR_CODE"]) == ("abc", "NONE")
+
+
+@pytest.mark.container
+@pytest.mark.slow
+def test_boot_bad_config_is_not_restarted(booted):
+    rc = dict(line.split("=") for line in (booted / "rc.txt").read_text().splitlines())
+    assert rc["start_bad_config"] != "0"
+    bad = props(booted, "bad_config")
+    assert (bad["ActiveState"], bad["Result"], bad["ExecMainStatus"]) == (
+        "failed",
+        "exit-code",
+        "2",
+    )
+    assert bad["NRestarts"] == "0"
