@@ -98,6 +98,7 @@ class Broker:
         self._pending: dict[int, asyncio.Future[None]] = {}
         self._early: set[int] = set()
         self._lock = threading.Lock()
+        self._closing = False
 
     def _configure_auth(self) -> None:
         cfg = self.cfg
@@ -166,7 +167,7 @@ class Broker:
 
     def _disconnected(self, reason: str) -> None:
         if self.connected.is_set():
-            log.warning("mqtt disconnected", reason=reason)
+            (log.info if self._closing else log.warning)("mqtt disconnected", reason=reason)
         self.connected.clear()
 
     def start(self) -> None:
@@ -219,6 +220,7 @@ class Broker:
         return self._client.ack(message.mid, message.qos) == mqtt.MQTT_ERR_SUCCESS
 
     def stop(self) -> None:
+        self._closing = True
         self._client.disconnect()
         self._client.loop_stop()
 
@@ -226,4 +228,3 @@ class Broker:
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
-

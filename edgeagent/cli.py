@@ -7,6 +7,7 @@ exit non-zero, so scripts can branch on the code.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import sys
 from collections.abc import Sequence
@@ -40,7 +41,9 @@ def _read_json_file(path: Path, what: str) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
-        raise EdgeAgentError(ErrorCode.INVALID_REQUEST, f"cannot read {what} {path}: {exc}") from exc
+        raise EdgeAgentError(
+            ErrorCode.INVALID_REQUEST, f"cannot read {what} {path}: {exc}"
+        ) from exc
 
 
 # -- validate-config ----------------------------------------------------------
@@ -109,6 +112,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         sys.stderr.write(exc.message + "\n")
         return EXIT_USAGE
     configure_logging(cfg.log.level, cfg.log.format, cfg.device.id)
+    # When the watchdog kills us with SIGABRT, every thread's stack goes to the journal.
+    faulthandler.enable()
     try:
         return asyncio.run(Daemon(cfg, config_path=args.config).run())
     except EdgeAgentError as exc:
@@ -216,7 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=cmd_status)
 
     bench = sub.add_parser("bench", help="measure constrained vs unconstrained decode speed")
-    bench.add_argument("--model", type=Path, action="append", required=True, help="GGUF (repeatable)")
+    bench.add_argument(
+        "--model", type=Path, action="append", required=True, help="GGUF (repeatable)"
+    )
     bench.add_argument("--threads", type=int, default=2)
     bench.add_argument("--rounds", type=int, default=3)
     bench.add_argument("--max-tokens", type=int, default=160)

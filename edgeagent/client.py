@@ -44,7 +44,9 @@ def _connect(client: mqtt.Client, cfg: Config, timeout: float) -> None:
     try:
         client.connect(cfg.mqtt.host, cfg.mqtt.port, keepalive=30)
     except OSError as exc:
-        raise EdgeAgentError(ErrorCode.TIMEOUT, f"cannot reach broker {cfg.mqtt.host}:{cfg.mqtt.port}: {exc}") from exc
+        raise EdgeAgentError(
+            ErrorCode.TIMEOUT, f"cannot reach broker {cfg.mqtt.host}:{cfg.mqtt.port}: {exc}"
+        ) from exc
     client.loop_start()
     try:
         ok = connected.get(timeout=timeout)
@@ -54,7 +56,9 @@ def _connect(client: mqtt.Client, cfg: Config, timeout: float) -> None:
         raise EdgeAgentError(ErrorCode.INVALID_REQUEST, "the broker refused the connection")
 
 
-def submit(cfg: Config, request: dict[str, Any], *, device: str | None, timeout: float) -> dict[str, Any]:
+def submit(
+    cfg: Config, request: dict[str, Any], *, device: str | None, timeout: float
+) -> dict[str, Any]:
     """Publish a task and return the reply body. Raises TIMEOUT when none arrives."""
     topics = Topics(cfg.mqtt.topic_prefix, device or cfg.device.id, cfg.mqtt.shared_group)
     task_topic = topics.tasks if device is not None else topics.fleet_tasks
@@ -78,7 +82,9 @@ def submit(cfg: Config, request: dict[str, Any], *, device: str | None, timeout:
         props = Properties(PacketTypes.PUBLISH)
         props.ResponseTopic = reply_topic
         props.CorrelationData = correlation
-        client.publish(task_topic, json.dumps(request), qos=1, properties=props).wait_for_publish(timeout)
+        client.publish(task_topic, json.dumps(request), qos=1, properties=props).wait_for_publish(
+            timeout
+        )
         try:
             return replies.get(timeout=timeout)
         except queue.Empty as exc:

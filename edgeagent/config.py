@@ -66,7 +66,9 @@ class ModelConfig(_Section):
         le=131072,
         description="Upper bound of the context window in tokens (prompt + answer).",
     )
-    n_batch: int = Field(default=256, ge=16, le=4096, description="Prompt tokens fed per decode call.")
+    n_batch: int = Field(
+        default=256, ge=16, le=4096, description="Prompt tokens fed per decode call."
+    )
     max_tokens: int = Field(
         default=512, ge=1, le=8192, description="Default answer length limit in tokens."
     )
@@ -132,8 +134,11 @@ class MqttConfig(_Section):
     @field_validator("topic_prefix")
     @classmethod
     def _prefix_ok(cls, value: str) -> str:
-        if not value or value.startswith("/") or value.endswith("/") or any(
-            c in value for c in "#+\x00"
+        if (
+            not value
+            or value.startswith("/")
+            or value.endswith("/")
+            or any(c in value for c in "#+\x00")
         ):
             raise ValueError("must be non-empty, without wildcards and leading/trailing '/'")
         return value
@@ -157,7 +162,9 @@ class MqttConfig(_Section):
             if candidate is None or not candidate.is_file():
                 return None
             path = candidate
-        return path.read_text(encoding="utf-8").rstrip("\r\n")
+        # An empty file (systemd-tmpfiles creates one so LoadCredential= never fails)
+        # means no password, not an empty one.
+        return path.read_text(encoding="utf-8").rstrip("\r\n") or None
 
 
 class StateConfig(_Section):
@@ -323,9 +330,7 @@ def load_config(
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        raise EdgeAgentError(
-            ErrorCode.CONFIG_INVALID, format_validation_error(exc, path)
-        ) from exc
+        raise EdgeAgentError(ErrorCode.CONFIG_INVALID, format_validation_error(exc, path)) from exc
 
 
 def format_validation_error(exc: ValidationError, path: Path) -> str:

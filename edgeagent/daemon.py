@@ -40,7 +40,8 @@ from edgeagent.topics import Topics
 log = structlog.get_logger("edgeagent.daemon")
 
 PUBLISH_RETRY_S = 30.0  # re-publish a reply the broker has not confirmed after this long
-FINAL_PUBLISH_TIMEOUT_S = 5.0  # shutdown: how long to wait for the broker's PUBACKs
+FINAL_PUBLISH_TIMEOUT_S = 5.0
+MIN_STALL_S = 10.0  # the watchdog never calls the inference thread stuck sooner  # shutdown: how long to wait for the broker's PUBACKs
 _SPEC_CACHE_SIZE = 64
 
 
@@ -127,7 +128,7 @@ class Daemon:
             "model loaded",
             model=str(self.cfg.model.path),
             load_ms=round((time.perf_counter() - started) * 1000),
-            n_ctx=self.engine.model.n_ctx,
+            n_ctx=self.engine.n_ctx,
         )
         self.journal.prune()
         self.broker.start()
@@ -137,6 +138,14 @@ class Daemon:
             asyncio.create_task(self._supervised(self._work, "worker")),
             asyncio.create_task(self._supervised(self._heartbeat, "heartbeat")),
         ]
+        watchdog = sdnotify.Watchdog(self.notifier)
+        if watchdog.enabled and watchdog.interval is not None:
+            # The event loop pings; it withholds the ping when the inference thread is
+            # busy without progress for this long (a wedged model call), so systemd
+            # restarts us. One decode batch on a Pi 4 stays well below it.
+            max_stall = max(2 * watchdog.interval, MIN_STALL_S)
+            watchdog.add_probe(sdnotify.stall_probe(self.engine, max_stall, "inference"))
+            workers.append(asyncio.create_task(self._supervised(watchdog.run, "watchdog")))
         stop_wait = asyncio.create_task(self._stop.wait())
         done, _ = await asyncio.wait([stop_wait, *workers], return_when=asyncio.FIRST_COMPLETED)
         crashed = stop_wait not in done
@@ -155,8 +164,8 @@ class Daemon:
         broker connection, device id and state dir need a restart; a change there is
         logged and ignored.
         """
-        if self.config_path is None:
-            return
+        if self.config_path is None or self.state not in (State.SERVING, State.PAUSED):
+            return  # still starting (READY=1 would come too early) or stopping
         self.notifier.reloading()
         try:
             new = load_config(self.config_path)
@@ -194,7 +203,7 @@ class Daemon:
 
     def status_line(self) -> str:
         tps = self.counters.tokens_per_s()
-        n_ctx = self.engine.model.n_ctx if self.state not in (State.STARTING, State.LOADING) else 0
+        n_ctx = self.engine.n_ctx
         return (
             f"{self.state}; queue {len(self.queue)}/{self.queue.capacity}; ctx {n_ctx}; "
             f"done {self.counters.done} failed {self.counters.failed}; "
@@ -526,7 +535,7 @@ class Daemon:
                 "busy": self.counters.busy,
             },
             "tokens_per_s": self.counters.tokens_per_s(),
-            "context": {"budget": self.engine.model.n_ctx},
+            "context": {"budget": self.engine.n_ctx},
             "memory": {
                 "rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1),
                 "available_mb": round(vm.available / 2**20, 1),

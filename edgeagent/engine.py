@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +27,7 @@ from edgeagent.prompt import Message, build_messages
 from edgeagent.schema import OutputSpec
 
 T = TypeVar("T")
+FAULT_ENV = "EDGEAGENT_TEST_FAULT"
 
 
 class EngineModel(Decoder, Protocol):
@@ -127,6 +129,11 @@ class Engine:
         self.last_progress = time.monotonic()
 
     @property
+    def n_ctx(self) -> int:
+        """Current context size; 0 when the model is not loaded or its context is released."""
+        return self._model.n_ctx if self._model is not None else 0
+
+    @property
     def model(self) -> EngineModel:
         if self._model is None:
             raise EdgeAgentError(ErrorCode.INTERNAL, "the model is not loaded")
@@ -137,6 +144,8 @@ class Engine:
     def _load(self) -> None:
         started = time.perf_counter()
         self._model = self._factory(self.cfg)
+        if hasattr(self._model, "on_progress"):
+            self._model.on_progress = self._touch
         self.load_ms = (time.perf_counter() - started) * 1000
 
     def load(self) -> None:
@@ -164,6 +173,10 @@ class Engine:
 
     def _answer(self, task: Task) -> Answer:
         model = self.model
+        if os.environ.get(FAULT_ENV) == "wedge-inference":
+            # Test-only fault: a model call that never returns nor progresses, as a
+            # hung driver or a deadlock would. The systemd watchdog test relies on it.
+            threading.Event().wait()
         prompt = self.prompt_tokens(task)
         if len(prompt) + task.max_tokens > model.n_ctx:
             raise EdgeAgentError(

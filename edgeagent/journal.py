@@ -94,7 +94,9 @@ class Journal:
 
     def forget(self, task_id: str) -> None:
         """Drop a task that was handed back unanswered (it may come again)."""
-        self._db.execute("DELETE FROM tasks WHERE id = ? AND state = ?", (task_id, TaskState.ACCEPTED))
+        self._db.execute(
+            "DELETE FROM tasks WHERE id = ? AND state = ?", (task_id, TaskState.ACCEPTED)
+        )
 
     def prune(self) -> int:
         cutoff = time.time() - self.max_age_s

@@ -16,7 +16,7 @@ import ctypes
 import hashlib
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +97,9 @@ class ResidentModel:
         self.n_ctx = 0
         self.kv_buffer_bytes = 0
         self.compute_buffer_bytes = 0
+        # Called after every decode batch: a long prompt is many batches, and the
+        # watchdog must see that the inference thread is alive through all of them.
+        self.on_progress: Callable[[], None] | None = None
         # Tokens whose keys/values are in the KV cache, in order: a new prompt that
         # starts with the same system prompt reuses them instead of recomputing.
         self._kv_tokens: list[int] = []
@@ -221,6 +224,8 @@ class ResidentModel:
             self._batch.set_batch(batch=chunk, n_past=len(self._kv_tokens), logits_all=False)
             self._ctx.decode(self._batch)
             self._kv_tokens.extend(chunk)
+            if self.on_progress is not None:
+                self.on_progress()
 
     def logits(self) -> Logits:
         """Logits for the token after the last one fed (a view, valid until the next feed)."""

@@ -81,7 +81,8 @@ class Request(BaseModel):
 def parse_request(payload: bytes, max_bytes: int) -> Request:
     if len(payload) > max_bytes:
         raise EdgeAgentError(
-            ErrorCode.PAYLOAD_TOO_LARGE, f"payload is {len(payload)} bytes, the limit is {max_bytes}"
+            ErrorCode.PAYLOAD_TOO_LARGE,
+            f"payload is {len(payload)} bytes, the limit is {max_bytes}",
         )
     try:
         data = json.loads(payload)

@@ -85,7 +85,9 @@ def _close_objects(schema: Any) -> Any:
 def _compile(schema: dict[str, Any]) -> tuple[str, jsonschema.protocols.Validator]:
     if not isinstance(schema, dict):
         raise EdgeAgentError(ErrorCode.INVALID_REQUEST, "schema must be a JSON object")
-    validator_cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    validator_cls = jsonschema.validators.validator_for(
+        schema, default=jsonschema.Draft202012Validator
+    )
     try:
         validator_cls.check_schema(schema)
     except jsonschema.SchemaError as exc:
@@ -168,4 +170,6 @@ def action_spec(actions: Sequence[ActionConfig]) -> OutputSpec:
         f"{listing}\n"
         'Answer with JSON: {"action": "<name>", "args": {...}}'
     )
-    return OutputSpec("action", schema, grammar, validator, instructions, tuple(a.name for a in actions))
+    return OutputSpec(
+        "action", schema, grammar, validator, instructions, tuple(a.name for a in actions)
+    )

@@ -87,7 +87,9 @@ class Mosquitto:
             "autosave_interval 1\n"
             "max_queued_messages 1000\n"
             f"log_dest file {workdir}/mosquitto.log\n"
-            "log_type all\n",
+            "log_type all\n"
+            # As root, mosquitto would drop to user "mosquitto", which cannot write here.
+            + ("user root\n" if os.geteuid() == 0 else ""),
             encoding="utf-8",
         )
         self.proc: subprocess.Popen[bytes] | None = None
@@ -123,6 +125,14 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
     broker.stop()
 
 
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    return json.dumps(str(value))
+
+
 def write_config(
     path: Path,
     *,
@@ -130,38 +140,29 @@ def write_config(
     port: int = 1883,
     device: str = "dev1",
     state_dir: Path | None = None,
-    extra: str = "",
     catalog: bool = True,
     n_ctx: int = 2048,
+    log_level: str = "info",
+    sections: dict[str, dict[str, Any]] | None = None,
 ) -> Path:
-    state_dir = state_dir or path.parent / f"state-{device}"
-    path.write_text(
-        f"""
-[device]
-id = "{device}"
-
-[model]
-path = "{model}"
-threads = 1
-n_ctx = {n_ctx}
-max_tokens = 256
-
-[mqtt]
-host = "127.0.0.1"
-port = {port}
-heartbeat_s = 1
-
-[state]
-dir = "{state_dir}"
-
-[log]
-format = "json"
-level = "info"
-{extra}
-{CATALOG_TOML if catalog else ""}
-""",
-        encoding="utf-8",
-    )
+    """A config for tests; `sections` adds or overrides keys, e.g. {"queue": {"size": 1}}."""
+    data: dict[str, dict[str, Any]] = {
+        "device": {"id": device},
+        # One thread: tests often run several daemons on two cores, and llama.cpp's
+        # spinning threads collapse when oversubscribed.
+        "model": {"path": model, "threads": 1, "n_ctx": n_ctx, "max_tokens": 256},
+        "mqtt": {"host": "127.0.0.1", "port": port, "heartbeat_s": 1},
+        "state": {"dir": state_dir or path.parent / f"state-{device}"},
+        "log": {"format": "json", "level": log_level},
+    }
+    for section, values in (sections or {}).items():
+        data.setdefault(section, {}).update(values)
+    lines = []
+    for section, values in data.items():
+        lines.append(f"[{section}]")
+        lines.extend(f"{key} = {_toml_value(value)}" for key, value in values.items())
+        lines.append("")
+    path.write_text("\n".join(lines) + (CATALOG_TOML if catalog else ""), encoding="utf-8")
     return path
 
 
@@ -184,15 +185,17 @@ class DaemonProcess:
             cwd=ROOT,
         )
 
-    def wait_log(self, needle: str, timeout: float = 60) -> None:
+    def wait_event(self, event: str, timeout: float = 60, **fields: Any) -> dict[str, Any]:
+        """Wait for a JSON log line with this event and these field values."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if needle in self.log():
-                return
+            for record in self.events(event):
+                if all(record.get(k) == v for k, v in fields.items()):
+                    return record
             if self.proc is not None and self.proc.poll() is not None:
                 pytest.fail(f"daemon exited ({self.proc.returncode}):\n{self.log()}")
             time.sleep(0.05)
-        pytest.fail(f"{needle!r} not in the daemon log within {timeout} s:\n{self.log()}")
+        pytest.fail(f"no {event!r} {fields} in the daemon log within {timeout} s:\n{self.log()}")
 
     def log(self) -> str:
         return (
@@ -231,17 +234,33 @@ class DaemonProcess:
 
 
 class MqttProbe:
-    """A test-side MQTT client that records what arrives on its subscriptions."""
+    """A test-side MQTT client that records what arrives on its subscriptions.
+
+    Its session is persistent (v5: no clean start, 300 s expiry; v3.1.1: clean session
+    off), so replies published while the broker restarts still reach it.
+    """
 
     def __init__(self, port: int, *, protocol: int = mqtt.MQTTv5) -> None:
         self.messages: list[mqtt.MQTTMessage] = []
+        v5 = protocol == mqtt.MQTTv5
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=f"probe-{uuid.uuid4().hex[:8]}",
             protocol=protocol,
+            clean_session=None if v5 else False,
         )
         self.client.on_message = lambda _c, _u, msg: self.messages.append(msg)
-        self.client.connect("127.0.0.1", port)
+        self.client.reconnect_delay_set(min_delay=1, max_delay=2)
+        props = None
+        if v5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 300
+        self.client.connect(
+            "127.0.0.1",
+            port,
+            clean_start=False if v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+            properties=props,
+        )
         self.client.loop_start()
 
     def subscribe(self, topic: str) -> None:
@@ -250,7 +269,7 @@ class MqttProbe:
         time.sleep(0.2)
 
     def publish(self, topic: str, payload: Any, **kwargs: Any) -> None:
-        body = payload if isinstance(payload, (str, bytes)) else json.dumps(payload)
+        body = payload if isinstance(payload, (str, bytes)) else json.dumps(payload, ensure_ascii=False)
         self.client.publish(topic, body, qos=1, **kwargs).wait_for_publish(5)
 
     def wait_for(self, topic: str, count: int = 1, timeout: float = 60) -> list[mqtt.MQTTMessage]:

@@ -39,14 +39,15 @@ def body(message: mqtt.MQTTMessage) -> dict:
 def daemon_factory(tmp_path, model_path, mosquitto):
     started: list[DaemonProcess] = []
 
-    def make(device: str = "dev1", extra: str = "", state_dir: Path | None = None, start: bool = True) -> DaemonProcess:
+    def make(device: str = "dev1", sections: dict | None = None, state_dir: Path | None = None, start: bool = True) -> DaemonProcess:
         cfg = write_config(
             tmp_path / f"{device}.toml",
             model=model_path,
             port=mosquitto.port,
             device=device,
             state_dir=state_dir,
-            extra=extra + '\n[log]\nformat = "json"\nlevel = "debug"\n' if "[log]" not in extra else extra,
+            log_level="debug",
+            sections=sections,
         )
         proc = DaemonProcess(cfg, tmp_path / f"{device}.log")
         if start:
@@ -142,7 +143,7 @@ def test_v311_client_with_reply_to(daemon_factory, mosquitto):
 
 
 def test_errors_are_typed_and_the_daemon_keeps_serving(daemon_factory, probe):
-    daemon = daemon_factory(extra="[queue]\nsize = 1\n[mqtt]\nmax_payload_bytes = 4096\nheartbeat_s = 1\n")
+    daemon = daemon_factory(sections={"queue": {"size": 1}, "mqtt": {"max_payload_bytes": 4096}})
     probe.subscribe("edgeagent/dev1/results/#")
     probe.subscribe("edgeagent/dev1/errors")
     cases = {
@@ -165,7 +166,7 @@ def test_errors_are_typed_and_the_daemon_keeps_serving(daemon_factory, probe):
     assert broken["id"] is None
     assert broken["error"]["code"] == "INVALID_REQUEST"
     # Context budget: fits the payload limit but not the 2048-token context.
-    probe.publish("edgeagent/dev1/tasks", {"id": "e-ctx2", "input": "你好" * 1000, "schema": SCHEMA, "max_tokens": 1000})
+    probe.publish("edgeagent/dev1/tasks", {"id": "e-ctx2", "input": "你好" * 600, "schema": SCHEMA, "max_tokens": 1000})
     assert body(probe.wait_for("edgeagent/dev1/results/e-ctx2")[0])["error"]["code"] == "CONTEXT_BUDGET"
     # Deadline: far shorter than the generation.
     probe.publish("edgeagent/dev1/tasks", {"id": "e-late", "input": "Tell a story", "schema": SLOW_SCHEMA, "max_tokens": 400, "deadline_s": 0.5})
