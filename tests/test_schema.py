@@ -9,8 +9,24 @@ from edgeagent.errors import EdgeAgentError, ErrorCode
 from edgeagent.schema import action_spec, schema_spec, select_actions
 
 CATALOG = [
-    ActionConfig(name="open_vent", description="Open a vent.", schema={"type": "object", "properties": {"percent": {"type": "integer", "minimum": 0, "maximum": 100}}, "required": ["percent"]}),
-    ActionConfig(name="notify", description="Tell the operator.", schema={"type": "object", "properties": {"message": {"type": "string"}}, "required": ["message"]}),
+    ActionConfig(
+        name="open_vent",
+        description="Open a vent.",
+        schema={
+            "type": "object",
+            "properties": {"percent": {"type": "integer", "minimum": 0, "maximum": 100}},
+            "required": ["percent"],
+        },
+    ),
+    ActionConfig(
+        name="notify",
+        description="Tell the operator.",
+        schema={
+            "type": "object",
+            "properties": {"message": {"type": "string"}},
+            "required": ["message"],
+        },
+    ),
 ]
 
 
@@ -18,7 +34,14 @@ CATALOG = [
     ("keyword", "schema"),
     [
         ("uniqueItems", {"type": "array", "items": {"type": "integer"}, "uniqueItems": True}),
-        ("if", {"type": "object", "if": {"properties": {"a": {"const": 1}}}, "then": {"required": ["b"]}}),
+        (
+            "if",
+            {
+                "type": "object",
+                "if": {"properties": {"a": {"const": 1}}},
+                "then": {"required": ["b"]},
+            },
+        ),
         ("not", {"not": {"type": "string"}}),
         ("contains", {"type": "array", "contains": {"type": "integer"}}),
         ("dependentRequired", {"type": "object", "dependentRequired": {"a": ["b"]}}),
@@ -40,7 +63,10 @@ def test_invalid_schema_is_invalid_request():
 
 
 def test_objects_are_closed_without_changing_the_callers_schema():
-    schema = {"type": "object", "properties": {"a": {"type": "object", "properties": {"b": {"type": "integer"}}}}}
+    schema = {
+        "type": "object",
+        "properties": {"a": {"type": "object", "properties": {"b": {"type": "integer"}}}},
+    }
     spec = schema_spec(schema)
     assert "additionalProperties" not in schema
     assert spec.json_schema["additionalProperties"] is False
@@ -48,7 +74,13 @@ def test_objects_are_closed_without_changing_the_callers_schema():
 
 
 def test_validate_rejects_wrong_output():
-    spec = schema_spec({"type": "object", "properties": {"n": {"type": "integer", "maximum": 3}}, "required": ["n"]})
+    spec = schema_spec(
+        {
+            "type": "object",
+            "properties": {"n": {"type": "integer", "maximum": 3}},
+            "required": ["n"],
+        }
+    )
     spec.validate({"n": 3})
     with pytest.raises(EdgeAgentError) as info:
         spec.validate({"n": 4})
@@ -71,7 +103,11 @@ def test_select_actions():
 def test_action_spec_allows_only_listed_actions():
     spec = action_spec(select_actions(CATALOG, ["open_vent"]))
     spec.validate({"action": "open_vent", "args": {"percent": 10}})
-    for bad in ({"action": "notify", "args": {"message": "x"}}, {"action": "open_vent", "args": {"percent": 101}}, {"action": "open_vent"}):
+    for bad in (
+        {"action": "notify", "args": {"message": "x"}},
+        {"action": "open_vent", "args": {"percent": 101}},
+        {"action": "open_vent"},
+    ):
         with pytest.raises(EdgeAgentError):
             spec.validate(bad)
     assert "open_vent" in spec.instructions
