@@ -84,14 +84,26 @@ def cmd_ask(args: argparse.Namespace) -> int:
         try:
             engine.load()
             answer = engine.answer_blocking(
-                Task(content=text, spec=spec, max_tokens=args.max_tokens or cfg.model.max_tokens)
+                Task(
+                    content=text,
+                    spec=spec,
+                    max_tokens=args.max_tokens or cfg.model.max_tokens,
+                    overflow=args.overflow or cfg.memory.overflow,
+                )
             )
         finally:
             engine.close()
     except EdgeAgentError as exc:
         return _fail(exc)
     if args.verbose:
-        _print_json({"output": answer.output, "usage": answer.usage(), "timing": answer.timing()})
+        _print_json(
+            {
+                "output": answer.output,
+                "usage": answer.usage(),
+                "timing": answer.timing(),
+                "context": answer.context(),
+            }
+        )
     else:
         _print_json(answer.output)
     return EXIT_OK
@@ -131,6 +143,8 @@ def _task_request(args: argparse.Namespace) -> dict[str, Any]:
         request["max_tokens"] = args.max_tokens
     if args.id:
         request["id"] = args.id
+    if args.overflow:
+        request["overflow"] = args.overflow
     return request
 
 
@@ -191,6 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     what.add_argument("--catalog", action="store_true", help="allow every catalog action")
     ask.add_argument("--max-tokens", type=int, default=None, help="answer length limit")
+    ask.add_argument(
+        "--overflow",
+        choices=["truncate", "chunk", "reject"],
+        help="when the input does not fit the context (default: [memory] overflow)",
+    )
     ask.add_argument("--verbose", "-v", action="store_true", help="also print usage and timing")
     ask.add_argument("text", help="the input text, or - to read stdin")
     ask.set_defaults(func=cmd_ask)
@@ -210,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--catalog", action="store_true", help="allow every catalog action")
     submit.add_argument("--max-tokens", type=int, default=None)
     submit.add_argument("--id", help="task id (default: random)")
+    submit.add_argument("--overflow", choices=["truncate", "chunk", "reject"])
     submit.add_argument("--timeout", type=float, default=120.0, help="seconds to wait")
     submit.add_argument("text", help="the input text, or - to read stdin")
     submit.set_defaults(func=cmd_submit)

@@ -28,9 +28,11 @@ from edgeagent import sdnotify
 from edgeagent.broker import Broker, Incoming, with_timeout
 from edgeagent.config import Config, load_config
 from edgeagent.engine import Answer, Engine, Task
+from edgeagent.governor import Decision
 from edgeagent.errors import EdgeAgentError, ErrorCode
 from edgeagent.journal import Journal, TaskState
 from edgeagent.logs import configure_logging
+from edgeagent.pressure import ContextController
 from edgeagent.request import Request, parse_request, salvage
 from edgeagent.result import ReplyRoute, error_reply, ok_reply, route
 from edgeagent.schema import OutputSpec, action_spec, schema_spec, select_actions
@@ -107,6 +109,7 @@ class Daemon:
             on_connect=self._on_connect,
         )
         self.counters = Counters()
+        self.pressure = ContextController(self.engine, cfg, on_change=self._memory_changed)
         self.notifier = sdnotify.Notifier.from_env()
         self._inflight: dict[str, Job] = {}
         self._current: Job | None = None
@@ -123,13 +126,15 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         self._set_state(State.LOADING)
         started = time.perf_counter()
-        await self.engine.start()
+        # Load at the smallest useful context; the memory governor sizes it right after.
+        await self.engine.start(n_ctx=self.cfg.memory.min_ctx)
         log.info(
             "model loaded",
             model=str(self.cfg.model.path),
             load_ms=round((time.perf_counter() - started) * 1000),
-            n_ctx=self.engine.n_ctx,
+            n_ctx_train=self.engine.model.n_ctx_train,
         )
+        await self.pressure.start()
         self.journal.prune()
         self.broker.start()
         self._set_state(State.SERVING)
@@ -137,6 +142,7 @@ class Daemon:
         workers = [
             asyncio.create_task(self._supervised(self._work, "worker")),
             asyncio.create_task(self._supervised(self._heartbeat, "heartbeat")),
+            asyncio.create_task(self._supervised(self.pressure.run, "memory")),
         ]
         watchdog = sdnotify.Watchdog(self.notifier)
         if watchdog.enabled and watchdog.interval is not None:
@@ -203,12 +209,22 @@ class Daemon:
 
     def status_line(self) -> str:
         tps = self.counters.tokens_per_s()
-        n_ctx = self.engine.n_ctx
-        return (
-            f"{self.state}; queue {len(self.queue)}/{self.queue.capacity}; ctx {n_ctx}; "
+        line = (
+            f"{self.state}; queue {len(self.queue)}/{self.queue.capacity}; ctx {self.engine.n_ctx}; "
             f"done {self.counters.done} failed {self.counters.failed}; "
             f"{tps if tps is not None else '-'} tok/s"
         )
+        if self.state is State.PAUSED and self.pressure.decision is not None:
+            line += f"; {self.pressure.decision.reason}"
+        return line
+
+    def _memory_changed(self, decision: Decision) -> None:
+        if decision.paused and self.state is State.SERVING:
+            self._set_state(State.PAUSED)
+        elif not decision.paused and self.state is State.PAUSED:
+            self._set_state(State.SERVING)
+        else:
+            self.notifier.status(self.status_line())
 
     async def _shutdown(self, workers: list[asyncio.Task[None]]) -> None:
         self._set_state(State.DRAINING)
@@ -286,7 +302,8 @@ class Daemon:
         try:
             spec = self._spec_for(request)
             if self.state is State.PAUSED:
-                raise EdgeAgentError(ErrorCode.BUSY, "memory is short; try again later")
+                reason = self.pressure.decision.reason if self.pressure.decision else ""
+                raise EdgeAgentError(ErrorCode.BUSY, f"memory is short; try again later ({reason})")
         except EdgeAgentError as exc:
             self._reject(message, request.id, request.reply_to, exc, reply_route)
             return
@@ -405,6 +422,7 @@ class Daemon:
                 max_tokens=request.max_tokens or self.cfg.model.max_tokens,
                 deadline=job.deadline,
                 cancel=job.cancel,
+                overflow=request.overflow or self.cfg.memory.overflow,
             )
             answer = await self.engine.answer(task)
             reply = ok_reply(
@@ -417,7 +435,7 @@ class Daemon:
                     **answer.timing(),
                     "total_ms": round((time.monotonic() - job.received) * 1000, 1),
                 },
-                context={"budget": answer.n_ctx, "truncated": False, "chunks": 1},
+                context=answer.context(),
             )
         except EdgeAgentError as exc:
             if exc.details.get("retry"):
@@ -454,7 +472,7 @@ class Daemon:
             "queue_ms": round(queue_ms, 1),
         }
         if answer is not None:
-            fields |= answer.usage() | answer.timing() | {"budget": answer.n_ctx}
+            fields |= answer.usage() | answer.timing() | answer.context()
         if not ok:
             fields |= {"error_code": reply["error"]["code"], "message": reply["error"]["message"]}
         (log.info if ok else log.warning)("task", **fields)
@@ -535,10 +553,10 @@ class Daemon:
                 "busy": self.counters.busy,
             },
             "tokens_per_s": self.counters.tokens_per_s(),
-            "context": {"budget": self.engine.n_ctx},
+            "context": {"n_ctx": self.engine.n_ctx, **self.pressure.snapshot()},
             "memory": {
                 "rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1),
-                "available_mb": round(vm.available / 2**20, 1),
+                "host_available_mb": round(vm.available / 2**20, 1),
             },
         }
 

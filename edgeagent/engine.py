@@ -23,6 +23,7 @@ from edgeagent.config import ModelConfig
 from edgeagent.decoding import Decoder, Generation, Sampler, StepControl, generate_constrained
 from edgeagent.errors import EdgeAgentError, ErrorCode
 from edgeagent.model import load_model
+from edgeagent.overflow import answer_within_budget
 from edgeagent.prompt import Message, build_messages
 from edgeagent.schema import OutputSpec
 
@@ -37,10 +38,14 @@ class EngineModel(Decoder, Protocol):
     n_ctx_train: int
     lltokenizer: Any
     metadata: dict[str, str]
+    kv_buffer_bytes: int
+    compute_buffer_bytes: int
 
     def render_chat(self, messages: Sequence[Message]) -> list[int]: ...
     def detokenize(self, tokens: Sequence[int]) -> str: ...
+    def tokenize(self, text: str, *, special: bool = False) -> list[int]: ...
     def resize(self, n_ctx: int) -> None: ...
+    def release(self) -> None: ...
     def close(self) -> None: ...
 
 
@@ -68,6 +73,7 @@ class Task:
     max_tokens: int
     deadline: float = float("inf")  # time.monotonic() value
     cancel: threading.Event = field(default_factory=threading.Event)
+    overflow: str = "reject"  # truncate | chunk | reject: when the input does not fit
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +85,11 @@ class Answer:
     prompt_ms: float
     decode_ms: float
     n_ctx: int
+    truncated: int = 0  # input tokens dropped to fit the budget
+    chunks: int = 1  # model runs over parts of the input (map-reduce), 1 when it fit
+
+    def context(self) -> dict[str, int]:
+        return {"budget": self.n_ctx, "truncated": self.truncated, "chunks": self.chunks}
 
     def usage(self) -> dict[str, int]:
         return {
@@ -141,9 +152,10 @@ class Engine:
 
     # -- lifecycle -----------------------------------------------------------
 
-    def _load(self) -> None:
+    def _load(self, n_ctx: int | None = None) -> None:
         started = time.perf_counter()
-        self._model = self._factory(self.cfg)
+        cfg = self.cfg if n_ctx is None else self.cfg.model_copy(update={"n_ctx": n_ctx})
+        self._model = self._factory(cfg)
         if hasattr(self._model, "on_progress"):
             self._model.on_progress = self._touch
         self.load_ms = (time.perf_counter() - started) * 1000
@@ -152,8 +164,10 @@ class Engine:
         """Load the model (blocking; from the CLI)."""
         self.submit(self._load).result()
 
-    async def start(self) -> None:
-        await self.call(self._load)
+    async def start(self, n_ctx: int | None = None) -> None:
+        """Load the model; with n_ctx, at that (small) context first (the daemon's governor
+        then sizes it to memory)."""
+        await self.call(lambda: self._load(n_ctx))
 
     def close(self) -> None:
         def _close() -> None:
@@ -166,18 +180,30 @@ class Engine:
 
     # -- work ----------------------------------------------------------------
 
-    def prompt_tokens(self, task: Task) -> list[int]:
-        """Tokens of the task's full prompt (inference thread only)."""
-        messages = build_messages(self.cfg.system_prompt, task.spec.instructions, task.content)
+    def prompt_tokens(self, spec: OutputSpec, content: str | Sequence[Message]) -> list[int]:
+        """Tokens of the full prompt for this content (inference thread only)."""
+        messages = build_messages(self.cfg.system_prompt, spec.instructions, content)
         return self.model.render_chat(messages)
 
+    def tokenize(self, text: str) -> list[int]:
+        return self.model.tokenize(text)
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return self.model.detokenize(tokens)
+
     def _answer(self, task: Task) -> Answer:
-        model = self.model
         if os.environ.get(FAULT_ENV) == "wedge-inference":
             # Test-only fault: a model call that never returns nor progresses, as a
             # hung driver or a deadlock would. The systemd watchdog test relies on it.
             threading.Event().wait()
-        prompt = self.prompt_tokens(task)
+        if self.n_ctx == 0:
+            raise EdgeAgentError(ErrorCode.BUSY, "memory is short: no context is allocated")
+        return answer_within_budget(self, task)
+
+    def run_once(self, task: Task, content: str | Sequence[Message]) -> Answer:
+        """One model run over content; CONTEXT_BUDGET if it does not fit (no overflow policy)."""
+        model = self.model
+        prompt = self.prompt_tokens(task.spec, content)
         if len(prompt) + task.max_tokens > model.n_ctx:
             raise EdgeAgentError(
                 ErrorCode.CONTEXT_BUDGET,
@@ -198,6 +224,21 @@ class Engine:
             control=control,
         )
         return self._finish(task.spec, generation, model)
+
+    def _resize(self, n_ctx: int) -> None:
+        if n_ctx <= 0:
+            self.model.release()
+        else:
+            self.model.resize(n_ctx)
+
+    async def resize(self, n_ctx: int) -> None:
+        """Recreate the context with n_ctx tokens (0: free it), between tasks."""
+        await self.call(lambda: self._resize(n_ctx))
+
+    def buffer_bytes(self) -> tuple[int, int]:
+        """(KV cache, compute buffer) bytes llama.cpp allocated for the current context."""
+        model = self.model
+        return model.kv_buffer_bytes, model.compute_buffer_bytes
 
     @staticmethod
     def _finish(spec: OutputSpec, generation: Generation, model: EngineModel) -> Answer:

@@ -285,6 +285,7 @@ def test_cli_ask_actions(cli_config):
     body = json.loads(done.stdout)
     assert body["output"]["action"] in {"set_irrigation", "notify", "no_action"}
     assert set(body["timing"]) == {"prompt_ms", "decode_ms"}
+    assert body["context"] == {"budget": 2048, "truncated": 0, "chunks": 1}
 
 
 def test_cli_exit_codes(cli_config, tmp_path):
