@@ -34,7 +34,10 @@ from edgeagent.model import ResidentModel
 from edgeagent.prompt import build_messages
 from edgeagent.schema import OutputSpec, schema_spec
 
-SYSTEM = "You are a precise assistant running on an edge device. Read the input and answer only with JSON."
+SYSTEM = (
+    "You are a precise assistant running on an edge device. "
+    "Read the input and answer only with JSON."
+)
 
 TASKS: list[tuple[str, dict[str, Any], str]] = [
     (
@@ -50,8 +53,10 @@ TASKS: list[tuple[str, dict[str, Any], str]] = [
             },
             "required": ["zone", "celsius", "humidity_pct", "status", "summary"],
         },
-        "Zone 4 report at 14:05: air temperature 38.2 C, relative humidity 21 %, soil dry, "
-        "fans running at full speed since noon, tomatoes wilting on the south side.",
+        (
+            "Zone 4 report at 14:05: air temperature 38.2 C, relative humidity 21 %, soil dry, "
+            "fans running at full speed since noon, tomatoes wilting on the south side."
+        ),
     ),
     (
         "log-event",
@@ -76,8 +81,10 @@ TASKS: list[tuple[str, dict[str, Any], str]] = [
             },
             "required": ["severity", "service", "message", "fields"],
         },
-        "Nov 29 07:41:12 pi-07 kernel: [12345.678] usb 1-1.3: device descriptor read/64, error -71; "
-        "retrying in 500 ms (port 3, hub 1-1, speed high)",
+        (
+            "Nov 29 07:41:12 pi-07 kernel: [12345.678] usb 1-1.3: device descriptor read/64, "
+            "error -71; retrying in 500 ms (port 3, hub 1-1, speed high)"
+        ),
     ),
     (
         "summary",
@@ -94,10 +101,12 @@ TASKS: list[tuple[str, dict[str, Any], str]] = [
             },
             "required": ["title", "points"],
         },
-        "Maintenance note: the irrigation pump in row B was replaced on Monday. The new pump "
-        "draws less current but needs priming after every power cut. Filters should be "
-        "cleaned weekly; the pressure sensor on line 3 reads 0.2 bar too high and must be "
-        "recalibrated before the next growing season.",
+        (
+            "Maintenance note: the irrigation pump in row B was replaced on Monday. The new pump "
+            "draws less current but needs priming after every power cut. Filters should be "
+            "cleaned weekly; the pressure sensor on line 3 reads 0.2 bar too high and must be "
+            "recalibrated before the next growing season."
+        ),
     ),
 ]
 
@@ -155,14 +164,14 @@ def bench_model(
     path: Path, *, threads: int, rounds: int, max_tokens: int, gbnf: bool
 ) -> dict[str, Any]:
     model = ResidentModel(path, threads=threads, n_ctx=2048, n_batch=256)
-    rows = []
+    rows: list[dict[str, Any]] = []
     try:
         for name, schema, text in TASKS:
             spec = schema_spec(schema)
             prompt = _prompt(model, spec, text)
-            gbnf_text = LlamaGrammar.from_json_schema(
-                json.dumps(spec.json_schema), verbose=False
-            )._grammar
+            # The GBNF llama-cpp-python itself would use for this schema.
+            grammar = LlamaGrammar.from_json_schema(json.dumps(spec.json_schema), verbose=False)
+            gbnf_text = grammar._grammar  # noqa: SLF001 - no public accessor for the grammar text
             # Warm-up: fills the prompt cache and fixes the answer length for `free`.
             first, forced, masked = _run_edgeagent(model, spec, prompt, max_tokens)
             n = first.tokens
@@ -178,7 +187,7 @@ def bench_model(
                         ours.append(_run_edgeagent(model, spec, prompt, max_tokens)[0])
                     else:
                         theirs.append(_run_gbnf(model, gbnf_text, prompt, max_tokens))
-            row = {
+            row: dict[str, Any] = {
                 "task": name,
                 "prompt_tokens": len(prompt),
                 "answer_tokens": n,
@@ -220,20 +229,23 @@ def bench_model(
 
 
 def to_markdown(results: list[dict[str, Any]]) -> str:
-    lines = [
-        "| model | vocab | task | answer tokens | forced | free tok/s | edgeagent tok/s | ratio | GBNF tok/s | GBNF ratio |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    columns = [
+        "model", "vocab", "task", "answer tokens", "forced", "free tok/s",
+        "edgeagent tok/s", "ratio", "GBNF tok/s", "GBNF ratio",
+    ]  # fmt: skip
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for res in results:
-        for row in res["tasks"]:
-            lines.append(
-                f"| {res['model']} | {res['n_vocab']} | {row['task']} | {row['answer_tokens']} | {row['forced_tokens']} | "
-                f"{row['free_tps']} | {row['edgeagent_tps']} | {row['edgeagent_ratio']} | "
-                f"{row.get('gbnf_tps', '-')} | {row.get('gbnf_ratio', '-')} |"
-            )
-        lines.append(
-            f"| {res['model']} | | **all** | | | | | **{res['edgeagent_ratio']}** | | **{res.get('gbnf_ratio', '-')}** |"
-        )
+        lines.extend(
+            "| " + " | ".join(str(cell) for cell in (
+                res["model"], res["n_vocab"], row["task"], row["answer_tokens"],
+                row["forced_tokens"], row["free_tps"], row["edgeagent_tps"],
+                row["edgeagent_ratio"], row.get("gbnf_tps", "-"), row.get("gbnf_ratio", "-"),
+            )) + " |"
+            for row in res["tasks"]
+        )  # fmt: skip
+        total = [res["model"], "", "**all**", "", "", "", "", f"**{res['edgeagent_ratio']}**",
+                 "", f"**{res.get('gbnf_ratio', '-')}**"]  # fmt: skip
+        lines.append("| " + " | ".join(total) + " |")
     return "\n".join(lines)
 
 

@@ -175,7 +175,7 @@ class Broker:
         self._loop = asyncio.get_running_loop()
         props = None
         if self._v5:
-            props = Properties(PacketTypes.CONNECT)
+            props = mqtt_properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = self.cfg.session_expiry_s
         self._client.connect_async(
             self.cfg.host,
@@ -198,7 +198,7 @@ class Broker:
         assert self._loop is not None, "start() first"
         props = None
         if self._v5 and correlation_data is not None:
-            props = Properties(PacketTypes.PUBLISH)
+            props = mqtt_properties(PacketTypes.PUBLISH)
             props.CorrelationData = correlation_data
         future: asyncio.Future[None] = self._loop.create_future()
         info = self._client.publish(topic, payload, qos=1, retain=retain, properties=props)
@@ -223,6 +223,11 @@ class Broker:
         self._closing = True
         self._client.disconnect()
         self._client.loop_stop()
+
+
+def mqtt_properties(packet_type: int) -> Properties:
+    """MQTT v5 properties for a packet (paho's constructor is untyped)."""
+    return Properties(packet_type)  # type: ignore[no-untyped-call]
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

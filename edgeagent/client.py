@@ -14,8 +14,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
+from edgeagent.broker import mqtt_properties
 from edgeagent.config import Config
 from edgeagent.errors import EdgeAgentError, ErrorCode
 from edgeagent.topics import Topics
@@ -74,12 +74,12 @@ def submit(
 
     client = _client(cfg)
     client.on_message = on_message
-    client.on_subscribe = lambda *_a: subscribed.put(True)
+    client.on_subscribe = lambda *_a: subscribed.put_nowait(item=True)
     _connect(client, cfg, timeout)
     try:
         client.subscribe(reply_topic, qos=1)
         subscribed.get(timeout=timeout)
-        props = Properties(PacketTypes.PUBLISH)
+        props = mqtt_properties(PacketTypes.PUBLISH)
         props.ResponseTopic = reply_topic
         props.CorrelationData = correlation
         client.publish(task_topic, json.dumps(request), qos=1, properties=props).wait_for_publish(

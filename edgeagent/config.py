@@ -118,7 +118,9 @@ class MqttConfig(_Section):
     )
     shared_group: str | None = Field(
         default="edgeagent",
-        description="Shared-subscription group for fleet tasks; empty or null disables fleet tasks.",
+        description=(
+            "Shared-subscription group for fleet tasks; empty or null disables fleet tasks."
+        ),
     )
     keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keepalive.")
     heartbeat_s: float = Field(default=10.0, ge=1.0, le=3600.0, description="Heartbeat period.")

@@ -28,8 +28,8 @@ from edgeagent import sdnotify
 from edgeagent.broker import Broker, Incoming, with_timeout
 from edgeagent.config import Config, load_config
 from edgeagent.engine import Answer, Engine, Task
-from edgeagent.governor import Decision
 from edgeagent.errors import EdgeAgentError, ErrorCode
+from edgeagent.governor import Decision
 from edgeagent.journal import Journal, TaskState
 from edgeagent.logs import configure_logging
 from edgeagent.pressure import ContextController
@@ -42,8 +42,8 @@ from edgeagent.topics import Topics
 log = structlog.get_logger("edgeagent.daemon")
 
 PUBLISH_RETRY_S = 30.0  # re-publish a reply the broker has not confirmed after this long
-FINAL_PUBLISH_TIMEOUT_S = 5.0
-MIN_STALL_S = 10.0  # the watchdog never calls the inference thread stuck sooner  # shutdown: how long to wait for the broker's PUBACKs
+FINAL_PUBLISH_TIMEOUT_S = 5.0  # shutdown: how long to wait for the broker's PUBACKs
+MIN_STALL_S = 10.0  # the watchdog never calls the inference thread stuck sooner
 _SPEC_CACHE_SIZE = 64
 
 
@@ -210,7 +210,8 @@ class Daemon:
     def status_line(self) -> str:
         tps = self.counters.tokens_per_s()
         line = (
-            f"{self.state}; queue {len(self.queue)}/{self.queue.capacity}; ctx {self.engine.n_ctx}; "
+            f"{self.state}; queue {len(self.queue)}/{self.queue.capacity}; "
+            f"ctx {self.engine.n_ctx}; "
             f"done {self.counters.done} failed {self.counters.failed}; "
             f"{tps if tps is not None else '-'} tok/s"
         )
@@ -490,7 +491,9 @@ class Daemon:
         dispatch: bool = False,
     ) -> None:
         task = asyncio.create_task(
-            self._publish_then_ack(task_id, reply, reply_route, source, journal, dispatch)
+            self._publish_then_ack(
+                task_id, reply, reply_route, source, journal=journal, dispatch=dispatch
+            )
         )
         self._deliveries.add(task)
         task.add_done_callback(self._deliveries.discard)
@@ -501,6 +504,7 @@ class Daemon:
         reply: dict[str, Any],
         reply_route: ReplyRoute,
         source: Job | Incoming,
+        *,
         journal: bool,
         dispatch: bool,
     ) -> None:

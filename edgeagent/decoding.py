@@ -11,7 +11,6 @@ instead of being sampled one at a time.
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -23,6 +22,7 @@ import numpy.typing as npt
 from llguidance import LLMatcher
 
 from edgeagent.errors import EdgeAgentError, ErrorCode
+from edgeagent.loopguard import LoopGuard
 
 
 class Decoder(Protocol):
@@ -106,42 +106,6 @@ class _Mask:
         return allowed.astype(np.bool_)
 
 
-class _RunawayNumberGuard:
-    """Stops a number from growing digits forever.
-
-    JSON Schema cannot bound the digits of a number, and a small model can loop on
-    "100.000000000000001111...". Once the answer ends in a number with more than
-    MAX_FRACTION fractional (or MAX_INTEGER integer) digits, digit-only tokens are
-    masked out, so the grammar's other choices (",", "}", an exponent) remain. The
-    cut only removes precision nobody asked for; the answer still satisfies the schema.
-    """
-
-    MAX_FRACTION = 8
-    MAX_INTEGER = 16
-    _PATTERN = re.compile(rf"(?:\.\d{{{MAX_FRACTION},}}|(?<![.\d])\d{{{MAX_INTEGER},}})$")
-
-    def __init__(self, digit_tokens: npt.NDArray[np.bool_]) -> None:
-        self._digits = digit_tokens
-        self._tail = ""
-        self.triggered = 0
-
-    def add(self, text: str) -> None:
-        self._tail = (self._tail + text)[-64:]
-
-    def active(self) -> bool:
-        return self._PATTERN.search(self._tail) is not None
-
-    def is_digits(self, token: int) -> bool:
-        return bool(self._digits[token])
-
-    def narrow(self, allowed: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
-        narrowed = allowed & ~self._digits
-        if not narrowed.any():
-            return allowed
-        self.triggered += 1
-        return narrowed
-
-
 def _matcher_error(matcher: LLMatcher) -> EdgeAgentError:
     return EdgeAgentError(ErrorCode.INTERNAL, f"grammar matcher failed: {matcher.get_error()}")
 
@@ -163,7 +127,7 @@ def generate_constrained(  # noqa: C901 - one loop; splitting it hides the step 
     cached = model.prefill(prompt)
     prompt_done = time.perf_counter()
     mask = _Mask(model.n_vocab)
-    guard = _RunawayNumberGuard(model.digit_tokens)
+    guard = LoopGuard(model.digit_tokens)
     out: list[int] = []
     forced = 0
     masked = 0
@@ -180,7 +144,7 @@ def generate_constrained(  # noqa: C901 - one loop; splitting it hides the step 
                 raise _matcher_error(matcher)
             out.extend(ff)
             forced += len(ff)
-            guard.add("".join(model.piece(t) for t in ff))
+            guard.add(ff, "".join(model.piece(t) for t in ff))
             if matcher.is_stopped():
                 finished = True
                 break
@@ -188,15 +152,9 @@ def generate_constrained(  # noqa: C901 - one loop; splitting it hides the step 
             continue
         logits = model.logits()
         token = int(np.argmax(logits)) if sampler.temperature <= 0.0 else -1
-        runaway = guard.active()
-        if (
-            token < 0
-            or matcher.validate_tokens([token]) != 1
-            or (runaway and guard.is_digits(token))
-        ):
+        if token < 0 or matcher.validate_tokens([token]) != 1 or guard.refuses(token):
             masked += 1
-            allowed = mask.compute(matcher)
-            token = sampler.pick(logits, guard.narrow(allowed) if runaway else allowed)
+            token = sampler.pick(logits, guard.narrow(mask.compute(matcher)))
         if model.is_end_token(token):
             # The mask only allows an end token where the grammar may end.
             finished = matcher.is_accepting()
@@ -204,7 +162,7 @@ def generate_constrained(  # noqa: C901 - one loop; splitting it hides the step 
         if not matcher.consume_token(token):
             raise _matcher_error(matcher)
         out.append(token)
-        guard.add(model.piece(token))
+        guard.add([token], model.piece(token))
         if matcher.is_stopped():
             finished = True
             break
@@ -215,6 +173,9 @@ def generate_constrained(  # noqa: C901 - one loop; splitting it hides the step 
             ErrorCode.OUTPUT_INVALID,
             f"the answer was not complete after max_tokens={max_tokens} tokens",
             completion_tokens=len(out),
+            # The start of what was generated: shows whether the limit is too small or
+            # the model went in circles (then a tighter schema or prompt helps).
+            partial="".join(model.piece(t) for t in out[:80]),
         )
     return Generation(
         tokens=out,

@@ -22,7 +22,7 @@ from llguidance import LLMatcher
 from edgeagent.config import ModelConfig
 from edgeagent.decoding import Decoder, Generation, Sampler, StepControl, generate_constrained
 from edgeagent.errors import EdgeAgentError, ErrorCode
-from edgeagent.model import load_model
+from edgeagent.model import load_model, sha256_file
 from edgeagent.overflow import answer_within_budget
 from edgeagent.prompt import Message, build_messages
 from edgeagent.schema import OutputSpec

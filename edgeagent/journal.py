@@ -75,8 +75,9 @@ class Journal:
     def accept(self, task_id: str, fingerprint: str) -> None:
         now = time.time()
         self._db.execute(
-            "INSERT INTO tasks (id, fingerprint, state, accepted_at, updated_at) VALUES (?,?,?,?,?) "
-            "ON CONFLICT(id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+            "INSERT INTO tasks (id, fingerprint, state, accepted_at, updated_at) "
+            "VALUES (?,?,?,?,?) ON CONFLICT(id) DO UPDATE "
+            "SET state = excluded.state, updated_at = excluded.updated_at",
             (task_id, fingerprint, TaskState.ACCEPTED, now, now),
         )
 

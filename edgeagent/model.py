@@ -91,7 +91,9 @@ class ResidentModel:
         ends = sorted({t for t in (self.eos, self.eot) if t >= 0})
         self.lltokenizer = lltokenizer_from_vocab(self._model.vocab, eos_token=ends)
         self._pieces = [self._piece_bytes(t) for t in range(self.n_vocab)]
-        self.digit_tokens = np.array([p.isdigit() and p.isascii() for p in self._pieces], dtype=np.bool_)
+        self.digit_tokens = np.array(
+            [p.isdigit() and p.isascii() for p in self._pieces], dtype=np.bool_
+        )
         self._ctx: Any = None
         self._batch: Any = None
         self.n_ctx = 0
@@ -170,7 +172,7 @@ class ResidentModel:
 
     def render_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
         """Chat messages -> prompt tokens, with the template from the GGUF file."""
-        rendered = self.chat(messages=list(messages)).prompt
+        rendered = self.chat(messages=list(messages)).prompt  # type: ignore[arg-type]
         # The template already writes BOS when the model wants one.
         return self.tokenize(rendered, special=True)
 
@@ -186,8 +188,9 @@ class ResidentModel:
 
     def _piece_bytes(self, token: int) -> bytes:
         buffer = ctypes.create_string_buffer(64)
-        n = llama_cpp.llama_token_to_piece(self._model.vocab, token, buffer, 64, 0, False)
-        return bytes(buffer[: max(n, 0)])
+        special = False  # control tokens render as nothing, like detokenize()
+        n = llama_cpp.llama_token_to_piece(self._model.vocab, token, buffer, 64, 0, special)
+        return buffer.raw[: max(n, 0)]
 
     def piece(self, token: int) -> str:
         """Text of one token (partial UTF-8 sequences come out as U+FFFD)."""
@@ -230,10 +233,9 @@ class ResidentModel:
     def logits(self) -> Logits:
         """Logits for the token after the last one fed (a view, valid until the next feed)."""
         pointer = self._ctx.get_logits_ith(-1)
-        array = np.ctypeslib.as_array(
+        return np.ctypeslib.as_array(
             ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)), shape=(self.n_vocab,)
         )
-        return array
 
     @property
     def raw_context(self) -> Any:

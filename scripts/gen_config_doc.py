@@ -70,7 +70,8 @@ def render() -> str:
                 "start (see [engine.md](engine.md))."
             )
             continue
-        assert isinstance(annotation, type) and issubclass(annotation, BaseModel)
+        assert isinstance(annotation, type)
+        assert issubclass(annotation, BaseModel)
         out.extend(_section(name, annotation))
     return "\n".join(out) + "\n"
 

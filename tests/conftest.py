@@ -87,9 +87,8 @@ class Mosquitto:
             "autosave_interval 1\n"
             "max_queued_messages 1000\n"
             f"log_dest file {workdir}/mosquitto.log\n"
-            "log_type all\n"
+            "log_type all\n" + ("user root\n" if os.geteuid() == 0 else ""),
             # As root, mosquitto would drop to user "mosquitto", which cannot write here.
-            + ("user root\n" if os.geteuid() == 0 else ""),
             encoding="utf-8",
         )
         self.proc: subprocess.Popen[bytes] | None = None
@@ -264,12 +263,16 @@ class MqttProbe:
         self.client.loop_start()
 
     def subscribe(self, topic: str) -> None:
-        result, mid = self.client.subscribe(topic, qos=1)
+        result, _ = self.client.subscribe(topic, qos=1)
         assert result == mqtt.MQTT_ERR_SUCCESS
         time.sleep(0.2)
 
     def publish(self, topic: str, payload: Any, **kwargs: Any) -> None:
-        body = payload if isinstance(payload, (str, bytes)) else json.dumps(payload, ensure_ascii=False)
+        body = (
+            payload
+            if isinstance(payload, (str, bytes))
+            else json.dumps(payload, ensure_ascii=False)
+        )
         self.client.publish(topic, body, qos=1, **kwargs).wait_for_publish(5)
 
     def wait_for(self, topic: str, count: int = 1, timeout: float = 60) -> list[mqtt.MQTTMessage]:

@@ -70,7 +70,7 @@ def test_invalid_config_names_the_key(tmp_path, text, where):
 
 
 def test_unknown_env_key_is_an_error(tmp_path):
-    with pytest.raises(EdgeAgentError, match="mqtt.prot"):
+    with pytest.raises(EdgeAgentError, match=r"mqtt\.prot"):
         load_config(write(tmp_path, MINIMAL), environ={"EDGEAGENT_MQTT__PROT": "1"})
 
 

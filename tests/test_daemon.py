@@ -39,7 +39,12 @@ def body(message: mqtt.MQTTMessage) -> dict:
 def daemon_factory(tmp_path, model_path, mosquitto):
     started: list[DaemonProcess] = []
 
-    def make(device: str = "dev1", sections: dict | None = None, state_dir: Path | None = None, start: bool = True) -> DaemonProcess:
+    def make(
+        device: str = "dev1",
+        sections: dict | None = None,
+        state_dir: Path | None = None,
+        start: bool = True,
+    ) -> DaemonProcess:
         cfg = write_config(
             tmp_path / f"{device}.toml",
             model=model_path,
@@ -68,7 +73,9 @@ def probe(mosquitto):
     client.close()
 
 
-def v5_request(probe: MqttProbe, topic: str, payload: dict, reply_topic: str, correlation: bytes) -> None:
+def v5_request(
+    probe: MqttProbe, topic: str, payload: dict, reply_topic: str, correlation: bytes
+) -> None:
     props = Properties(PacketTypes.PUBLISH)
     props.ResponseTopic = reply_topic
     props.CorrelationData = correlation
@@ -80,7 +87,13 @@ def test_schema_task_with_response_topic_and_heartbeat(daemon_factory, probe):
     probe.subscribe("replies/#")
     probe.subscribe("edgeagent/dev1/status")
     probe.subscribe("edgeagent/dev1/heartbeat")
-    v5_request(probe, "edgeagent/dev1/tasks", {"id": "t1", "input": "Porto reports 31.5 degrees.", "schema": SCHEMA}, "replies/a", b"corr-1")
+    v5_request(
+        probe,
+        "edgeagent/dev1/tasks",
+        {"id": "t1", "input": "Porto reports 31.5 degrees.", "schema": SCHEMA},
+        "replies/a",
+        b"corr-1",
+    )
     (reply,) = probe.wait_for("replies/a")
     assert reply.properties.CorrelationData == b"corr-1"
     answer = body(reply)
@@ -107,7 +120,14 @@ def test_catalog_task_results_topic_and_dispatch(daemon_factory, probe):
     daemon_factory()
     probe.subscribe("edgeagent/dev1/results/#")
     probe.subscribe("edgeagent/dev1/actions/#")
-    probe.publish("edgeagent/dev1/tasks", {"id": "c1", "input": "Zone 3 is bone dry. Water zone 3 for 20 minutes.", "action": "set_irrigation"})
+    probe.publish(
+        "edgeagent/dev1/tasks",
+        {
+            "id": "c1",
+            "input": "Zone 3 is bone dry. Water zone 3 for 20 minutes.",
+            "action": "set_irrigation",
+        },
+    )
     answer = body(probe.wait_for("edgeagent/dev1/results/c1")[0])
     assert answer["status"] == "ok", answer
     assert answer["output"]["action"] == "set_irrigation"
@@ -118,10 +138,31 @@ def test_catalog_task_results_topic_and_dispatch(daemon_factory, probe):
 
 def test_mosquitto_rr_client(daemon_factory, mosquitto):
     daemon_factory()
-    request = json.dumps({"input": "Frost tonight, minus 3 degrees.", "actions": ["notify", "no_action"]})
+    request = json.dumps(
+        {"input": "Frost tonight, minus 3 degrees.", "actions": ["notify", "no_action"]}
+    )
     done = subprocess.run(
-        ["mosquitto_rr", "-V", "5", "-p", str(mosquitto.port), "-h", "127.0.0.1", "-t", "edgeagent/dev1/tasks", "-e", "replies/rr", "-m", request, "-W", "60"],
-        capture_output=True, text=True, timeout=90, check=False,
+        [
+            "mosquitto_rr",
+            "-V",
+            "5",
+            "-p",
+            str(mosquitto.port),
+            "-h",
+            "127.0.0.1",
+            "-t",
+            "edgeagent/dev1/tasks",
+            "-e",
+            "replies/rr",
+            "-m",
+            request,
+            "-W",
+            "60",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     answer = json.loads(done.stdout)
@@ -134,7 +175,15 @@ def test_v311_client_with_reply_to(daemon_factory, mosquitto):
     old = MqttProbe(mosquitto.port, protocol=mqtt.MQTTv311)
     try:
         old.subscribe("legacy/replies")
-        old.publish("edgeagent/fleet/tasks", {"id": "v3", "input": "Lisbon, 22 degrees.", "schema": SCHEMA, "reply_to": "legacy/replies"})
+        old.publish(
+            "edgeagent/fleet/tasks",
+            {
+                "id": "v3",
+                "input": "Lisbon, 22 degrees.",
+                "schema": SCHEMA,
+                "reply_to": "legacy/replies",
+            },
+        )
         answer = body(old.wait_for("legacy/replies")[0])
         assert answer["status"] == "ok"
         assert answer["id"] == "v3"
@@ -150,10 +199,16 @@ def test_errors_are_typed_and_the_daemon_keeps_serving(daemon_factory, probe):
         "e-types": ({"id": "e-types", "input": 5}, "INVALID_REQUEST"),
         "e-field": ({"id": "e-field", "input": "x", "colour": "red"}, "INVALID_REQUEST"),
         "e-action": ({"id": "e-action", "input": "x", "action": "launch_rocket"}, "UNKNOWN_ACTION"),
-        "e-schema": ({"id": "e-schema", "input": "x", "schema": {"type": "array", "uniqueItems": True}}, "SCHEMA_UNSUPPORTED"),
+        "e-schema": (
+            {"id": "e-schema", "input": "x", "schema": {"type": "array", "uniqueItems": True}},
+            "SCHEMA_UNSUPPORTED",
+        ),
         "e-big": ({"id": "e-big", "input": "x" * 5000}, "PAYLOAD_TOO_LARGE"),
         "e-ctx": ({"id": "e-ctx", "input": "word " * 2100, "schema": SCHEMA}, "PAYLOAD_TOO_LARGE"),
-        "e-short": ({"id": "e-short", "input": "Tell a story", "schema": SLOW_SCHEMA, "max_tokens": 5}, "OUTPUT_INVALID"),
+        "e-short": (
+            {"id": "e-short", "input": "Tell a story", "schema": SLOW_SCHEMA, "max_tokens": 5},
+            "OUTPUT_INVALID",
+        ),
     }
     for payload, _ in cases.values():
         probe.publish("edgeagent/dev1/tasks", payload)
@@ -166,22 +221,52 @@ def test_errors_are_typed_and_the_daemon_keeps_serving(daemon_factory, probe):
     assert broken["id"] is None
     assert broken["error"]["code"] == "INVALID_REQUEST"
     # Context budget: fits the payload limit but not the 2048-token context.
-    probe.publish("edgeagent/dev1/tasks", {"id": "e-ctx2", "input": "你好" * 600, "schema": SCHEMA, "max_tokens": 1000})
-    assert body(probe.wait_for("edgeagent/dev1/results/e-ctx2")[0])["error"]["code"] == "CONTEXT_BUDGET"
+    probe.publish(
+        "edgeagent/dev1/tasks",
+        {"id": "e-ctx2", "input": "你好" * 600, "schema": SCHEMA, "max_tokens": 1000},
+    )
+    assert (
+        body(probe.wait_for("edgeagent/dev1/results/e-ctx2")[0])["error"]["code"]
+        == "CONTEXT_BUDGET"
+    )
     # Deadline: far shorter than the generation.
-    probe.publish("edgeagent/dev1/tasks", {"id": "e-late", "input": "Tell a story", "schema": SLOW_SCHEMA, "max_tokens": 400, "deadline_s": 0.5})
-    assert body(probe.wait_for("edgeagent/dev1/results/e-late", timeout=60)[0])["error"]["code"] == "DEADLINE_EXCEEDED"
+    probe.publish(
+        "edgeagent/dev1/tasks",
+        {
+            "id": "e-late",
+            "input": "Tell a story",
+            "schema": SLOW_SCHEMA,
+            "max_tokens": 400,
+            "deadline_s": 0.5,
+        },
+    )
+    assert (
+        body(probe.wait_for("edgeagent/dev1/results/e-late", timeout=60)[0])["error"]["code"]
+        == "DEADLINE_EXCEEDED"
+    )
     # BUSY: queue of 1 while a slow task runs.
-    probe.publish("edgeagent/dev1/tasks", {"id": "b-run", "input": "Tell a story", "schema": SLOW_SCHEMA, "max_tokens": 400})
+    probe.publish(
+        "edgeagent/dev1/tasks",
+        {"id": "b-run", "input": "Tell a story", "schema": SLOW_SCHEMA, "max_tokens": 400},
+    )
     daemon.wait_event("task started", task_id="b-run")
     for i in range(3):
-        probe.publish("edgeagent/dev1/tasks", {"id": f"b-{i}", "input": "Porto, 20 degrees", "schema": SCHEMA})
+        probe.publish(
+            "edgeagent/dev1/tasks", {"id": f"b-{i}", "input": "Porto, 20 degrees", "schema": SCHEMA}
+        )
     codes = [body(probe.wait_for(f"edgeagent/dev1/results/b-{i}")[0])["status"] for i in range(3)]
-    busy = [body(m) for m in probe.messages if m.topic.startswith("edgeagent/dev1/results/b-") and body(m)["status"] == "error"]
-    assert busy and all(b["error"]["code"] == "BUSY" for b in busy), codes
+    busy = [
+        body(m)
+        for m in probe.messages
+        if m.topic.startswith("edgeagent/dev1/results/b-") and body(m)["status"] == "error"
+    ]
+    assert busy, codes
+    assert all(b["error"]["code"] == "BUSY" for b in busy), codes
     assert "ok" in codes  # the one that fit in the queue was answered
     # Still serving after all that.
-    probe.publish("edgeagent/dev1/tasks", {"id": "after", "input": "Faro, 25 degrees.", "schema": SCHEMA})
+    probe.publish(
+        "edgeagent/dev1/tasks", {"id": "after", "input": "Faro, 25 degrees.", "schema": SCHEMA}
+    )
     assert body(probe.wait_for("edgeagent/dev1/results/after", timeout=90)[0])["status"] == "ok"
     assert daemon.proc.poll() is None
 
@@ -208,7 +293,15 @@ def test_sigkill_during_a_task_reply_arrives_exactly_once(daemon_factory, probe,
     state = tmp_path / "state-kill"
     daemon = daemon_factory(state_dir=state)
     probe.subscribe("edgeagent/dev1/results/#")
-    probe.publish("edgeagent/dev1/tasks", {"id": "k1", "input": "Tell a story about a tomato.", "schema": SLOW_SCHEMA, "max_tokens": 400})
+    probe.publish(
+        "edgeagent/dev1/tasks",
+        {
+            "id": "k1",
+            "input": "Tell a story about a tomato.",
+            "schema": SLOW_SCHEMA,
+            "max_tokens": 400,
+        },
+    )
     daemon.wait_event("task started", task_id="k1")
     daemon.signal(signal.SIGKILL)
     daemon.wait()
@@ -227,9 +320,15 @@ def test_broker_restart_while_tasks_are_queued_loses_nothing(daemon_factory, pro
     daemon = daemon_factory()
     probe.subscribe("edgeagent/dev1/results/#")
     ids = [f"q{i}" for i in range(3)]
-    probe.publish("edgeagent/dev1/tasks", {"id": ids[0], "input": "Tell a story.", "schema": SLOW_SCHEMA, "max_tokens": 400})
+    probe.publish(
+        "edgeagent/dev1/tasks",
+        {"id": ids[0], "input": "Tell a story.", "schema": SLOW_SCHEMA, "max_tokens": 400},
+    )
     for task_id in ids[1:]:
-        probe.publish("edgeagent/dev1/tasks", {"id": task_id, "input": "Coimbra, 19 degrees.", "schema": SCHEMA})
+        probe.publish(
+            "edgeagent/dev1/tasks",
+            {"id": task_id, "input": "Coimbra, 19 degrees.", "schema": SCHEMA},
+        )
     daemon.wait_event("task started", task_id="q0")
     mosquitto.stop()
     time.sleep(3)
@@ -247,7 +346,13 @@ def test_three_daemons_share_the_fleet_subscription(daemon_factory, probe):
         daemon_factory(device=device)
     probe.subscribe("replies/fleet")
     for i in range(9):
-        v5_request(probe, "edgeagent/fleet/tasks", {"id": f"f{i}", "input": f"Sensor {i}: 2{i} degrees in Evora.", "schema": SCHEMA}, "replies/fleet", f"f{i}".encode())
+        v5_request(
+            probe,
+            "edgeagent/fleet/tasks",
+            {"id": f"f{i}", "input": f"Sensor {i}: 2{i} degrees in Evora.", "schema": SCHEMA},
+            "replies/fleet",
+            f"f{i}".encode(),
+        )
     replies = [body(m) for m in probe.wait_for("replies/fleet", count=9, timeout=180)]
     assert sorted(r["id"] for r in replies) == sorted(f"f{i}" for i in range(9))
     assert {r["device"] for r in replies} == set(devices)
@@ -270,13 +375,44 @@ def test_submit_and_status_cli(daemon_factory, tmp_path):
     schema = tmp_path / "s.json"
     schema.write_text(json.dumps(SCHEMA))
     cli = [sys.executable, "-m", "edgeagent"]
-    done = subprocess.run([*cli, "submit", "--config", str(daemon.config), "--schema", str(schema), "--timeout", "60", "Guarda: 4 degrees"], capture_output=True, text=True, cwd=ROOT, timeout=90, check=False)
+    done = subprocess.run(
+        [
+            *cli,
+            "submit",
+            "--config",
+            str(daemon.config),
+            "--schema",
+            str(schema),
+            "--timeout",
+            "60",
+            "Guarda: 4 degrees",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=90,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert json.loads(done.stdout)["status"] == "ok"
-    bad = subprocess.run([*cli, "submit", "--config", str(daemon.config), "--action", "launch_rocket", "go"], capture_output=True, text=True, cwd=ROOT, timeout=90, check=False)
+    bad = subprocess.run(
+        [*cli, "submit", "--config", str(daemon.config), "--action", "launch_rocket", "go"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=90,
+        check=False,
+    )
     assert bad.returncode == 1
     assert json.loads(bad.stdout)["error"]["code"] == "UNKNOWN_ACTION"
-    status = subprocess.run([*cli, "status", "--config", str(daemon.config)], capture_output=True, text=True, cwd=ROOT, timeout=30, check=False)
+    status = subprocess.run(
+        [*cli, "status", "--config", str(daemon.config)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=30,
+        check=False,
+    )
     assert status.returncode == 0, status.stdout
     shown = json.loads(status.stdout)
     assert shown["status"] == "online"
@@ -286,6 +422,12 @@ def test_submit_and_status_cli(daemon_factory, tmp_path):
 def test_task_ids_are_generated(daemon_factory, probe):
     daemon_factory()
     probe.subscribe("replies/gen")
-    v5_request(probe, "edgeagent/dev1/tasks", {"input": "Beja, 30 degrees", "schema": SCHEMA}, "replies/gen", uuid.uuid4().bytes)
+    v5_request(
+        probe,
+        "edgeagent/dev1/tasks",
+        {"input": "Beja, 30 degrees", "schema": SCHEMA},
+        "replies/gen",
+        uuid.uuid4().bytes,
+    )
     answer = body(probe.wait_for("replies/gen")[0])
     assert len(answer["id"]) == 32
