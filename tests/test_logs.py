@@ -195,7 +195,7 @@ def test_journal_exception_is_binary_encoded(journal):
     sock, path = journal
     configure_logging("debug", "journal", "pi", journal_socket=path)
     try:
-        raise ValueError("boom")  # noqa: TRY301 - a real traceback for the logger
+        raise ValueError("boom")
     except ValueError:
         structlog.get_logger().exception("task crashed", task_id="t9")
     fields = receive(sock)
