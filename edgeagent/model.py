@@ -53,6 +53,20 @@ def _llama_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
         (log.error if level == _GGML_ERROR else log.warning)("llama.cpp", message=message)
 
 
+def _return_freed_memory() -> None:
+    """Give freed heap memory back to the kernel (glibc only).
+
+    After a large context was freed, glibc raises its mmap threshold and serves the
+    next smaller KV caches (up to 32 MiB) from the heap, which free() does not return:
+    the memory governor would count as released what the kernel never got back.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (musl, macOS): nothing to do
+        return
+    libc.malloc_trim(0)
+
+
 def quiet_llama_cpp() -> None:
     llama_cpp.llama_log_set(_llama_log, ctypes.c_void_p(0))
 
@@ -149,6 +163,7 @@ class ResidentModel:
         if self._ctx is not None:
             self._ctx.close()
             self._ctx = None
+            _return_freed_memory()
 
     def close(self) -> None:
         self._free_context()
