@@ -7,9 +7,9 @@ tests/test_ansible.py, cached in ~/.cache/edgeagent/fleet-wheelhouse) in
 /opt/edgeagent/venv, the unit, sysusers and tmpfiles files from systemd/, the SmolLM2
 test model in /var/lib/edgeagent/models/ and /etc/edgeagent/config.toml pointing at a
 real mosquitto the test starts on the bridge address (its own bridge, the first free of
-ea-svc20/10.213.20.1 ... ea-svc29, so it runs beside the other container tests). libgomp1 (llama.cpp's
-OpenMP runtime, missing from the minimal rootfs) is installed from the fleet tests'
-local package mirror. The unit is used unchanged; a test drop-in only shortens
+ea-svc20/10.213.20.1 ... ea-svc29, so it runs beside the other container tests).
+libgomp1 (llama.cpp's OpenMP runtime, missing from the minimal rootfs) is installed
+from the fleet tests' local package mirror. The unit is used unchanged; a test drop-in only shortens
 WatchdogSec= and RestartSec=.
 
 The tests run in order against that one service (each starts it if an earlier one
