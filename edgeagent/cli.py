@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -126,11 +127,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     configure_logging(cfg.log.level, cfg.log.format, cfg.device.id)
     # When the watchdog kills us with SIGABRT, every thread's stack goes to the journal.
     faulthandler.enable()
+    daemon = Daemon(cfg, config_path=args.config)
     try:
-        return asyncio.run(Daemon(cfg, config_path=args.config).run())
+        code = asyncio.run(daemon.run())
     except EdgeAgentError as exc:
         sys.stderr.write(f"edgeagent: {exc}\n")
         return EXIT_ERROR
+    if daemon.abandoned_inference:
+        # Normal interpreter exit would join the stuck inference thread forever.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def _task_request(args: argparse.Namespace) -> dict[str, Any]:

@@ -43,6 +43,7 @@ log = structlog.get_logger("edgeagent.daemon")
 
 PUBLISH_RETRY_S = 30.0  # re-publish a reply the broker has not confirmed after this long
 FINAL_PUBLISH_TIMEOUT_S = 5.0  # shutdown: how long to wait for the broker's PUBACKs
+ENGINE_CLOSE_TIMEOUT_S = 5.0
 MIN_STALL_S = 10.0  # the watchdog never calls the inference thread stuck sooner
 _SPEC_CACHE_SIZE = 64
 
@@ -116,6 +117,8 @@ class Daemon:
         self._deliveries: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
         self._specs: dict[tuple[str, ...], OutputSpec] = {}
+        # Set when shutdown had to leave a stuck inference thread behind.
+        self.abandoned_inference = False
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -256,7 +259,11 @@ class Daemon:
                     "offline status",
                 )
         self.broker.stop()
-        await asyncio.to_thread(self.engine.close)
+        # Blocking, but bounded: nothing else runs any more. A wedged inference thread
+        # must not turn a stop into systemd's SIGKILL after TimeoutStopSec.
+        if not self.engine.close(timeout=ENGINE_CLOSE_TIMEOUT_S):
+            self.abandoned_inference = True
+            log.error("the inference thread does not respond; exiting without it")
         self.journal.close()
         self._set_state(State.STOPPED)
         log.info("stopped", done=self.counters.done, failed=self.counters.failed)
@@ -380,7 +387,7 @@ class Daemon:
                 reply_to=reply_to,
             )
         self.counters.failed += 1
-        log.info(
+        log.warning(
             "task",
             task_id=task_id,
             status="error",

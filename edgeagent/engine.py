@@ -169,14 +169,23 @@ class Engine:
         then sizes it to memory)."""
         await self.call(lambda: self._load(n_ctx))
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> bool:
+        """Free the model on its thread. False if the thread did not get to it in time
+        (a wedged model call): the thread is then left behind, and the process should
+        exit without waiting for it."""
+
         def _close() -> None:
             if self._model is not None:
                 self._model.close()
                 self._model = None
 
-        self.submit(_close).result()
+        try:
+            self.submit(_close).result(timeout)
+        except TimeoutError:
+            self._thread.shutdown(wait=False, cancel_futures=True)
+            return False
         self._thread.shutdown(wait=True)
+        return True
 
     # -- work ----------------------------------------------------------------
 
