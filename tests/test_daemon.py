@@ -44,6 +44,7 @@ def daemon_factory(tmp_path, model_path, mosquitto):
         sections: dict | None = None,
         state_dir: Path | None = None,
         start: bool = True,
+        env: dict[str, str] | None = None,
     ) -> DaemonProcess:
         cfg = write_config(
             tmp_path / f"{device}.toml",
@@ -54,7 +55,7 @@ def daemon_factory(tmp_path, model_path, mosquitto):
             log_level="debug",
             sections=sections,
         )
-        proc = DaemonProcess(cfg, tmp_path / f"{device}.log")
+        proc = DaemonProcess(cfg, tmp_path / f"{device}.log", env=env)
         if start:
             proc.start()
             proc.wait_event("mqtt connected")
@@ -431,3 +432,19 @@ def test_task_ids_are_generated(daemon_factory, probe):
     )
     answer = body(probe.wait_for("replies/gen")[0])
     assert len(answer["id"]) == 32
+
+
+def test_sigterm_with_a_wedged_inference_thread_still_exits(daemon_factory, probe):
+    daemon = daemon_factory(
+        sections={"queue": {"shutdown_grace_s": 1}},
+        env={"EDGEAGENT_TEST_FAULT": "wedge-inference"},
+    )
+    probe.subscribe("edgeagent/dev1/status")
+    probe.publish("edgeagent/dev1/tasks", {"id": "w1", "input": "x", "schema": SCHEMA})
+    daemon.wait_event("task started", task_id="w1")
+    started = time.monotonic()
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(timeout=30) == 0
+    assert time.monotonic() - started < 15
+    assert probe.wait_for("edgeagent/dev1/status", count=2)[-1].payload == b"offline"
+    assert daemon.events("the inference thread does not respond; exiting without it")
