@@ -14,6 +14,7 @@ may name a different message.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import threading
 from collections.abc import Callable
@@ -93,6 +94,7 @@ class Broker:
         self._client.on_disconnect = self._paho_disconnect
         self._client.on_message = self._paho_message
         self._client.on_publish = self._paho_publish
+        self._client.on_socket_open = no_delay
         # mid -> future of a publish waiting for PUBACK. PUBACK can arrive before
         # publish() returns the mid to us, so early acks are remembered too.
         self._pending: dict[int, asyncio.Future[None]] = {}
@@ -223,6 +225,13 @@ class Broker:
         self._closing = True
         self._client.disconnect()
         self._client.loop_stop()
+
+
+def no_delay(_client: Any, _userdata: Any, sock: Any) -> None:
+    """Disable Nagle's algorithm: a reply is one small packet that must leave now, not
+    after the peer's delayed ACK (~40 ms on Linux per round trip otherwise)."""
+    if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def mqtt_properties(packet_type: int) -> Properties:

@@ -15,7 +15,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 
-from edgeagent.broker import mqtt_properties
+from edgeagent.broker import mqtt_properties, no_delay
 from edgeagent.config import Config
 from edgeagent.errors import EdgeAgentError, ErrorCode
 from edgeagent.topics import Topics
@@ -27,6 +27,7 @@ def _client(cfg: Config) -> mqtt.Client:
         client_id=f"edgeagent-cli-{uuid.uuid4().hex[:8]}",
         protocol=mqtt.MQTTv5,
     )
+    client.on_socket_open = no_delay
     if cfg.mqtt.username is not None:
         client.username_pw_set(cfg.mqtt.username, cfg.mqtt.password())
     if cfg.mqtt.tls_ca is not None:
