@@ -5,6 +5,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 WHEELHOUSE ?= $(or $(EDGEAGENT_WHEELHOUSE),$(HOME)/.cache/edgeagent/wheelhouse)
 PROFILE ?= $(if $(filter aarch64,$(shell uname -m)),pi4,x86-64-v3)
+# The llama-cpp-python version the wheelhouse is built for (scripts/build-wheelhouse.sh).
+LLAMA_CPP_PYTHON_VERSION ?= 0.3.36
 
 .PHONY: venv model demo test test-fast lint typecheck system-deps clean bench
 
@@ -13,8 +15,10 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml scripts/build-wheelhouse.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip wheel
-	EDGEAGENT_WHEELHOUSE=$(WHEELHOUSE) PYTHON=$(BIN)/python scripts/build-wheelhouse.sh $(PROFILE)
-	$(BIN)/pip install --quiet --find-links $(WHEELHOUSE)/$(PROFILE) -e '.[dev]'
+	EDGEAGENT_WHEELHOUSE=$(WHEELHOUSE) LLAMA_CPP_PYTHON_VERSION=$(LLAMA_CPP_PYTHON_VERSION) \
+		PYTHON=$(BIN)/python scripts/build-wheelhouse.sh $(PROFILE)
+	$(BIN)/pip install --quiet --find-links $(WHEELHOUSE)/$(PROFILE) \
+		"llama-cpp-python==$(LLAMA_CPP_PYTHON_VERSION)" -e '.[dev]'
 	touch $@
 
 model: venv
@@ -36,6 +40,11 @@ typecheck: venv
 
 test: venv system-deps lint typecheck
 	EDGEAGENT_TEST_MODEL=$$($(BIN)/python scripts/fetch_model.py smollm2) $(BIN)/pytest
+
+# Without the systemd containers, real cgroups and the long-document test (~2 min).
+test-fast: venv system-deps
+	EDGEAGENT_TEST_MODEL=$$($(BIN)/python scripts/fetch_model.py smollm2) \
+		$(BIN)/pytest -m "not container and not cgroup and not slow"
 
 bench: venv
 	$(BIN)/edgeagent bench --json bench.json --model $$($(BIN)/python scripts/fetch_model.py smollm2) --model $$($(BIN)/python scripts/fetch_model.py qwen-coder)
