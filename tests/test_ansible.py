@@ -9,7 +9,8 @@ session by scripts/build-fleet-wheelhouse.sh and the SmolLM2 test model:
 1. first run: changes on every host, all healthy, a fleet task is answered;
 2. second run: changed=0 on every host;
 3. a config change (a new action via -e) reloads the service one batch at a time;
-4. a host whose health gate fails (wrong broker password) stops the rollout.
+4. a pi5 profile on a CPU without its features, and a missing wheelhouse, are refused;
+5. a host whose health gate fails (wrong broker password) stops the rollout.
 
 Timings of the runs are printed and written to $EDGEAGENT_TEST_ARTIFACTS (default: the
 session's temporary directory) as ansible-timings.json.
@@ -717,6 +718,32 @@ def test_config_change_reloads_one_batch_at_a_time(
         )
         assert json.loads(reply.stdout)["output"]["action"] == "open_vent"
     _mark_failed(request, "")
+
+
+@pytest.mark.container
+@pytest.mark.slow
+def test_refuses_wrong_cpu_profile_and_missing_wheelhouse(
+    fleet: Fleet, request: pytest.FixtureRequest
+) -> None:
+    _skip_if_failed(request)
+    # A Pi 5 build on a CPU without dotprod/fp16 (here: x86_64) is refused before install.
+    run = fleet.playbook("--limit", "pi1", "-e", "edgeagent_cpu_profile=pi5", label="pi5-guard")
+    assert run.returncode != 0
+    assert "a pi5 build never runs on a Pi 4" in run.output, run.output[-3000:]
+    assert run.recap["pi1"]["changed"] == 0
+    # No wheelhouse for the profile and building on the device not allowed: a clear stop.
+    empty = fleet.workdir / "empty-wheelhouse"
+    empty.mkdir(exist_ok=True)
+    run = fleet.playbook(
+        "--limit",
+        "pi1",
+        "-e",
+        json.dumps({"edgeagent_wheelhouse_dir": str(empty), "edgeagent_source_build": False}),
+        label="no-wheelhouse",
+    )
+    assert run.returncode != 0
+    assert "No wheelhouse for CPU profile x86-64-v3" in run.output, run.output[-3000:]
+    assert run.recap["pi1"]["changed"] == 0
 
 
 @pytest.mark.container

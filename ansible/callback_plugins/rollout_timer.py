@@ -46,7 +46,7 @@ class CallbackModule(CallbackBase):
         self._started[(host.get_name(), task._uuid)] = now
         self._hosts.setdefault(host.get_name(), [now, now])
 
-    def _finish(self, result: Any) -> None:
+    def _finish(self, result: Any, *_args: Any, **_kwargs: Any) -> None:
         host = result._host.get_name()
         now = time.monotonic()
         started = self._started.pop((host, result._task._uuid), None)
