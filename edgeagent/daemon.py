@@ -44,6 +44,7 @@ log = structlog.get_logger("edgeagent.daemon")
 PUBLISH_RETRY_S = 30.0  # re-publish a reply the broker has not confirmed after this long
 FINAL_PUBLISH_TIMEOUT_S = 5.0  # shutdown: how long to wait for the broker's PUBACKs
 ENGINE_CLOSE_TIMEOUT_S = 5.0
+JOURNAL_PRUNE_EVERY_S = 3600.0
 MIN_STALL_S = 10.0  # the watchdog never calls the inference thread stuck sooner
 _SPEC_CACHE_SIZE = 64
 
@@ -576,7 +577,13 @@ class Daemon:
         }
 
     async def _heartbeat(self) -> None:
+        last_prune = time.monotonic()
         while True:
+            if time.monotonic() - last_prune > JOURNAL_PRUNE_EVERY_S:
+                # Keeps the journal bounded on a daemon that runs for months.
+                removed = self.journal.prune()
+                last_prune = time.monotonic()
+                log.debug("journal pruned", removed=removed, rows=self.journal.count())
             if self.broker.connected.is_set():
                 future = self.broker.publish(
                     self.topics.heartbeat, json.dumps(self.heartbeat()), retain=True
