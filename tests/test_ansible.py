@@ -62,6 +62,8 @@ RECAP_RE = re.compile(
     re.MULTILINE,
 )
 CMDLINE = "console=serial0,115200 console=tty1 root=PARTUUID=0123abcd-02 rootfstype=ext4 rootwait\n"
+DPHYS_CONF = "# /etc/dphys-swapfile\nCONF_SWAPSIZE=100\n#CONF_MAXSWAP=2048\n"
+DPHYS_UNIT = "[Unit]\nDescription=stand-in for dphys-swapfile\n[Service]\nType=oneshot\nExecStart=/bin/true\nRemainAfterExit=yes\n"
 
 
 # --------------------------------------------------------------------------- tools
@@ -527,10 +529,22 @@ def fleet(
                             # And a Raspberry Pi OS option on a (fake) boot partition.
                             "edgeagent_enable_memory_cgroup": True,
                             "edgeagent_reboot_allowed": False,
+                            "edgeagent_swap_mb": 512,
                         }
                     (inventory_dir / "host_vars" / f"{name}.yml").write_text(
                         json.dumps(host_vars, indent=2)
                     )
+                # pi3 also plays Raspberry Pi OS: a boot partition and dphys-swapfile
+                # (a stand-in unit: the real one would allocate swap in the container).
+                hosts["pi3"].run(["sh", "-c", f"printf '%s' '{DPHYS_CONF}' > /etc/dphys-swapfile"])
+                hosts["pi3"].run(
+                    [
+                        "sh",
+                        "-c",
+                        f"printf '%s' '{DPHYS_UNIT}' > /etc/systemd/system/dphys-swapfile.service",
+                    ]
+                )
+                hosts["pi3"].run(["systemctl", "daemon-reload"])
                 hosts["pi3"].run(["mkdir", "-p", "/boot/firmware"])
                 hosts["pi3"].run(
                     ["sh", "-c", f"printf '%s' '{CMDLINE}' > /boot/firmware/cmdline.txt"]
@@ -602,6 +616,11 @@ def test_first_deployment(fleet: Fleet, request: pytest.FixtureRequest) -> None:
     # Raspberry Pi OS option on pi3: the kernel command line got the memory cgroup.
     cmdline = fleet.on("pi3", "cat", "/boot/firmware/cmdline.txt").stdout
     assert cmdline == CMDLINE.rstrip("\n") + " cgroup_enable=memory cgroup_memory=1\n"
+    swap = fleet.on("pi3", "cat", "/etc/dphys-swapfile").stdout
+    assert "CONF_SWAPSIZE=512\n" in swap
+    assert "CONF_MAXSWAP=2048\n" in swap
+    active = fleet.on("pi3", "systemctl", "is-active", "dphys-swapfile.service", check=False)
+    assert active.stdout.strip() == "active"  # restarted by the handler
 
     # A task on the fleet topic (shared subscription), sent from a host with an MQTT v5
     # response topic by `edgeagent submit --fleet`, is answered by one of the hosts.
