@@ -62,33 +62,57 @@ def model_path() -> Path:
     return Path(out.stdout.strip().splitlines()[-1])
 
 
-def free_port() -> int:
+def free_port(address: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((address, 0))
         port: int = sock.getsockname()[1]
         return port
 
 
 class Mosquitto:
-    """A real mosquitto on 127.0.0.1:port with persistence, restartable on the same port."""
+    """A real mosquitto on address:port, restartable on the same port.
 
-    def __init__(self, workdir: Path) -> None:
+    `users` turns on password authentication (name -> password, via mosquitto_passwd);
+    `listener_options` are appended to the listener (TLS files, require_certificate);
+    `persistence` keeps sessions and queued messages across restarts.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        address: str = "127.0.0.1",
+        users: dict[str, str] | None = None,
+        listener_options: str = "",
+        persistence: bool = True,
+    ) -> None:
         self.binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(self.binary).exists():
             pytest.fail("mosquitto is not installed (make test installs it)")
-        self.port = free_port()
+        self.address = address
+        self.port = free_port(address)
         self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        auth = "allow_anonymous true\n"
+        if users:
+            passwd = workdir / "passwd"
+            for index, (name, password) in enumerate(users.items()):
+                create = ["-c"] if index == 0 else []
+                subprocess.run(
+                    ["mosquitto_passwd", "-b", *create, str(passwd), name, password], check=True
+                )
+            passwd.chmod(0o600)
+            auth = f"allow_anonymous false\npassword_file {passwd}\n"
+        keep = f"persistence true\npersistence_location {workdir}/\nautosave_interval 1\n"
         self.conf = workdir / "mosquitto.conf"
         self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
-            "persistence true\n"
-            f"persistence_location {workdir}/\n"
-            "autosave_interval 1\n"
-            "max_queued_messages 1000\n"
+            f"listener {self.port} {address}\n{listener_options}{auth}"
+            + (keep if persistence else "persistence false\n")
+            + "max_queued_messages 1000\n"
             f"log_dest file {workdir}/mosquitto.log\n"
-            "log_type all\n" + ("user root\n" if os.geteuid() == 0 else ""),
+            "log_type all\n"
             # As root, mosquitto would drop to user "mosquitto", which cannot write here.
+             + ("user root\n" if os.geteuid() == 0 else ""),
             encoding="utf-8",
         )
         self.proc: subprocess.Popen[bytes] | None = None
@@ -98,10 +122,10 @@ class Mosquitto:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
+                if sock.connect_ex((self.address, self.port)) == 0:
                     return
             time.sleep(0.05)
-        pytest.fail("mosquitto did not start")
+        pytest.fail(f"mosquitto did not start:\n{self.log()}")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

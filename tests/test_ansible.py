@@ -29,8 +29,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -41,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import Mosquitto
 
 ROOT = Path(__file__).resolve().parent.parent
 ANSIBLE_DIR = ROOT / "ansible"
@@ -275,61 +274,6 @@ def debian_mirror() -> Path:
 # --------------------------------------------------------------------------- services
 
 
-def _free_port(address: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((address, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class BridgeBroker:
-    """A real mosquitto on the bridge address, password authentication only."""
-
-    def __init__(self, workdir: Path, address: str, password: str) -> None:
-        self.binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        self.address = address
-        self.port = _free_port(address)
-        self.workdir = workdir
-        workdir.mkdir(parents=True, exist_ok=True)
-        passwd = workdir / "passwd"
-        subprocess.run(
-            ["mosquitto_passwd", "-b", "-c", str(passwd), BROKER_USER, password], check=True
-        )
-        passwd.chmod(0o600)
-        self.conf = workdir / "mosquitto.conf"
-        self.conf.write_text(
-            # Started as root it would switch to the mosquitto user, who cannot read here.
-            "user root\n"
-            f"listener {self.port} {address}\n"
-            "allow_anonymous false\n"
-            f"password_file {passwd}\n"
-            "persistence false\n"
-            f"log_dest file {workdir}/mosquitto.log\n"
-            "log_type all\n",
-            encoding="utf-8",
-        )
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)])
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as sock:
-                if sock.connect_ex((self.address, self.port)) == 0:
-                    return
-            time.sleep(0.05)
-        pytest.fail("mosquitto did not start on the bridge")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(10)
-
-    def log(self) -> str:
-        path = self.workdir / "mosquitto.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         pass
@@ -366,7 +310,7 @@ class Fleet:
     workdir: Path
     inventory: Path
     ansible_bin: Path
-    broker: BridgeBroker
+    broker: Mosquitto
     model_sha256: str
 
     def playbook(self, *extra: str, label: str, timeout: float = 1800) -> PlaybookRun:
@@ -479,7 +423,12 @@ def fleet(
     started = time.monotonic()
     with harness.TestHosts(list(HOSTS), workdir / "hosts", bridge=BRIDGE, subnet=SUBNET) as hosts:
         _report("boot 3 hosts (incl. rootfs)", time.monotonic() - started)
-        broker = BridgeBroker(workdir / "broker", hosts.bridge_address, password)
+        broker = Mosquitto(
+            workdir / "broker",
+            address=hosts.bridge_address,
+            users={BROKER_USER: password},
+            persistence=False,
+        )
         broker.start()
         try:
             www = workdir / "www"

@@ -4,15 +4,12 @@ systemd credential), against a real mosquitto that requires all three."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
-from conftest import DaemonProcess, free_port, write_config
+from conftest import DaemonProcess, Mosquitto, write_config
 
 pytestmark = [pytest.mark.model, pytest.mark.mqtt]
 
@@ -48,15 +45,17 @@ def pki(tmp_path: Path) -> Path:
 
 
 def test_tls_client_certificate_and_password(tmp_path, pki, model_path):
-    port = free_port()
-    conf = tmp_path / "mosquitto.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\n"
-        f"cafile {pki}/ca.crt\ncertfile {pki}/server.crt\nkeyfile {pki}/server.key\n"
-        "require_certificate true\n"
-        f"allow_anonymous false\npassword_file {pki}/passwd\n" + ("user root\n" if _root() else "")
+    broker = Mosquitto(
+        tmp_path / "broker",
+        users={"edgeagent": "s3cret pass"},
+        listener_options=(
+            f"cafile {pki}/ca.crt\ncertfile {pki}/server.crt\nkeyfile {pki}/server.key\n"
+            "require_certificate true\n"
+        ),
+        persistence=False,
     )
-    broker = subprocess.Popen([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(conf)])
+    broker.start()
+    port = broker.port
     # The password arrives the way systemd's LoadCredential= delivers it.
     creds = tmp_path / "creds"
     creds.mkdir()
@@ -77,7 +76,6 @@ def test_tls_client_certificate_and_password(tmp_path, pki, model_path):
     )
     daemon = DaemonProcess(cfg, tmp_path / "daemon.log", env={"CREDENTIALS_DIRECTORY": str(creds)})
     try:
-        time.sleep(0.3)
         daemon.start()
         daemon.wait_event("mqtt connected")
         # mosquitto_rr over TLS with the same client certificate and password.
@@ -94,18 +92,13 @@ def test_tls_client_certificate_and_password(tmp_path, pki, model_path):
         assert "s3cret" not in daemon.log()
     finally:
         daemon.stop()
-        broker.send_signal(signal.SIGTERM)
-        broker.wait(10)
+        broker.stop()
 
 
 def test_wrong_password_is_refused_and_retried(tmp_path, pki, model_path):
-    port = free_port()
-    conf = tmp_path / "mosquitto.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {pki}/passwd\n"
-        + ("user root\n" if _root() else "")
-    )
-    broker = subprocess.Popen([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(conf)])
+    broker = Mosquitto(tmp_path / "broker", users={"edgeagent": "s3cret pass"}, persistence=False)
+    broker.start()
+    port = broker.port
     secret = tmp_path / "password"
     secret.write_text("wrong")
     cfg = write_config(
@@ -116,16 +109,10 @@ def test_wrong_password_is_refused_and_retried(tmp_path, pki, model_path):
     )
     daemon = DaemonProcess(cfg, tmp_path / "daemon.log")
     try:
-        time.sleep(0.3)
         daemon.start()
         daemon.wait_event("mqtt connect refused")
         assert daemon.proc is not None
         assert daemon.proc.poll() is None  # keeps running and retrying, as after a broker outage
     finally:
         daemon.stop()
-        broker.send_signal(signal.SIGTERM)
-        broker.wait(10)
-
-
-def _root() -> bool:
-    return os.geteuid() == 0
+        broker.stop()
