@@ -461,7 +461,8 @@ def test_journal_has_indexed_fields(service: Service) -> None:
     assert {"model loaded", "mqtt connected", "task"} <= {_text(e["EVENT"]) for e in info}
     text = service.sh("journalctl", "--no-pager", "-u", UNIT, "-p", "warning", "-o", "cat")
     assert "model loaded" not in text, text
-    assert "task task_id=" not in text, text
+    assert "task task_id=svc-ok-1" not in text, text
+    assert "task task_id=svc-err-1" in text, text
 
 
 def test_reload_applies_a_new_action(service: Service) -> None:
