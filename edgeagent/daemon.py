@@ -213,9 +213,13 @@ class Daemon:
 
     def status_line(self) -> str:
         tps = self.counters.tokens_per_s()
+        decision = self.pressure.decision
+        budget = (
+            f" (budget {decision.budget.tokens}, {decision.budget.limited_by})" if decision else ""
+        )
         line = (
             f"{self.state}; queue {len(self.queue)}/{self.queue.capacity}; "
-            f"ctx {self.engine.n_ctx}; "
+            f"ctx {self.engine.n_ctx}{budget}; "
             f"done {self.counters.done} failed {self.counters.failed}; "
             f"{tps if tps is not None else '-'} tok/s"
         )

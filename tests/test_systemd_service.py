@@ -105,7 +105,10 @@ systemd-tmpfiles --create edgeagent.conf
 mkdir -p {DROPIN_DIR}
 """
 _STARTED: list[float] = []  # when this module's first fixture ran
-STATUS_RE = re.compile(r"^serving; queue 0/16; ctx \d+; done \d+ failed \d+; \S+ tok/s$")
+STATUS_RE = re.compile(
+    r"^serving; queue 0/16; ctx \d+ \(budget \d+, (memory|config|model)\); "
+    r"done \d+ failed \d+; \S+ tok/s$"
+)
 ANSWER_TIMEOUT = 120.0
 
 
