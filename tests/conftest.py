@@ -26,6 +26,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edgeagent.config import ActionConfig
+
 ROOT = Path(__file__).resolve().parent.parent
 EDGEAGENT = [sys.executable, "-m", "edgeagent"]
 
@@ -46,6 +48,37 @@ name = "no_action"
 description = "Nothing needs to be done."
 schema = { type = "object", properties = {} }
 """
+
+
+# A small catalog for engine and schema tests (the daemon tests use CATALOG_TOML).
+GREENHOUSE_ACTIONS = [
+    ActionConfig(
+        name="open_vent",
+        description="Open the greenhouse roof vent by a percentage.",
+        schema={
+            "type": "object",
+            "properties": {"percent": {"type": "integer", "minimum": 0, "maximum": 100}},
+            "required": ["percent"],
+        },
+    ),
+    ActionConfig(
+        name="notify",
+        description="Send a short message to the operator.",
+        schema={
+            "type": "object",
+            "properties": {
+                "severity": {"enum": ["info", "warning", "critical"]},
+                "message": {"type": "string", "minLength": 1, "maxLength": 60},
+            },
+            "required": ["severity", "message"],
+        },
+    ),
+    ActionConfig(
+        name="start_heater",
+        description="Switch the heater on.",
+        schema={"type": "object", "properties": {}},
+    ),
+]
 
 
 @pytest.fixture(scope="session")

@@ -9,43 +9,16 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import GREENHOUSE_ACTIONS as CATALOG
+from conftest import write_config
 
-from edgeagent.config import ActionConfig, ModelConfig
+from edgeagent.config import ModelConfig
 from edgeagent.engine import Engine, Task
 from edgeagent.errors import EdgeAgentError, ErrorCode
 from edgeagent.schema import action_spec, schema_spec, select_actions
 
 pytestmark = pytest.mark.model
 ROOT = Path(__file__).resolve().parent.parent
-
-CATALOG = [
-    ActionConfig(
-        name="open_vent",
-        description="Open the greenhouse roof vent by a percentage.",
-        schema={
-            "type": "object",
-            "properties": {"percent": {"type": "integer", "minimum": 0, "maximum": 100}},
-            "required": ["percent"],
-        },
-    ),
-    ActionConfig(
-        name="notify",
-        description="Send a short message to the operator.",
-        schema={
-            "type": "object",
-            "properties": {
-                "severity": {"enum": ["info", "warning", "critical"]},
-                "message": {"type": "string", "minLength": 1, "maxLength": 60},
-            },
-            "required": ["severity", "message"],
-        },
-    ),
-    ActionConfig(
-        name="start_heater",
-        description="Switch the heater on.",
-        schema={"type": "object", "properties": {}},
-    ),
-]
 
 
 @pytest.fixture(scope="module")
@@ -243,8 +216,6 @@ def test_deadline(engine):
 
 @pytest.fixture(scope="module")
 def cli_config(tmp_path_factory, model_path):
-    from conftest import write_config  # noqa: PLC0415
-
     return write_config(tmp_path_factory.mktemp("cli") / "config.toml", model=model_path)
 
 

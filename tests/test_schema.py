@@ -3,31 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from conftest import GREENHOUSE_ACTIONS
 
-from edgeagent.config import ActionConfig
 from edgeagent.errors import EdgeAgentError, ErrorCode
 from edgeagent.schema import action_spec, schema_spec, select_actions
 
-CATALOG = [
-    ActionConfig(
-        name="open_vent",
-        description="Open a vent.",
-        schema={
-            "type": "object",
-            "properties": {"percent": {"type": "integer", "minimum": 0, "maximum": 100}},
-            "required": ["percent"],
-        },
-    ),
-    ActionConfig(
-        name="notify",
-        description="Tell the operator.",
-        schema={
-            "type": "object",
-            "properties": {"message": {"type": "string"}},
-            "required": ["message"],
-        },
-    ),
-]
+CATALOG = GREENHOUSE_ACTIONS
 
 
 @pytest.mark.parametrize(
@@ -89,7 +70,11 @@ def test_validate_rejects_wrong_output():
 
 
 def test_select_actions():
-    assert [a.name for a in select_actions(CATALOG, None)] == ["open_vent", "notify"]
+    assert [a.name for a in select_actions(CATALOG, None)] == [
+        "open_vent",
+        "notify",
+        "start_heater",
+    ]
     assert [a.name for a in select_actions(CATALOG, ["notify"])] == ["notify"]
     with pytest.raises(EdgeAgentError) as info:
         select_actions(CATALOG, ["notify", "launch_rocket"])
