@@ -31,7 +31,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 
-from edgeagent.broker import mqtt_properties, no_delay
+from edgeagent.mqtt.client import mqtt_properties, no_delay
 
 SCHEMA = {
     "type": "object",

@@ -1,0 +1,1 @@
+"""Command line tools on top of the packages: ask, run, submit, status, bench."""

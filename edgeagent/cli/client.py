@@ -1,0 +1,105 @@
+"""`edgeagent submit` and `edgeagent status`: a small MQTT client of our own protocol.
+
+submit publishes one task with an MQTT v5 Response Topic and Correlation Data (the
+same request/response pattern as mosquitto_rr) and waits for the reply.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import uuid
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+
+from edgeagent.config import Config
+from edgeagent.errors import EdgeAgentError, ErrorCode
+from edgeagent.mqtt.client import mqtt_properties, new_client
+from edgeagent.protocol.topics import Topics
+
+
+def _client(cfg: Config) -> mqtt.Client:
+    return new_client(cfg.mqtt, client_id=f"edgeagent-cli-{uuid.uuid4().hex[:8]}")
+
+
+def _connect(client: mqtt.Client, cfg: Config, timeout: float) -> None:
+    connected: queue.Queue[bool] = queue.Queue(maxsize=1)
+    client.on_connect = lambda _c, _u, _f, reason, _p: connected.put(not reason.is_failure)
+    try:
+        client.connect(cfg.mqtt.host, cfg.mqtt.port, keepalive=30)
+    except OSError as exc:
+        raise EdgeAgentError(
+            ErrorCode.TIMEOUT, f"cannot reach broker {cfg.mqtt.host}:{cfg.mqtt.port}: {exc}"
+        ) from exc
+    client.loop_start()
+    try:
+        ok = connected.get(timeout=timeout)
+    except queue.Empty as exc:
+        raise EdgeAgentError(ErrorCode.TIMEOUT, "no CONNACK from the broker") from exc
+    if not ok:
+        raise EdgeAgentError(ErrorCode.INVALID_REQUEST, "the broker refused the connection")
+
+
+def submit(
+    cfg: Config, request: dict[str, Any], *, device: str | None, timeout: float
+) -> dict[str, Any]:
+    """Publish a task and return the reply body. Raises TIMEOUT when none arrives."""
+    topics = Topics(cfg.mqtt.topic_prefix, device or cfg.device.id, cfg.mqtt.shared_group)
+    task_topic = topics.tasks if device is not None else topics.fleet_tasks
+    request.setdefault("id", uuid.uuid4().hex)
+    reply_topic = f"{cfg.mqtt.topic_prefix}/clients/{uuid.uuid4().hex}/reply"
+    correlation = uuid.uuid4().bytes
+    replies: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=16)
+    subscribed: queue.Queue[bool] = queue.Queue(maxsize=1)
+
+    def on_message(_c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        if getattr(msg.properties, "CorrelationData", None) == correlation:
+            replies.put_nowait(json.loads(msg.payload))
+
+    client = _client(cfg)
+    client.on_message = on_message
+    client.on_subscribe = lambda *_a: subscribed.put_nowait(item=True)
+    _connect(client, cfg, timeout)
+    try:
+        client.subscribe(reply_topic, qos=1)
+        subscribed.get(timeout=timeout)
+        props = mqtt_properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = reply_topic
+        props.CorrelationData = correlation
+        client.publish(task_topic, json.dumps(request), qos=1, properties=props).wait_for_publish(
+            timeout
+        )
+        try:
+            return replies.get(timeout=timeout)
+        except queue.Empty as exc:
+            raise EdgeAgentError(ErrorCode.TIMEOUT, f"no reply within {timeout:g} s") from exc
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def status(cfg: Config, *, device: str | None, timeout: float) -> dict[str, Any]:
+    """The retained status and heartbeat of a device."""
+    topics = Topics(cfg.mqtt.topic_prefix, device or cfg.device.id, cfg.mqtt.shared_group)
+    seen: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=8)
+    client = _client(cfg)
+    client.on_message = lambda _c, _u, msg: seen.put_nowait((msg.topic, bytes(msg.payload)))
+    _connect(client, cfg, timeout)
+    result: dict[str, Any] = {"device": topics.device, "status": None, "heartbeat": None}
+    try:
+        client.subscribe([(topics.status, 1), (topics.heartbeat, 1)])
+        while result["status"] is None or result["heartbeat"] is None:
+            try:
+                topic, payload = seen.get(timeout=timeout)
+            except queue.Empty:
+                break
+            if topic == topics.status:
+                result["status"] = payload.decode("utf-8", "replace")
+            else:
+                result["heartbeat"] = json.loads(payload)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return result

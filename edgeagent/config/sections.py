@@ -1,0 +1,273 @@
+"""The settings, one pydantic model per TOML section.
+
+The models forbid unknown keys so a typo is an error at start-up, not a silently
+ignored setting.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from edgeagent.inference.policy import OverflowPolicy
+
+# systemd's LoadCredential= puts secrets here; the unit names the broker password this way.
+CREDENTIAL_MQTT_PASSWORD = "mqtt_password"  # noqa: S105 - a file name, not a password
+
+_NAME_RE = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$"
+# MQTT topic levels must not contain wildcards or separators.
+_TOPIC_LEVEL_RE = re.compile(r"^[^#+/\x00]+$")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DeviceConfig(_Section):
+    id: str = Field(
+        default_factory=lambda: socket.gethostname().split(".")[0],
+        description="Device id: one MQTT topic level, unique in the fleet. Default: the hostname.",
+    )
+
+    @field_validator("id")
+    @classmethod
+    def _topic_safe(cls, value: str) -> str:
+        if not _TOPIC_LEVEL_RE.match(value):
+            raise ValueError("must be one MQTT topic level (no '/', '+', '#')")
+        return value
+
+
+class ModelConfig(_Section):
+    path: Path = Field(description="Path of the GGUF model file (Q4 recommended).")
+    sha256: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="Expected sha256 of the model file; checked at start when set.",
+    )
+    threads: int = Field(
+        default_factory=lambda: max(1, os.cpu_count() or 1),
+        ge=1,
+        le=64,
+        description="CPU threads for generation. On a Pi, the number of cores.",
+    )
+    n_ctx: int = Field(
+        default=4096,
+        ge=256,
+        le=131072,
+        description="Upper bound of the context window in tokens (prompt + answer).",
+    )
+    n_batch: int = Field(
+        default=256, ge=16, le=4096, description="Prompt tokens fed per decode call."
+    )
+    max_tokens: int = Field(
+        default=512, ge=1, le=8192, description="Default answer length limit in tokens."
+    )
+    temperature: float = Field(
+        default=0.0, ge=0.0, le=2.0, description="0 means greedy decoding (reproducible)."
+    )
+    seed: int = Field(default=0, ge=0, description="Sampling seed when temperature > 0.")
+    system_prompt: str = Field(
+        default=(
+            "You are a precise assistant running on an edge device. "
+            "Read the input and answer only with JSON."
+        ),
+        description="First line of the system message of every task.",
+    )
+
+    @model_validator(mode="after")
+    def _batch_fits(self) -> ModelConfig:
+        if self.n_batch > self.n_ctx:
+            raise ValueError(f"n_batch ({self.n_batch}) must not exceed n_ctx ({self.n_ctx})")
+        if self.max_tokens >= self.n_ctx:
+            raise ValueError(f"max_tokens ({self.max_tokens}) must be below n_ctx ({self.n_ctx})")
+        return self
+
+
+class MqttConfig(_Section):
+    host: str = Field(default="localhost", description="Broker host name or address.")
+    port: int = Field(default=1883, ge=1, le=65535, description="Broker port (8883 for TLS).")
+    protocol: Literal["5", "3.1.1"] = Field(
+        default="5", description="MQTT protocol version the daemon speaks."
+    )
+    client_id: str | None = Field(
+        default=None, description="MQTT client id. Default: edgeagent-<device id>."
+    )
+    username: str | None = Field(default=None, description="Broker user name.")
+    password_file: Path | None = Field(
+        default=None,
+        description=(
+            "File holding the broker password. Default: $CREDENTIALS_DIRECTORY/mqtt_password "
+            "when systemd provides it."
+        ),
+    )
+    tls_ca: Path | None = Field(default=None, description="CA bundle; setting it enables TLS.")
+    tls_cert: Path | None = Field(default=None, description="Client certificate (PEM).")
+    tls_key: Path | None = Field(default=None, description="Client key (PEM).")
+    topic_prefix: str = Field(
+        default="edgeagent", description="First topic level(s) of every topic the daemon uses."
+    )
+    shared_group: str | None = Field(
+        default="edgeagent",
+        description=(
+            "Shared-subscription group for fleet tasks; empty or null disables fleet tasks."
+        ),
+    )
+    keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keepalive.")
+    heartbeat_s: float = Field(default=10.0, ge=1.0, le=3600.0, description="Heartbeat period.")
+    session_expiry_s: int = Field(
+        default=86400,
+        ge=0,
+        description="MQTT v5 session expiry: how long the broker keeps our queued tasks offline.",
+    )
+    max_payload_bytes: int = Field(
+        default=256 * 1024, ge=1024, description="Larger task payloads get PAYLOAD_TOO_LARGE."
+    )
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix_ok(cls, value: str) -> str:
+        if (
+            not value
+            or value.startswith("/")
+            or value.endswith("/")
+            or any(c in value for c in "#+\x00")
+        ):
+            raise ValueError("must be non-empty, without wildcards and leading/trailing '/'")
+        return value
+
+    @model_validator(mode="after")
+    def _tls_pairs(self) -> MqttConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be set together")
+        if self.tls_cert is not None and self.tls_ca is None:
+            raise ValueError("tls_cert needs tls_ca (client certificates only work over TLS)")
+        if self.password_file is not None and self.username is None:
+            raise ValueError("password_file needs username")
+        return self
+
+    def password(self) -> str | None:
+        """The broker password from password_file or the systemd credential, if any."""
+        path = self.password_file
+        if path is None:
+            cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+            candidate = Path(cred_dir) / CREDENTIAL_MQTT_PASSWORD if cred_dir else None
+            if candidate is None or not candidate.is_file():
+                return None
+            path = candidate
+        # An empty file (systemd-tmpfiles creates one so LoadCredential= never fails)
+        # means no password, not an empty one.
+        return path.read_text(encoding="utf-8").rstrip("\r\n") or None
+
+
+class StateConfig(_Section):
+    dir: Path = Field(
+        default=Path("/var/lib/edgeagent"),
+        description="Writable directory for the task journal (systemd StateDirectory=).",
+    )
+    journal_max_age_s: int = Field(
+        default=7 * 86400, ge=60, description="Finished tasks older than this are forgotten."
+    )
+    journal_max_rows: int = Field(
+        default=10000, ge=100, description="At most this many tasks are remembered."
+    )
+
+
+class QueueConfig(_Section):
+    size: int = Field(
+        default=16,
+        ge=1,
+        le=10000,
+        description="Tasks waiting for the model; beyond it clients get BUSY at once.",
+    )
+    default_deadline_s: float = Field(
+        default=600.0, gt=0, description="Deadline of a task that names none."
+    )
+    shutdown_grace_s: float = Field(
+        default=20.0,
+        gt=0,
+        description="On SIGTERM, how long the running task may take before it is handed back.",
+    )
+
+
+class MemoryConfig(_Section):
+    reserve_mb: int = Field(
+        default=128, ge=0, description="Memory left untouched for the rest of the system."
+    )
+    min_ctx: int = Field(
+        default=512, ge=128, description="Below this budget the daemon answers BUSY."
+    )
+    sample_s: float = Field(default=2.0, gt=0, description="Memory sampling period.")
+    overflow: OverflowPolicy = Field(
+        default=OverflowPolicy.REJECT,
+        description="Default policy when a task does not fit the budget: reject, truncate, chunk.",
+    )
+    grow_margin: float = Field(
+        default=0.25,
+        ge=0.0,
+        le=4.0,
+        description=(
+            "Hysteresis: the context grows only when the budget exceeds it by this fraction, "
+            "and a pause ends only when the budget reaches min_ctx by this fraction."
+        ),
+    )
+    grow_samples: int = Field(
+        default=3,
+        ge=1,
+        le=1000,
+        description="Consecutive samples the budget must stay high before the context grows.",
+    )
+
+
+class LogConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = Field(default="info")
+    format: Literal["auto", "journal", "json", "console"] = Field(
+        default="auto",
+        description="auto: journald under systemd, JSON lines when not a TTY, else console.",
+    )
+
+
+class ActionConfig(_Section):
+    name: str = Field(pattern=_NAME_RE, description="Action name, also a topic level.")
+    description: str = Field(min_length=1, description="What the action does; shown to the model.")
+    schema_: dict[str, Any] = Field(
+        alias="schema",
+        description="JSON Schema of the action's arguments: an inline table or a path to a file.",
+    )
+    dispatch: bool = Field(
+        default=False,
+        description="Also publish the validated action to <prefix>/<device>/actions/<name>.",
+    )
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Config(_Section):
+    device: DeviceConfig = Field(default_factory=DeviceConfig)
+    model: ModelConfig
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    state: StateConfig = Field(default_factory=StateConfig)
+    queue: QueueConfig = Field(default_factory=QueueConfig)
+    memory: MemoryConfig = Field(default_factory=MemoryConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+    actions: Annotated[list[ActionConfig], Field(default_factory=list)]
+
+    @model_validator(mode="after")
+    def _unique_actions(self) -> Config:
+        seen: set[str] = set()
+        for action in self.actions:
+            if action.name in seen:
+                raise ValueError(f"action {action.name!r} is defined twice")
+            seen.add(action.name)
+        if self.memory.min_ctx > self.model.n_ctx:
+            raise ValueError(
+                f"memory.min_ctx ({self.memory.min_ctx}) exceeds model.n_ctx ({self.model.n_ctx})"
+            )
+        return self
+
+    def action(self, name: str) -> ActionConfig | None:
+        return next((a for a in self.actions if a.name == name), None)

@@ -1,0 +1,1 @@
+"""Inference: output contracts, prompts, the resident model and constrained decoding."""

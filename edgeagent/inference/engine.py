@@ -1,0 +1,232 @@
+"""The engine: one resident model, one inference thread, typed answers.
+
+Every call into llama.cpp happens on the single thread of `self._thread`; the event
+loop only awaits futures from it. That keeps the loop responsive while a 10-second
+generation runs, and makes the model's state (KV cache, context size) single-owner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Protocol, TypeVar
+
+from llguidance import LLMatcher
+
+from edgeagent.config import ModelConfig
+from edgeagent.errors import EdgeAgentError, ErrorCode
+from edgeagent.inference.contract import OutputSpec
+from edgeagent.inference.decoding import (
+    Decoder,
+    Generation,
+    Sampler,
+    StepControl,
+    generate_constrained,
+)
+from edgeagent.inference.model import load_model, sha256_file
+from edgeagent.inference.overflow import answer_within_budget
+from edgeagent.inference.prompt import Message, build_messages
+from edgeagent.inference.task import Answer, Task
+
+T = TypeVar("T")
+
+
+class EngineModel(Decoder, Protocol):
+    """The model surface the engine uses (ResidentModel in production)."""
+
+    n_ctx: int
+    n_ctx_train: int
+    lltokenizer: Any
+    metadata: dict[str, str]
+    kv_buffer_bytes: int
+    compute_buffer_bytes: int
+
+    def render_chat(self, messages: Sequence[Message]) -> list[int]: ...
+    def detokenize(self, tokens: Sequence[int]) -> str: ...
+    def tokenize(self, text: str, *, special: bool = False) -> list[int]: ...
+    def resize(self, n_ctx: int) -> None: ...
+    def release(self) -> None: ...
+    def close(self) -> None: ...
+
+
+ModelFactory = Callable[[ModelConfig], EngineModel]
+
+
+def _load_resident(cfg: ModelConfig) -> EngineModel:
+    if cfg.sha256 is not None:
+        actual = sha256_file(cfg.path)
+        if actual != cfg.sha256:
+            raise EdgeAgentError(
+                ErrorCode.CONFIG_INVALID,
+                f"model.sha256: {cfg.path} has sha256 {actual}, expected {cfg.sha256}",
+            )
+    model, _ = load_model(cfg.path, threads=cfg.threads, n_ctx=cfg.n_ctx, n_batch=cfg.n_batch)
+    return model
+
+
+class Engine:
+    """Owns the model and its inference thread; safe to call from the event loop."""
+
+    def __init__(self, cfg: ModelConfig, factory: ModelFactory = _load_resident) -> None:
+        self.cfg = cfg
+        self._factory = factory
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgeagent-inference")
+        self._model: EngineModel | None = None
+        self._sampler = Sampler(cfg.temperature, cfg.seed)
+        # Monotonic time of the last sign of life of the inference thread (a decode
+        # step, or the end of a call); read by the systemd watchdog.
+        self.last_progress = time.monotonic()
+        self.busy = False
+
+    # -- thread plumbing ------------------------------------------------------
+
+    def submit(self, fn: Callable[[], T]) -> Future[T]:
+        """Run fn on the inference thread."""
+
+        def wrapped() -> T:
+            self.busy = True
+            self.last_progress = time.monotonic()
+            try:
+                return fn()
+            finally:
+                self.busy = False
+                self.last_progress = time.monotonic()
+
+        return self._thread.submit(wrapped)
+
+    async def call(self, fn: Callable[[], T]) -> T:
+        return await asyncio.wrap_future(self.submit(fn))
+
+    def _touch(self) -> None:
+        self.last_progress = time.monotonic()
+
+    @property
+    def n_ctx(self) -> int:
+        """Current context size; 0 when the model is not loaded or its context is released."""
+        return self._model.n_ctx if self._model is not None else 0
+
+    @property
+    def model(self) -> EngineModel:
+        if self._model is None:
+            raise EdgeAgentError(ErrorCode.INTERNAL, "the model is not loaded")
+        return self._model
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def _load(self, n_ctx: int | None = None) -> None:
+        cfg = self.cfg if n_ctx is None else self.cfg.model_copy(update={"n_ctx": n_ctx})
+        self._model = self._factory(cfg)
+        if hasattr(self._model, "on_progress"):
+            self._model.on_progress = self._touch
+
+    def load(self) -> None:
+        """Load the model (blocking; from the CLI)."""
+        self.submit(self._load).result()
+
+    async def start(self, n_ctx: int | None = None) -> None:
+        """Load the model; with n_ctx, at that (small) context first (the daemon's governor
+        then sizes it to memory)."""
+        await self.call(lambda: self._load(n_ctx))
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Free the model on its thread. False if the thread did not get to it in time
+        (a wedged model call): the thread is then left behind, and the process should
+        exit without waiting for it."""
+
+        def _close() -> None:
+            if self._model is not None:
+                self._model.close()
+                self._model = None
+
+        try:
+            self.submit(_close).result(timeout)
+        except TimeoutError:
+            self._thread.shutdown(wait=False, cancel_futures=True)
+            return False
+        self._thread.shutdown(wait=True)
+        return True
+
+    # -- work ----------------------------------------------------------------
+
+    def prompt_tokens(self, spec: OutputSpec, content: str | Sequence[Message]) -> list[int]:
+        """Tokens of the full prompt for this content (inference thread only)."""
+        messages = build_messages(self.cfg.system_prompt, spec.instructions, content)
+        return self.model.render_chat(messages)
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.model.tokenize(text)
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return self.model.detokenize(tokens)
+
+    def _answer(self, task: Task) -> Answer:
+        if self.n_ctx == 0:
+            raise EdgeAgentError(ErrorCode.BUSY, "memory is short: no context is allocated")
+        return answer_within_budget(self, task)
+
+    def run_once(self, task: Task, content: str | Sequence[Message]) -> Answer:
+        """One model run over content; CONTEXT_BUDGET if it does not fit (no overflow policy)."""
+        model = self.model
+        prompt = self.prompt_tokens(task.spec, content)
+        if len(prompt) + task.max_tokens > model.n_ctx:
+            raise EdgeAgentError(
+                ErrorCode.CONTEXT_BUDGET,
+                f"prompt ({len(prompt)} tokens) plus max_tokens ({task.max_tokens}) exceeds "
+                f"the context budget of {model.n_ctx} tokens",
+                prompt_tokens=len(prompt),
+                max_tokens=task.max_tokens,
+                budget=model.n_ctx,
+            )
+        matcher = LLMatcher(model.lltokenizer, task.spec.grammar)
+        control = StepControl(deadline=task.deadline, cancel=task.cancel, on_step=self._touch)
+        generation = generate_constrained(
+            model,
+            matcher,
+            prompt,
+            max_tokens=task.max_tokens,
+            sampler=self._sampler,
+            control=control,
+        )
+        return self._finish(task.spec, generation, model)
+
+    def _resize(self, n_ctx: int) -> None:
+        if n_ctx <= 0:
+            self.model.release()
+        else:
+            self.model.resize(n_ctx)
+
+    async def resize(self, n_ctx: int) -> None:
+        """Recreate the context with n_ctx tokens (0: free it), between tasks."""
+        await self.call(lambda: self._resize(n_ctx))
+
+    def buffer_bytes(self) -> tuple[int, int]:
+        """(KV cache, compute buffer) bytes llama.cpp allocated for the current context."""
+        model = self.model
+        return model.kv_buffer_bytes, model.compute_buffer_bytes
+
+    @staticmethod
+    def _finish(spec: OutputSpec, generation: Generation, model: EngineModel) -> Answer:
+        text = model.detokenize(generation.tokens)
+        try:
+            output = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise EdgeAgentError(ErrorCode.OUTPUT_INVALID, f"answer is not JSON: {exc}") from exc
+        spec.validate(output)
+        return Answer(
+            output=output,
+            prompt_tokens=generation.prompt_tokens,
+            cached_prompt_tokens=generation.cached_prompt_tokens,
+            completion_tokens=generation.completion_tokens,
+            prompt_ms=generation.prompt_ms,
+            decode_ms=generation.decode_ms,
+            n_ctx=model.n_ctx,
+        )
+
+    def answer_blocking(self, task: Task) -> Answer:
+        return self.submit(lambda: self._answer(task)).result()
+
+    async def answer(self, task: Task) -> Answer:
+        return await self.call(lambda: self._answer(task))

@@ -1,0 +1,50 @@
+"""What the engine is given and what it gives back: a Task and its Answer."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgeagent.inference.contract import OutputSpec
+from edgeagent.inference.policy import OverflowPolicy
+from edgeagent.inference.prompt import Message
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """One unit of work for the model, already validated and compiled."""
+
+    content: str | Sequence[Message]
+    spec: OutputSpec
+    max_tokens: int
+    deadline: float = float("inf")  # time.monotonic() value
+    cancel: threading.Event = field(default_factory=threading.Event)
+    overflow: OverflowPolicy = OverflowPolicy.REJECT  # when the input does not fit
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    output: Any
+    prompt_tokens: int
+    cached_prompt_tokens: int
+    completion_tokens: int
+    prompt_ms: float
+    decode_ms: float
+    n_ctx: int
+    truncated: int = 0  # input tokens dropped to fit the budget
+    chunks: int = 1  # model runs over parts of the input (map-reduce), 1 when it fit
+
+    def context(self) -> dict[str, int]:
+        return {"budget": self.n_ctx, "truncated": self.truncated, "chunks": self.chunks}
+
+    def usage(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cached_prompt_tokens": self.cached_prompt_tokens,
+        }
+
+    def timing(self) -> dict[str, float]:
+        return {"prompt_ms": round(self.prompt_ms, 1), "decode_ms": round(self.decode_ms, 1)}

@@ -1,0 +1,1 @@
+"""Memory: readings (psutil + cgroups), the context-size governor, and its control loop."""

@@ -1,0 +1,134 @@
+"""Keeps the model's context sized to the memory that is really there.
+
+Samples memory (edgeagent.memory.readings: psutil + the tightest cgroup), asks the governor
+(edgeagent.memory.governor: budget, hysteresis, pause) and resizes the engine's context
+between tasks; the weights stay loaded. The compute-buffer cost per context token is
+measured, not guessed: the daemon loads the model at a small context, the first
+resize gives a second point, and the line through both is the cost the budget uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from edgeagent.config import Config
+from edgeagent.errors import EdgeAgentError
+from edgeagent.inference.engine import Engine
+from edgeagent.inference.gguf import kv_bytes_per_token
+from edgeagent.memory.governor import Decision, Governor
+from edgeagent.memory.readings import MemoryReading, read_memory
+
+log = structlog.get_logger("edgeagent.memory.control")
+
+MIB = 2**20
+
+
+class MemoryControlLoop:
+    def __init__(
+        self,
+        engine: Engine,
+        cfg: Config,
+        *,
+        read: Callable[[], MemoryReading] = read_memory,
+        on_change: Callable[[Decision], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.cfg = cfg
+        self._read = read
+        self._on_change = on_change
+        self.governor: Governor | None = None
+        self.decision: Decision | None = None
+        self.reading: MemoryReading | None = None
+
+    @property
+    def paused(self) -> bool:
+        return self.decision is not None and self.decision.paused
+
+    def _observe(self) -> Decision:
+        assert self.governor is not None
+        self.reading = self._read()
+        self.decision = self.governor.observe(self.reading)
+        return self.decision
+
+    async def start(self) -> Decision:
+        """First sizing, right after the model was loaded at a small context."""
+        model = self.engine.model
+        self.governor = Governor.from_config(
+            self.cfg.memory,
+            n_ctx_configured=self.cfg.model.n_ctx,
+            kv_bytes_per_token=kv_bytes_per_token(model.metadata),
+            n_ctx_trained=model.n_ctx_train,
+        )
+        small_ctx = self.engine.n_ctx
+        _, small_compute = self.engine.buffer_bytes()
+        decision = self._observe()
+        await self._apply(decision)
+        big_ctx = self.engine.n_ctx
+        _, big_compute = self.engine.buffer_bytes()
+        if big_ctx > small_ctx:
+            per_token = max(0, (big_compute - small_compute) // (big_ctx - small_ctx))
+            fixed = max(0, small_compute - per_token * small_ctx)
+        else:
+            per_token, fixed = 0, small_compute
+        self.governor.set_compute_cost(per_token, fixed)
+        log.info(
+            "memory budget",
+            n_ctx=self.engine.n_ctx,
+            budget=decision.budget.tokens,
+            limited_by=decision.budget.limited_by,
+            reason=decision.reason,
+            kv_bytes_per_token=self.governor.kv_bytes_per_token,
+            compute_bytes_per_token=per_token,
+            compute_fixed_mb=round(fixed / MIB, 1),
+        )
+        return decision
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.memory.sample_s)
+            decision = self._observe()
+            if decision.resize or decision.state_changed:
+                await self._apply(decision)
+
+    async def _apply(self, decision: Decision) -> None:
+        assert self.governor is not None
+        before = self.engine.n_ctx
+        if decision.resize:
+            try:
+                await self.engine.resize(decision.n_ctx)
+            except EdgeAgentError as exc:
+                log.error("context resize failed", wanted=decision.n_ctx, error=exc.message)  # noqa: TRY400 - the message is the information
+            self.governor.resized(self.engine.n_ctx)
+        if before != self.engine.n_ctx or decision.state_changed:
+            (log.warning if decision.paused else log.info)(
+                "context resized" if before != self.engine.n_ctx else "memory state",
+                n_ctx_before=before,
+                n_ctx=self.engine.n_ctx,
+                state=str(decision.state),
+                budget=decision.budget.tokens,
+                reason=decision.reason,
+                available_mb=round(decision.budget.available_bytes / MIB, 1),
+            )
+        if self._on_change is not None:
+            self._on_change(decision)
+
+    def snapshot(self) -> dict[str, Any]:
+        """For the heartbeat: what the budget is and why."""
+        decision, reading = self.decision, self.reading
+        if decision is None or reading is None:
+            return {}
+        return {
+            "state": str(decision.state),
+            "budget": decision.budget.tokens,
+            "limited_by": decision.budget.limited_by,
+            "reason": decision.reason,
+            "available_mb": round(reading.available_bytes / MIB, 1),
+            "cgroup_limit_mb": (
+                round(reading.cgroup_limit_bytes / MIB, 1) if reading.cgroup_limit_bytes else None
+            ),
+            "source": str(reading.source),
+        }

@@ -1,0 +1,1 @@
+"""The wire protocol: task requests, replies and the topics they travel on."""

@@ -1,0 +1,1 @@
+"""The daemon: lifecycle, admission, the task queue and store, delivery, telemetry, systemd."""

@@ -1,0 +1,129 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgeagent.config import load_config
+from edgeagent.errors import EdgeAgentError, ErrorCode
+
+ROOT = Path(__file__).resolve().parents[3]
+
+MINIMAL = """
+[model]
+path = "/models/m.gguf"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_minimal_config_has_defaults(tmp_path):
+    cfg = load_config(write(tmp_path, MINIMAL), environ={})
+    assert cfg.mqtt.port == 1883
+    assert cfg.mqtt.topic_prefix == "edgeagent"
+    assert cfg.state.dir == Path("/var/lib/edgeagent")
+    assert cfg.actions == []
+
+
+def test_example_config_is_valid():
+    cfg = load_config(ROOT / "examples" / "config.toml", environ={})
+    assert [a.name for a in cfg.actions] == ["set_irrigation", "notify", "no_action"]
+    assert cfg.action("set_irrigation").dispatch is True
+
+
+def test_environment_overrides_nested_keys(tmp_path):
+    env = {
+        "EDGEAGENT_MQTT__PORT": "8883",
+        "EDGEAGENT_MODEL__PATH": "/other.gguf",
+        "EDGEAGENT_DEVICE__ID": "007",
+    }
+    cfg = load_config(write(tmp_path, MINIMAL), environ=env)
+    assert cfg.mqtt.port == 8883
+    assert cfg.model.path == Path("/other.gguf")
+    assert cfg.device.id == "007"
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        (MINIMAL + "[mqtt]\nprot = 1\n", "mqtt.prot"),
+        (MINIMAL + "[mqtt]\nport = 70000\n", "mqtt.port"),
+        ("[model]\nthreads = 2\n", "model.path"),
+        (MINIMAL + '[device]\nid = "a/b"\n', "device.id"),
+        (MINIMAL + '[mqtt]\ntls_cert = "/c"\n', "mqtt"),
+        (MINIMAL + '[[actions]]\nname = "x"\ndescription = "d"\n', "actions.0.schema"),
+        (MINIMAL + "[model]\n", "TOML syntax"),
+    ],
+)
+def test_invalid_config_names_the_key(tmp_path, text, where):
+    with pytest.raises(EdgeAgentError) as info:
+        load_config(write(tmp_path, text), environ={})
+    assert info.value.code is ErrorCode.CONFIG_INVALID
+    assert where in info.value.message
+
+
+def test_unknown_env_key_is_an_error(tmp_path):
+    with pytest.raises(EdgeAgentError, match=r"mqtt\.prot"):
+        load_config(write(tmp_path, MINIMAL), environ={"EDGEAGENT_MQTT__PROT": "1"})
+
+
+def test_duplicate_action_names(tmp_path):
+    action = '[[actions]]\nname = "a"\ndescription = "d"\nschema = { type = "object" }\n'
+    with pytest.raises(EdgeAgentError, match="defined twice"):
+        load_config(write(tmp_path, MINIMAL + action + action), environ={})
+
+
+def test_action_schema_from_file(tmp_path):
+    (tmp_path / "schemas").mkdir()
+    (tmp_path / "schemas" / "vent.json").write_text(
+        json.dumps({"type": "object", "properties": {"open": {"type": "boolean"}}})
+    )
+    text = MINIMAL + '[[actions]]\nname = "vent"\ndescription = "d"\nschema = "schemas/vent.json"\n'
+    cfg = load_config(write(tmp_path, text), environ={})
+    assert cfg.actions[0].schema_["properties"]["open"] == {"type": "boolean"}
+
+
+def test_password_from_systemd_credential(tmp_path, monkeypatch):
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "mqtt_password").write_text("s3cret\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    cfg = load_config(write(tmp_path, MINIMAL + '[mqtt]\nusername = "u"\n'), environ={})
+    assert cfg.mqtt.password() == "s3cret"
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "edgeagent", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+    )
+
+
+def test_validate_config_cli(tmp_path):
+    ok = run_cli("validate-config", str(ROOT / "examples" / "config.toml"))
+    assert ok.returncode == 0, ok.stderr
+    bad = run_cli("validate-config", str(write(tmp_path, MINIMAL + "[queue]\nsize = 0\n")))
+    assert bad.returncode == 2
+    assert "queue.size" in bad.stderr
+    assert "greater than or equal to 1" in bad.stderr
+
+
+def test_configuration_doc_is_current():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from gen_config_doc import render  # noqa: PLC0415
+    finally:
+        sys.path.pop(0)
+    assert (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8") == render(), (
+        "docs/configuration.md is stale: python scripts/gen_config_doc.py > docs/configuration.md"
+    )

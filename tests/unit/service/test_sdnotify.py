@@ -1,0 +1,282 @@
+# Copyright 2026 The edgeagent authors
+# SPDX-License-Identifier: Apache-2.0
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import select
+import socket
+import time
+import uuid
+from typing import TYPE_CHECKING
+
+import pytest
+from structlog.testing import capture_logs
+
+from edgeagent.service.sdnotify import Notifier, Progress, Watchdog, stall_probe, watchdog_interval
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+
+def _recv(sock: socket.socket) -> bytes:
+    return sock.recv(65536)
+
+
+def _nothing_queued(sock: socket.socket) -> bool:
+    readable, _, _ = select.select([sock], [], [], 0)
+    return not readable
+
+
+@pytest.fixture
+def path_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    path = str(tmp_path / "notify.sock")
+    sock.bind(path)
+    sock.settimeout(2)
+    yield sock, path
+    sock.close()
+
+
+@pytest.fixture
+def abstract_socket() -> Iterator[tuple[socket.socket, str]]:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    name = f"edgeagent-test-{uuid.uuid4().hex}"
+    sock.bind("\0" + name)
+    sock.settimeout(2)
+    yield sock, "@" + name
+    sock.close()
+
+
+def test_path_socket_datagrams(path_socket):
+    sock, path = path_socket
+    notifier = Notifier.from_env({"NOTIFY_SOCKET": path})
+    assert notifier.enabled
+    assert notifier.ready()
+    assert _recv(sock) == b"READY=1"
+    assert notifier.ready("model loaded")
+    assert _recv(sock) == b"READY=1\nSTATUS=model loaded"
+    assert notifier.status("queue 2/16\nsecond line")
+    assert _recv(sock) == b"STATUS=queue 2/16 second line"
+    assert notifier.watchdog()
+    assert _recv(sock) == b"WATCHDOG=1"
+    assert notifier.stopping()
+    assert _recv(sock) == b"STOPPING=1"
+    assert notifier.stopping("draining")
+    assert _recv(sock) == b"STOPPING=1\nSTATUS=draining"
+    notifier.close()
+    assert _nothing_queued(sock)
+
+
+def test_reloading_carries_monotonic_usec(path_socket):
+    sock, path = path_socket
+    notifier = Notifier(path)
+    before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    assert notifier.reloading("re-reading config")
+    after = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    match = re.fullmatch(
+        rb"RELOADING=1\nMONOTONIC_USEC=(\d+)\nSTATUS=re-reading config", _recv(sock)
+    )
+    assert match is not None
+    assert before <= int(match.group(1)) <= after
+
+
+def test_abstract_socket_datagrams(abstract_socket):
+    sock, address = abstract_socket
+    notifier = Notifier.from_env({"NOTIFY_SOCKET": address})
+    assert notifier.ready("up")
+    assert _recv(sock) == b"READY=1\nSTATUS=up"
+    assert notifier.watchdog()
+    assert _recv(sock) == b"WATCHDOG=1"
+
+
+def test_unset_is_a_noop():
+    notifier = Notifier.from_env({})
+    assert not notifier.enabled
+    assert not notifier.ready()
+    assert not notifier.watchdog()
+    assert notifier.failures == 0
+
+
+def test_unset_environment(monkeypatch, path_socket):
+    _, path = path_socket
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    notifier = Notifier.from_env(unset_environment=True)
+    assert notifier.enabled
+    assert "NOTIFY_SOCKET" not in os.environ
+
+
+def test_unsupported_address_disables():
+    with capture_logs() as logs:
+        notifier = Notifier("vsock:2:1234")
+    assert not notifier.enabled
+    assert not notifier.ready()
+    assert [e["event"] for e in logs] == ["sd_notify socket address not supported"]
+
+
+def test_send_errors_never_raise_and_log_once(tmp_path):
+    notifier = Notifier(str(tmp_path / "missing.sock"))
+    with capture_logs() as logs:
+        assert not notifier.ready()
+        assert not notifier.watchdog()
+        assert not notifier.stopping()
+    assert notifier.failures == 3
+    assert len(logs) == 1
+    assert logs[0]["log_level"] == "warning"
+    assert logs[0]["state"] == "READY=1"
+
+
+def test_recovers_after_socket_appears(tmp_path):
+    path = tmp_path / "late.sock"
+    notifier = Notifier(str(path))
+    with capture_logs():
+        assert not notifier.watchdog()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(2)
+    try:
+        assert notifier.watchdog()
+        assert _recv(sock) == b"WATCHDOG=1"
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, None),
+        ({"WATCHDOG_USEC": "30000000"}, 15.0),
+        ({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": str(os.getpid())}, 15.0),
+        ({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": str(os.getpid() + 1)}, None),
+        ({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "x"}, None),
+        ({"WATCHDOG_USEC": "0"}, None),
+        ({"WATCHDOG_USEC": "-5"}, None),
+        ({"WATCHDOG_USEC": "soon"}, None),
+    ],
+)
+def test_watchdog_interval(env, expected):
+    assert watchdog_interval(env) == expected
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_progress_probe():
+    clock = FakeClock()
+    progress = Progress(clock)
+    probe = progress.probe(max_stall=30.0, name="inference")
+    assert probe.__name__ == "inference"
+    clock.now += 3600  # idle for an hour: healthy
+    assert probe()
+    progress.begin()
+    clock.now += 29
+    assert probe()
+    progress.beat()
+    clock.now += 29
+    assert probe()
+    clock.now += 2  # 31 s without progress while busy
+    assert not probe()
+    assert progress.stalled_for() == 31
+    progress.end()
+    assert probe()
+    assert progress.stalled_for() == 0.0
+
+
+def test_watchdog_pings_only_while_probes_are_healthy(path_socket):
+    sock, path = path_socket
+    clock = FakeClock()
+    progress = Progress(clock)
+    loop_ok = [True]
+    watchdog = Watchdog(
+        Notifier(path), [lambda: loop_ok[0], progress.probe(30.0, "inference")], interval=15.0
+    )
+    assert watchdog.enabled
+
+    assert watchdog.loop_tick()
+    assert _recv(sock) == b"WATCHDOG=1"
+
+    progress.begin()
+    clock.now += 31  # the inference thread is stuck
+    with capture_logs() as logs:
+        assert not watchdog.loop_tick()
+        assert not watchdog.loop_tick()  # logged once, not on every tick
+    assert _nothing_queued(sock)
+    assert [(e["event"], e["probes"]) for e in logs] == [
+        ("watchdog: withholding keep-alive", ["inference"])
+    ]
+    assert watchdog.unhealthy() == ["inference"]
+
+    progress.beat()
+    with capture_logs() as logs:
+        assert watchdog.loop_tick()
+    assert _recv(sock) == b"WATCHDOG=1"
+    assert logs[0]["event"] == "watchdog: healthy again"
+
+    loop_ok[0] = False
+    with capture_logs():
+        assert not watchdog.loop_tick()
+    assert _nothing_queued(sock)
+
+
+def test_raising_probe_is_unhealthy(path_socket):
+    sock, path = path_socket
+
+    def broken() -> bool:
+        raise RuntimeError("boom")
+
+    watchdog = Watchdog(Notifier(path), [broken], interval=1.0)
+    with capture_logs() as logs:
+        assert not watchdog.loop_tick()
+    assert _nothing_queued(sock)
+    assert {e["event"] for e in logs} == {
+        "watchdog probe raised",
+        "watchdog: withholding keep-alive",
+    }
+
+
+def test_watchdog_run_ticks_from_the_event_loop(path_socket):
+    sock, path = path_socket
+    watchdog = Watchdog(Notifier(path), [], interval=0.01)
+
+    async def main() -> None:
+        task = asyncio.create_task(watchdog.run())
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert _recv(sock) == b"WATCHDOG=1"
+    assert _recv(sock) == b"WATCHDOG=1"
+
+
+def test_watchdog_disabled_without_interval_or_socket(monkeypatch):
+    monkeypatch.delenv("WATCHDOG_USEC", raising=False)
+    assert Watchdog(Notifier("/run/nonexistent.sock")).interval is None
+    watchdog = Watchdog(Notifier(None), interval=5.0)
+    assert not watchdog.enabled
+    asyncio.run(asyncio.wait_for(watchdog.run(), 1.0))  # returns at once
+
+
+def test_stall_probe_reads_any_progress_source():
+    class Worker:  # the shape of Engine: busy + last_progress
+        def __init__(self) -> None:
+            self.busy = False
+            self.last_progress = 0.0
+
+    clock = FakeClock()
+    worker = Worker()
+    probe = stall_probe(worker, 10.0, "engine", clock)
+    assert probe()
+    worker.busy = True
+    worker.last_progress = clock.now - 11
+    assert not probe()
+    worker.last_progress = clock.now - 9
+    assert probe()
