@@ -37,3 +37,11 @@ class EdgeAgentError(Exception):
         if self.details:
             body["details"] = self.details
         return body
+
+
+class TaskHandedBack(Exception):  # noqa: N818 - names what happened, like StopIteration
+    """The task was stopped unanswered (shutdown) and goes back to the broker.
+
+    Not an EdgeAgentError: it never becomes a reply. The daemon leaves the message
+    unacked so the broker delivers it again after the restart.
+    """

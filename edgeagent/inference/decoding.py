@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 from llguidance import LLMatcher
 
-from edgeagent.errors import EdgeAgentError, ErrorCode
+from edgeagent.errors import EdgeAgentError, ErrorCode, TaskHandedBack
 from edgeagent.inference.repetition import RepetitionGuard
 
 
@@ -69,7 +69,7 @@ class StepControl:
         if self.on_step is not None:
             self.on_step()
         if self.cancel is not None and self.cancel.is_set():
-            raise EdgeAgentError(ErrorCode.INTERNAL, "task cancelled by shutdown", retry=True)
+            raise TaskHandedBack("task cancelled by shutdown")
         if time.monotonic() > self.deadline:
             raise EdgeAgentError(ErrorCode.DEADLINE_EXCEEDED, "deadline passed during generation")
 

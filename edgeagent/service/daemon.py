@@ -25,7 +25,7 @@ import psutil
 import structlog
 
 from edgeagent.config import Config, load_config
-from edgeagent.errors import EdgeAgentError, ErrorCode
+from edgeagent.errors import EdgeAgentError, ErrorCode, TaskHandedBack
 from edgeagent.inference.contract import OutputSpec, action_spec, schema_spec, select_actions
 from edgeagent.inference.engine import Engine
 from edgeagent.inference.task import Answer, Task
@@ -455,10 +455,10 @@ class Daemon:
                 },
                 context=answer.context(),
             )
+        except TaskHandedBack:
+            self._hand_back(job)
+            return
         except EdgeAgentError as exc:
-            if exc.details.get("retry"):
-                self._hand_back(job)
-                return
             reply = error_reply(request.id, self.cfg.device.id, exc)
         except Exception as exc:
             log.exception("task crashed", task_id=request.id)
