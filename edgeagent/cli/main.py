@@ -1,4 +1,4 @@
-"""Command line: `edgeagent ask | validate-config | run | submit | status | bench`.
+"""Command line: `edgeagent ask | validate-config | run | submit | status | bench | eval`.
 
 Commands print results as JSON on stdout; failures print `{"error": {"code", ...}}` and
 exit non-zero, so scripts can branch on the code.
@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from edgeagent.cli import eval as eval_command
 from edgeagent.config import DEFAULT_CONFIG_PATH, load_config
 from edgeagent.errors import EdgeAgentError, ErrorCode
 from edgeagent.inference.policy import OverflowPolicy
@@ -261,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-gbnf", action="store_true", help="skip the llama.cpp GBNF comparison")
     bench.add_argument("--json", type=Path, help="also write the results as JSON here")
     bench.set_defaults(func=cmd_bench)
+
+    eval_command.register(sub)
     return parser
 
 
