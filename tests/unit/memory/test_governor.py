@@ -251,7 +251,9 @@ def test_a_low_sample_restarts_the_growth_count() -> None:
     machine = Machine(gov, 4 * MiB)
     machine.sample(free=8 * MiB)
     machine.sample()
-    assert machine.sample(free=int(4.5 * MiB)).change is ContextChange.KEEP  # 1152: under the margin
+    assert (
+        machine.sample(free=int(4.5 * MiB)).change is ContextChange.KEEP
+    )  # 1152: under the margin
     machine.sample(free=8 * MiB)
     assert machine.sample().change is ContextChange.KEEP
     assert machine.sample().change is ContextChange.GROW
@@ -356,7 +358,11 @@ def test_resized_reports_the_real_size() -> None:
     gov.resized(1024)  # say the allocation gave less
     assert gov.n_ctx == 1024
     decisions = [machine.sample() for _ in range(3)]
-    assert [d.change for d in decisions] == [ContextChange.KEEP, ContextChange.KEEP, ContextChange.GROW]
+    assert [d.change for d in decisions] == [
+        ContextChange.KEEP,
+        ContextChange.KEEP,
+        ContextChange.GROW,
+    ]
     with pytest.raises(ValueError):
         gov.resized(-1)
 
@@ -427,5 +433,3 @@ def test_governor_with_fake_cgroup_tree(tmp_path: Path) -> None:
     # (300 - 128) MiB / 12 KiB = 14677 -> 14592
     assert decision.n_ctx == 14592
     assert decision.source is MemorySource.CGROUP
-
-
