@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from edgeagent import __version__
 from edgeagent.cli import eval as eval_command
 from edgeagent.config import DEFAULT_CONFIG_PATH, load_config
 from edgeagent.errors import EdgeAgentError, ErrorCode
@@ -201,6 +202,7 @@ def _add_config(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgeagent", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"edgeagent {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     validate = sub.add_parser("validate-config", help="check a config file; exit 0 when valid")
