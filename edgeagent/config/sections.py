@@ -231,6 +231,47 @@ class LogConfig(_Section):
     )
 
 
+class HomeAssistantConfig(_Section):
+    discovery: bool = Field(
+        default=False,
+        description=(
+            "Publish Home Assistant MQTT discovery configs (retained) for this device; "
+            "turning it off removes them. See docs/integrations.md."
+        ),
+    )
+    prefix: str = Field(
+        default="homeassistant",
+        description="Home Assistant's discovery prefix (its MQTT integration setting).",
+    )
+    name: str | None = Field(
+        default=None, description="Device name in Home Assistant. Default: edgeagent <device id>."
+    )
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix_ok(cls, value: str) -> str:
+        return MqttConfig._prefix_ok(value)  # noqa: SLF001 - the same rule as [mqtt] topic_prefix
+
+
+class MetricsConfig(_Section):
+    port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Serve Prometheus metrics over HTTP on this port. Default: no HTTP endpoint.",
+    )
+    address: str = Field(
+        default="127.0.0.1", description="Address the metrics HTTP endpoint listens on."
+    )
+    textfile_dir: Path | None = Field(
+        default=None,
+        description=(
+            "Write edgeagent.prom here (atomically) for node_exporter's textfile collector, "
+            "with every heartbeat. Default: not written."
+        ),
+    )
+
+
 class ActionConfig(_Section):
     name: str = Field(pattern=_NAME_RE, description="Action name, also a topic level.")
     description: str = Field(min_length=1, description="What the action does; shown to the model.")
@@ -254,6 +295,8 @@ class Config(_Section):
     queue: QueueConfig = Field(default_factory=QueueConfig)
     memory: MemoryConfig = Field(default_factory=MemoryConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     actions: Annotated[list[ActionConfig], Field(default_factory=list)]
 
     @model_validator(mode="after")
