@@ -1,0 +1,332 @@
+"""Home Assistant MQTT discovery: one HA device per edgeagent, its entities fed by the heartbeat.
+
+The convention zigbee2mqtt, Frigate and ESPHome follow: a retained JSON config per entity
+on `<discovery prefix>/<component>/<node id>/<object id>/config`; an empty retained payload
+on the same topic removes the entity. Every entity reads the daemon's existing retained
+topics (the heartbeat, and `last_action`), and all of them share one availability: the
+retained `status` topic with its `online`/`offline` (the last will covers a crash).
+
+What was published is remembered in the state directory, so that turning discovery off,
+or an entity that no longer applies (no temperature sensor any more), removes exactly the
+configs this device published before, and a device that never used discovery publishes
+nothing under the discovery prefix (a broker ACL may not even allow it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from edgeagent import __version__
+from edgeagent.config import HomeAssistantConfig
+from edgeagent.protocol.topics import Topics
+
+log = structlog.get_logger("edgeagent.service.homeassistant")
+
+# The daemon's lifecycle states (service.daemon.State), the options of the enum sensor.
+STATES = ("starting", "loading", "serving", "paused", "draining", "stopped")
+# HA: node and object ids are [a-zA-Z0-9_-] (homeassistant/components/mqtt/discovery.py).
+_UNSAFE_ID = re.compile(r"[^a-zA-Z0-9_-]")
+# Heartbeat-fed values count as stale after this many missed heartbeats (a daemon whose
+# event loop hangs while its connection stays up keeps `online`, but stops beating).
+_STALE_BEATS = 3
+_MIN_EXPIRE_S = 30
+
+
+def last_action_topic(topics: Topics) -> str:
+    """Retained `{"name", "at", "task_id"}` of the latest action a task chose."""
+    return f"{topics.base}/last_action"
+
+
+def node_id(device_id: str) -> str:
+    """The device id as an HA node id; a hash keeps two ids apart that map to the same."""
+    safe = _UNSAFE_ID.sub("_", device_id)
+    if safe != device_id:
+        safe += "_" + hashlib.sha256(device_id.encode()).hexdigest()[:6]
+    return f"edgeagent_{safe}"
+
+
+@dataclass(frozen=True, slots=True)
+class Entity:
+    """One HA entity: its object id, component, display name and the component's options."""
+
+    key: str
+    component: str  # "sensor" or "binary_sensor"
+    name: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    source: str = "heartbeat"  # which of the device's retained topics it reads
+
+
+_BEAT = "heartbeat"
+_LAST_ACTION = "last_action"
+ENTITIES: tuple[Entity, ...] = (
+    Entity(
+        "state",
+        "sensor",
+        "State",
+        {
+            "device_class": "enum",
+            "options": list(STATES),
+            "value_template": "{{ value_json.state }}",
+            "icon": "mdi:robot",
+        },
+    ),
+    Entity(
+        "memory_pressure",
+        "binary_sensor",
+        "Memory pressure",
+        {
+            # On while the memory governor pauses the daemon (tasks get BUSY).
+            "device_class": "problem",
+            "value_template": "{{ 'ON' if value_json.state == 'paused' else 'OFF' }}",
+            "payload_on": "ON",
+            "payload_off": "OFF",
+        },
+    ),
+    Entity(
+        "queue_depth",
+        "sensor",
+        "Queue depth",
+        {
+            "state_class": "measurement",
+            "unit_of_measurement": "tasks",
+            "value_template": "{{ value_json.queue.depth }}",
+            "icon": "mdi:tray-full",
+        },
+    ),
+    Entity(
+        "tasks_done",
+        "sensor",
+        "Tasks done",
+        {
+            # Counters start at 0 with each daemon start: total_increasing treats a drop
+            # as a reset, which is exactly that.
+            "state_class": "total_increasing",
+            "value_template": "{{ value_json.tasks.done }}",
+            "icon": "mdi:check-circle-outline",
+        },
+    ),
+    Entity(
+        "tasks_failed",
+        "sensor",
+        "Tasks failed",
+        {
+            "state_class": "total_increasing",
+            "value_template": "{{ value_json.tasks.failed }}",
+            "icon": "mdi:alert-circle-outline",
+        },
+    ),
+    Entity(
+        "tokens_per_second",
+        "sensor",
+        "Tokens per second",
+        {
+            # null before the first task: rendered "None", which HA shows as unknown.
+            "state_class": "measurement",
+            "unit_of_measurement": "tok/s",
+            "suggested_display_precision": 1,
+            "value_template": "{{ value_json.tokens_per_s }}",
+            "icon": "mdi:speedometer",
+        },
+    ),
+    Entity(
+        "context_budget",
+        "sensor",
+        "Context budget",
+        {
+            "state_class": "measurement",
+            "unit_of_measurement": "tokens",
+            # The governor's fields are absent until its first reading.
+            "value_template": "{{ value_json.context.budget | default(None) }}",
+            "icon": "mdi:memory",
+        },
+    ),
+    Entity(
+        "memory_available",
+        "sensor",
+        "Memory available",
+        {
+            "device_class": "data_size",
+            "state_class": "measurement",
+            "unit_of_measurement": "MiB",
+            "suggested_display_precision": 0,
+            # The governor's reading is the tighter of host and cgroup memory.
+            "value_template": (
+                "{{ value_json.context.available_mb"
+                " | default(value_json.memory.host_available_mb) }}"
+            ),
+            "entity_category": "diagnostic",
+        },
+    ),
+    Entity(
+        "last_action",
+        "sensor",
+        "Last action",
+        {
+            "value_template": "{{ value_json.name }}",
+            "json_attributes_template": "{{ value_json | tojson }}",
+            "icon": "mdi:gesture-tap",
+        },
+        source=_LAST_ACTION,
+    ),
+    Entity(
+        "last_action_time",
+        "sensor",
+        "Last action time",
+        {"device_class": "timestamp", "value_template": "{{ value_json.at }}"},
+        source=_LAST_ACTION,
+    ),
+)
+TEMPERATURE = Entity(
+    "soc_temperature",
+    "sensor",
+    "SoC temperature",
+    {
+        "device_class": "temperature",
+        "state_class": "measurement",
+        "unit_of_measurement": "°C",
+        "suggested_display_precision": 1,
+        "value_template": "{{ value_json.soc_temp_c }}",
+        "entity_category": "diagnostic",
+    },
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceInfo:
+    """What HA shows about the device; `model` is the GGUF file the daemon serves."""
+
+    device_id: str
+    model: str
+    heartbeat_s: float
+    temperature_known: bool
+    version: str = __version__
+
+
+def config_topic(prefix: str, entity: Entity, device_id: str) -> str:
+    return f"{prefix}/{entity.component}/{node_id(device_id)}/{entity.key}/config"
+
+
+def entities(info: DeviceInfo) -> list[Entity]:
+    return [*ENTITIES, TEMPERATURE] if info.temperature_known else list(ENTITIES)
+
+
+def discovery_configs(
+    cfg: HomeAssistantConfig, topics: Topics, info: DeviceInfo
+) -> dict[str, dict[str, Any]]:
+    """Config topic -> discovery payload, for every entity of this device."""
+    ident = f"edgeagent-{info.device_id}"
+    device = {
+        "identifiers": [ident],
+        "name": cfg.name or f"edgeagent {info.device_id}",
+        "manufacturer": "edgeagent",
+        "model": info.model,
+        "sw_version": info.version,
+    }
+    expire_after = max(_MIN_EXPIRE_S, round(_STALE_BEATS * info.heartbeat_s))
+    sources = {_BEAT: topics.heartbeat, _LAST_ACTION: last_action_topic(topics)}
+    configs: dict[str, dict[str, Any]] = {}
+    for entity in entities(info):
+        payload: dict[str, Any] = {
+            "name": entity.name,
+            "unique_id": f"{ident}-{entity.key}",
+            "state_topic": sources[entity.source],
+            **entity.options,
+            "availability_topic": topics.status,
+            "payload_available": "online",
+            "payload_not_available": "offline",
+            "qos": 1,
+            "device": device,
+            "origin": {"name": "edgeagent", "sw_version": info.version},
+        }
+        if "json_attributes_template" in entity.options:
+            # The attributes (task id, arguments) come from the same message as the state.
+            payload["json_attributes_topic"] = payload["state_topic"]
+        if entity.source == _BEAT:
+            # The last action stays valid however old it is; live values do not.
+            payload["expire_after"] = expire_after
+        configs[config_topic(cfg.prefix, entity, info.device_id)] = payload
+    return configs
+
+
+def plan(
+    wanted: Mapping[str, dict[str, Any]], published_before: Iterable[str], *, enabled: bool
+) -> list[tuple[str, str]]:
+    """(topic, payload) to publish retained: the wanted configs when enabled, and an empty
+    payload (HA removes the entity) for every topic published before that is not wanted."""
+    keep = dict(wanted) if enabled else {}
+    messages = [(topic, json.dumps(payload, ensure_ascii=False)) for topic, payload in keep.items()]
+    messages += [(topic, "") for topic in sorted(set(published_before) - set(keep))]
+    return messages
+
+
+class PublishedRecord:
+    """The config topics this device has published, kept in the state directory."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> set[str]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return set()
+        except (OSError, ValueError):
+            log.warning("unreadable discovery record; starting afresh", path=str(self.path))
+            return set()
+        return {t for t in data.get("topics", []) if isinstance(t, str)}
+
+    def save(self, topics: Iterable[str]) -> None:
+        wanted = sorted(topics)
+        if not wanted:
+            self.path.unlink(missing_ok=True)
+            return
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text(json.dumps({"topics": wanted}) + "\n", encoding="utf-8")
+        tmp.replace(self.path)  # atomic: a crash leaves the old or the new record
+
+
+Publish = Callable[[str, str], Awaitable[None]]
+
+
+class Discovery:
+    """Publishes (or removes) this device's discovery configs; call `sync` on each connect."""
+
+    def __init__(
+        self, cfg: HomeAssistantConfig, topics: Topics, info: DeviceInfo, state_dir: Path
+    ) -> None:
+        self.cfg = cfg
+        self.topics = topics
+        self.info = info
+        self.record = PublishedRecord(state_dir / "homeassistant-discovery.json")
+
+    def messages(self) -> tuple[list[tuple[str, str]], set[str]]:
+        """What to publish now, and the record to keep once the broker confirmed it."""
+        wanted = discovery_configs(self.cfg, self.topics, self.info)
+        before = self.record.load()
+        messages = plan(wanted, before, enabled=self.cfg.discovery)
+        return messages, set(wanted) if self.cfg.discovery else set()
+
+    async def sync(self, publish: Publish) -> None:
+        messages, keep = self.messages()
+        if not messages:
+            return
+        # The record changes only after every PUBACK: a connection lost halfway leaves the
+        # old record, and the next connect publishes (or removes) everything again.
+        await asyncio.gather(*(publish(topic, payload) for topic, payload in messages))
+        self.record.save(keep)
+        removed = sum(1 for _, payload in messages if not payload)
+        log.info(
+            "home assistant discovery",
+            published=len(messages) - removed,
+            removed=removed,
+            prefix=self.cfg.prefix,
+        )
