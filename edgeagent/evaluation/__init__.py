@@ -1,0 +1,1 @@
+"""Measuring whether answers are right: eval cases, scoring, reports (`edgeagent eval`)."""

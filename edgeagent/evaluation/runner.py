@@ -1,0 +1,145 @@
+"""Runs eval cases through an answerer: the daemon's Engine, a baseline, or a fake.
+
+Each case becomes the `Task` the daemon would build for the same request: the same
+contract (`action_spec` over the allowed actions, or `schema_spec`), the same prompt
+and decoding. The answerer is passed in, so this loop is tested without a model.
+Every output is validated again here against the case's contract, independently of
+the answerer (a baseline may return answers that do not validate).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from edgeagent.errors import EdgeAgentError
+from edgeagent.evaluation.cases import Case
+from edgeagent.evaluation.suite import EvalSet
+from edgeagent.inference.contract import OutputSpec, action_spec, schema_spec, select_actions
+from edgeagent.inference.task import Task
+
+
+class AnswerLike(Protocol):
+    """What the runner reads from an answer (edgeagent's `Answer` has all of it)."""
+
+    @property
+    def output(self) -> Any: ...
+    @property
+    def prompt_tokens(self) -> int: ...
+    @property
+    def cached_prompt_tokens(self) -> int: ...
+    @property
+    def completion_tokens(self) -> int: ...
+
+
+class Answerer(Protocol):
+    def answer_blocking(self, task: Task) -> AnswerLike: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one system did with one case (before scoring)."""
+
+    output: Any  # the parsed answer; None when there was none
+    error: str | None = None  # error code when no valid answer came back
+    error_message: str | None = None
+    latency_ms: float = 0.0
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    completion_tokens: int = 0
+    # The answerer's probability for its choice, once answers carry one.
+    confidence: float | None = None
+
+
+def confidence_of(answer: object) -> float | None:
+    """`answer.confidence` when the answer type has it (a float), else None.
+
+    Read by name so the eval works before and after answers gain the field.
+    """
+    value = getattr(answer, "confidence", None)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+class SpecCache:
+    """Compiled contracts by allowed actions / schema text: compiling takes milliseconds
+    to tens of milliseconds, and a set reuses the same few contracts for every case."""
+
+    def __init__(self) -> None:
+        self._specs: dict[str, OutputSpec] = {}
+
+    def for_case(self, case: Case, eval_set: EvalSet) -> OutputSpec:
+        if case.expect.kind == "schema":
+            schema = case.schema_ if case.schema_ is not None else eval_set.schema
+            key = "schema:" + json.dumps(schema, sort_keys=True)
+            if key not in self._specs:
+                self._specs[key] = schema_spec(schema or {})
+            return self._specs[key]
+        names = case.actions
+        key = f"actions:{eval_set.name}:{','.join(names) if names else '*'}"
+        if key not in self._specs:
+            self._specs[key] = action_spec(select_actions(eval_set.catalog, names))
+        return self._specs[key]
+
+
+def run_case(
+    answerer: Answerer, case: Case, spec: OutputSpec, *, max_tokens: int, deadline_s: float
+) -> Outcome:
+    task = Task(
+        content=case.content,
+        spec=spec,
+        max_tokens=case.max_tokens or max_tokens,
+        deadline=time.monotonic() + deadline_s,
+    )
+    started = time.perf_counter()
+    try:
+        answer = answerer.answer_blocking(task)
+    except EdgeAgentError as exc:
+        elapsed = (time.perf_counter() - started) * 1000
+        return Outcome(None, str(exc.code), exc.message, latency_ms=elapsed)
+    elapsed = (time.perf_counter() - started) * 1000
+    common: dict[str, Any] = {
+        "latency_ms": elapsed,
+        "prompt_tokens": answer.prompt_tokens,
+        "cached_prompt_tokens": answer.cached_prompt_tokens,
+        "completion_tokens": answer.completion_tokens,
+        "confidence": confidence_of(answer),
+    }
+    try:
+        spec.validate(answer.output)
+    except EdgeAgentError as exc:
+        return Outcome(answer.output, str(exc.code), exc.message, **common)
+    return Outcome(answer.output, **common)
+
+
+Progress = Callable[[EvalSet, int, Case, Outcome], None]
+
+
+def run_sets(
+    answerer: Answerer,
+    sets: list[EvalSet],
+    *,
+    max_tokens: int,
+    deadline_s: float = 300.0,
+    progress: Progress | None = None,
+) -> Iterator[tuple[EvalSet, Case, Outcome]]:
+    """Answer every case of every set, in order, yielding each outcome as it comes."""
+    specs = SpecCache()
+    for eval_set in sets:
+        for index, case in enumerate(eval_set.cases):
+            try:
+                spec = specs.for_case(case, eval_set)
+            except EdgeAgentError as exc:
+                # A contract that cannot be compiled is the case's failure, not the run's.
+                outcome = Outcome(None, str(exc.code), exc.message)
+            else:
+                outcome = run_case(
+                    answerer, case, spec, max_tokens=max_tokens, deadline_s=deadline_s
+                )
+            if progress is not None:
+                progress(eval_set, index, case, outcome)
+            yield eval_set, case, outcome
