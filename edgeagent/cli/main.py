@@ -19,7 +19,7 @@ from edgeagent import __version__
 from edgeagent.cli import eval as eval_command
 from edgeagent.config import DEFAULT_CONFIG_PATH, load_config
 from edgeagent.errors import EdgeAgentError, ErrorCode
-from edgeagent.inference.policy import OverflowPolicy
+from edgeagent.protocol.overflow import OverflowPolicy
 
 EXIT_OK = 0
 EXIT_ERROR = 1  # the task failed (error reply, invalid output, ...)

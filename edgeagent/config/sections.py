@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from edgeagent.inference.policy import OverflowPolicy
+from edgeagent.protocol.overflow import OverflowPolicy
 
 # systemd's LoadCredential= puts secrets here; the unit names the broker password this way.
 CREDENTIAL_MQTT_PASSWORD = "mqtt_password"  # noqa: S105 - a file name, not a password

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
@@ -26,7 +26,7 @@ from edgeagent.inference.decoding import (
     StepControl,
     generate_constrained,
 )
-from edgeagent.inference.model import load_model, sha256_file
+from edgeagent.inference.model import ResidentModel, sha256_file
 from edgeagent.inference.overflow import answer_within_budget
 from edgeagent.inference.prompt import Message, build_messages
 from edgeagent.inference.task import Answer, Task
@@ -43,6 +43,8 @@ class EngineModel(Decoder, Protocol):
     metadata: dict[str, str]
     kv_buffer_bytes: int
     compute_buffer_bytes: int
+    # Called after every decode batch, so a long prompt shows progress to the watchdog.
+    on_progress: Callable[[], None] | None
 
     def render_chat(self, messages: Sequence[Message]) -> list[int]: ...
     def detokenize(self, tokens: Sequence[int]) -> str: ...
@@ -63,8 +65,7 @@ def _load_resident(cfg: ModelConfig) -> EngineModel:
                 ErrorCode.CONFIG_INVALID,
                 f"model.sha256: {cfg.path} has sha256 {actual}, expected {cfg.sha256}",
             )
-    model, _ = load_model(cfg.path, threads=cfg.threads, n_ctx=cfg.n_ctx, n_batch=cfg.n_batch)
-    return model
+    return ResidentModel(cfg.path, threads=cfg.threads, n_ctx=cfg.n_ctx, n_batch=cfg.n_batch)
 
 
 class Engine:
@@ -109,6 +110,14 @@ class Engine:
         return self._model.n_ctx if self._model is not None else 0
 
     @property
+    def n_ctx_train(self) -> int:
+        return self.model.n_ctx_train
+
+    @property
+    def metadata(self) -> Mapping[str, str]:
+        return self.model.metadata
+
+    @property
     def model(self) -> EngineModel:
         if self._model is None:
             raise EdgeAgentError(ErrorCode.INTERNAL, "the model is not loaded")
@@ -119,8 +128,7 @@ class Engine:
     def _load(self, n_ctx: int | None = None) -> None:
         cfg = self.cfg if n_ctx is None else self.cfg.model_copy(update={"n_ctx": n_ctx})
         self._model = self._factory(cfg)
-        if hasattr(self._model, "on_progress"):
-            self._model.on_progress = self._touch
+        self._model.on_progress = self._touch
 
     def load(self) -> None:
         """Load the model (blocking; from the CLI)."""

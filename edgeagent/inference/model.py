@@ -15,7 +15,6 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import re
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,8 @@ from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from llguidance.llamacpp import lltokenizer_from_vocab
 
 from edgeagent.errors import EdgeAgentError, ErrorCode
+from edgeagent.inference.chat import render_segments, tokenize_chat
+from edgeagent.inference.prompt import Message
 
 Logits = npt.NDArray[np.float32]
 log = structlog.get_logger("edgeagent.llama_cpp")
@@ -100,6 +101,11 @@ class ResidentModel:
         self.eot: int = self._model.token_eot()
         self._add_bos: bool = self._model.add_bos_token()
         self.chat = self._chat_formatter()
+        # Refuse at load, not per task, a template whose output cannot be split into
+        # template text and message contents.
+        render_segments(
+            self._render, [{"role": "system", "content": "-"}, {"role": "user", "content": "-"}]
+        )
         # Building the llguidance tokenizer walks the whole vocabulary (~1 s for 150k
         # tokens); it is done once and shared by every task's matcher.
         ends = sorted({t for t in (self.eos, self.eot) if t >= 0})
@@ -185,11 +191,19 @@ class ResidentModel:
             add_generation_prompt=True,
         )
 
-    def render_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
-        """Chat messages -> prompt tokens, with the template from the GGUF file."""
-        rendered = self.chat(messages=list(messages)).prompt  # type: ignore[arg-type]
-        # The template already writes BOS when the model wants one.
-        return self.tokenize(rendered, special=True)
+    def _render(self, messages: list[Message]) -> str:
+        return self.chat(messages=messages).prompt  # type: ignore[arg-type]
+
+    def render_chat(self, messages: Sequence[Message]) -> list[int]:
+        """Chat messages -> prompt tokens, with the template from the GGUF file.
+
+        Only the template's own text may become control tokens; message contents are
+        plain text (see edgeagent.inference.chat). The template writes BOS when the
+        model wants one.
+        """
+        return tokenize_chat(
+            self._render, lambda text, special: self.tokenize(text, special=special), messages
+        )
 
     def tokenize(self, text: str, *, special: bool = False) -> list[int]:
         tokens: list[int] = self._model.tokenize(
@@ -260,16 +274,3 @@ class ResidentModel:
     @property
     def vocab(self) -> Any:
         return self._model.vocab
-
-    @property
-    def cached_tokens(self) -> int:
-        return len(self._kv_tokens)
-
-
-def load_model(
-    path: Path, *, threads: int, n_ctx: int, n_batch: int
-) -> tuple[ResidentModel, float]:
-    """Load and return the model with the load time in ms (for the start-up log)."""
-    started = time.perf_counter()
-    model = ResidentModel(path, threads=threads, n_ctx=n_ctx, n_batch=n_batch)
-    return model, (time.perf_counter() - started) * 1000

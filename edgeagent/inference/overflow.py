@@ -21,9 +21,9 @@ from typing import Protocol
 
 from edgeagent.errors import EdgeAgentError, ErrorCode
 from edgeagent.inference.contract import OutputSpec
-from edgeagent.inference.policy import OverflowPolicy
 from edgeagent.inference.prompt import Message
 from edgeagent.inference.task import Answer, Task
+from edgeagent.protocol.overflow import OverflowPolicy
 
 MARKER = "\n[...]\n"  # stands where truncate cut the input out
 # Chat templates add a few tokens around the input that tokenizing it alone misses.

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgeagent.inference.contract import OutputSpec
-from edgeagent.inference.policy import OverflowPolicy
 from edgeagent.inference.prompt import Message
+from edgeagent.protocol.overflow import OverflowPolicy
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,14 +10,13 @@ resize gives a second point, and the line through both is the cost the budget us
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 import structlog
 
 from edgeagent.config import Config
 from edgeagent.errors import EdgeAgentError
-from edgeagent.inference.engine import Engine
 from edgeagent.inference.gguf import kv_bytes_per_token
 from edgeagent.memory.governor import Decision, Governor
 from edgeagent.memory.readings import MemoryReading, read_memory
@@ -27,10 +26,32 @@ log = structlog.get_logger("edgeagent.memory.control")
 MIB = 2**20
 
 
+class ResizableContext(Protocol):
+    """What the control loop needs from the engine (`inference.engine.Engine`)."""
+
+    @property
+    def n_ctx(self) -> int:
+        """Context tokens allocated now (0: released)."""
+
+    @property
+    def n_ctx_train(self) -> int:
+        """The context the model was trained for: never more is allocated."""
+
+    @property
+    def metadata(self) -> Mapping[str, str]:
+        """GGUF metadata, for the KV-cache bytes per token."""
+
+    def buffer_bytes(self) -> tuple[int, int]:
+        """(KV cache, compute buffer) bytes of the current context."""
+
+    async def resize(self, n_ctx: int) -> None:
+        """Recreate the context with n_ctx tokens (0: free it); may raise EdgeAgentError."""
+
+
 class MemoryControlLoop:
     def __init__(
         self,
-        engine: Engine,
+        engine: ResizableContext,
         cfg: Config,
         *,
         read: Callable[[], MemoryReading] = read_memory,
@@ -44,10 +65,6 @@ class MemoryControlLoop:
         self.decision: Decision | None = None
         self.reading: MemoryReading | None = None
 
-    @property
-    def paused(self) -> bool:
-        return self.decision is not None and self.decision.paused
-
     def _observe(self) -> Decision:
         assert self.governor is not None
         self.reading = self._read()
@@ -56,12 +73,11 @@ class MemoryControlLoop:
 
     async def start(self) -> Decision:
         """First sizing, right after the model was loaded at a small context."""
-        model = self.engine.model
         self.governor = Governor.from_config(
             self.cfg.memory,
             n_ctx_configured=self.cfg.model.n_ctx,
-            kv_bytes_per_token=kv_bytes_per_token(model.metadata),
-            n_ctx_trained=model.n_ctx_train,
+            kv_bytes_per_token=kv_bytes_per_token(self.engine.metadata),
+            n_ctx_trained=self.engine.n_ctx_train,
         )
         small_ctx = self.engine.n_ctx
         _, small_compute = self.engine.buffer_bytes()
@@ -73,6 +89,7 @@ class MemoryControlLoop:
             per_token = max(0, (big_compute - small_compute) // (big_ctx - small_ctx))
             fixed = max(0, small_compute - per_token * small_ctx)
         else:
+            # One point only (the context did not grow): all of it counts as fixed.
             per_token, fixed = 0, small_compute
         self.governor.set_compute_cost(per_token, fixed)
         log.info(
@@ -102,8 +119,10 @@ class MemoryControlLoop:
                 await self.engine.resize(decision.n_ctx)
             except EdgeAgentError as exc:
                 log.error("context resize failed", wanted=decision.n_ctx, error=exc.message)  # noqa: TRY400 - the message is the information
+            # The governor assumed the resize worked; tell it what there really is.
             self.governor.resized(self.engine.n_ctx)
         if before != self.engine.n_ctx or decision.state_changed:
+            psi = self.reading.psi_some_avg10 if self.reading is not None else None
             (log.warning if decision.paused else log.info)(
                 "context resized" if before != self.engine.n_ctx else "memory state",
                 n_ctx_before=before,
@@ -112,6 +131,7 @@ class MemoryControlLoop:
                 budget=decision.budget.tokens,
                 reason=decision.reason,
                 available_mb=round(decision.budget.available_bytes / MIB, 1),
+                psi_some_avg10=psi,
             )
         if self._on_change is not None:
             self._on_change(decision)

@@ -1,7 +1,8 @@
 """The overflow policy: what to do with a task whose input does not fit the context.
 
-One enum for the config default (`[memory] overflow`), the request field, the CLI
-flag and the engine, so the spelling exists once.
+One enum for the request field, the config default (`[memory] overflow`), the CLI
+flag and the engine, so the spelling exists once. It is part of the wire protocol,
+which is why it lives here, below config and inference, which both use it.
 """
 
 from __future__ import annotations

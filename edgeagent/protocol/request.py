@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgeagent.errors import EdgeAgentError, ErrorCode
-from edgeagent.inference.policy import OverflowPolicy
+from edgeagent.protocol.overflow import OverflowPolicy
 
 _ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
 

@@ -6,7 +6,7 @@ import pytest
 
 from edgeagent.errors import EdgeAgentError, ErrorCode
 from edgeagent.inference.overflow import plan_overflow
-from edgeagent.inference.policy import OverflowPolicy
+from edgeagent.protocol.overflow import OverflowPolicy
 
 # --- overflow ------------------------------------------------------------------------------
 
