@@ -1,0 +1,244 @@
+"""Prometheus metrics: counters fed per task, gauges refreshed from each heartbeat.
+
+The telemetry calls `task_finished` for every task that ends (answered, failed or refused)
+and `observe` with every heartbeat it builds, so the gauges here say exactly what the
+retained heartbeat says. Two ways out, both optional ([metrics] in the config):
+
+* `HttpEndpoint`: prometheus_client's HTTP server on a local port (127.0.0.1 by default),
+  for a Prometheus that scrapes the Pi directly;
+* `TextfileWriter`: `edgeagent.prom` in node_exporter's textfile-collector directory,
+  replaced atomically with every heartbeat - the usual choice on a Pi that already runs
+  node_exporter.
+
+The SoC temperature reading lives here too: the heartbeat, the metrics and Home Assistant
+all show it, and only where the kernel names a CPU/SoC thermal zone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge, Info, generate_latest
+from prometheus_client import Enum as EnumMetric
+from prometheus_client.exposition import start_http_server
+
+from edgeagent import __version__
+
+log = structlog.get_logger("edgeagent.service.metrics")
+
+MIB = 2**20
+TEXTFILE_NAME = "edgeagent.prom"
+# The daemon's lifecycle states (service.daemon.State), as an enum metric.
+STATES = ("starting", "loading", "serving", "paused", "draining", "stopped")
+# Thermal zone types of SoCs and CPUs: Raspberry Pi (cpu-thermal), other ARM boards
+# (soc_thermal, cpu0-thermal), x86 (x86_pkg_temp). Other zones (batteries, PMICs, Wi-Fi)
+# are not the SoC.
+SOC_ZONE_TYPES = ("cpu-thermal", "cpu_thermal", "soc-thermal", "soc_thermal", "cpu0-thermal")
+SOC_ZONE_FALLBACK = ("x86_pkg_temp",)
+THERMAL_ROOT = Path("/sys/class/thermal")
+
+
+def soc_temperature_c(root: Path = THERMAL_ROOT) -> float | None:
+    """The SoC temperature in °C, or None where no SoC thermal zone is known."""
+    zones: dict[str, Path] = {}
+    for zone in sorted(root.glob("thermal_zone*")):
+        with contextlib.suppress(OSError):
+            zones.setdefault(zone.joinpath("type").read_text(encoding="ascii").strip(), zone)
+    for name in (*SOC_ZONE_TYPES, *SOC_ZONE_FALLBACK):
+        if name in zones:
+            try:
+                millidegrees = int(zones[name].joinpath("temp").read_text(encoding="ascii"))
+            except (OSError, ValueError):
+                return None  # e.g. a zone that is there but cannot be read
+            return round(millidegrees / 1000, 1)
+    return None
+
+
+def _get(data: Mapping[str, Any], *path: str) -> Any:
+    value: Any = data
+    for key in path:
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(key)
+    return value
+
+
+class Metrics:
+    """The metrics of one daemon, in their own registry (not the process-global one)."""
+
+    def __init__(self, device_id: str, model: str = "") -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        Info("edgeagent_build", "edgeagent version, device and model", registry=r).info(
+            {"version": __version__, "device": device_id, "model": model}
+        )
+        self.state = EnumMetric(
+            "edgeagent_state", "Lifecycle state of the daemon", states=list(STATES), registry=r
+        )
+        self.tasks = Counter(
+            "edgeagent_tasks",
+            "Tasks that ended, by status (ok, error) and error code (empty when ok)",
+            ["status", "error_code"],
+            registry=r,
+        )
+        self.prompt_tokens = Counter(
+            "edgeagent_prompt_tokens", "Prompt tokens of answered tasks", registry=r
+        )
+        self.generated_tokens = Counter(
+            "edgeagent_generated_tokens", "Tokens generated (answer tokens)", registry=r
+        )
+        self.prompt_seconds = Counter(
+            "edgeagent_prompt_seconds", "Time spent processing prompts", registry=r
+        )
+        self.decode_seconds = Counter(
+            "edgeagent_decode_seconds", "Time spent generating answers", registry=r
+        )
+        self.queue_depth = Gauge("edgeagent_queue_depth", "Tasks waiting", registry=r)
+        self.queue_capacity = Gauge("edgeagent_queue_capacity", "Queue size", registry=r)
+        self.context_budget = Gauge(
+            "edgeagent_context_budget_tokens", "Context the memory allows", registry=r
+        )
+        self.n_ctx = Gauge("edgeagent_context_tokens", "Context the model has (n_ctx)", registry=r)
+        self.memory_available = Gauge(
+            "edgeagent_memory_available_bytes",
+            "Available memory, the tighter of host and cgroup",
+            registry=r,
+        )
+        self.rss = Gauge("edgeagent_resident_memory_bytes", "Daemon resident memory", registry=r)
+        self.tokens_per_second = Gauge(
+            "edgeagent_tokens_per_second", "Decode speed over the last tasks", registry=r
+        )
+        self.journal_rows = Gauge("edgeagent_journal_rows", "Tasks in the task journal", registry=r)
+        self.reconnects = Counter(
+            "edgeagent_mqtt_reconnects", "Connections to the broker after the first", registry=r
+        )
+        self.puback_refusals = Counter(
+            "edgeagent_mqtt_puback_refusals",
+            "Publishes the broker refused (MQTT v5 PUBACK reason code >= 0x80)",
+            registry=r,
+        )
+        self.soc_temperature = Gauge(
+            "edgeagent_soc_temperature_celsius", "SoC temperature", registry=r
+        )
+        self._reconnects_seen = 0
+        self._refusals_seen = 0
+
+    # -- per task --------------------------------------------------------------------
+
+    def task_finished(
+        self,
+        *,
+        status: str,
+        error_code: str | None = None,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        prompt_s: float = 0.0,
+        decode_s: float = 0.0,
+    ) -> None:
+        """One task ended: answered (status ok), failed or refused (status error)."""
+        self.tasks.labels(status=status, error_code=error_code or "").inc()
+        self.prompt_tokens.inc(max(prompt_tokens, 0))
+        self.generated_tokens.inc(max(completion_tokens, 0))
+        self.prompt_seconds.inc(max(prompt_s, 0.0))
+        self.decode_seconds.inc(max(decode_s, 0.0))
+
+    # -- per heartbeat ---------------------------------------------------------------
+
+    def observe(
+        self,
+        heartbeat: Mapping[str, Any],
+        *,
+        journal_rows: int | None = None,
+        connects: int | None = None,
+        puback_refusals: int | None = None,
+    ) -> None:
+        """Gauges from a heartbeat (docs/protocol.md), plus what the heartbeat leaves out.
+
+        `connects` and `puback_refusals` are the link's running totals; the counters
+        advance by what is new since the last call.
+        """
+        if (state := heartbeat.get("state")) in STATES:
+            self.state.state(state)
+        gauges = {
+            self.queue_depth: _get(heartbeat, "queue", "depth"),
+            self.queue_capacity: _get(heartbeat, "queue", "capacity"),
+            self.n_ctx: _get(heartbeat, "context", "n_ctx"),
+            self.context_budget: _get(heartbeat, "context", "budget"),
+            self.tokens_per_second: heartbeat.get("tokens_per_s"),
+            self.soc_temperature: heartbeat.get("soc_temp_c"),
+            self.journal_rows: journal_rows,
+        }
+        available_mb = _get(heartbeat, "context", "available_mb")
+        if available_mb is None:
+            available_mb = _get(heartbeat, "memory", "host_available_mb")
+        rss_mb = _get(heartbeat, "memory", "rss_mb")
+        gauges[self.memory_available] = None if available_mb is None else available_mb * MIB
+        gauges[self.rss] = None if rss_mb is None else rss_mb * MIB
+        for gauge, value in gauges.items():
+            if isinstance(value, (int, float)):
+                gauge.set(value)
+        if connects is not None and (reconnects := max(connects - 1, 0)) > self._reconnects_seen:
+            self.reconnects.inc(reconnects - self._reconnects_seen)
+            self._reconnects_seen = reconnects
+        if puback_refusals is not None and puback_refusals > self._refusals_seen:
+            self.puback_refusals.inc(puback_refusals - self._refusals_seen)
+            self._refusals_seen = puback_refusals
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format (what the endpoint serves and the textfile holds)."""
+        return generate_latest(self.registry)
+
+
+class TextfileWriter:
+    """`<dir>/edgeagent.prom` for node_exporter's textfile collector."""
+
+    def __init__(self, directory: Path, metrics: Metrics) -> None:
+        self.path = directory / TEXTFILE_NAME
+        self.metrics = metrics
+
+    def write(self) -> None:
+        """Replace the file in one rename, so node_exporter never reads half of it. The
+        temporary name does not end in .prom, which the collector ignores."""
+        tmp = self.path.with_name(f".{TEXTFILE_NAME}.{os.getpid()}.tmp")
+        # 0644 despite the service's UMask=0077: node_exporter runs as another user.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.fchmod(fd, 0o644)
+            with os.fdopen(fd, "wb", closefd=False) as out:
+                out.write(self.metrics.exposition())
+        finally:
+            os.close(fd)
+        tmp.replace(self.path)
+
+    def remove(self) -> None:
+        """At shutdown: stale numbers are worse than none (node_exporter's own
+        `node_textfile_mtime_seconds` tells when the file was last written)."""
+        self.path.unlink(missing_ok=True)
+
+
+class HttpEndpoint:
+    """prometheus_client's HTTP server (its own thread) serving this daemon's metrics."""
+
+    def __init__(self, metrics: Metrics, address: str, port: int) -> None:
+        self.metrics = metrics
+        self.address = address
+        self.port = port
+        self._server: Any = None
+
+    def start(self) -> None:
+        self._server, _thread = start_http_server(
+            self.port, addr=self.address, registry=self.metrics.registry
+        )
+        self.port = int(self._server.server_port)  # the real one when 0 was asked for
+        log.info("metrics endpoint", address=self.address, port=self.port)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

@@ -1,0 +1,168 @@
+"""Prometheus metrics: what a heartbeat and finished tasks turn into, and both ways out."""
+
+from __future__ import annotations
+
+import os
+import stat
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from edgeagent import __version__
+from edgeagent.service.metrics import (
+    STATES,
+    HttpEndpoint,
+    Metrics,
+    TextfileWriter,
+    soc_temperature_c,
+)
+
+HEARTBEAT = {
+    "device": "greenhouse-01",
+    "state": "serving",
+    "queue": {"depth": 3, "capacity": 16},
+    "tasks": {"done": 42, "failed": 1, "busy": 0},
+    "tokens_per_s": 11.8,
+    "context": {"n_ctx": 2048, "budget": 3072, "available_mb": 1024.0},
+    "memory": {"rss_mb": 512.0, "host_available_mb": 2048.0},
+    "soc_temp_c": 51.2,
+}
+
+
+def samples(text: str | bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """name + sorted labels -> value, parsed with prometheus_client's own parser."""
+    if isinstance(text, bytes):
+        text = text.decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_gauges_follow_the_heartbeat():
+    metrics = Metrics("greenhouse-01", "smollm2.gguf")
+    metrics.observe(HEARTBEAT, journal_rows=17)
+    got = samples(metrics.exposition())
+    assert got[("edgeagent_queue_depth", ())] == 3
+    assert got[("edgeagent_queue_capacity", ())] == 16
+    assert got[("edgeagent_context_tokens", ())] == 2048
+    assert got[("edgeagent_context_budget_tokens", ())] == 3072
+    assert got[("edgeagent_memory_available_bytes", ())] == 1024 * 2**20
+    assert got[("edgeagent_resident_memory_bytes", ())] == 512 * 2**20
+    assert got[("edgeagent_tokens_per_second", ())] == 11.8
+    assert got[("edgeagent_soc_temperature_celsius", ())] == 51.2
+    assert got[("edgeagent_journal_rows", ())] == 17
+    states = {dict(k[1])["edgeagent_state"]: v for k, v in got.items() if k[0] == "edgeagent_state"}
+    assert states == {s: (1.0 if s == "serving" else 0.0) for s in STATES}
+    info = next(dict(k[1]) for k in got if k[0] == "edgeagent_build_info")
+    assert info == {"version": __version__, "device": "greenhouse-01", "model": "smollm2.gguf"}
+
+
+def test_missing_values_leave_the_gauge_alone():
+    metrics = Metrics("d")
+    metrics.observe(HEARTBEAT)
+    metrics.observe(
+        {"state": "loading", "tokens_per_s": None, "context": {"n_ctx": 512}, "memory": {}}
+    )
+    got = samples(metrics.exposition())
+    assert got[("edgeagent_tokens_per_second", ())] == 11.8
+    assert got[("edgeagent_context_tokens", ())] == 512
+    assert got[("edgeagent_state", (("edgeagent_state", "loading"),))] == 1
+
+
+def test_host_memory_when_the_governor_has_no_reading_yet():
+    metrics = Metrics("d")
+    metrics.observe({**HEARTBEAT, "context": {"n_ctx": 512}})
+    assert samples(metrics.exposition())[("edgeagent_memory_available_bytes", ())] == 2048 * 2**20
+
+
+def test_task_counters_by_status_and_error_code():
+    metrics = Metrics("d")
+    metrics.task_finished(
+        status="ok", prompt_tokens=300, completion_tokens=17, prompt_s=0.31, decode_s=0.16
+    )
+    metrics.task_finished(
+        status="ok", prompt_tokens=100, completion_tokens=3, prompt_s=0.1, decode_s=0.04
+    )
+    metrics.task_finished(status="error", error_code="BUSY")
+    metrics.task_finished(status="error", error_code="BUSY")
+    metrics.task_finished(status="error", error_code="INVALID_REQUEST")
+    got = samples(metrics.exposition())
+    assert got[("edgeagent_tasks_total", (("error_code", ""), ("status", "ok")))] == 2
+    assert got[("edgeagent_tasks_total", (("error_code", "BUSY"), ("status", "error")))] == 2
+    assert (
+        got[("edgeagent_tasks_total", (("error_code", "INVALID_REQUEST"), ("status", "error")))]
+        == 1
+    )
+    assert got[("edgeagent_prompt_tokens_total", ())] == 400
+    assert got[("edgeagent_generated_tokens_total", ())] == 20
+    assert got[("edgeagent_prompt_seconds_total", ())] == pytest.approx(0.41)
+    assert got[("edgeagent_decode_seconds_total", ())] == pytest.approx(0.2)
+
+
+def test_reconnects_and_refusals_advance_by_what_is_new():
+    metrics = Metrics("d")
+    metrics.observe(HEARTBEAT, connects=1, puback_refusals=0)
+    got = samples(metrics.exposition())
+    assert got[("edgeagent_mqtt_reconnects_total", ())] == 0
+    metrics.observe(HEARTBEAT, connects=3, puback_refusals=2)
+    metrics.observe(HEARTBEAT, connects=3, puback_refusals=2)  # nothing new
+    metrics.observe(HEARTBEAT, connects=4, puback_refusals=5)
+    got = samples(metrics.exposition())
+    assert got[("edgeagent_mqtt_reconnects_total", ())] == 3
+    assert got[("edgeagent_mqtt_puback_refusals_total", ())] == 5
+
+
+def test_textfile_is_replaced_whole_and_readable_by_node_exporter(tmp_path):
+    metrics = Metrics("d")
+    metrics.observe(HEARTBEAT)
+    writer = TextfileWriter(tmp_path, metrics)
+    old_umask = os.umask(0o077)  # the service's UMask=
+    try:
+        writer.write()
+        metrics.observe({**HEARTBEAT, "queue": {"depth": 9, "capacity": 16}})
+        writer.write()
+    finally:
+        os.umask(old_umask)
+    assert [p.name for p in tmp_path.iterdir()] == ["edgeagent.prom"]  # no temporary left
+    assert stat.S_IMODE(writer.path.stat().st_mode) == 0o644
+    assert samples(writer.path.read_text())[("edgeagent_queue_depth", ())] == 9
+    writer.remove()
+    assert not writer.path.exists()
+
+
+def test_http_endpoint_serves_the_registry():
+    metrics = Metrics("d")
+    metrics.observe(HEARTBEAT)
+    endpoint = HttpEndpoint(metrics, "127.0.0.1", 0)
+    endpoint.start()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{endpoint.port}/metrics", timeout=5) as r:
+            body = r.read()
+    finally:
+        endpoint.stop()
+    assert samples(body)[("edgeagent_queue_depth", ())] == 3
+
+
+def _zone(root, n, kind, temp):
+    zone = root / f"thermal_zone{n}"
+    zone.mkdir(parents=True)
+    (zone / "type").write_text(kind + "\n")
+    (zone / "temp").write_text(f"{temp}\n")
+
+
+def test_soc_temperature_from_the_soc_zone_only(tmp_path):
+    _zone(tmp_path, 0, "battery", 30000)
+    assert soc_temperature_c(tmp_path) is None
+    _zone(tmp_path, 1, "cpu-thermal", 48312)  # a Raspberry Pi
+    assert soc_temperature_c(tmp_path) == 48.3
+    assert soc_temperature_c(tmp_path / "missing") is None
+
+
+def test_soc_temperature_prefers_the_soc_over_the_x86_package(tmp_path):
+    _zone(tmp_path, 0, "x86_pkg_temp", 61000)
+    assert soc_temperature_c(tmp_path) == 61.0
+    _zone(tmp_path, 1, "soc_thermal", 40000)
+    assert soc_temperature_c(tmp_path) == 40.0
