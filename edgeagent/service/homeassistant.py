@@ -194,7 +194,8 @@ TEMPERATURE = Entity(
         "state_class": "measurement",
         "unit_of_measurement": "°C",
         "suggested_display_precision": 1,
-        "value_template": "{{ value_json.soc_temp_c }}",
+        # service/board.py's reading; this entity exists only where it knows the temperature.
+        "value_template": "{{ (value_json.board or {}).temp_c | default(None) }}",
         "entity_category": "diagnostic",
     },
 )

@@ -9,14 +9,10 @@ retained heartbeat says. Two ways out, both optional ([metrics] in the config):
 * `TextfileWriter`: `edgeagent.prom` in node_exporter's textfile-collector directory,
   replaced atomically with every heartbeat - the usual choice on a Pi that already runs
   node_exporter.
-
-The SoC temperature reading lives here too: the heartbeat, the metrics and Home Assistant
-all show it, and only where the kernel names a CPU/SoC thermal zone.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,28 +31,6 @@ MIB = 2**20
 TEXTFILE_NAME = "edgeagent.prom"
 # The daemon's lifecycle states (service.daemon.State), as an enum metric.
 STATES = ("starting", "loading", "serving", "paused", "draining", "stopped")
-# Thermal zone types of SoCs and CPUs: Raspberry Pi (cpu-thermal), other ARM boards
-# (soc_thermal, cpu0-thermal), x86 (x86_pkg_temp). Other zones (batteries, PMICs, Wi-Fi)
-# are not the SoC.
-SOC_ZONE_TYPES = ("cpu-thermal", "cpu_thermal", "soc-thermal", "soc_thermal", "cpu0-thermal")
-SOC_ZONE_FALLBACK = ("x86_pkg_temp",)
-THERMAL_ROOT = Path("/sys/class/thermal")
-
-
-def soc_temperature_c(root: Path = THERMAL_ROOT) -> float | None:
-    """The SoC temperature in °C, or None where no SoC thermal zone is known."""
-    zones: dict[str, Path] = {}
-    for zone in sorted(root.glob("thermal_zone*")):
-        with contextlib.suppress(OSError):
-            zones.setdefault(zone.joinpath("type").read_text(encoding="ascii").strip(), zone)
-    for name in (*SOC_ZONE_TYPES, *SOC_ZONE_FALLBACK):
-        if name in zones:
-            try:
-                millidegrees = int(zones[name].joinpath("temp").read_text(encoding="ascii"))
-            except (OSError, ValueError):
-                return None  # e.g. a zone that is there but cannot be read
-            return round(millidegrees / 1000, 1)
-    return None
 
 
 def _get(data: Mapping[str, Any], *path: str) -> Any:
@@ -170,7 +144,7 @@ class Metrics:
             self.n_ctx: _get(heartbeat, "context", "n_ctx"),
             self.context_budget: _get(heartbeat, "context", "budget"),
             self.tokens_per_second: heartbeat.get("tokens_per_s"),
-            self.soc_temperature: heartbeat.get("soc_temp_c"),
+            self.soc_temperature: _get(heartbeat, "board", "temp_c"),  # service/board.py
             self.journal_rows: journal_rows,
         }
         available_mb = _get(heartbeat, "context", "available_mb")

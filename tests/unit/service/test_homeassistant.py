@@ -32,7 +32,7 @@ HEARTBEAT = {
     "tokens_per_s": 11.8,
     "context": {"n_ctx": 4096, "budget": 3072, "available_mb": 1210.4},
     "memory": {"rss_mb": 612.3, "host_available_mb": 2210.0},
-    "soc_temp_c": 51.2,
+    "board": {"temp_c": 51.2},
 }
 LAST_ACTION = {"name": "set_irrigation", "at": "2026-01-05T10:00:00+00:00", "task_id": "t1"}
 

@@ -15,7 +15,6 @@ from edgeagent.service.metrics import (
     HttpEndpoint,
     Metrics,
     TextfileWriter,
-    soc_temperature_c,
 )
 
 HEARTBEAT = {
@@ -26,7 +25,7 @@ HEARTBEAT = {
     "tokens_per_s": 11.8,
     "context": {"n_ctx": 2048, "budget": 3072, "available_mb": 1024.0},
     "memory": {"rss_mb": 512.0, "host_available_mb": 2048.0},
-    "soc_temp_c": 51.2,
+    "board": {"temp_c": 51.2, "throttled": False},
 }
 
 
@@ -144,25 +143,3 @@ def test_http_endpoint_serves_the_registry():
     finally:
         endpoint.stop()
     assert samples(body)[("edgeagent_queue_depth", ())] == 3
-
-
-def _zone(root, n, kind, temp):
-    zone = root / f"thermal_zone{n}"
-    zone.mkdir(parents=True)
-    (zone / "type").write_text(kind + "\n")
-    (zone / "temp").write_text(f"{temp}\n")
-
-
-def test_soc_temperature_from_the_soc_zone_only(tmp_path):
-    _zone(tmp_path, 0, "battery", 30000)
-    assert soc_temperature_c(tmp_path) is None
-    _zone(tmp_path, 1, "cpu-thermal", 48312)  # a Raspberry Pi
-    assert soc_temperature_c(tmp_path) == 48.3
-    assert soc_temperature_c(tmp_path / "missing") is None
-
-
-def test_soc_temperature_prefers_the_soc_over_the_x86_package(tmp_path):
-    _zone(tmp_path, 0, "x86_pkg_temp", 61000)
-    assert soc_temperature_c(tmp_path) == 61.0
-    _zone(tmp_path, 1, "soc_thermal", 40000)
-    assert soc_temperature_c(tmp_path) == 40.0
