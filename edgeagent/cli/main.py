@@ -131,7 +131,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     configure_logging(cfg.log.level, cfg.log.format, cfg.device.id)
     # When the watchdog kills us with SIGABRT, every thread's stack goes to the journal.
     faulthandler.enable()
-    daemon = Daemon(cfg, config_path=args.config)
+    daemon = Daemon.from_config(cfg, config_path=args.config)
     try:
         code = asyncio.run(daemon.run())
     except EdgeAgentError as exc:
@@ -178,6 +178,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     try:
         cfg = load_config(args.config)
+        if args.fleet:
+            from edgeagent.cli import fleet  # noqa: PLC0415
+
+            return fleet.run(cfg, as_json=args.json, watch=args.watch, timeout=args.timeout)
         result = client.status(cfg, device=args.device, timeout=args.timeout)
     except EdgeAgentError as exc:
         return _fail(exc)
@@ -198,6 +202,18 @@ def _add_config(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", "-c", type=Path, default=DEFAULT_CONFIG_PATH, help="config file (TOML)"
     )
+
+
+def _add_status(sub: Any) -> None:
+    status = sub.add_parser("status", help="show a device's (or the fleet's) status and heartbeat")
+    _add_config(status)
+    which = status.add_mutually_exclusive_group()
+    which.add_argument("--device", help="device id (default: the config's device)")
+    which.add_argument("--fleet", action="store_true", help="one row per device under the prefix")
+    status.add_argument("--json", action="store_true", help="--fleet: JSON instead of a table")
+    status.add_argument("--watch", action="store_true", help="--fleet: update until Ctrl-C")
+    status.add_argument("--timeout", type=float, default=5.0)
+    status.set_defaults(func=cmd_status)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -248,11 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("text", help="the input text, or - to read stdin")
     submit.set_defaults(func=cmd_submit)
 
-    status = sub.add_parser("status", help="show a device's retained status and heartbeat")
-    _add_config(status)
-    status.add_argument("--device", help="device id (default: the config's device)")
-    status.add_argument("--timeout", type=float, default=5.0)
-    status.set_defaults(func=cmd_status)
+    _add_status(sub)
 
     bench = sub.add_parser("bench", help="measure constrained vs unconstrained decode speed")
     bench.add_argument(

@@ -1,0 +1,136 @@
+"""`edgeagent status --fleet` against a real mosquitto holding retained device messages.
+
+The devices here are retained status/heartbeat messages published the way daemons publish
+them (the real daemon's row is checked in test_integrations.py); the command runs as a
+real subprocess, as an operator runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from support.daemon import ROOT, write_config
+from support.mosquitto import Mosquitto, MqttProbe
+
+pytestmark = [pytest.mark.mqtt]
+
+EDGEAGENT = [sys.executable, "-m", "edgeagent"]
+
+
+def _beat(device: str, state: str = "serving", **extra):
+    return {
+        "device": device,
+        "state": state,
+        "ts": round(time.time(), 3),
+        "queue": {"depth": 0, "capacity": 16},
+        "tasks": {"done": 1, "failed": 0, "busy": 0},
+        "tokens_per_s": 12.5,
+        "context": {"n_ctx": 2048, "budget": 2048, "available_mb": 900.0},
+        "memory": {"rss_mb": 300.0, "host_available_mb": 1800.0},
+        **extra,
+    }
+
+
+def _retain(probe: MqttProbe, device: str, status: str, beat) -> None:
+    probe.publish(f"edgeagent/{device}/status", status, retain=True)
+    probe.publish(f"edgeagent/{device}/heartbeat", beat, retain=True)
+
+
+@pytest.fixture
+def fleet(mosquitto: Mosquitto, tmp_path: Path):
+    config = write_config(
+        tmp_path / "cli.toml", model=tmp_path / "unused.gguf", port=mosquitto.port
+    )
+    probe = MqttProbe(mosquitto.port)
+    _retain(probe, "pi-b", "online", _beat("pi-b", board={"temp_c": 55.5}))
+    _retain(probe, "pi-a", "online", _beat("pi-a", state="paused"))
+    _retain(probe, "pi-c", "offline", _beat("pi-c", state="stopped"))
+    yield config, probe
+    probe.close()
+
+
+def _fleet(config: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*EDGEAGENT, "status", "--fleet", "--config", str(config), *extra],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+        check=check,
+    )
+
+
+def test_json_has_one_sorted_row_per_device(fleet):
+    config, _ = fleet
+    rows = json.loads(_fleet(config, "--json").stdout)
+    assert [r["device"] for r in rows] == ["pi-a", "pi-b", "pi-c"]
+    by = {r["device"]: r for r in rows}
+    assert (by["pi-a"]["online"], by["pi-a"]["state"]) == (True, "paused")
+    assert (by["pi-b"]["temp_c"], by["pi-b"]["tokens_per_s"], by["pi-b"]["queue"]) == (
+        55.5,
+        12.5,
+        "0/16",
+    )
+    assert (by["pi-c"]["online"], by["pi-c"]["state"]) == (False, "offline")
+    assert all(0 <= r["last_seen_s"] < 30 for r in rows)
+
+
+def test_table_on_stdout(fleet):
+    config, _ = fleet
+    lines = _fleet(config).stdout.splitlines()
+    assert lines[0].startswith("DEVICE")
+    assert [line.split()[0] for line in lines[1:]] == ["pi-a", "pi-b", "pi-c"]
+    assert "55.5°C" in lines[2]
+
+
+def test_an_empty_fleet_exits_1(mosquitto, tmp_path):
+    config = write_config(
+        tmp_path / "cli.toml", model=tmp_path / "unused.gguf", port=mosquitto.port
+    )
+    result = _fleet(config, "--json", check=False)
+    assert (result.returncode, json.loads(result.stdout)) == (1, [])
+
+
+def test_watch_prints_again_when_a_device_appears_and_stops_on_ctrl_c(fleet):
+    config, probe = fleet
+    with subprocess.Popen(
+        [*EDGEAGENT, "status", "--fleet", "--json", "--watch", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    ) as watch:
+        _watch(watch, probe)
+
+
+def _watch(watch: subprocess.Popen[str], probe: MqttProbe) -> None:
+    try:
+        assert watch.stdout is not None
+        first = json.loads(watch.stdout.readline())
+        assert [r["device"] for r in first] == ["pi-a", "pi-b", "pi-c"]
+        _retain(probe, "pi-0", "online", _beat("pi-0"))
+        # Each change prints a new list; read until the new device shows up.
+        while True:
+            line = watch.stdout.readline()
+            assert line, watch.stderr.read() if watch.stderr else ""
+            rows = json.loads(line)
+            if rows[0]["device"] == "pi-0":
+                break
+        assert [r["device"] for r in rows] == ["pi-0", "pi-a", "pi-b", "pi-c"]
+        # A cleared retained status and heartbeat (a decommissioned device) disappears.
+        probe.publish("edgeagent/pi-c/status", "", retain=True)
+        probe.publish("edgeagent/pi-c/heartbeat", "", retain=True)
+        while "pi-c" in [r["device"] for r in json.loads(watch.stdout.readline())]:
+            pass
+        watch.send_signal(signal.SIGINT)
+        assert watch.wait(10) == 0
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.wait()
