@@ -105,11 +105,17 @@ class MemoryControlLoop:
         return decision
 
     async def run(self) -> None:
+        """Sample every `memory.sample_s` and follow the memory, until cancelled."""
         while True:
             await asyncio.sleep(self.cfg.memory.sample_s)
-            decision = self._observe()
-            if decision.resize or decision.state_changed:
-                await self._apply(decision)
+            await self.sample()
+
+    async def sample(self) -> Decision:
+        """One reading, and the resize or state change it calls for (after start())."""
+        decision = self._observe()
+        if decision.resize or decision.state_changed:
+            await self._apply(decision)
+        return decision
 
     async def _apply(self, decision: Decision) -> None:
         assert self.governor is not None

@@ -33,6 +33,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -238,33 +239,45 @@ class CgroupDaemon(DaemonProcess):
 
 
 class Hog:
-    def __init__(self, cgroup: MemoryCgroup, target: int, out: Path) -> None:
-        self.out = out
+    """The hog process; its progress lines are read as they come (no polling)."""
+
+    def __init__(self, cgroup: MemoryCgroup, target: int) -> None:
         self.target = target
         self.cgroup = cgroup
-        handle = out.open("wb")
+        self.lines: list[str] = []
+        # Set when the hog says "holding", or its output ends (it exited).
+        self.settled = threading.Event()
         self.proc = cgroup.spawn(
             [sys.executable, "-c", HOG, str(target), str(HOG_STEP), str(HOG_PERIOD_S)],
             stdin=subprocess.PIPE,
-            stdout=handle,
+            stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            line = raw.decode("utf-8", errors="replace")
+            self.lines.append(line)
+            if line.startswith("holding"):
+                self.settled.set()
+        self.settled.set()
 
     def output(self) -> str:
-        return self.out.read_text(encoding="utf-8", errors="replace")
+        return "".join(self.lines)
 
     def wait_holding(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if "holding" in self.output():
-                return
-            if self.proc.poll() is not None:
-                pytest.fail(
-                    f"the hog exited ({self.proc.returncode}): {self.output()}; "
-                    f"oom_control {self.cgroup.oom_control()}"
-                )
-            time.sleep(0.05)
-        pytest.fail(f"the hog did not reach {self.target} bytes in {timeout} s: {self.output()}")
+        if not self.settled.wait(timeout):
+            pytest.fail(
+                f"the hog did not reach {self.target} bytes in {timeout} s: {self.output()}"
+            )
+        if not any(line.startswith("holding") for line in self.lines):
+            self.proc.wait(5)
+            pytest.fail(
+                f"the hog exited ({self.proc.returncode}): {self.output()}; "
+                f"oom_control {self.cgroup.oom_control()}"
+            )
 
     def rss(self) -> int:
         return int(psutil.Process(self.proc.pid).memory_info().rss)
@@ -430,7 +443,7 @@ def limit_above_usage(s: Session) -> tuple[int, int]:
 
 
 def test_context_shrinks_under_a_hog_and_grows_back(  # noqa: PLR0915 - one scenario, in order
-    session: Session, tmp_path: Path, record_property: Any
+    session: Session, record_property: Any
 ) -> None:
     s = session
     per_token, fixed = per_token_cost(s.daemon)
@@ -450,11 +463,12 @@ def test_context_shrinks_under_a_hog_and_grows_back(  # noqa: PLR0915 - one scen
     # Leave room for ~2300 tokens of context; the hog's interpreter (~10 MiB) takes a
     # few hundred more, so the budget lands near 2000.
     target = HEADROOM_MB * MIB + (N_CTX - 2304) * per_token
-    hog = Hog(s.cgroup, target, tmp_path / "hog.out")
+    hog = Hog(s.cgroup, target)
     try:
         hog.wait_holding(timeout=30)
-        time.sleep(1.0)  # a few samples after the hog stopped growing
-        s.check_alive()
+        # The second heartbeat after the hog stopped growing comes a heartbeat period
+        # (1 s, four memory samples) later: the context has followed the full hog.
+        s.heartbeat()
         beat = s.heartbeat()
         during = beat["context"]["n_ctx"]
         s.record("during", beat, hog_mb=round(hog.rss() / MIB, 1))
@@ -500,7 +514,7 @@ def test_context_shrinks_under_a_hog_and_grows_back(  # noqa: PLR0915 - one scen
 
 
 def test_pause_below_min_ctx_and_recover(
-    session: Session, tmp_path: Path, record_property: Any
+    session: Session, record_property: Any
 ) -> None:
     s = session
     per_token, _ = per_token_cost(s.daemon)
@@ -517,7 +531,7 @@ def test_pause_below_min_ctx_and_recover(
     # kernel; the margin covers that.) A larger hog could only be stopped by the OOM
     # killer: the daemon has nothing more to give back.
     target = HEADROOM_MB * MIB + N_CTX * per_token - 8 * MIB
-    hog = Hog(s.cgroup, target, tmp_path / "hog.out")
+    hog = Hog(s.cgroup, target)
     try:
         hog.wait_holding(timeout=30)
         s.daemon.wait_event("context resized", timeout=10, n_ctx=0, state="paused")

@@ -1,0 +1,122 @@
+"""The engine with a scripted model behind its factory seam: thread, lifecycle, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import pytest
+from support.scripted_model import KV_BYTES_PER_TOKEN, METADATA, ScriptedFactory
+
+from edgeagent.config import ModelConfig
+from edgeagent.errors import EdgeAgentError, ErrorCode
+from edgeagent.inference.contract import schema_spec
+from edgeagent.inference.engine import Engine
+from edgeagent.inference.task import Task
+
+CFG = ModelConfig(path=Path("/nonexistent/model.gguf"), threads=1, n_ctx=1024, n_batch=64)
+SPEC = schema_spec({"type": "object", "properties": {"ok": {"type": "boolean"}}})
+
+
+@pytest.fixture
+def factory():
+    return ScriptedFactory(text='{"ok":true}')
+
+
+@pytest.fixture
+def engine(factory):
+    eng = Engine(CFG, factory=factory)
+    eng.load()
+    yield eng
+    eng.close(timeout=5)
+
+
+def test_answer_runs_on_the_inference_thread(engine, factory):
+    threads = []
+    engine.submit(lambda: threads.append(threading.current_thread().name)).result()
+    answer = asyncio.run(engine.answer(Task(content="Is it fine?", spec=SPEC, max_tokens=20)))
+    assert answer.output == {"ok": True}
+    assert answer.n_ctx == 1024
+    assert answer.completion_tokens > 0
+    assert threads[0].startswith("edgeagent-inference")
+    (model,) = factory.models
+    # The prompt is the chat template around our system message and the caller's text.
+    assert "Is it fine?" in model.detokenize(model.prefills[0])
+
+
+def test_the_engine_exposes_what_the_memory_loop_needs(engine):
+    assert engine.n_ctx == 1024
+    assert engine.n_ctx_train == 8192
+    assert engine.metadata == METADATA
+    kv, compute = engine.buffer_bytes()
+    assert kv == 1024 * KV_BYTES_PER_TOKEN
+    assert compute > 0
+
+
+def test_start_loads_at_the_asked_context_and_resize_follows(factory):
+    engine = Engine(CFG, factory=factory)
+
+    async def scenario():
+        await engine.start(n_ctx=256)
+        assert engine.n_ctx == 256
+        await engine.resize(768)
+        assert engine.n_ctx == 768
+        answer = await engine.answer(Task(content="x", spec=SPEC, max_tokens=20))
+        assert answer.n_ctx == 768
+
+    asyncio.run(scenario())
+    assert engine.close(timeout=5)
+
+
+def test_a_released_context_answers_busy(engine):
+    asyncio.run(engine.resize(0))
+    assert engine.n_ctx == 0
+    with pytest.raises(EdgeAgentError) as info:
+        engine.answer_blocking(Task(content="x", spec=SPEC, max_tokens=20))
+    assert info.value.code is ErrorCode.BUSY
+    asyncio.run(engine.resize(512))
+    assert engine.answer_blocking(Task(content="x", spec=SPEC, max_tokens=20)).output
+
+
+def test_prompt_and_max_tokens_over_the_context_is_context_budget(engine):
+    with pytest.raises(EdgeAgentError) as info:
+        engine.answer_blocking(Task(content="word " * 2000, spec=SPEC, max_tokens=20))
+    assert info.value.code is ErrorCode.CONTEXT_BUDGET
+    assert info.value.details["budget"] == 1024
+
+
+def test_decode_steps_show_progress_to_the_watchdog(engine):
+    before = engine.last_progress
+    seen = []
+    engine.model.on_progress = lambda: seen.append(engine.busy)  # type: ignore[misc]
+    engine.answer_blocking(Task(content="x", spec=SPEC, max_tokens=20))
+    assert seen
+    assert all(seen)
+    assert engine.last_progress > before
+    assert not engine.busy
+
+
+def test_close_frees_the_model(factory):
+    engine = Engine(CFG, factory=factory)
+    engine.load()
+    assert engine.close(timeout=5)
+    assert factory.models[0].closed
+    with pytest.raises(EdgeAgentError) as info:
+        _ = engine.model
+    assert info.value.code is ErrorCode.INTERNAL
+
+
+def test_close_with_a_wedged_call_returns_false_without_waiting(factory):
+    engine = Engine(CFG, factory=factory)
+    engine.load()
+    model = factory.models[0]
+    model.wedge_prefill = True
+    stuck = engine.submit(lambda: engine.run_once(Task(content="x", spec=SPEC, max_tokens=20), "x"))
+    assert model.wedged.wait(5)
+    try:
+        assert engine.close(timeout=0.05) is False
+        assert not model.closed  # the thread never got to it
+    finally:
+        model.unwedge.set()  # let the left-behind thread finish
+        stuck.result(5)
