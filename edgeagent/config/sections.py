@@ -15,6 +15,13 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edgeagent.protocol.overflow import OverflowPolicy
+from edgeagent.protocol.reply_policy import (
+    DEFAULT_REPLY_MAX_BYTES,
+    DEFAULT_REPLY_PREFIXES,
+    MQTT_TOPIC_MAX_BYTES,
+    ReplyPolicy,
+    topic_name_problem,
+)
 
 # systemd's LoadCredential= puts secrets here; the unit names the broker password this way.
 CREDENTIAL_MQTT_PASSWORD = "mqtt_password"  # noqa: S105 - a file name, not a password
@@ -127,6 +134,22 @@ class MqttConfig(_Section):
     max_payload_bytes: int = Field(
         default=256 * 1024, ge=1024, description="Larger task payloads get PAYLOAD_TOO_LARGE."
     )
+    reply_prefixes: list[str] = Field(
+        default=list(DEFAULT_REPLY_PREFIXES),
+        description=(
+            "Topic prefixes a request may name as its reply address (`reply_to`, or the "
+            "MQTT v5 Response Topic), in whole topic levels: `replies` allows `replies/me/1`. "
+            "Whatever is listed, `$` topics, wildcards, control characters, surrogates and "
+            "non-characters are refused, and so is every topic under `topic_prefix` except "
+            "this device's own `results/...`. Empty: no caller-chosen reply address."
+        ),
+    )
+    reply_topic_max_bytes: int = Field(
+        default=DEFAULT_REPLY_MAX_BYTES,
+        ge=16,
+        le=MQTT_TOPIC_MAX_BYTES,
+        description="Longest reply address accepted, in bytes of UTF-8.",
+    )
 
     @field_validator("topic_prefix")
     @classmethod
@@ -138,6 +161,17 @@ class MqttConfig(_Section):
             or any(c in value for c in "#+\x00")
         ):
             raise ValueError("must be non-empty, without wildcards and leading/trailing '/'")
+        return value
+
+    @field_validator("reply_prefixes")
+    @classmethod
+    def _reply_prefixes_ok(cls, value: list[str]) -> list[str]:
+        for prefix in value:
+            problem = topic_name_problem(prefix)
+            if problem is not None:
+                raise ValueError(f"{prefix!r} {problem}")
+            if prefix.endswith("/"):
+                raise ValueError(f"{prefix!r} must not end with '/' (prefixes are whole levels)")
         return value
 
     @model_validator(mode="after")
@@ -314,3 +348,12 @@ class Config(_Section):
 
     def action(self, name: str) -> ActionConfig | None:
         return next((a for a in self.actions if a.name == name), None)
+
+    def reply_policy(self) -> ReplyPolicy:
+        """Where this device may send replies (`protocol.reply_policy.check_reply_topic`)."""
+        return ReplyPolicy(
+            fleet_prefix=self.mqtt.topic_prefix,
+            device=self.device.id,
+            allowed_prefixes=tuple(self.mqtt.reply_prefixes),
+            max_bytes=self.mqtt.reply_topic_max_bytes,
+        )

@@ -1,7 +1,10 @@
 """Task requests as they arrive on MQTT: size check, JSON parse, typed validation.
 
 Everything a client can get wrong is caught here and turned into an EdgeAgentError
-with a protocol code, before the task takes a queue slot.
+with a protocol code, before the task takes a queue slot. Nothing else escapes: a
+payload the daemon cannot parse must still end in a reply and an ack, never in an
+exception that leaves the message unacked (it would hold one of the broker's
+in-flight slots for good).
 """
 
 from __future__ import annotations
@@ -10,12 +13,13 @@ import hashlib
 import json
 import re
 import uuid
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgeagent.errors import EdgeAgentError, ErrorCode
 from edgeagent.protocol.overflow import OverflowPolicy
+from edgeagent.protocol.reply_policy import MQTT_TOPIC_MAX_BYTES, topic_name_problem
 
 _ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
 
@@ -40,14 +44,17 @@ class Request(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1, le=8192)
     deadline_s: float | None = Field(default=None, gt=0, le=86400)
     priority: int = Field(default=0, ge=-100, le=100)
-    reply_to: str | None = Field(default=None, min_length=1, max_length=512)
+    # Where the reply may go is the device's reply policy's decision
+    # (protocol.reply_policy.check_reply_topic); here only what is never a topic.
+    reply_to: str | None = None
     overflow: OverflowPolicy | None = None
 
     @field_validator("reply_to")
     @classmethod
-    def _no_wildcards(cls, value: str | None) -> str | None:
-        if value is not None and any(c in value for c in "#+\x00"):
-            raise ValueError("reply_to must be a topic name without wildcards")
+    def _a_topic_name(cls, value: str | None) -> str | None:
+        problem = None if value is None else topic_name_problem(value)
+        if problem is not None:
+            raise ValueError(f"reply_to {problem}")
         return value
 
     @model_validator(mode="after")
@@ -79,15 +86,31 @@ class Request(BaseModel):
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _no_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _load_json(payload: bytes) -> Any:
+    """Strict JSON: no NaN/Infinity. ValueError (bad JSON or UTF-8, an integer of more
+    than 4300 digits) or RecursionError (nesting deeper than the interpreter's stack)."""
+    return json.loads(payload, parse_constant=_no_constant)
+
+
 def parse_request(payload: bytes, max_bytes: int) -> Request:
+    """The validated request. Raises EdgeAgentError and nothing else.
+
+    A payload over max_bytes is refused (PAYLOAD_TOO_LARGE) before anything reads it.
+    """
     if len(payload) > max_bytes:
         raise EdgeAgentError(
             ErrorCode.PAYLOAD_TOO_LARGE,
             f"payload is {len(payload)} bytes, the limit is {max_bytes}",
         )
     try:
-        data = json.loads(payload)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data = _load_json(payload)
+    except RecursionError as exc:
+        raise EdgeAgentError(ErrorCode.INVALID_REQUEST, "payload is nested too deeply") from exc
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise EdgeAgentError(ErrorCode.INVALID_REQUEST, f"payload is not JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise EdgeAgentError(ErrorCode.INVALID_REQUEST, "payload must be a JSON object")
@@ -98,19 +121,27 @@ def parse_request(payload: bytes, max_bytes: int) -> Request:
             f"{'.'.join(str(p) for p in e['loc']) or '(request)'}: {e['msg']}" for e in exc.errors()
         )
         raise EdgeAgentError(ErrorCode.INVALID_REQUEST, problems) from exc
+    except RecursionError as exc:  # a deep inline schema can still reach pydantic's limit
+        raise EdgeAgentError(ErrorCode.INVALID_REQUEST, "request is nested too deeply") from exc
 
 
-def salvage(payload: bytes) -> tuple[str | None, str | None]:
-    """Best-effort (id, reply_to) from a request that failed validation, for the error reply."""
+def salvage(payload: bytes, max_bytes: int) -> tuple[str | None, str | None]:
+    """Best-effort (id, reply_to) of a request that failed validation, for the error reply.
+
+    Never raises, and never reads a payload over max_bytes. The reply_to it returns is
+    only a string of topic length: check it with `check_reply_topic` before using it.
+    """
+    if len(payload) > max_bytes:
+        return None, None
     try:
-        data = json.loads(payload)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        data = _load_json(payload)
+    except (ValueError, RecursionError):
         return None, None
     if not isinstance(data, dict):
         return None, None
     raw_id = data.get("id")
-    task_id = raw_id if isinstance(raw_id, str) and re.match(_ID_PATTERN, raw_id) else None
+    task_id = raw_id if isinstance(raw_id, str) and re.fullmatch(_ID_PATTERN, raw_id) else None
     reply_to = data.get("reply_to")
-    if not isinstance(reply_to, str) or not reply_to or any(c in reply_to for c in "#+\x00"):
+    if not isinstance(reply_to, str) or not 0 < len(reply_to) <= MQTT_TOPIC_MAX_BYTES:
         reply_to = None
     return task_id, reply_to

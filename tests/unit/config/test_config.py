@@ -32,6 +32,19 @@ def test_minimal_config_has_defaults(tmp_path):
     assert cfg.actions == []
 
 
+def test_reply_policy_from_config(tmp_path):
+    text = MINIMAL + '[device]\nid = "gh1"\n[mqtt]\nreply_prefixes = ["replies", "home/ea"]\n'
+    policy = load_config(write(tmp_path, text), environ={}).reply_policy()
+    assert policy.fleet_prefix == "edgeagent"
+    assert policy.device == "gh1"
+    assert policy.allowed_prefixes == ("replies", "home/ea")
+    assert policy.refusal("home/ea/x") is None
+    assert policy.refusal("edgeagent/gh1/actions/x") is not None
+    default = load_config(write(tmp_path, MINIMAL), environ={}).reply_policy()
+    assert default.allowed_prefixes == ("replies",)
+    assert default.max_bytes == 256
+
+
 def test_example_config_is_valid():
     cfg = load_config(ROOT / "examples" / "config.toml", environ={})
     assert [a.name for a in cfg.actions] == ["set_irrigation", "notify", "no_action"]
@@ -60,6 +73,11 @@ def test_environment_overrides_nested_keys(tmp_path):
         (MINIMAL + '[mqtt]\ntls_cert = "/c"\n', "mqtt"),
         (MINIMAL + '[[actions]]\nname = "x"\ndescription = "d"\n', "actions.0.schema"),
         (MINIMAL + "[model]\n", "TOML syntax"),
+        (MINIMAL + '[mqtt]\nreply_prefixes = ["replies/#"]\n', "mqtt.reply_prefixes"),
+        (MINIMAL + '[mqtt]\nreply_prefixes = ["$SYS"]\n', "mqtt.reply_prefixes"),
+        (MINIMAL + '[mqtt]\nreply_prefixes = [""]\n', "mqtt.reply_prefixes"),
+        (MINIMAL + '[mqtt]\nreply_prefixes = ["replies/"]\n', "mqtt.reply_prefixes"),
+        (MINIMAL + "[mqtt]\nreply_topic_max_bytes = 70000\n", "mqtt.reply_topic_max_bytes"),
     ],
 )
 def test_invalid_config_names_the_key(tmp_path, text, where):
