@@ -70,14 +70,15 @@ class DaemonProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        handle = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [*EDGEAGENT, "run", "--config", str(self.config)],
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            env=self.env,
-            cwd=ROOT,
-        )
+        # The child keeps its own copy of the descriptor; ours is closed at once.
+        with self.log_path.open("ab") as handle:
+            self.proc = subprocess.Popen(
+                [*EDGEAGENT, "run", "--config", str(self.config)],
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=ROOT,
+            )
 
     def wait_event(self, event: str, timeout: float = 60, **fields: Any) -> dict[str, Any]:
         """Wait for a JSON log line with this event and these field values."""
