@@ -20,6 +20,7 @@ import json
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,19 @@ _MIN_EXPIRE_S = 30
 def last_action_topic(topics: Topics) -> str:
     """Retained `{"name", "at", "task_id"}` of the latest action a task chose."""
     return f"{topics.base}/last_action"
+
+
+def last_action_message(
+    topics: Topics, task_id: str, output: Mapping[str, Any], at: datetime
+) -> tuple[str, str]:
+    """(topic, payload) to publish retained when a task's answer is a catalog action."""
+    body = {
+        "name": output.get("action"),
+        "at": at.astimezone(UTC).isoformat(timespec="milliseconds"),
+        "task_id": task_id,
+        "args": output.get("args", {}),
+    }
+    return last_action_topic(topics), json.dumps(body, ensure_ascii=False)
 
 
 def node_id(device_id: str) -> str:

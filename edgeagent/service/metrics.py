@@ -13,6 +13,7 @@ retained heartbeat says. Two ways out, both optional ([metrics] in the config):
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,6 +25,7 @@ from prometheus_client import Enum as EnumMetric
 from prometheus_client.exposition import start_http_server
 
 from edgeagent import __version__
+from edgeagent.config import MetricsConfig
 
 log = structlog.get_logger("edgeagent.service.metrics")
 
@@ -121,6 +123,19 @@ class Metrics:
         self.prompt_seconds.inc(max(prompt_s, 0.0))
         self.decode_seconds.inc(max(decode_s, 0.0))
 
+    def reply(self, body: Mapping[str, Any]) -> None:
+        """`task_finished` from a reply's JSON (docs/protocol.md): ok or error replies alike."""
+        usage = body.get("usage") or {}
+        timing = body.get("timing") or {}
+        self.task_finished(
+            status=str(body.get("status")),
+            error_code=_get(body, "error", "code"),
+            prompt_tokens=int(usage.get("prompt_tokens", 0)),
+            completion_tokens=int(usage.get("completion_tokens", 0)),
+            prompt_s=float(timing.get("prompt_ms", 0.0)) / 1000,
+            decode_s=float(timing.get("decode_ms", 0.0)) / 1000,
+        )
+
     # -- per heartbeat ---------------------------------------------------------------
 
     def observe(
@@ -216,3 +231,57 @@ class HttpEndpoint:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+class MetricsExport:
+    """The metrics and the ways out that [metrics] turns on; what the daemon holds."""
+
+    def __init__(self, cfg: MetricsConfig, device_id: str, model: str = "") -> None:
+        self.metrics = Metrics(device_id, model)
+        self.textfile = TextfileWriter(cfg.textfile_dir, self.metrics) if cfg.textfile_dir else None
+        self.http = HttpEndpoint(self.metrics, cfg.address, cfg.port) if cfg.port else None
+        self._textfile_failed = False
+
+    def start(self) -> None:
+        if self.http is not None:
+            try:
+                self.http.start()
+            except OSError as exc:
+                # Metrics are an extra: a taken port must not keep the daemon from serving.
+                log.error("metrics endpoint not started", port=self.http.port, error=str(exc))  # noqa: TRY400 - the reason is the message
+                self.http = None
+
+    def refresh(
+        self,
+        heartbeat: Mapping[str, Any],
+        *,
+        journal_rows: int | None = None,
+        connects: int | None = None,
+        puback_refusals: int | None = None,
+    ) -> None:
+        """With every heartbeat: update the gauges, rewrite the textfile."""
+        self.metrics.observe(
+            heartbeat,
+            journal_rows=journal_rows,
+            connects=connects,
+            puback_refusals=puback_refusals,
+        )
+        if self.textfile is None:
+            return
+        try:
+            self.textfile.write()
+        except OSError as exc:
+            if not self._textfile_failed:  # once per episode, not every heartbeat
+                log.warning(
+                    "metrics textfile not written", path=str(self.textfile.path), error=str(exc)
+                )
+            self._textfile_failed = True
+        else:
+            self._textfile_failed = False
+
+    def stop(self) -> None:
+        if self.http is not None:
+            self.http.stop()
+        if self.textfile is not None:
+            with contextlib.suppress(OSError):
+                self.textfile.remove()

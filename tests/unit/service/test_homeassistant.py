@@ -15,6 +15,7 @@ from edgeagent.service.homeassistant import (
     DeviceInfo,
     Discovery,
     discovery_configs,
+    last_action_message,
     last_action_topic,
     node_id,
     plan,
@@ -240,3 +241,25 @@ def test_the_schema_mirror_rejects_what_home_assistant_rejects(change, reason):
     ha.validate("homeassistant", topic, json.dumps(config))  # valid as published
     with pytest.raises(ha.Invalid, match=reason):
         ha.validate("homeassistant", topic, json.dumps({**config, **change}))
+
+
+def test_last_action_message_is_what_the_last_action_entities_read():
+    from datetime import UTC, datetime  # noqa: PLC0415 - only here
+
+    topic, payload = last_action_message(
+        TOPICS,
+        "t9",
+        {"action": "notify", "args": {"text": "frost"}},
+        datetime(2026, 1, 5, 10, 0, 0, 250000, tzinfo=UTC),
+    )
+    assert topic == "edgeagent/greenhouse-01/last_action"
+    assert json.loads(payload) == {
+        "name": "notify",
+        "at": "2026-01-05T10:00:00.250+00:00",
+        "task_id": "t9",
+        "args": {"text": "frost"},
+    }
+    configs = _by_key(discovery_configs(ON, TOPICS, INFO))
+    for key in ("last_action", "last_action_time"):
+        _topic, config = configs[key]
+        ha.check_state("sensor", config, ha.render(config, "value_template", payload))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import stat
 import urllib.request
 
@@ -14,6 +15,7 @@ from edgeagent.service.metrics import (
     STATES,
     HttpEndpoint,
     Metrics,
+    MetricsExport,
     TextfileWriter,
 )
 
@@ -143,3 +145,58 @@ def test_http_endpoint_serves_the_registry():
     finally:
         endpoint.stop()
     assert samples(body)[("edgeagent_queue_depth", ())] == 3
+
+
+def test_reply_bodies_count_like_finished_tasks():
+    metrics = Metrics("d")
+    metrics.reply(
+        {
+            "id": "t1",
+            "status": "ok",
+            "output": {},
+            "usage": {"prompt_tokens": 301, "completion_tokens": 17, "cached_prompt_tokens": 0},
+            "timing": {"queue_ms": 0.2, "prompt_ms": 310.5, "decode_ms": 160.2, "total_ms": 480.1},
+        }
+    )
+    metrics.reply(
+        {"id": None, "status": "error", "error": {"code": "INVALID_REQUEST", "message": "x"}}
+    )
+    got = samples(metrics.exposition())
+    assert got[("edgeagent_tasks_total", (("error_code", ""), ("status", "ok")))] == 1
+    assert (
+        got[("edgeagent_tasks_total", (("error_code", "INVALID_REQUEST"), ("status", "error")))]
+        == 1
+    )
+    assert got[("edgeagent_generated_tokens_total", ())] == 17
+    assert got[("edgeagent_prompt_seconds_total", ())] == pytest.approx(0.3105)
+    assert got[("edgeagent_decode_seconds_total", ())] == pytest.approx(0.1602)
+
+
+def test_export_as_configured(tmp_path):
+    from edgeagent.config import MetricsConfig  # noqa: PLC0415 - only here
+
+    export = MetricsExport(MetricsConfig(textfile_dir=tmp_path), "d")
+    assert export.http is None
+    export.start()
+    export.refresh(HEARTBEAT, journal_rows=3, connects=2)
+    got = samples((tmp_path / "edgeagent.prom").read_text())
+    assert got[("edgeagent_journal_rows", ())] == 3
+    assert got[("edgeagent_mqtt_reconnects_total", ())] == 1
+    export.stop()
+    assert not (tmp_path / "edgeagent.prom").exists()
+
+
+def test_export_survives_a_taken_port_and_an_unwritable_directory(tmp_path):
+    from edgeagent.config import MetricsConfig  # noqa: PLC0415 - only here
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = MetricsConfig(port=port, textfile_dir=tmp_path / "missing")
+        export = MetricsExport(cfg, "d")
+        export.start()  # logged, not raised: the daemon serves without its endpoint
+    assert export.http is None
+    export.refresh(HEARTBEAT)  # logged, not raised
+    export.refresh(HEARTBEAT)
+    export.stop()
