@@ -165,7 +165,7 @@ def watchdog_interval(environ: Mapping[str, str] | None = None) -> float | None:
 
 
 class ProgressSource(Protocol):
-    """Anything with the progress attributes of a worker (`Progress`, the engine)."""
+    """Anything with the progress attributes of a worker thread (the engine)."""
 
     @property
     def busy(self) -> bool: ...
@@ -189,39 +189,6 @@ def stall_probe(
 
     healthy.__name__ = name
     return healthy
-
-
-class Progress:
-    """A progress marker for a worker thread, usable as a watchdog probe.
-
-    The worker calls `begin()` when it takes a task, `beat()` whenever it makes
-    progress (each decode call, each token) and `end()` when it is idle again.
-    Attribute writes are atomic under the GIL, so no lock is needed.
-    """
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self.last_progress: float = clock()
-        self.busy = False
-
-    def beat(self) -> None:
-        self.last_progress = self._clock()
-
-    def begin(self) -> None:
-        self.last_progress = self._clock()
-        self.busy = True
-
-    def end(self) -> None:
-        self.busy = False
-        self.last_progress = self._clock()
-
-    def stalled_for(self) -> float:
-        """Seconds since the last progress while busy; 0.0 when idle."""
-        return self._clock() - self.last_progress if self.busy else 0.0
-
-    def probe(self, max_stall: float, name: str = "progress") -> Probe:
-        """A probe that is healthy while idle or while progress is newer than `max_stall`."""
-        return stall_probe(self, max_stall, name, self._clock)
 
 
 def _probe_name(probe: Probe) -> str:

@@ -234,7 +234,7 @@ from pathlib import Path
 sys.path[:0] = ["/opt/edgeagent/src", "/opt/edgeagent/site-packages"]
 import structlog
 from edgeagent.service.logsetup import configure_logging
-from edgeagent.service.sdnotify import Notifier, Progress, Watchdog
+from edgeagent.service.sdnotify import Notifier, Watchdog, stall_probe
 
 assert sys.argv[1:] == ["run", "--config", "/etc/edgeagent/config.toml"], sys.argv
 if Path("/etc/edgeagent/exit2").exists():
@@ -361,8 +361,14 @@ except ValueError:
     log.exception("task crashed", task_id="t-exc")
 log.warning("large event", task_id="t-big", blob="x" * 300_000)
 
-progress = Progress()
-watchdog = Watchdog(notifier, [progress.probe(2.0, "inference")])
+
+class InferenceThread:  # the engine's progress attributes, as the watchdog reads them
+    busy = False
+    last_progress = time.monotonic()
+
+
+inference = InferenceThread()
+watchdog = Watchdog(notifier, [stall_probe(inference, 2.0, "inference")])
 
 
 async def main():
@@ -376,7 +382,7 @@ async def main():
 
     def wedge():
         log.warning("wedging the inference thread")
-        progress.begin()
+        inference.busy, inference.last_progress = True, time.monotonic()
 
     loop.add_signal_handler(signal.SIGHUP, reload)
     loop.add_signal_handler(signal.SIGUSR1, wedge)

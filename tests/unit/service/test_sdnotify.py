@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 import pytest
 from structlog.testing import capture_logs
 
-from edgeagent.service.sdnotify import Notifier, Progress, Watchdog, stall_probe, watchdog_interval
+from edgeagent.service.sdnotify import Notifier, Watchdog, stall_probe, watchdog_interval
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from pathlib import Path
 
 
@@ -38,6 +38,20 @@ def path_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
     sock.settimeout(2)
     yield sock, path
     sock.close()
+
+
+@pytest.fixture
+def open_notifier() -> Iterator[Callable[[str | None], Notifier]]:
+    """Notifier(address), closed after the test (its socket would leak otherwise)."""
+    opened: list[Notifier] = []
+
+    def make(address: str | None) -> Notifier:
+        opened.append(Notifier(address))
+        return opened[-1]
+
+    yield make
+    for notifier in opened:
+        notifier.close()
 
 
 @pytest.fixture
@@ -70,9 +84,9 @@ def test_path_socket_datagrams(path_socket):
     assert _nothing_queued(sock)
 
 
-def test_reloading_carries_monotonic_usec(path_socket):
+def test_reloading_carries_monotonic_usec(path_socket, open_notifier):
     sock, path = path_socket
-    notifier = Notifier(path)
+    notifier = open_notifier(path)
     before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
     assert notifier.reloading("re-reading config")
     after = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
@@ -83,9 +97,9 @@ def test_reloading_carries_monotonic_usec(path_socket):
     assert before <= int(match.group(1)) <= after
 
 
-def test_abstract_socket_datagrams(abstract_socket):
+def test_abstract_socket_datagrams(abstract_socket, open_notifier):
     sock, address = abstract_socket
-    notifier = Notifier.from_env({"NOTIFY_SOCKET": address})
+    notifier = open_notifier(address)
     assert notifier.ready("up")
     assert _recv(sock) == b"READY=1\nSTATUS=up"
     assert notifier.watchdog()
@@ -116,8 +130,8 @@ def test_unsupported_address_disables():
     assert [e["event"] for e in logs] == ["sd_notify socket address not supported"]
 
 
-def test_send_errors_never_raise_and_log_once(tmp_path):
-    notifier = Notifier(str(tmp_path / "missing.sock"))
+def test_send_errors_never_raise_and_log_once(tmp_path, open_notifier):
+    notifier = open_notifier(str(tmp_path / "missing.sock"))
     with capture_logs() as logs:
         assert not notifier.ready()
         assert not notifier.watchdog()
@@ -128,9 +142,9 @@ def test_send_errors_never_raise_and_log_once(tmp_path):
     assert logs[0]["state"] == "READY=1"
 
 
-def test_recovers_after_socket_appears(tmp_path):
+def test_recovers_after_socket_appears(tmp_path, open_notifier):
     path = tmp_path / "late.sock"
-    notifier = Notifier(str(path))
+    notifier = open_notifier(str(path))
     with capture_logs():
         assert not notifier.watchdog()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -168,41 +182,49 @@ class FakeClock:
         return self.now
 
 
-def test_progress_probe():
+class InferenceThread:
+    """The progress attributes the engine exposes to the watchdog, set by hand."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.busy = False
+        self.last_progress = clock()
+
+
+def test_stall_probe_holds_while_idle_or_progressing():
     clock = FakeClock()
-    progress = Progress(clock)
-    probe = progress.probe(max_stall=30.0, name="inference")
+    thread = InferenceThread(clock)
+    probe = stall_probe(thread, 30.0, "inference", clock)
     assert probe.__name__ == "inference"
     clock.now += 3600  # idle for an hour: healthy
     assert probe()
-    progress.begin()
+    thread.busy, thread.last_progress = True, clock.now
     clock.now += 29
     assert probe()
-    progress.beat()
+    thread.last_progress = clock.now  # a decode step
     clock.now += 29
     assert probe()
     clock.now += 2  # 31 s without progress while busy
     assert not probe()
-    assert progress.stalled_for() == 31
-    progress.end()
+    thread.busy = False
     assert probe()
-    assert progress.stalled_for() == 0.0
 
 
-def test_watchdog_pings_only_while_probes_are_healthy(path_socket):
+def test_watchdog_pings_only_while_probes_are_healthy(path_socket, open_notifier):
     sock, path = path_socket
     clock = FakeClock()
-    progress = Progress(clock)
+    thread = InferenceThread(clock)
     loop_ok = [True]
     watchdog = Watchdog(
-        Notifier(path), [lambda: loop_ok[0], progress.probe(30.0, "inference")], interval=15.0
+        open_notifier(path),
+        [lambda: loop_ok[0], stall_probe(thread, 30.0, "inference", clock)],
+        interval=15.0,
     )
     assert watchdog.enabled
 
     assert watchdog.loop_tick()
     assert _recv(sock) == b"WATCHDOG=1"
 
-    progress.begin()
+    thread.busy, thread.last_progress = True, clock.now
     clock.now += 31  # the inference thread is stuck
     with capture_logs() as logs:
         assert not watchdog.loop_tick()
@@ -213,7 +235,7 @@ def test_watchdog_pings_only_while_probes_are_healthy(path_socket):
     ]
     assert watchdog.unhealthy() == ["inference"]
 
-    progress.beat()
+    thread.last_progress = clock.now  # it moves again
     with capture_logs() as logs:
         assert watchdog.loop_tick()
     assert _recv(sock) == b"WATCHDOG=1"
@@ -241,9 +263,9 @@ def test_raising_probe_is_unhealthy(path_socket):
     }
 
 
-def test_watchdog_run_ticks_from_the_event_loop(path_socket):
+def test_watchdog_run_ticks_from_the_event_loop(path_socket, open_notifier):
     sock, path = path_socket
-    watchdog = Watchdog(Notifier(path), [], interval=0.01)
+    watchdog = Watchdog(open_notifier(path), [], interval=0.01)
 
     async def main() -> None:
         task = asyncio.create_task(watchdog.run())
@@ -263,20 +285,3 @@ def test_watchdog_disabled_without_interval_or_socket(monkeypatch):
     watchdog = Watchdog(Notifier(None), interval=5.0)
     assert not watchdog.enabled
     asyncio.run(asyncio.wait_for(watchdog.run(), 1.0))  # returns at once
-
-
-def test_stall_probe_reads_any_progress_source():
-    class Worker:  # the shape of Engine: busy + last_progress
-        def __init__(self) -> None:
-            self.busy = False
-            self.last_progress = 0.0
-
-    clock = FakeClock()
-    worker = Worker()
-    probe = stall_probe(worker, 10.0, "engine", clock)
-    assert probe()
-    worker.busy = True
-    worker.last_progress = clock.now - 11
-    assert not probe()
-    worker.last_progress = clock.now - 9
-    assert probe()
