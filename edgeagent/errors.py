@@ -21,6 +21,20 @@ class ErrorCode(StrEnum):
     CONFIG_INVALID = "CONFIG_INVALID"
     TIMEOUT = "TIMEOUT"
     INTERNAL = "INTERNAL"
+    # The broker refused to take a reply or action message (MQTT v5 PUBACK reason code
+    # >= 0x80, e.g. 135 "not authorized" from an ACL). Reported on the errors topic.
+    REPLY_REFUSED = "REPLY_REFUSED"
+
+    @property
+    def retryable(self) -> bool:
+        """True when the same request may succeed later: such an error is never replayed
+        to a client's re-send of the task (it runs again), only to broker redeliveries."""
+        return self in _RETRYABLE
+
+
+_RETRYABLE = frozenset(
+    {ErrorCode.DEADLINE_EXCEEDED, ErrorCode.BUSY, ErrorCode.INTERNAL, ErrorCode.CONTEXT_BUDGET}
+)
 
 
 class EdgeAgentError(Exception):

@@ -2,13 +2,21 @@
 
 paho runs its own network thread (loop_start), which also reconnects with backoff.
 Its callbacks do nothing but hand events to the event loop (call_soon_threadsafe),
-so all our state is touched from one thread.
+so all our state is touched from one thread — except the connection generation,
+which paho's thread stamps where the connection happens (see below).
 
 Delivery: QoS 1 with manual acknowledgement. An incoming task is acknowledged only
-after its reply was confirmed by the broker (PUBACK), so a crash at any point makes
-the broker deliver it again. Acks carry the connection generation they belong to:
-a packet id from a dropped connection must never be acked on the next one, where it
-may name a different message.
+after its reply was confirmed by the broker (PUBACK with a success reason code), so a
+crash at any point makes the broker deliver it again. A publish's future resolves on
+a success PUBACK and fails with PublishRefused on a failure reason code (MQTT v5; a
+3.1.1 broker has no way to refuse).
+
+Acks carry the connection generation they belong to: a packet id from a dropped
+connection must never be acked on the next one, where it may name a different
+message. The generation is advanced on paho's thread when a connection is lost and
+right before a new one is opened (on_pre_connect, after paho dropped the packets
+still queued for the old socket); an ack checks it and queues its PUBACK under the
+same lock, so it either goes out on its own connection or not at all.
 """
 
 from __future__ import annotations
@@ -32,6 +40,11 @@ T = TypeVar("T")
 
 # Replies waiting for the broker while it is away are kept by paho; bound them.
 MAX_QUEUED_PUBLISHES = 1000
+# MQTT v5 Receive Maximum: at most this many task messages are delivered to us
+# unacknowledged at a time, which bounds every per-message structure downstream
+# (incoming queue, deliveries waiting for their reply). MQTT 3.1.1 brokers apply
+# their own limit (mosquitto: max_inflight_messages, default 20).
+RECEIVE_MAXIMUM = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,10 +53,19 @@ class Incoming:
     payload: bytes
     qos: int
     mid: int
-    dup: bool
-    generation: int  # connection number this message arrived on
+    dup: bool  # the broker marks a redelivery (after a reconnect) with DUP
+    generation: int  # connection this message arrived on (stamped on paho's thread)
     response_topic: str | None
     correlation_data: bytes | None
+
+
+class PublishRefused(Exception):  # noqa: N818 - names what the broker did
+    """The broker answered a publish with a failure reason code (PUBACK >= 0x80)."""
+
+    def __init__(self, reason_code: int, reason: str) -> None:
+        super().__init__(f"broker refused the publish: {reason} ({reason_code})")
+        self.reason_code = reason_code
+        self.reason = reason
 
 
 async def with_timeout(awaitable: asyncio.Future[T], seconds: float, what: str) -> T:
@@ -54,6 +76,13 @@ async def with_timeout(awaitable: asyncio.Future[T], seconds: float, what: str) 
         raise EdgeAgentError(ErrorCode.TIMEOUT, f"{what} timed out after {seconds:g} s") from exc
 
 
+def refusal(reason_code: Any) -> PublishRefused | None:
+    """None for a success reason code (v3.1.1 PUBACKs carry none), else the refusal."""
+    if not getattr(reason_code, "is_failure", False):
+        return None
+    return PublishRefused(int(reason_code.value), str(reason_code))
+
+
 class MqttLink:
     def __init__(
         self,
@@ -62,20 +91,18 @@ class MqttLink:
         client_id: str,
         subscriptions: list[str],
         will_topic: str,
-        on_message: Callable[[Incoming], None],
-        on_connect: Callable[[], None] | None = None,
+        client: mqtt.Client | None = None,
     ) -> None:
+        """`client` is for tests; by default one is built from cfg (TLS, auth)."""
         self.cfg = cfg
         self._subscriptions = subscriptions
-        self._will_topic = will_topic
-        self._on_message = on_message
-        self._on_connect_cb = on_connect
+        self._on_message: Callable[[Incoming], None] = _drop
+        self._on_connect_cb: Callable[[], None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.connected = asyncio.Event()
-        self.generation = 0
         self.connects = 0
         self._v5 = cfg.protocol == "5"
-        self._client = new_client(
+        self._client = client or new_client(
             cfg,
             client_id=client_id,
             v5=self._v5,
@@ -86,82 +113,111 @@ class MqttLink:
         self._client.max_queued_messages_set(MAX_QUEUED_PUBLISHES)
         self._client.reconnect_delay_set(min_delay=1, max_delay=30)
         self._client.will_set(will_topic, "offline", qos=1, retain=True)
+        self._client.on_pre_connect = self._paho_pre_connect
         self._client.on_connect = self._paho_connect
         self._client.on_disconnect = self._paho_disconnect
         self._client.on_message = self._paho_message
         self._client.on_publish = self._paho_publish
-        # mid -> future of a publish waiting for PUBACK. PUBACK can arrive before
-        # publish() returns the mid to us, so early acks are remembered too.
-        self._pending: dict[int, asyncio.Future[None]] = {}
-        self._early: set[int] = set()
+        # Guards the generation and the publish bookkeeping, shared with paho's thread.
         self._lock = threading.Lock()
+        self._generation = 0
+        # mid -> future of a publish waiting for PUBACK. The PUBACK can arrive before
+        # publish() returns the mid to us, so early outcomes are remembered too.
+        self._pending: dict[int, asyncio.Future[None]] = {}
+        self._early: dict[int, PublishRefused | None] = {}
         self._closing = False
 
-    # -- paho thread -> event loop -----------------------------------------------
+    @property
+    def generation(self) -> int:
+        with self._lock:
+            return self._generation
+
+    # -- paho thread ---------------------------------------------------------------
 
     def _to_loop(self, fn: Callable[..., None], *args: Any) -> None:
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(fn, *args)
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(fn, *args)
+
+    def _paho_pre_connect(self, _c: Any, _u: Any) -> None:
+        # A new connection is about to be opened: packet ids of the old one are void.
+        with self._lock:
+            self._generation += 1
 
     def _paho_connect(self, _c: Any, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
         if reason.is_failure:
-            log.warning("mqtt connect refused", reason=str(reason))
+            self._to_loop(self._refused, str(reason))
             return
-        # Subscribing and announcing from here (paho thread) keeps them ordered before
-        # any message of the new connection is handled.
+        # Subscribing from here (paho thread) keeps it ordered before any message of
+        # the new connection is handled.
         for topic in self._subscriptions:
             self._client.subscribe(topic, qos=1)
         self._to_loop(self._connected)
 
     def _paho_disconnect(self, _c: Any, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        with self._lock:
+            self._generation += 1  # acks queued from now on would reach no one
         self._to_loop(self._disconnected, str(reason))
 
     def _paho_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
         props = getattr(msg, "properties", None)
         response_topic = getattr(props, "ResponseTopic", None) if props else None
         correlation = getattr(props, "CorrelationData", None) if props else None
+        with self._lock:
+            generation = self._generation
         incoming = Incoming(
             topic=msg.topic,
             payload=bytes(msg.payload),
             qos=msg.qos,
             mid=msg.mid,
             dup=bool(msg.dup),
-            generation=self.generation,
+            generation=generation,
             response_topic=response_topic or None,
             correlation_data=bytes(correlation) if correlation else None,
         )
         self._to_loop(self._on_message, incoming)
 
-    def _paho_publish(self, _c: Any, _u: Any, mid: int, _reason: Any, _props: Any) -> None:
+    def _paho_publish(self, _c: Any, _u: Any, mid: int, reason: Any, _props: Any) -> None:
+        outcome = refusal(reason)
         with self._lock:
             future = self._pending.pop(mid, None)
             if future is None:
-                self._early.add(mid)
+                self._early[mid] = outcome
         if future is not None:
-            self._to_loop(_resolve, future)
+            self._to_loop(_settle, future, outcome)
 
-    # -- event loop side ---------------------------------------------------------
+    # -- event loop side -------------------------------------------------------------
 
     def _connected(self) -> None:
-        self.generation += 1
         self.connects += 1
         self.connected.set()
         log.info("mqtt connected", host=self.cfg.host, port=self.cfg.port, connects=self.connects)
         if self._on_connect_cb is not None:
             self._on_connect_cb()
 
+    def _refused(self, reason: str) -> None:
+        log.warning("mqtt connect refused", reason=reason)
+
     def _disconnected(self, reason: str) -> None:
         if self.connected.is_set():
             (log.info if self._closing else log.warning)("mqtt disconnected", reason=reason)
         self.connected.clear()
 
-    def start(self) -> None:
-        """Start connecting in the background; paho retries until the broker answers."""
+    def start(
+        self, on_message: Callable[[Incoming], None], on_connect: Callable[[], None] | None = None
+    ) -> None:
+        """Start connecting in the background; paho retries until the broker answers.
+
+        `on_message` and `on_connect` run on the event loop.
+        """
         self._loop = asyncio.get_running_loop()
+        self._on_message = on_message
+        self._on_connect_cb = on_connect
         props = None
         if self._v5:
             props = mqtt_properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = self.cfg.session_expiry_s
+            props.ReceiveMaximum = RECEIVE_MAXIMUM
         self._client.connect_async(
             self.cfg.host,
             self.cfg.port,
@@ -179,30 +235,38 @@ class MqttLink:
         retain: bool = False,
         correlation_data: bytes | None = None,
     ) -> asyncio.Future[None]:
-        """Publish with QoS 1; the future resolves on PUBACK (paho resends across reconnects)."""
+        """Publish with QoS 1 (paho resends across reconnects).
+
+        The future resolves on a success PUBACK, fails with PublishRefused when the
+        broker refuses, and with BUSY at once when paho's outgoing queue is full.
+        """
         assert self._loop is not None, "start() first"
         props = None
         if self._v5 and correlation_data is not None:
             props = mqtt_properties(PacketTypes.PUBLISH)
             props.CorrelationData = correlation_data
         future: asyncio.Future[None] = self._loop.create_future()
+        # Not under self._lock: paho calls _paho_publish holding its own message lock,
+        # which publish() takes too; holding ours across it could deadlock.
         info = self._client.publish(topic, payload, qos=1, retain=retain, properties=props)
         if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
             future.set_exception(EdgeAgentError(ErrorCode.BUSY, "too many unsent MQTT messages"))
             return future
         with self._lock:
             if info.mid in self._early:
-                self._early.discard(info.mid)
-                future.set_result(None)
+                _settle(future, self._early.pop(info.mid))
             else:
                 self._pending[info.mid] = future
         return future
 
     def ack(self, message: Incoming) -> bool:
         """Acknowledge a task; False if its connection is gone (the broker will resend it)."""
-        if message.qos == 0 or message.generation != self.generation or not self.connected.is_set():
+        if message.qos == 0:
             return False
-        return self._client.ack(message.mid, message.qos) == mqtt.MQTT_ERR_SUCCESS
+        with self._lock:
+            if message.generation != self._generation:
+                return False
+            return self._client.ack(message.mid, message.qos) == mqtt.MQTT_ERR_SUCCESS
 
     def stop(self) -> None:
         self._closing = True
@@ -210,6 +274,14 @@ class MqttLink:
         self._client.loop_stop()
 
 
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
+def _settle(future: asyncio.Future[None], outcome: PublishRefused | None) -> None:
+    if future.done():
+        return
+    if outcome is None:
         future.set_result(None)
+    else:
+        future.set_exception(outcome)
+
+
+def _drop(_message: Incoming) -> None:
+    """Before start(): nothing can arrive yet."""

@@ -1,17 +1,22 @@
-"""Replies: their bodies and where they go.
+"""Replies: their typed bodies, their JSON, and where they go.
 
 Route: the MQTT v5 Response Topic (with its Correlation Data echoed, so mosquitto_rr
 works), else the request's `reply_to` (for MQTT 3.1.1 clients), else
 <prefix>/<device>/results/<id>. A request too broken to name an id or a reply address
 is answered on <prefix>/<device>/errors.
+
+The JSON is the public protocol (docs/protocol.md): `to_json` builds exactly the keys,
+in exactly the order, that clients have always received.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from edgeagent.errors import EdgeAgentError
+from edgeagent.errors import EdgeAgentError, ErrorCode
 from edgeagent.protocol.topics import Topics
 
 
@@ -38,27 +43,142 @@ def route(
     return ReplyRoute(topics.errors)
 
 
-def ok_reply(
-    task_id: str,
-    device: str,
-    output: Any,
-    *,
-    usage: dict[str, int],
-    timing: dict[str, float],
-    context: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "id": task_id,
-        "status": "ok",
-        "output": output,
-        "usage": usage,
-        "timing": timing,
-        "device": device,
-    }
-    if context is not None:
-        body["context"] = context
-    return body
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    cached_prompt_tokens: int
+
+    def to_json(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cached_prompt_tokens": self.cached_prompt_tokens,
+        }
 
 
-def error_reply(task_id: str | None, device: str, error: EdgeAgentError) -> dict[str, Any]:
-    return {"id": task_id, "status": "error", "error": error.to_dict(), "device": device}
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """Milliseconds, rounded to 0.1 ms as they are sent."""
+
+    queue_ms: float
+    prompt_ms: float
+    decode_ms: float
+    total_ms: float
+
+    def to_json(self) -> dict[str, float]:
+        return {
+            "queue_ms": self.queue_ms,
+            "prompt_ms": self.prompt_ms,
+            "decode_ms": self.decode_ms,
+            "total_ms": self.total_ms,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ContextUse:
+    budget: int  # the context size the answer was produced in
+    truncated: int  # input tokens dropped to fit
+    chunks: int  # model runs (map-reduce), 1 when the input fit
+
+    def to_json(self) -> dict[str, int]:
+        return {"budget": self.budget, "truncated": self.truncated, "chunks": self.chunks}
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    code: ErrorCode
+    message: str
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, error: EdgeAgentError) -> ErrorInfo:
+        return cls(error.code, error.message, dict(error.details))
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"code": str(self.code), "message": self.message}
+        if self.details:
+            body["details"] = dict(self.details)
+        return body
+
+
+@dataclass(frozen=True, slots=True)
+class OkReply:
+    id: str
+    output: Any  # the validated answer (any JSON value)
+    usage: Usage
+    timing: Timing
+    device: str
+    context: ContextUse | None = None
+    # False while the task store is failing: the reply may be sent again after a restart.
+    exactly_once: bool = True
+
+    @property
+    def ok(self) -> bool:
+        return True
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "id": self.id,
+            "status": "ok",
+            "output": self.output,
+            "usage": self.usage.to_json(),
+            "timing": self.timing.to_json(),
+            "device": self.device,
+        }
+        if self.context is not None:
+            body["context"] = self.context.to_json()
+        if not self.exactly_once:
+            body["exactly_once"] = False
+        return body
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorReply:
+    id: str | None  # None when the request was too broken to name one
+    error: ErrorInfo
+    device: str
+    exactly_once: bool = True
+
+    @classmethod
+    def of(cls, task_id: str | None, device: str, error: EdgeAgentError) -> ErrorReply:
+        return cls(task_id, ErrorInfo.of(error), device)
+
+    @property
+    def ok(self) -> bool:
+        return False
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "id": self.id,
+            "status": "error",
+            "error": self.error.to_json(),
+            "device": self.device,
+        }
+        if not self.exactly_once:
+            body["exactly_once"] = False
+        return body
+
+
+Reply = OkReply | ErrorReply
+
+
+def encode(body: Reply | ActionMessage) -> str:
+    """The payload text of a reply or an action message."""
+    return json.dumps(body.to_json(), ensure_ascii=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ActionMessage:
+    """What a `dispatch = true` action publishes on <prefix>/<device>/actions/<name>."""
+
+    task_id: str
+    device: str
+    output: Mapping[str, Any]  # {"action": name, "args": {...}}, validated
+
+    @property
+    def name(self) -> str:
+        return str(self.output["action"])
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.task_id, "device": self.device, **self.output}

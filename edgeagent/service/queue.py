@@ -31,6 +31,10 @@ class TaskQueue(Generic[T]):
         _, _, item = await self._queue.get()
         return item
 
+    @property
+    def full(self) -> bool:
+        return self._queue.full()
+
     def drain(self) -> list[T]:
         """Remove and return everything waiting (shutdown: handed back to the broker)."""
         items: list[T] = []

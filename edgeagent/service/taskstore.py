@@ -1,41 +1,85 @@
-"""Durable task journal (SQLite, WAL): what was accepted, what was answered.
+"""Durable task store (SQLite, WAL): what was accepted, what it answered, what was confirmed.
 
 It is what makes redelivery harmless: a task id seen again is answered from here
-instead of running the model twice. States of a row:
+instead of running the model twice, and its action is dispatched once. A row:
 
-    accepted -> finished (reply stored) -> replied (the broker confirmed the reply)
+    accepted -> finished (reply and action message stored)
+                 reply_state:  pending -> confirmed | refused   (the broker's PUBACK)
+                 action_state: pending -> confirmed | refused   (dispatch actions only)
 
 A task found `accepted` after a restart was interrupted (crash, SIGKILL): it runs
-again. Rows are pruned by age and count so the file stays small on an SD card.
+again. Rows are pruned by age and count so the file stays small on an SD card; age is
+measured on the store's own clock (see `StoreClock`), never on a wall clock that a Pi
+without a real-time clock may not have set yet.
+
+This class is synchronous and raises sqlite3.Error; `AsyncTaskStore` runs it on its
+own thread and turns failures into a degraded mode. `open_task_store` handles a file
+that cannot be used at start: a corrupt one is moved aside, an unwritable directory
+gives an in-memory store.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
 
+import structlog
+
+from edgeagent.errors import ErrorCode
+
+log = structlog.get_logger("edgeagent.service.taskstore")
+
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
-    id          TEXT PRIMARY KEY,
-    fingerprint TEXT NOT NULL,
-    state       TEXT NOT NULL,
-    reply       TEXT,
-    accepted_at REAL NOT NULL,
-    updated_at  REAL NOT NULL
+    id           TEXT PRIMARY KEY,
+    fingerprint  TEXT NOT NULL,
+    state        TEXT NOT NULL,
+    reply        TEXT,
+    accepted_at  REAL NOT NULL,   -- wall clock, for people reading the file
+    updated_at   REAL NOT NULL,   -- store clock (StoreClock), for pruning
+    replayable   INTEGER NOT NULL DEFAULT 1,
+    reply_state  TEXT,
+    action_topic TEXT,
+    action       TEXT,
+    action_state TEXT
 );
 CREATE INDEX IF NOT EXISTS tasks_updated ON tasks(updated_at);
 """
+_COLUMNS = (
+    "id, fingerprint, state, reply, replayable, reply_state, action_topic, action, action_state"
+)
+# SQLite result codes that mean the file is not a usable database (as opposed to I/O).
+_CORRUPT = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
 
 
 class TaskState(StrEnum):
     ACCEPTED = "accepted"
     FINISHED = "finished"
-    REPLIED = "replied"
+
+
+class Confirmation(StrEnum):
+    PENDING = "pending"  # published (or about to be), no PUBACK yet
+    CONFIRMED = "confirmed"  # the broker took it
+    REFUSED = "refused"  # the broker answered with a failure reason code
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a finished task publishes, stored before the first publish."""
+
+    reply: str  # the reply payload, sent byte for byte again on a redelivery
+    # A client's re-send of the id gets this reply. False for retryable errors and for
+    # refusals before the model ran: a re-send runs the task again.
+    replayable: bool = True
+    action_topic: str | None = None  # a `dispatch = true` action's topic and payload
+    action: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,54 +87,158 @@ class TaskRecord:
     id: str
     fingerprint: str
     state: TaskState
-    reply: dict[str, Any] | None
+    outcome: Outcome | None
+    reply_state: Confirmation | None
+    action_state: Confirmation | None  # None: nothing to dispatch
+
+
+class StoreClock:
+    """Seconds that only move forward and only while the daemon runs.
+
+    It starts at the newest timestamp in the file and adds time.monotonic() from
+    there: a wall clock set years forward by NTP (or not yet set) cannot make a row
+    look old. Rows therefore live at least max_age of service time, never less.
+    """
+
+    def __init__(self, start: float, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._start = start
+        self._monotonic = monotonic
+        self._opened = monotonic()
+
+    def now(self) -> float:
+        return self._start + (self._monotonic() - self._opened)
+
+
+def is_corruption(exc: sqlite3.Error) -> bool:
+    return getattr(exc, "sqlite_errorname", "") in _CORRUPT
 
 
 class TaskStore:
-    def __init__(self, path: Path, *, max_age_s: float, max_rows: int) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # check_same_thread=False: owned by the event-loop thread, but created before
-        # the loop runs; access is never concurrent.
+    def __init__(
+        self, path: Path | str, *, max_age_s: float, max_rows: int, synchronous: str = "FULL"
+    ) -> None:
+        """`path` ":memory:" gives a store that lasts as long as the process.
+
+        Raises sqlite3.Error (or OSError) when the file cannot be opened or is corrupt.
+        """
+        self.path = path
+        # check_same_thread=False: used from AsyncTaskStore's one thread, but opened
+        # before it; access is never concurrent.
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode loses at most the last transactions on power loss, never
-        # corrupts; FULL would fsync every task on an SD card.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # FULL: every commit reaches the SD card before the broker is told anything;
+            # NORMAL could lose the last transitions on a power cut and so run (and
+            # dispatch) a task twice. Cost measured in docs/protocol.md.
+            self._db.execute(f"PRAGMA synchronous={synchronous}")
+            check = self._db.execute("PRAGMA quick_check").fetchone()
+            if check is None or check[0] != "ok":
+                raise sqlite3.DatabaseError(f"quick_check: {check[0] if check else 'no answer'}")
+            self._migrate()
+            self.clock = StoreClock(self._newest_timestamp())
+        except BaseException:
+            self._db.close()
+            raise
         self.max_age_s = max_age_s
         self.max_rows = max_rows
+
+    def _migrate(self) -> None:
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        if version >= SCHEMA_VERSION:
+            return
+        old = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'tasks'"
+        ).fetchone()
+        with self._transaction():
+            if old is not None:
+                _upgrade_v1(self._db)
+            # One statement at a time: executescript() would commit the transaction.
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self._db.execute(statement)
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _newest_timestamp(self) -> float:
+        row = self._db.execute("SELECT MAX(updated_at) FROM tasks").fetchone()
+        return float(row[0]) if row and row[0] is not None else 0.0
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def close(self) -> None:
         self._db.close()
 
     def get(self, task_id: str) -> TaskRecord | None:
-        row = self._db.execute(
-            "SELECT id, fingerprint, state, reply FROM tasks WHERE id = ?", (task_id,)
-        ).fetchone()
+        query = f"SELECT {_COLUMNS} FROM tasks WHERE id = ?"  # noqa: S608 - a constant column list
+        row = self._db.execute(query, (task_id,)).fetchone()
         if row is None:
             return None
-        reply = json.loads(row[3]) if row[3] is not None else None
-        return TaskRecord(row[0], row[1], TaskState(row[2]), reply)
+        tid, fingerprint, state, reply, replayable, reply_state, topic, action, action_state = row
+        outcome = Outcome(reply, bool(replayable), topic, action) if reply is not None else None
+        return TaskRecord(
+            tid,
+            fingerprint,
+            TaskState(state),
+            outcome,
+            Confirmation(reply_state) if reply_state else None,
+            Confirmation(action_state) if action_state else None,
+        )
 
     def accept(self, task_id: str, fingerprint: str) -> None:
-        now = time.time()
+        """Record a task about to be queued; an existing row (a re-run) starts over."""
         self._db.execute(
             "INSERT INTO tasks (id, fingerprint, state, accepted_at, updated_at) "
-            "VALUES (?,?,?,?,?) ON CONFLICT(id) DO UPDATE "
-            "SET state = excluded.state, updated_at = excluded.updated_at",
-            (task_id, fingerprint, TaskState.ACCEPTED, now, now),
+            "VALUES (?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET fingerprint = excluded.fingerprint, "
+            "state = excluded.state, updated_at = excluded.updated_at, reply = NULL, "
+            "replayable = 1, reply_state = NULL, action_topic = NULL, action = NULL, "
+            "action_state = NULL",
+            (task_id, fingerprint, TaskState.ACCEPTED, time.time(), self.clock.now()),
         )
 
-    def finish(self, task_id: str, reply: dict[str, Any]) -> None:
+    def finish(self, task_id: str, fingerprint: str, outcome: Outcome) -> None:
+        """Store what the task publishes, before the first publish (also for a task that
+        was refused before running, so a broker redelivery gets the same answer)."""
         self._db.execute(
-            "UPDATE tasks SET state = ?, reply = ?, updated_at = ? WHERE id = ?",
-            (TaskState.FINISHED, json.dumps(reply, ensure_ascii=False), time.time(), task_id),
+            "INSERT INTO tasks (id, fingerprint, state, reply, replayable, reply_state, "
+            "action_topic, action, action_state, accepted_at, updated_at) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET "
+            "state = excluded.state, reply = excluded.reply, replayable = excluded.replayable, "
+            "reply_state = excluded.reply_state, action_topic = excluded.action_topic, "
+            "action = excluded.action, action_state = excluded.action_state, "
+            "updated_at = excluded.updated_at",
+            (
+                task_id,
+                fingerprint,
+                TaskState.FINISHED,
+                outcome.reply,
+                int(outcome.replayable),
+                Confirmation.PENDING,
+                outcome.action_topic,
+                outcome.action,
+                Confirmation.PENDING if outcome.action is not None else None,
+                time.time(),
+                self.clock.now(),
+            ),
         )
 
-    def mark_replied(self, task_id: str) -> None:
+    def mark_reply(self, task_id: str, state: Confirmation) -> None:
         self._db.execute(
-            "UPDATE tasks SET state = ?, updated_at = ? WHERE id = ? AND state = ?",
-            (TaskState.REPLIED, time.time(), task_id, TaskState.FINISHED),
+            "UPDATE tasks SET reply_state = ?, updated_at = ? WHERE id = ? AND state = ?",
+            (state, self.clock.now(), task_id, TaskState.FINISHED),
+        )
+
+    def mark_action(self, task_id: str, state: Confirmation) -> None:
+        self._db.execute(
+            "UPDATE tasks SET action_state = ?, updated_at = ? "
+            "WHERE id = ? AND state = ? AND action IS NOT NULL",
+            (state, self.clock.now(), task_id, TaskState.FINISHED),
         )
 
     def forget(self, task_id: str) -> None:
@@ -100,17 +248,55 @@ class TaskStore:
         )
 
     def prune(self) -> int:
-        cutoff = time.time() - self.max_age_s
-        removed = self._db.execute(
-            "DELETE FROM tasks WHERE updated_at < ? AND state != ?", (cutoff, TaskState.ACCEPTED)
-        ).rowcount
-        removed += self._db.execute(
-            "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks WHERE state != ? "
-            "ORDER BY updated_at DESC LIMIT -1 OFFSET ?)",
-            (TaskState.ACCEPTED, self.max_rows),
-        ).rowcount
+        """Forget finished tasks older than max_age (store clock) and beyond max_rows."""
+        cutoff = self.clock.now() - self.max_age_s
+        with self._transaction():
+            removed = self._db.execute(
+                "DELETE FROM tasks WHERE updated_at < ? AND state != ?",
+                (cutoff, TaskState.ACCEPTED),
+            ).rowcount
+            removed += self._db.execute(
+                "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks WHERE state != ? "
+                "ORDER BY updated_at DESC LIMIT -1 OFFSET ?)",
+                (TaskState.ACCEPTED, self.max_rows),
+            ).rowcount
         return removed
 
     def count(self) -> int:
         row = self._db.execute("SELECT COUNT(*) FROM tasks").fetchone()
         return int(row[0])
+
+
+def _upgrade_v1(db: sqlite3.Connection) -> None:
+    """The first schema had state accepted/finished/replied and no action columns."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(tasks)")}
+    for column, kind in (
+        ("replayable", "INTEGER NOT NULL DEFAULT 1"),
+        ("reply_state", "TEXT"),
+        ("action_topic", "TEXT"),
+        ("action", "TEXT"),
+        ("action_state", "TEXT"),
+    ):
+        if column not in have:
+            db.execute(f"ALTER TABLE tasks ADD COLUMN {column} {kind}")
+    db.execute(
+        "UPDATE tasks SET state = ?, reply_state = ? WHERE state = 'replied'",
+        (TaskState.FINISHED, Confirmation.CONFIRMED),
+    )
+    db.execute(
+        "UPDATE tasks SET reply_state = ? WHERE state = ? AND reply_state IS NULL",
+        (Confirmation.PENDING, TaskState.FINISHED),
+    )
+    rows = db.execute("SELECT id, reply FROM tasks WHERE reply IS NOT NULL").fetchall()
+    for task_id, reply in rows:
+        if not _replayable(reply):
+            db.execute("UPDATE tasks SET replayable = 0 WHERE id = ?", (task_id,))
+
+
+def _replayable(reply: str) -> bool:
+    try:
+        body = json.loads(reply)
+        code = ErrorCode(body["error"]["code"]) if body.get("status") == "error" else None
+    except (ValueError, KeyError, TypeError):
+        return True
+    return code is None or not code.retryable

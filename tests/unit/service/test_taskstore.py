@@ -1,68 +1,248 @@
 from __future__ import annotations
 
 import asyncio
-import time
+import json
+import sqlite3
 
+import pytest
+from structlog.testing import capture_logs
+
+from edgeagent.service.asyncstore import AsyncTaskStore, open_task_store
 from edgeagent.service.queue import TaskQueue
-from edgeagent.service.taskstore import TaskState, TaskStore
+from edgeagent.service.taskstore import (
+    Confirmation,
+    Outcome,
+    StoreClock,
+    TaskState,
+    TaskStore,
+)
+
+OK = Outcome('{"id": "t1", "status": "ok"}')
+ACTION = Outcome(
+    '{"id": "t1", "status": "ok"}',
+    action_topic="edgeagent/dev1/actions/set_irrigation",
+    action='{"id": "t1", "action": "set_irrigation"}',
+)
 
 
-def test_journal_lifecycle_survives_reopen(tmp_path):
+def store_at(path, **kwargs) -> TaskStore:
+    return TaskStore(
+        path, max_age_s=kwargs.get("max_age_s", 3600), max_rows=kwargs.get("max_rows", 100)
+    )
+
+
+def test_lifecycle_survives_reopen(tmp_path):
     path = tmp_path / "j.sqlite3"
-    journal = TaskStore(path, max_age_s=3600, max_rows=100)
-    journal.accept("t1", "fp")
-    assert journal.get("t1").state is TaskState.ACCEPTED
-    journal.finish("t1", {"id": "t1", "status": "ok"})
-    journal.close()
-    reopened = TaskStore(path, max_age_s=3600, max_rows=100)
-    entry = reopened.get("t1")
-    assert entry.state is TaskState.FINISHED
-    assert entry.reply == {"id": "t1", "status": "ok"}
-    reopened.mark_replied("t1")
-    assert reopened.get("t1").state is TaskState.REPLIED
+    store = store_at(path)
+    store.accept("t1", "fp")
+    assert store.get("t1").state is TaskState.ACCEPTED
+    assert store.get("t1").outcome is None
+    store.finish("t1", "fp", ACTION)
+    store.close()
+    reopened = store_at(path)
+    record = reopened.get("t1")
+    assert record.state is TaskState.FINISHED
+    assert record.outcome == ACTION
+    assert (record.reply_state, record.action_state) == (Confirmation.PENDING, Confirmation.PENDING)
+    reopened.mark_reply("t1", Confirmation.CONFIRMED)
+    reopened.mark_action("t1", Confirmation.REFUSED)
+    record = reopened.get("t1")
+    assert (record.reply_state, record.action_state) == (
+        Confirmation.CONFIRMED,
+        Confirmation.REFUSED,
+    )
     assert reopened.get("missing") is None
 
 
-def test_journal_forget_only_unfinished(tmp_path):
-    journal = TaskStore(tmp_path / "j.sqlite3", max_age_s=3600, max_rows=100)
-    journal.accept("a", "fp")
-    journal.accept("b", "fp")
-    journal.finish("b", {"x": 1})
-    journal.forget("a")
-    journal.forget("b")
-    assert journal.get("a") is None
-    assert journal.get("b") is not None
+def test_no_action_means_no_action_state(tmp_path):
+    store = store_at(tmp_path / "j.sqlite3")
+    store.finish("t1", "fp", OK)
+    store.mark_action("t1", Confirmation.CONFIRMED)  # nothing to mark
+    assert store.get("t1").action_state is None
 
 
-def test_journal_prune_by_count_and_age(tmp_path):
-    journal = TaskStore(tmp_path / "j.sqlite3", max_age_s=3600, max_rows=100)
+def test_accept_starts_a_rerun_over(tmp_path):
+    store = store_at(tmp_path / "j.sqlite3")
+    store.finish("t1", "fp", Outcome('{"status": "error"}', replayable=False))
+    store.accept("t1", "fp")
+    record = store.get("t1")
+    assert record.state is TaskState.ACCEPTED
+    assert record.outcome is None
+    assert record.reply_state is None
+
+
+def test_forget_only_unfinished(tmp_path):
+    store = store_at(tmp_path / "j.sqlite3")
+    store.accept("a", "fp")
+    store.accept("b", "fp")
+    store.finish("b", "fp", OK)
+    store.forget("a")
+    store.forget("b")
+    assert store.get("a") is None
+    assert store.get("b") is not None
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 500.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_prune_by_count_and_by_store_clock_age():
+    store = store_at(":memory:", max_age_s=3600, max_rows=100)
+    clock = Clock()
+    store.clock = StoreClock(0.0, clock)
     for i in range(150):
-        journal.accept(f"t{i}", "fp")
-        journal.finish(f"t{i}", {"i": i})
-    journal.accept("running", "fp")
-    assert journal.prune() == 50
-    assert journal.get("t149") is not None
-    assert journal.get("t0") is None
-    assert journal.get("running") is not None  # unfinished work is never pruned
-    journal.max_age_s = 0
-    time.sleep(0.01)
-    journal.prune()
-    assert journal.count() == 1
+        store.finish(f"t{i}", "fp", OK)
+    store.accept("running", "fp")
+    assert store.prune() == 50
+    assert store.get("t149") is not None
+    assert store.get("t0") is None
+    clock.now += 3601  # an hour of service later
+    store.finish("fresh", "fp", OK)
+    assert store.prune() == 100
+    assert store.get("running") is not None  # unfinished work is never pruned
+    assert store.get("fresh") is not None
+    assert store.count() == 2
 
 
-def test_queue_priority_order_and_bound():
+def test_the_store_clock_continues_from_the_file_not_the_wall_clock(tmp_path, monkeypatch):
+    path = tmp_path / "j.sqlite3"
+    store = store_at(path)
+    store.finish("old", "fp", OK)
+    store.close()
+    # A Pi without a real-time clock: the wall clock jumps by years (NTP sync) between runs.
+    monkeypatch.setattr("time.time", lambda: 4_000_000_000.0)
+    reopened = store_at(path, max_age_s=60)
+    assert reopened.prune() == 0
+    assert reopened.get("old") is not None
+
+
+def test_a_first_schema_file_is_upgraded(tmp_path):
+    path = tmp_path / "j.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE tasks (id TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, state TEXT NOT NULL,"
+        " reply TEXT, accepted_at REAL NOT NULL, updated_at REAL NOT NULL);"
+    )
+    busy = {"id": "b", "status": "error", "error": {"code": "BUSY", "message": "full"}}
+    rows = [
+        ("done", "replied", '{"id": "done", "status": "ok"}'),
+        ("sent", "finished", '{"id": "sent", "status": "ok"}'),
+        ("b", "finished", json.dumps(busy)),
+        ("run", "accepted", None),
+    ]
+    for task_id, state, reply in rows:
+        db.execute(
+            "INSERT INTO tasks VALUES (?, 'fp', ?, ?, 1.7e9, 1.7e9)", (task_id, state, reply)
+        )
+    db.commit()
+    db.close()
+    store = store_at(path)
+    assert store.get("done").reply_state is Confirmation.CONFIRMED
+    assert store.get("done").state is TaskState.FINISHED
+    assert store.get("sent").reply_state is Confirmation.PENDING
+    assert store.get("sent").outcome.replayable
+    assert not store.get("b").outcome.replayable  # a retryable error runs again on a re-send
+    assert store.get("run").state is TaskState.ACCEPTED
+
+
+def test_a_corrupt_file_is_moved_aside_and_a_fresh_one_started(tmp_path):
+    path = tmp_path / "journal.sqlite3"
+    path.write_bytes(b"this is not a database" * 100)
+    with capture_logs() as logs:
+        store, degraded = open_task_store(path, max_age_s=60, max_rows=100)
+    assert degraded is None
+    store.accept("t1", "fp")
+    assert store.get("t1") is not None
+    kept = [p for p in tmp_path.iterdir() if p.name.startswith("journal.sqlite3.corrupt-")]
+    assert len(kept) == 1
+    assert kept[0].read_bytes().startswith(b"this is not a database")
+    assert [e["event"] for e in logs] == [
+        "task store was corrupt; moved it aside and started a fresh one"
+    ]
+    assert logs[0]["log_level"] == "error"
+
+
+def test_an_unwritable_directory_gives_a_degraded_memory_store(tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the state directory should be")
+    with capture_logs() as logs:
+        store, degraded = open_task_store(blocker / "journal.sqlite3", max_age_s=60, max_rows=100)
+    assert degraded is not None
+    assert "not-a-dir" in degraded
+    store.accept("t1", "fp")  # still remembers within this process
+    assert store.get("t1") is not None
+    assert logs[0]["log_level"] == "error"
+
+
+class Broken:
+    """A store whose every call fails like a full or read-only SD card."""
+
+    def __getattr__(self, name):
+        def fail(*_args):
+            raise sqlite3.OperationalError("attempt to write a readonly database")
+
+        return fail
+
+
+def test_async_store_degrades_instead_of_raising():
     async def scenario():
-        queue: TaskQueue[str] = TaskQueue(3)
-        assert queue.offer("low", -1)
-        assert queue.offer("normal-1", 0)
-        assert queue.offer("high", 5)
+        store = AsyncTaskStore(Broken())
+        with capture_logs() as logs:
+            assert await store.get("t1") is None
+            await store.accept("t1", "fp")
+            await store.finish("t1", "fp", OK)
+            assert await store.prune() == (0, 0)
+        assert store.degraded is not None
+        assert store.degraded.startswith("get:")
+        assert store.failures == 4
+        assert [e["log_level"] for e in logs] == ["error", "warning", "warning", "warning"]
+        store.close()
+
+    asyncio.run(scenario())
+
+
+def test_async_store_call_that_hangs_times_out():
+    class Stuck:
+        def __init__(self) -> None:
+            import threading  # noqa: PLC0415 - only this test blocks a thread
+
+            self.release = threading.Event()
+
+        def get(self, _task_id):
+            self.release.wait(5)
+
+        def close(self):
+            pass
+
+    async def scenario():
+        stuck = Stuck()
+        store = AsyncTaskStore(stuck, timeout_s=0.05)
+        with capture_logs():
+            assert await store.get("t1") is None
+        assert "no answer" in store.degraded
+        stuck.release.set()
+        store.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("capacity", [1, 3])
+def test_queue_priority_order_and_bound(capacity):
+    async def scenario():
+        queue: TaskQueue[str] = TaskQueue(capacity)
+        items = [("low", -1), ("normal", 0), ("high", 5)][:capacity]
+        for item, priority in items:
+            assert queue.offer(item, priority)
+        assert queue.full
         assert not queue.offer("overflow", 100)
-        assert len(queue) == 3
-        got = [await queue.take() for _ in range(3)]
-        assert got == ["high", "normal-1", "low"]
+        got = [await queue.take() for _ in range(capacity)]
+        assert got == [i for i, _ in sorted(items, key=lambda x: -x[1])]
         queue.offer("a")
-        queue.offer("b")
-        assert queue.drain() == ["a", "b"]
+        assert queue.drain() == ["a"]
         assert len(queue) == 0
 
     asyncio.run(scenario())

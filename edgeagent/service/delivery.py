@@ -1,0 +1,281 @@
+"""Delivery: a finished task's reply and action reach the broker, then its messages are acked.
+
+For one task id, in this order:
+
+    store the outcome -> publish the reply until the broker confirms (or refuses) it
+    -> mark the reply -> publish the action (dispatch = true) -> mark it
+    -> acknowledge every delivery of the id that waited for this reply
+
+so a crash at any point leaves the task message unacknowledged and the store knows
+exactly what the broker already has: the redelivery publishes only what is missing.
+A refusal (PUBACK reason code >= 0x80) is final: logged with its reason, reported on
+the errors topic, recorded in the store, and the task is acknowledged (sending the
+same message again would be refused again).
+
+What a publish cannot tell: a crash between the broker's PUBACK and the store's
+commit leaves the reply marked pending, so its redelivery sends it once more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Protocol
+
+import structlog
+
+from edgeagent.errors import EdgeAgentError, ErrorCode
+from edgeagent.mqtt.link import Incoming, PublishRefused
+from edgeagent.protocol.reply import ActionMessage, ErrorReply, Reply, ReplyRoute, encode
+from edgeagent.protocol.topics import Topics
+from edgeagent.service.jobs import InFlight, InFlightRegistry, Waiting
+from edgeagent.service.ports import DeliveryLink
+from edgeagent.service.taskstore import Confirmation, Outcome, TaskRecord
+
+log = structlog.get_logger("edgeagent.service.delivery")
+
+UNCONFIRMED_LOG_S = 30.0  # how often a publish still waiting for its PUBACK is logged
+QUEUE_FULL_BACKOFF_S = 1.0  # paho's outgoing queue is full: try again after this
+
+
+class OutcomeStore(Protocol):
+    """The part of AsyncTaskStore delivery writes to."""
+
+    @property
+    def degraded(self) -> str | None: ...
+    async def finish(self, task_id: str, fingerprint: str, outcome: Outcome) -> None: ...
+    async def mark_reply(self, task_id: str, state: Confirmation) -> None: ...
+    async def mark_action(self, task_id: str, state: Confirmation) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What is still to be published for one task id."""
+
+    task_id: str
+    reply: str  # payload
+    # False when the routes waiting now already have this reply (a broker redelivery of
+    # a confirmed reply); deliveries that join later with another address still get it.
+    send_reply: bool = True
+    action_topic: str | None = None  # set only while the action is still to be dispatched
+    action: str | None = None
+
+    @classmethod
+    def from_record(cls, record: TaskRecord, *, redelivery: bool) -> Plan:
+        """From the store. A broker redelivery gets what the broker does not have yet; a
+        client's re-send gets the reply again. An action is never dispatched twice."""
+        outcome = record.outcome
+        assert outcome is not None
+        confirmed = record.reply_state is Confirmation.CONFIRMED
+        pending_action = record.action_state is Confirmation.PENDING
+        return cls(
+            record.id,
+            outcome.reply,
+            send_reply=not (redelivery and confirmed),
+            action_topic=outcome.action_topic if pending_action else None,
+            action=outcome.action if pending_action else None,
+        )
+
+    @property
+    def idle(self) -> bool:
+        return not self.send_reply and self.action is None
+
+
+class Delivery:
+    def __init__(
+        self,
+        *,
+        link: DeliveryLink,
+        store: OutcomeStore,
+        inflight: InFlightRegistry,
+        topics: Topics,
+        device: str,
+        unconfirmed_log_s: float = UNCONFIRMED_LOG_S,
+        queue_full_backoff_s: float = QUEUE_FULL_BACKOFF_S,
+    ) -> None:
+        self._link = link
+        self._store = store
+        self._inflight = inflight
+        self._topics = topics
+        self._device = device
+        self._unconfirmed_log_s = unconfirmed_log_s
+        self._queue_full_backoff_s = queue_full_backoff_s
+        # Bounded by the broker's window of unacknowledged task messages.
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- entry points ------------------------------------------------------------------
+
+    async def finish(
+        self,
+        entry: InFlight,
+        reply: Reply,
+        action: ActionMessage | None = None,
+        *,
+        replayable: bool = True,
+    ) -> None:
+        """Record a task's outcome, then deliver it in the background."""
+        degraded_before = self._store.degraded is not None
+        stored = dataclasses.replace(reply, exactly_once=False) if degraded_before else reply
+        outcome = Outcome(
+            encode(stored),
+            replayable,
+            self._topics.action(action.name) if action is not None else None,
+            encode(action) if action is not None else None,
+        )
+        await self._store.finish(entry.task_id, entry.fingerprint, outcome)
+        payload = outcome.reply
+        if self._store.degraded is not None and not degraded_before:
+            payload = encode(dataclasses.replace(reply, exactly_once=False))
+        plan = Plan(
+            entry.task_id, payload, action_topic=outcome.action_topic, action=outcome.action
+        )
+        self._spawn(self._deliver(entry, plan))
+
+    def resume(self, entry: InFlight, plan: Plan) -> None:
+        """Deliver what the store says is still missing (a redelivery or re-send)."""
+        self._spawn(self._deliver(entry, plan))
+
+    def answer_once(self, waiting: Waiting, reply: ErrorReply) -> None:
+        """A reply that is not recorded (a request too broken to track, or an id that
+        belongs to another task): publish it, then acknowledge."""
+        self._spawn(self._answer_once(waiting, reply))
+
+    def acknowledge(self, message: Incoming) -> None:
+        self._link.ack(message)
+
+    async def wait_idle(self, *, within_s: float) -> bool:
+        """Shutdown: wait for deliveries in progress; False if some did not finish."""
+        if not self._tasks:
+            return True
+        _, pending = await asyncio.wait(set(self._tasks), timeout=within_s)
+        return not pending
+
+    def cancel_all(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+
+    @property
+    def in_progress(self) -> int:
+        return len(self._tasks)
+
+    # -- the steps -----------------------------------------------------------------------
+
+    def _spawn(self, body: Coroutine[object, object, None]) -> None:
+        task = asyncio.create_task(body)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("delivery crashed", exc_info=task.exception())
+
+    async def _deliver(self, entry: InFlight, plan: Plan) -> None:
+        try:
+            await self._deliver_steps(entry, plan)
+        finally:
+            # Cancelled (shutdown) or crashed: the deliveries stay unacknowledged and
+            # come back from the broker; the id must not stay in flight meanwhile.
+            self._inflight.close(entry)
+
+    async def _deliver_steps(self, entry: InFlight, plan: Plan) -> None:
+        task_id = entry.task_id
+        sent: set[ReplyRoute] = set() if plan.send_reply else set(entry.routes())
+        if plan.send_reply:
+            refused = await self._send_reply(entry, plan.reply, sent)
+            state = Confirmation.REFUSED if refused else Confirmation.CONFIRMED
+            await self._store.mark_reply(task_id, state)
+        if plan.action_topic is not None and plan.action is not None:
+            refused = await self._publish(task_id, plan.action_topic, plan.action, None, "action")
+            state = Confirmation.REFUSED if refused else Confirmation.CONFIRMED
+            await self._store.mark_action(task_id, state)
+        # Deliveries with a new reply address that joined meanwhile get the reply too;
+        # no await between the last check and closing the entry, so none is missed.
+        await self._send_reply(entry, plan.reply, sent)
+        for waiting in self._inflight.close(entry):
+            self._link.ack(waiting.message)
+
+    async def _send_reply(self, entry: InFlight, payload: str, sent: set[ReplyRoute]) -> bool:
+        """Publish to every waiting address not yet served; True if one refused it."""
+        refused = False
+        while todo := [r for r in entry.routes() if r not in sent]:
+            for reply_route in todo:
+                sent.add(reply_route)
+                refused |= await self._publish(
+                    entry.task_id, reply_route.topic, payload, reply_route.correlation_data, "reply"
+                )
+        return refused
+
+    async def _answer_once(self, waiting: Waiting, reply: ErrorReply) -> None:
+        reply_route = waiting.route
+        await self._publish(
+            reply.id, reply_route.topic, encode(reply), reply_route.correlation_data, "reply"
+        )
+        self._link.ack(waiting.message)
+
+    async def _publish(
+        self, task_id: str | None, topic: str, payload: str, correlation: bytes | None, what: str
+    ) -> bool:
+        """QoS 1 until the broker answers; True if it refused. paho resends an unconfirmed
+        publish after a reconnect, so it is never published twice from here."""
+        while True:
+            future = self._link.publish(topic, payload, correlation_data=correlation)
+            try:
+                await self._confirmed(future, task_id, topic)
+            except PublishRefused as refusal:
+                self._refused(task_id, topic, what, refusal)
+                return True
+            except EdgeAgentError as exc:
+                if exc.code is not ErrorCode.BUSY:
+                    raise
+                log.warning("mqtt outgoing queue full; retrying", task_id=task_id, topic=topic)
+                await asyncio.sleep(self._queue_full_backoff_s)
+                continue
+            return False
+
+    async def _confirmed(
+        self, future: asyncio.Future[None], task_id: str | None, topic: str
+    ) -> None:
+        waited = 0.0
+        while True:
+            try:
+                await asyncio.wait_for(asyncio.shield(future), self._unconfirmed_log_s)
+            except TimeoutError:
+                waited += self._unconfirmed_log_s
+                log.info("publish not confirmed yet", task_id=task_id, topic=topic, waited_s=waited)
+                continue
+            return
+
+    def _refused(self, task_id: str | None, topic: str, what: str, refusal: PublishRefused) -> None:
+        log.error(
+            "broker refused a publish",
+            what=what,
+            task_id=task_id,
+            topic=topic,
+            reason_code=refusal.reason_code,
+            reason=refusal.reason,
+        )
+        if topic == self._topics.errors:
+            return  # the report would go where the refusal happened
+        report = ErrorReply.of(
+            task_id,
+            self._device,
+            EdgeAgentError(
+                ErrorCode.REPLY_REFUSED,
+                f"the broker refused the {what} on {topic}: {refusal.reason}",
+                topic=topic,
+                reason_code=refusal.reason_code,
+            ),
+        )
+        future = self._link.publish(self._topics.errors, encode(report))
+        future.add_done_callback(self._report_done)
+
+    @staticmethod
+    def _report_done(future: asyncio.Future[None]) -> None:
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if exc is not None:
+            log.warning("refusal report not delivered", error=str(exc))

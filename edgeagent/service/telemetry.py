@@ -1,0 +1,158 @@
+"""Telemetry: task counters, the retained heartbeat, and systemd's one-line STATUS=."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import psutil
+import structlog
+
+from edgeagent.protocol.topics import Topics
+from edgeagent.service.ports import HeartbeatLink, MemoryLoop, StatusNotifier
+
+log = structlog.get_logger("edgeagent.service.telemetry")
+MIB = 2**20
+
+
+@dataclass(slots=True)
+class Counters:
+    done: int = 0
+    failed: int = 0
+    busy: int = 0
+    # (completion tokens, decode seconds) of the last tasks, for a recent tokens/s.
+    recent: deque[tuple[int, float]] = field(default_factory=lambda: deque(maxlen=20))
+
+    def tokens_per_s(self) -> float | None:
+        tokens = sum(t for t, _ in self.recent)
+        seconds = sum(s for _, s in self.recent)
+        return round(tokens / seconds, 2) if seconds > 0 else None
+
+
+class QueueView(Protocol):
+    @property
+    def capacity(self) -> int: ...
+    def __len__(self) -> int: ...
+
+
+class ContextView(Protocol):
+    @property
+    def n_ctx(self) -> int: ...
+
+
+class StoreHealth(Protocol):
+    @property
+    def degraded(self) -> str | None: ...
+
+
+def host_memory() -> dict[str, float]:
+    """This process's RSS and the host's available memory, in MiB."""
+    return {
+        "rss_mb": round(psutil.Process().memory_info().rss / MIB, 1),
+        "host_available_mb": round(psutil.virtual_memory().available / MIB, 1),
+    }
+
+
+class Telemetry:
+    def __init__(
+        self,
+        *,
+        device: str,
+        topics: Topics,
+        link: HeartbeatLink,
+        notifier: StatusNotifier,
+        queue: QueueView,
+        engine: ContextView,
+        memory: MemoryLoop,
+        store: StoreHealth,
+        state: Callable[[], str],
+        period_s: float,
+        wall_clock: Callable[[], float] = time.time,
+        memory_usage: Callable[[], dict[str, float]] = host_memory,
+    ) -> None:
+        self.counters = Counters()
+        self._device = device
+        self._topics = topics
+        self._link = link
+        self._notifier = notifier
+        self._queue = queue
+        self._engine = engine
+        self._memory = memory
+        self._store = store
+        self._state = state
+        self._period_s = period_s
+        self._wall_clock = wall_clock
+        self._memory_usage = memory_usage
+
+    def record_answer(self, completion_tokens: int, decode_s: float) -> None:
+        self.counters.done += 1
+        self.counters.recent.append((completion_tokens, decode_s))
+
+    def record_failure(self) -> None:
+        self.counters.failed += 1
+
+    def heartbeat(self) -> dict[str, Any]:
+        degraded = self._store.degraded
+        return {
+            "device": self._device,
+            "state": self._state(),
+            "ts": round(self._wall_clock(), 3),
+            "queue": {"depth": len(self._queue), "capacity": self._queue.capacity},
+            "tasks": {
+                "done": self.counters.done,
+                "failed": self.counters.failed,
+                "busy": self.counters.busy,
+            },
+            "tokens_per_s": self.counters.tokens_per_s(),
+            "context": {"n_ctx": self._engine.n_ctx, **self._memory.snapshot()},
+            "memory": self._memory_usage(),
+            "store": {"state": "ok"}
+            if degraded is None
+            else {"state": "degraded", "reason": degraded},
+        }
+
+    def status_line(self) -> str:
+        tps = self.counters.tokens_per_s()
+        decision = self._memory.decision
+        budget = (
+            f" (budget {decision.budget.tokens}, {decision.budget.limited_by})" if decision else ""
+        )
+        state = self._state()
+        line = (
+            f"{state}; queue {len(self._queue)}/{self._queue.capacity}; "
+            f"ctx {self._engine.n_ctx}{budget}; "
+            f"done {self.counters.done} failed {self.counters.failed}; "
+            f"{tps if tps is not None else '-'} tok/s"
+        )
+        if state == "paused" and decision is not None:
+            line += f"; {decision.reason}"
+        if self._store.degraded is not None:
+            line += "; task store degraded: exactly-once not guaranteed"
+        return line
+
+    def refresh_status(self) -> None:
+        self._notifier.status(self.status_line())
+
+    def publish_heartbeat(self) -> None:
+        if not self._link.connected.is_set():
+            return  # not queued for later: a stale heartbeat is worth nothing
+        future = self._link.publish(
+            self._topics.heartbeat, json.dumps(self.heartbeat()), retain=True
+        )
+        future.add_done_callback(_ignore_result)
+
+    async def run(self) -> None:
+        while True:
+            self.publish_heartbeat()
+            self.refresh_status()
+            await asyncio.sleep(self._period_s)
+
+
+def _ignore_result(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()  # mark retrieved; a lost heartbeat is not an error

@@ -1,0 +1,183 @@
+"""Execution: the one worker that takes jobs off the queue and runs them on the engine.
+
+It turns each job into a typed reply (and, for a `dispatch = true` action, an action
+message), writes the canonical `task` log line, and hands the outcome to delivery.
+A job stopped by shutdown (TaskHandedBack) is handed back: no reply, no ack, its
+accept record dropped, so the broker's redelivery after the restart runs it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import structlog
+
+from edgeagent.config import Config
+from edgeagent.errors import EdgeAgentError, ErrorCode, TaskHandedBack
+from edgeagent.inference.task import Answer, Task
+from edgeagent.protocol.reply import (
+    ActionMessage,
+    ContextUse,
+    ErrorReply,
+    OkReply,
+    Reply,
+    Timing,
+    Usage,
+)
+from edgeagent.service.delivery import Delivery
+from edgeagent.service.jobs import InFlightRegistry, Job
+from edgeagent.service.queue import TaskQueue
+from edgeagent.service.telemetry import Telemetry
+
+log = structlog.get_logger("edgeagent.service.worker")
+
+
+class Answerer(Protocol):
+    async def answer(self, task: Task) -> Answer: ...
+
+
+class Forgetter(Protocol):
+    async def forget(self, task_id: str) -> None: ...
+
+
+class Worker:
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        queue: TaskQueue[Job],
+        engine: Answerer,
+        delivery: Delivery,
+        store: Forgetter,
+        inflight: InFlightRegistry,
+        telemetry: Telemetry,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.cfg = cfg
+        self._queue = queue
+        self._engine = engine
+        self._delivery = delivery
+        self._store = store
+        self._inflight = inflight
+        self._telemetry = telemetry
+        self._clock = clock
+        self.current: Job | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def reconfigure(self, cfg: Config) -> None:
+        self.cfg = cfg
+
+    async def run(self) -> None:
+        while True:
+            job = await self._queue.take()
+            self.current = job
+            self._idle.clear()
+            try:
+                await self._run(job)
+            finally:
+                self.current = None
+                self._idle.set()
+                self._telemetry.refresh_status()
+
+    async def wait_idle(self, *, within_s: float) -> bool:
+        """True as soon as no job runs; False if one still does after `within_s` seconds."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), within_s)
+        return self._idle.is_set()
+
+    async def hand_back(self, job: Job) -> None:
+        """Give a job back to the broker: its deliveries stay unacknowledged."""
+        self._inflight.close(job.entry)
+        await self._store.forget(job.task_id)
+        log.info("task handed back", task_id=job.task_id)
+
+    async def _run(self, job: Job) -> None:
+        request = job.request
+        started = self._clock()
+        queue_ms = (started - job.received) * 1000
+        answer: Answer | None = None
+        log.debug("task started", task_id=request.id, queue_ms=round(queue_ms, 1))
+        reply: Reply
+        try:
+            if started > job.deadline:
+                raise EdgeAgentError(ErrorCode.DEADLINE_EXCEEDED, "deadline passed while queued")
+            task = Task(
+                content=request.content,
+                spec=job.spec,
+                max_tokens=request.max_tokens or self.cfg.model.max_tokens,
+                deadline=job.deadline,
+                cancel=job.cancel,
+                overflow=request.overflow or self.cfg.memory.overflow,
+            )
+            answer = await self._engine.answer(task)
+            reply = self._ok_reply(job, answer, queue_ms)
+        except TaskHandedBack:
+            await self.hand_back(job)
+            return
+        except EdgeAgentError as exc:
+            reply = ErrorReply.of(request.id, self.cfg.device.id, exc)
+        except Exception as exc:
+            log.exception("task crashed", task_id=request.id)
+            error = EdgeAgentError(ErrorCode.INTERNAL, type(exc).__name__)
+            reply = ErrorReply.of(request.id, self.cfg.device.id, error)
+        self._account(job, reply, answer, queue_ms)
+        replayable = isinstance(reply, OkReply) or not reply.error.code.retryable
+        await self._delivery.finish(
+            job.entry, reply, self._action(job, reply), replayable=replayable
+        )
+
+    def _ok_reply(self, job: Job, answer: Answer, queue_ms: float) -> OkReply:
+        return OkReply(
+            id=job.task_id,
+            output=answer.output,
+            usage=Usage(
+                prompt_tokens=answer.prompt_tokens,
+                completion_tokens=answer.completion_tokens,
+                cached_prompt_tokens=answer.cached_prompt_tokens,
+            ),
+            timing=Timing(
+                queue_ms=round(queue_ms, 1),
+                prompt_ms=round(answer.prompt_ms, 1),
+                decode_ms=round(answer.decode_ms, 1),
+                total_ms=round((self._clock() - job.received) * 1000, 1),
+            ),
+            device=self.cfg.device.id,
+            context=ContextUse(
+                budget=answer.n_ctx, truncated=answer.truncated, chunks=answer.chunks
+            ),
+        )
+
+    def _action(self, job: Job, reply: Reply) -> ActionMessage | None:
+        """The action message to dispatch, for an answered `dispatch = true` action."""
+        if not isinstance(reply, OkReply) or job.spec.kind != "action":
+            return None
+        action_cfg = self.cfg.action(str(reply.output["action"]))
+        if action_cfg is None or not action_cfg.dispatch:
+            return None
+        return ActionMessage(job.task_id, self.cfg.device.id, reply.output)
+
+    def _account(self, job: Job, reply: Reply, answer: Answer | None, queue_ms: float) -> None:
+        ok = isinstance(reply, OkReply)
+        if isinstance(reply, OkReply) and answer is not None:
+            self._telemetry.record_answer(answer.completion_tokens, answer.decode_ms / 1000)
+        else:
+            self._telemetry.record_failure()
+        fields: dict[str, Any] = {
+            "task_id": job.task_id,
+            "device_id": self.cfg.device.id,
+            "action": reply.output.get("action", "schema")
+            if isinstance(reply, OkReply) and job.spec.kind == "action"
+            else job.action_label,
+            "status": "ok" if ok else "error",
+            "queue_ms": round(queue_ms, 1),
+        }
+        if answer is not None:
+            fields |= answer.usage() | answer.timing() | answer.context()
+        if isinstance(reply, ErrorReply):
+            fields |= {"error_code": str(reply.error.code), "message": reply.error.message}
+        (log.info if ok else log.warning)("task", **fields)
