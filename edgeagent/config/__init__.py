@@ -1,5 +1,6 @@
 """Configuration: one TOML file, overridable by EDGEAGENT_<SECTION>__<KEY> variables."""
 
+from edgeagent.config.limits import SchemaLimits
 from edgeagent.config.loading import (
     DEFAULT_CONFIG_PATH,
     ENV_PREFIX,
@@ -35,6 +36,7 @@ __all__ = [
     "ModelConfig",
     "MqttConfig",
     "QueueConfig",
+    "SchemaLimits",
     "StateConfig",
     "format_validation_error",
     "load_config",

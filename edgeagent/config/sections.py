@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from edgeagent.config.limits import SchemaLimits
 from edgeagent.protocol.overflow import OverflowPolicy
 from edgeagent.protocol.reply_policy import (
     DEFAULT_REPLY_MAX_BYTES,
@@ -331,6 +332,7 @@ class Config(_Section):
     log: LogConfig = Field(default_factory=LogConfig)
     homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    schema_limits: SchemaLimits = Field(default_factory=SchemaLimits)
     actions: Annotated[list[ActionConfig], Field(default_factory=list)]
 
     @model_validator(mode="after")

@@ -9,7 +9,6 @@ invalid answer out.
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -18,16 +17,15 @@ from typing import Any
 import jsonschema
 from llguidance import LLMatcher
 
-from edgeagent.config import ActionConfig
+from edgeagent.config import ActionConfig, SchemaLimits
 from edgeagent.errors import EdgeAgentError, ErrorCode
+from edgeagent.inference.schema_limits import check_schema_limits
+from edgeagent.inference.schema_validator import check_patterns, check_schema, final_validator
+from edgeagent.inference.tighten import close_objects
 
 # Compact JSON: no whitespace between tokens saves decode steps on a slow device, and
 # `lenient: False` makes llguidance refuse keywords it cannot enforce.
 _COMPILE_OPTIONS: dict[str, Any] = {"whitespace_flexible": False, "lenient": False}
-# Keywords under which a sub-schema is another schema we may tighten.
-_SUBSCHEMA_MAPS = ("properties", "$defs", "definitions")
-_SUBSCHEMA_LISTS = ("anyOf", "oneOf", "prefixItems")
-_SUBSCHEMA_SINGLE = ("items", "additionalProperties")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,49 +50,10 @@ class OutputSpec:
             raise EdgeAgentError(ErrorCode.OUTPUT_INVALID, "action outside the allowed set")
 
 
-def _close_objects(schema: Any) -> Any:
-    """Default `additionalProperties: false` on objects that list their properties.
-
-    Every answer this allows is still valid against the caller's schema; it only stops
-    the model from spending tokens on keys nobody asked for. Members of `allOf` are left
-    alone because closing them would make the conjunction unsatisfiable.
-    """
-    if not isinstance(schema, dict):
-        return schema
-    if (
-        "properties" in schema
-        and "additionalProperties" not in schema
-        and "patternProperties" not in schema
-        and "unevaluatedProperties" not in schema
-        and "allOf" not in schema
-    ):
-        schema["additionalProperties"] = False
-    for key in _SUBSCHEMA_MAPS:
-        if isinstance(schema.get(key), dict):
-            for sub in schema[key].values():
-                _close_objects(sub)
-    for key in _SUBSCHEMA_LISTS:
-        if isinstance(schema.get(key), list):
-            for sub in schema[key]:
-                _close_objects(sub)
-    for key in _SUBSCHEMA_SINGLE:
-        _close_objects(schema.get(key))
-    return schema
-
-
 def _compile(schema: dict[str, Any]) -> tuple[str, jsonschema.protocols.Validator]:
     if not isinstance(schema, dict):
         raise EdgeAgentError(ErrorCode.INVALID_REQUEST, "schema must be a JSON object")
-    validator_cls = jsonschema.validators.validator_for(
-        schema, default=jsonschema.Draft202012Validator
-    )
-    try:
-        validator_cls.check_schema(schema)
-    except jsonschema.SchemaError as exc:
-        where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
-        raise EdgeAgentError(
-            ErrorCode.INVALID_REQUEST, f"schema is not valid JSON Schema at {where}: {exc.message}"
-        ) from exc
+    check_schema(schema)
     try:
         grammar = LLMatcher.grammar_from_json_schema(schema, overrides=_COMPILE_OPTIONS)  # type: ignore[arg-type]
     except ValueError as exc:
@@ -102,19 +61,30 @@ def _compile(schema: dict[str, Any]) -> tuple[str, jsonschema.protocols.Validato
     is_error, messages = LLMatcher.validate_grammar_with_warnings(grammar)
     if is_error:
         raise EdgeAgentError(ErrorCode.SCHEMA_UNSUPPORTED, "; ".join(messages))
-    return grammar, validator_cls(schema)
+    # After llguidance: what it refuses is SCHEMA_UNSUPPORTED with its own words.
+    check_patterns(schema)
+    return grammar, final_validator(schema)
 
 
 def _compact(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-def schema_spec(schema: dict[str, Any]) -> OutputSpec:
-    """Contract for a task that carries its own JSON Schema."""
+def schema_spec(schema: dict[str, Any], limits: SchemaLimits | None = None) -> OutputSpec:
+    """Contract for a task that carries its own JSON Schema.
+
+    With `limits` (a caller's schema) the schema is first checked against them. Blocking
+    and CPU-bound (milliseconds to about a second): call it off the event loop.
+    """
     if not isinstance(schema, dict):
         raise EdgeAgentError(ErrorCode.INVALID_REQUEST, "schema must be a JSON object")
-    tightened = _close_objects(copy.deepcopy(schema))
-    grammar, validator = _compile(tightened)
+    if limits is not None:
+        check_schema_limits(schema, limits)
+    try:
+        tightened = close_objects(schema)
+        grammar, validator = _compile(tightened)
+    except RecursionError as exc:  # a $ref cycle or nesting deeper than the limits allow
+        raise EdgeAgentError(ErrorCode.SCHEMA_UNSUPPORTED, "schema is nested too deeply") from exc
     instructions = f"Answer with one JSON value that follows this JSON Schema:\n{_compact(schema)}"
     return OutputSpec("schema", tightened, grammar, validator, instructions)
 
@@ -153,7 +123,7 @@ def action_spec(actions: Sequence[ActionConfig]) -> OutputSpec:
             "type": "object",
             "properties": {
                 "action": {"const": a.name},
-                "args": _close_objects(copy.deepcopy(a.schema_)),
+                "args": close_objects(a.schema_),
             },
             "required": ["action", "args"],
             "additionalProperties": False,
@@ -173,3 +143,22 @@ def action_spec(actions: Sequence[ActionConfig]) -> OutputSpec:
     return OutputSpec(
         "action", schema, grammar, validator, instructions, tuple(a.name for a in actions)
     )
+
+
+def compile_contract(
+    catalog: Sequence[ActionConfig],
+    *,
+    schema: dict[str, Any] | None = None,
+    action_names: Iterable[str] | None = None,
+    limits: SchemaLimits,
+) -> OutputSpec:
+    """The contract of one request: its inline `schema`, else the allowed catalog actions.
+
+    Pure and thread-safe (no shared mutable state; the RE2 cache is locked): the daemon
+    runs it in a worker thread (`await asyncio.to_thread(compile_contract, ...)`), since
+    compiling a caller's schema can take up to about a second. Raises EdgeAgentError
+    (INVALID_REQUEST, SCHEMA_UNSUPPORTED, UNKNOWN_ACTION) and nothing else.
+    """
+    if schema is not None:
+        return schema_spec(schema, limits)
+    return action_spec(select_actions(catalog, action_names))

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from llguidance import LLTokenizer, TokenizerWrapper
+from llguidance import LLMatcher, LLTokenizer, TokenizerWrapper
 
 from edgeagent.config import ModelConfig
 from edgeagent.errors import EdgeAgentError, ErrorCode
@@ -261,3 +261,10 @@ class ScriptedFactory:
         model = ScriptedModel(n_ctx=cfg.n_ctx, **self._kwargs)
         self.models.append(model)
         return model
+
+
+def grammar_accepts(grammar: str, text: str) -> bool:
+    """Whether a compiled llguidance grammar accepts text, fed byte by byte (the tiny
+    vocabulary's first 256 tokens are the bytes)."""
+    matcher = LLMatcher(LLTOKENIZER, grammar, log_level=0)
+    return matcher.consume_tokens(list(text.encode())) and matcher.is_accepting()
