@@ -1,0 +1,293 @@
+"""Delivery against a fake broker: PUBACKs, refusals, lost connections, crashes at each step.
+
+A "crash" stops every task of a Parts dead (like SIGKILL) and a new Parts opens the
+same store file, as the restarted daemon would; the fake broker then redelivers the
+unacknowledged message with DUP set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+import pytest
+from structlog.testing import capture_logs
+from support.fake_engine import SCHEMA
+from support.fake_link import NOT_AUTHORIZED, FakeLink
+from support.service_parts import Parts
+
+from edgeagent.errors import EdgeAgentError, ErrorCode
+from edgeagent.protocol.reply import ErrorReply, ReplyRoute
+from edgeagent.protocol.topics import Topics
+from edgeagent.service.asyncstore import AsyncTaskStore
+from edgeagent.service.delivery import Delivery
+from edgeagent.service.jobs import InFlightRegistry, Waiting
+from edgeagent.service.taskstore import Confirmation, TaskStore
+
+TOPICS = Topics("edgeagent", "dev1", "edgeagent")
+RESULT = "edgeagent/dev1/results/t1"
+ACTION = "edgeagent/dev1/actions/set_irrigation"
+ERRORS = "edgeagent/dev1/errors"
+SCHEMA_TASK = {"id": "t1", "input": "Porto, 21 degrees", "schema": SCHEMA}
+ACTION_TASK = {"id": "t1", "input": "Water zone 3", "action": "set_irrigation"}
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 10))
+
+
+def test_ack_only_after_a_successful_puback():
+    async def scenario():
+        parts = await Parts.on(link=FakeLink(auto_confirm=False)).start()
+        message = parts.link.deliver(SCHEMA_TASK)
+        (reply,) = await parts.link.wait_for_publish(RESULT)
+        assert reply.body["status"] == "ok"
+        assert parts.link.ack_attempts == []
+        assert (await parts.record("t1")).reply_state is Confirmation.PENDING
+        parts.link.confirm(reply)
+        assert await parts.link.wait_for_acks(1) == [message]
+        assert (await parts.record("t1")).reply_state is Confirmation.CONFIRMED
+        await parts.crash()
+
+    run(scenario())
+
+
+def test_reply_then_action_then_ack_in_that_order():
+    async def scenario():
+        parts = await Parts.on(link=FakeLink(auto_confirm=False)).start()
+        parts.link.deliver(ACTION_TASK)
+        (reply,) = await parts.link.wait_for_publish(RESULT)
+        assert parts.link.on(ACTION) == []  # the action waits for the reply's PUBACK
+        parts.link.confirm(reply)
+        (action,) = await parts.link.wait_for_publish(ACTION)
+        assert action.body == {"id": "t1", "device": "dev1", **reply.body["output"]}
+        assert parts.link.acked == []
+        parts.link.confirm(action)
+        await parts.link.wait_for_acks(1)
+        record = await parts.record("t1")
+        assert (record.reply_state, record.action_state) == (
+            Confirmation.CONFIRMED,
+            Confirmation.CONFIRMED,
+        )
+        await parts.crash()
+
+    run(scenario())
+
+
+def test_a_refused_reply_is_reported_and_never_marked_replied():
+    async def scenario():
+        parts = await Parts.on().start()
+        parts.link.refuse[RESULT] = NOT_AUTHORIZED
+        with capture_logs() as logs:
+            message = parts.link.deliver(SCHEMA_TASK)
+            await parts.link.wait_for_acks(1)
+        assert parts.link.acked == [message]  # sending it again would be refused again
+        assert (await parts.record("t1")).reply_state is Confirmation.REFUSED
+        (report,) = parts.link.bodies(ERRORS)
+        assert report["id"] == "t1"
+        assert report["error"]["code"] == "REPLY_REFUSED"
+        assert report["error"]["details"] == {"topic": RESULT, "reason_code": NOT_AUTHORIZED}
+        (refused,) = [e for e in logs if e["event"] == "broker refused a publish"]
+        assert refused["reason_code"] == NOT_AUTHORIZED
+        assert refused["log_level"] == "error"
+        await parts.crash()
+
+    run(scenario())
+
+
+def test_a_refused_action_is_recorded_and_reported():
+    async def scenario():
+        parts = await Parts.on().start()
+        parts.link.refuse[ACTION] = NOT_AUTHORIZED
+        with capture_logs():
+            parts.link.deliver(ACTION_TASK)
+            await parts.link.wait_for_acks(1)
+        record = await parts.record("t1")
+        assert (record.reply_state, record.action_state) == (
+            Confirmation.CONFIRMED,
+            Confirmation.REFUSED,
+        )
+        assert parts.link.bodies(ERRORS)[0]["error"]["details"]["topic"] == ACTION
+        await parts.crash()
+
+    run(scenario())
+
+
+def test_a_refused_error_report_is_not_reported_again():
+    async def scenario():
+        parts = await Parts.on().start()
+        parts.link.refuse[ERRORS] = NOT_AUTHORIZED
+        with capture_logs():
+            parts.link.deliver(b"{not json")  # answered on the errors topic
+            await parts.link.wait_for_acks(1)
+        assert len(parts.link.on(ERRORS)) == 1
+        await parts.crash()
+
+    run(scenario())
+
+
+def test_disconnect_between_reply_and_ack_leaves_the_task_to_the_broker():
+    async def scenario():
+        parts = await Parts.on(link=FakeLink(auto_confirm=False)).start()
+        message = parts.link.deliver(ACTION_TASK)
+        (reply,) = await parts.link.wait_for_publish(RESULT)
+        parts.link.confirm(reply)
+        (action,) = await parts.link.wait_for_publish(ACTION)
+        parts.link.disconnect()
+        parts.link.confirm(action)  # paho resent it on the new connection
+        await parts.link.wait_until(lambda: len(parts.link.ack_attempts) == 1)
+        assert parts.link.acked == []  # that packet id belongs to the dropped connection
+        parts.link.reconnect()
+        parts.link.redeliver(message)
+        await parts.link.wait_for_acks(1)
+        assert len(parts.link.on(RESULT)) == 1
+        assert len(parts.link.on(ACTION)) == 1
+        assert len(parts.engine.tasks) == 1
+        await parts.crash()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("confirmed_before_crash", "published_after"),
+    [
+        (0, {RESULT: 1, ACTION: 1}),  # crash before the reply's PUBACK: both again
+        (1, {RESULT: 0, ACTION: 1}),  # reply confirmed, action not: only the action
+        (2, {RESULT: 0, ACTION: 0}),  # both confirmed, ack lost: only the ack
+    ],
+)
+def test_redelivery_after_a_crash_at_each_step(tmp_path, confirmed_before_crash, published_after):
+    path = tmp_path / "journal.sqlite3"
+
+    async def scenario():
+        first = await Parts.on(path, link=FakeLink(auto_confirm=False)).start()
+        message = first.link.deliver(ACTION_TASK)
+        for topic in (RESULT, ACTION)[:confirmed_before_crash]:
+            (published,) = await first.link.wait_for_publish(topic)
+            first.link.confirm(published)
+        if confirmed_before_crash < 2:
+            await first.link.wait_for_publish((RESULT, ACTION)[confirmed_before_crash])
+        else:
+            await first.link.wait_until(lambda: len(first.link.ack_attempts) == 1)
+        await first.crash()
+
+        second = await Parts.on(path).start()
+        again = second.link.redeliver(message)
+        assert await second.link.wait_for_acks(1) == [again]
+        published = {t: len(second.link.on(t)) for t in (RESULT, ACTION)}
+        assert published == published_after
+        assert second.engine.tasks == []  # answered from the store, never run again
+        if published[RESULT]:
+            assert second.link.on(RESULT)[0].payload == first.link.on(RESULT)[0].payload
+        await second.crash()
+
+    run(scenario())
+
+
+def test_a_crash_while_running_runs_the_task_again(tmp_path):
+    path = tmp_path / "journal.sqlite3"
+
+    async def scenario():
+        first = await Parts.on(path).start()
+        first.engine.hold = True
+        message = first.link.deliver(ACTION_TASK)
+        await first.engine.running.wait()
+        await first.crash()
+        second = await Parts.on(path).start()
+        second.link.redeliver(message)
+        await second.link.wait_for_acks(1)
+        assert len(second.engine.tasks) == 1
+        assert len(second.link.on(ACTION)) == 1
+        assert first.link.on(RESULT) == []
+        await second.crash()
+
+    run(scenario())
+
+
+def test_a_client_resend_gets_the_reply_again_but_the_action_only_once():
+    async def scenario():
+        parts = await Parts.on().start()
+        parts.link.deliver(ACTION_TASK)
+        await parts.link.wait_for_acks(1)
+        parts.link.deliver(ACTION_TASK)  # a new message, not a redelivery
+        await parts.link.wait_for_acks(2)
+        first, second = parts.link.on(RESULT)
+        assert first.payload == second.payload
+        assert len(parts.link.on(ACTION)) == 1
+        assert len(parts.engine.tasks) == 1
+        await parts.crash()
+
+    run(scenario())
+
+
+def test_a_full_outgoing_queue_is_retried_not_dropped():
+    async def scenario():
+        link = FakeLink()
+        link.connected.set()
+        store = AsyncTaskStore(TaskStore(":memory:", max_age_s=60, max_rows=100))
+        delivery = Delivery(
+            link=link,
+            store=store,
+            inflight=InFlightRegistry(),
+            topics=TOPICS,
+            device="dev1",
+            queue_full_backoff_s=0,
+        )
+        link.queue_full = True
+        message = link.message({"id": "x"})
+        error = EdgeAgentError(ErrorCode.INVALID_REQUEST, "bad")
+        with capture_logs() as logs:
+            delivery.answer_once(
+                Waiting(message, ReplyRoute(RESULT)), ErrorReply.of("x", "dev1", error)
+            )
+            await link.wait_until(lambda: link.queue_full_attempts > 0)
+            link.queue_full = False
+            await link.wait_for_acks(1)
+        assert "mqtt outgoing queue full; retrying" in {e["event"] for e in logs}
+        assert len(link.on(RESULT)) == 1
+        store.close()
+
+    run(scenario())
+
+
+class FailingAt:
+    """A real store whose calls named `failing` raise like a read-only SD card."""
+
+    def __init__(self, failing: str) -> None:
+        self._store = TaskStore(":memory:", max_age_s=60, max_rows=100)
+        self._failing = failing
+
+    def __getattr__(self, name):
+        call = getattr(self._store, name)
+        if name != self._failing:
+            return call
+
+        def fail(*_args):
+            raise sqlite3.OperationalError("attempt to write a readonly database")
+
+        return fail
+
+
+@pytest.mark.parametrize("failing", ["get", "accept", "finish", "mark_reply", "mark_action"])
+def test_store_errors_at_each_call_degrade_but_every_task_is_answered(failing):
+    async def scenario():
+        store = AsyncTaskStore(FailingAt(failing))
+        parts = await Parts.on(store=store).start()
+        with capture_logs() as logs:
+            parts.link.deliver(ACTION_TASK)
+            await parts.link.wait_for_acks(1)
+        assert store.degraded is not None
+        assert failing in store.degraded
+        assert any(e["event"].startswith("task store failed") for e in logs)
+        (reply,) = parts.link.bodies(RESULT)
+        assert reply["status"] == "ok"
+        if failing in {"get", "accept", "finish"}:  # failed before the reply was sent
+            assert reply["exactly_once"] is False
+        assert len(parts.link.on(ACTION)) == 1
+        # Later tasks say it too.
+        parts.link.deliver({**ACTION_TASK, "id": "t2"})
+        await parts.link.wait_for_acks(2)
+        assert parts.link.bodies("edgeagent/dev1/results/t2")[0]["exactly_once"] is False
+        await parts.crash()
+
+    run(scenario())

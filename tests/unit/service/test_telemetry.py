@@ -1,0 +1,120 @@
+from __future__ import annotations
+
+import asyncio
+import json
+
+from support.fake_engine import FakeDecision, FakeEngine, FakeMemory, FakeNotifier
+from support.fake_link import FakeLink
+
+from edgeagent.protocol.topics import Topics
+from edgeagent.service.queue import TaskQueue
+from edgeagent.service.telemetry import Counters, Telemetry
+
+HEARTBEAT = "edgeagent/dev1/heartbeat"
+
+
+class Store:
+    degraded: str | None = None
+
+
+class Harness:
+    def __init__(self) -> None:
+        self.link = FakeLink()
+        self.notifier = FakeNotifier()
+        self.queue: TaskQueue[str] = TaskQueue(4)
+        self.engine = FakeEngine()
+        self.engine.n_ctx = 1024
+        self.memory = FakeMemory()
+        self.store = Store()
+        self.state = "serving"
+        self.telemetry = Telemetry(
+            device="dev1",
+            topics=Topics("edgeagent", "dev1", "edgeagent"),
+            link=self.link,
+            notifier=self.notifier,
+            queue=self.queue,
+            engine=self.engine,
+            memory=self.memory,
+            store=self.store,
+            state=lambda: self.state,
+            period_s=3600,
+            wall_clock=lambda: 1764403200.12345,
+            memory_usage=lambda: {"rss_mb": 612.3, "host_available_mb": 2210.0},
+        )
+
+
+def test_tokens_per_s_over_the_recent_tasks():
+    counters = Counters()
+    assert counters.tokens_per_s() is None
+    for _ in range(25):
+        counters.recent.append((10, 1.0))
+    counters.recent.append((30, 1.0))
+    assert len(counters.recent) == 20
+    assert counters.tokens_per_s() == 11.0
+
+
+def test_heartbeat_body():
+    h = Harness()
+    h.queue.offer("a")
+    h.telemetry.record_answer(completion_tokens=40, decode_s=2.0)
+    h.telemetry.record_failure()
+    h.telemetry.counters.busy = 3
+    assert h.telemetry.heartbeat() == {
+        "device": "dev1",
+        "state": "serving",
+        "ts": 1764403200.123,
+        "queue": {"depth": 1, "capacity": 4},
+        "tasks": {"done": 1, "failed": 1, "busy": 3},
+        "tokens_per_s": 20.0,
+        "context": {"n_ctx": 1024, "state": "normal", "budget": 2048},
+        "memory": {"rss_mb": 612.3, "host_available_mb": 2210.0},
+        "store": {"state": "ok"},
+    }
+    h.store.degraded = "finish: disk I/O error"
+    assert h.telemetry.heartbeat()["store"] == {
+        "state": "degraded",
+        "reason": "finish: disk I/O error",
+    }
+
+
+def test_status_line_names_budget_pause_reason_and_a_degraded_store():
+    h = Harness()
+    assert h.telemetry.status_line() == (
+        "serving; queue 0/4; ctx 1024 (budget 2048, config); done 0 failed 0; - tok/s"
+    )
+    h.state = "paused"
+    h.memory.decision = FakeDecision(paused=True, reason="available 80 MB < min")
+    h.store.degraded = "accept: database or disk is full"
+    assert h.telemetry.status_line().endswith(
+        "; available 80 MB < min; task store degraded: exactly-once not guaranteed"
+    )
+    h.memory.decision = None
+    assert "budget" not in h.telemetry.status_line()
+    h.telemetry.refresh_status()
+    assert h.notifier.statuses == [h.telemetry.status_line()]
+
+
+def test_heartbeat_is_published_retained_only_while_connected():
+    async def scenario():
+        h = Harness()
+        h.telemetry.publish_heartbeat()
+        assert h.link.published == []  # a stale heartbeat is not queued for later
+        h.link.connected.set()
+        h.telemetry.publish_heartbeat()
+        (beat,) = h.link.on(HEARTBEAT)
+        assert beat.retain
+        assert json.loads(beat.payload)["device"] == "dev1"
+
+    asyncio.run(scenario())
+
+
+def test_the_loop_publishes_and_updates_the_status():
+    async def scenario():
+        h = Harness()
+        h.link.connected.set()
+        loop = asyncio.create_task(h.telemetry.run())
+        await h.link.wait_for_publish(HEARTBEAT)
+        loop.cancel()
+        assert h.notifier.statuses
+
+    asyncio.run(scenario())
