@@ -37,7 +37,6 @@ class RepetitionGuard:
         self._tail = ""
         self._in_string = False
         self._escaped = False
-        self.triggered = 0  # steps where the guard removed a choice
 
     def add(self, tokens: Sequence[int], text: str) -> None:
         """Record emitted tokens and their text (tracks whether we are inside a string)."""
@@ -82,5 +81,4 @@ class RepetitionGuard:
             narrowed[list(tokens)] = False
         if not narrowed.any():
             return allowed
-        self.triggered += 1
         return narrowed

@@ -101,6 +101,7 @@ class MemoryControlLoop:
             kv_bytes_per_token=self.governor.kv_bytes_per_token,
             compute_bytes_per_token=per_token,
             compute_fixed_mb=round(fixed / MIB, 1),
+            **self._reading_fields(),
         )
         return decision
 
@@ -141,6 +142,20 @@ class MemoryControlLoop:
             )
         if self._on_change is not None:
             self._on_change(decision)
+
+    def _reading_fields(self) -> dict[str, Any]:
+        """The first reading, for the start-up log: what the machine and cgroup look like."""
+        reading = self.reading
+        if reading is None:
+            return {}
+        return {
+            "host_total_mb": round(reading.host_total_bytes / MIB, 1),
+            "swap_free_mb": round(reading.swap_free_bytes / MIB, 1),
+            "rss_mb": round(reading.process_rss_bytes / MIB, 1),
+            "cgroup_version": reading.cgroup_version,
+            "cgroup_path": reading.cgroup_path,
+            "source": str(reading.source),
+        }
 
     def snapshot(self) -> dict[str, Any]:
         """For the heartbeat: what the budget is and why."""

@@ -68,12 +68,6 @@ class MemoryReading:
     source: MemorySource  # which of host / cgroup is the tighter one
     available_bytes: int  # min(host available, cgroup limit - cgroup usage), never negative
 
-    @property
-    def cgroup_headroom_bytes(self) -> int | None:
-        if self.cgroup_limit_bytes is None or self.cgroup_usage_bytes is None:
-            return None
-        return max(0, self.cgroup_limit_bytes - self.cgroup_usage_bytes)
-
 
 @dataclass(frozen=True, slots=True)
 class _CgroupSample:

@@ -27,7 +27,6 @@ def test_runaway_number_bans_digits_outside_strings():
     narrowed = guard.narrow(ALL)
     assert not narrowed[DIGITS].any()
     assert narrowed[ID["}"]]
-    assert guard.triggered == 1
 
 
 def test_short_numbers_are_left_alone():

@@ -8,15 +8,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from edgeagent.config import MemoryConfig
-from edgeagent.memory.governor import (
-    CTX_ALIGN,
-    ContextChange,
-    Decision,
-    Governor,
-    PressureState,
-    compute_budget,
-    context_bytes,
-)
+from edgeagent.memory.budget import CTX_ALIGN, compute_budget, context_bytes
+from edgeagent.memory.governor import ContextChange, Decision, Governor, PressureState
 from edgeagent.memory.readings import MemoryReading, MemorySource, read_memory
 
 if TYPE_CHECKING:
@@ -62,7 +55,7 @@ def test_budget_tokens_that_fit() -> None:
     assert budget.tokens % CTX_ALIGN == 0
     assert budget.limited_by == "memory"
     assert budget.bytes_per_token == 16384
-    assert budget.usable_bytes == 172 * MiB
+    assert budget.available_bytes + budget.held_bytes - budget.reserve_bytes == 172 * MiB
     assert "10240 tokens" in budget.describe()
 
 
@@ -92,7 +85,7 @@ def test_budget_never_negative() -> None:
         n_ctx_configured=4096,
     )
     assert budget.tokens == 0
-    assert budget.usable_bytes < 0
+    assert budget.available_bytes < budget.reserve_bytes
     assert budget.limited_by == "memory"
 
 

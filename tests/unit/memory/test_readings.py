@@ -93,6 +93,13 @@ def _psi(avg10: float) -> str:
     )
 
 
+def headroom(reading: MemoryReading) -> int | None:
+    """Limit minus usage of the tightest cgroup, never negative (None: no limit)."""
+    if reading.cgroup_limit_bytes is None or reading.cgroup_usage_bytes is None:
+        return None
+    return max(0, reading.cgroup_limit_bytes - reading.cgroup_usage_bytes)
+
+
 def _read(
     tmp_path: Path,
     proc: Path,
@@ -136,7 +143,7 @@ def test_no_cgroup_information_means_host_memory(tmp_path: Path) -> None:
     assert reading.cgroup_path is None
     assert reading.cgroup_limit_bytes is None
     assert reading.cgroup_usage_bytes is None
-    assert reading.cgroup_headroom_bytes is None
+    assert headroom(reading) is None
     assert reading.psi_some_avg10 is None
 
 
@@ -165,7 +172,7 @@ def test_v1_limit_minus_usage_minus_inactive_file(tmp_path: Path) -> None:
     assert reading.cgroup_path == "/system.slice/edgeagent.service"
     assert reading.cgroup_limit_bytes == 300 * MiB
     assert reading.cgroup_usage_bytes == 150 * MiB  # the inactive file cache is reclaimable
-    assert reading.cgroup_headroom_bytes == 150 * MiB
+    assert headroom(reading) == 150 * MiB
     assert reading.source is MemorySource.CGROUP
     assert reading.available_bytes == 150 * MiB
 
@@ -183,7 +190,7 @@ def test_v1_unlimited_sentinel_means_no_limit(tmp_path: Path) -> None:
     assert reading.cgroup_path == "/system.slice/edgeagent.service"
     assert reading.cgroup_limit_bytes is None
     assert reading.cgroup_usage_bytes == 90 * MiB
-    assert reading.cgroup_headroom_bytes is None
+    assert headroom(reading) is None
 
 
 def test_v1_tightest_ancestor_wins_by_headroom(tmp_path: Path) -> None:
@@ -219,7 +226,7 @@ def test_v1_host_tighter_than_cgroup(tmp_path: Path) -> None:
     assert reading.available_bytes == 700 * MiB
     # The cgroup numbers are still reported.
     assert reading.cgroup_limit_bytes == 2 * GiB
-    assert reading.cgroup_headroom_bytes == 2 * GiB - 100 * MiB
+    assert headroom(reading) == 2 * GiB - 100 * MiB
 
 
 def test_v1_usage_over_limit_gives_zero_not_negative(tmp_path: Path) -> None:
@@ -227,7 +234,7 @@ def test_v1_usage_over_limit_gives_zero_not_negative(tmp_path: Path) -> None:
     _v1(cg, "/system.slice/edgeagent.service", limit=100 * MiB, usage=130 * MiB)
     reading = _read(tmp_path, _proc(tmp_path, V1_LINES))
     assert reading.available_bytes == 0
-    assert reading.cgroup_headroom_bytes == 0
+    assert headroom(reading) == 0
 
 
 def test_v1_controller_in_a_combined_line(tmp_path: Path) -> None:
@@ -396,8 +403,8 @@ def test_real_machine_reading_is_sane() -> None:
     assert 0 <= reading.available_bytes <= reading.host_available_bytes
     if reading.cgroup_limit_bytes is not None:
         assert reading.cgroup_limit_bytes > 0
-        assert reading.cgroup_headroom_bytes is not None
-        assert reading.available_bytes <= reading.cgroup_headroom_bytes
+        assert headroom(reading) is not None
+        assert reading.available_bytes <= headroom(reading)
     if reading.cgroup_usage_bytes is not None:
         assert reading.cgroup_usage_bytes >= 0
     if reading.psi_some_avg10 is not None:
