@@ -101,6 +101,7 @@ class MqttLink:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.connected = asyncio.Event()
         self.connects = 0
+        self.refusals = 0  # PUBACKs with a failure reason code (metrics)
         self._v5 = cfg.protocol == "5"
         self._client = client or new_client(
             cfg,
@@ -179,6 +180,8 @@ class MqttLink:
 
     def _paho_publish(self, _c: Any, _u: Any, mid: int, reason: Any, _props: Any) -> None:
         outcome = refusal(reason)
+        if outcome is not None:
+            self.refusals += 1  # paho's thread is the only writer
         with self._lock:
             future = self._pending.pop(mid, None)
             if future is None:
