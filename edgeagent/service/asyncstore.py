@@ -176,6 +176,10 @@ class AsyncTaskStore:
         """(rows removed, rows left)."""
         return await self._call("prune", lambda: (self._store.prune(), self._store.count()), (0, 0))
 
+    async def count(self) -> int:
+        """Rows in the store (for the metrics); 0 when the store cannot tell."""
+        return await self._call("count", self._store.count, 0)
+
     async def keep_pruned(self, every_s: float) -> None:
         """Prune now and then every `every_s` seconds: bounded on a daemon that runs for months."""
         while True:
