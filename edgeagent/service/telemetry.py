@@ -74,6 +74,7 @@ class Telemetry:
         period_s: float,
         wall_clock: Callable[[], float] = time.time,
         memory_usage: Callable[[], dict[str, float]] = host_memory,
+        on_heartbeat: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.counters = Counters()
         self._device = device
@@ -88,6 +89,7 @@ class Telemetry:
         self._period_s = period_s
         self._wall_clock = wall_clock
         self._memory_usage = memory_usage
+        self._on_heartbeat = on_heartbeat  # the metrics: gauges from the same numbers
 
     def record_answer(self, completion_tokens: int, decode_s: float) -> None:
         self.counters.done += 1
@@ -139,11 +141,12 @@ class Telemetry:
         self._notifier.status(self.status_line())
 
     def publish_heartbeat(self) -> None:
+        beat = self.heartbeat()
+        if self._on_heartbeat is not None:
+            self._on_heartbeat(beat)  # connected or not: the metrics stay current
         if not self._link.connected.is_set():
             return  # not queued for later: a stale heartbeat is worth nothing
-        future = self._link.publish(
-            self._topics.heartbeat, json.dumps(self.heartbeat()), retain=True
-        )
+        future = self._link.publish(self._topics.heartbeat, json.dumps(beat), retain=True)
         future.add_done_callback(_ignore_result)
 
     async def run(self) -> None:
