@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -94,6 +94,7 @@ class Delivery:
         device: str,
         unconfirmed_log_s: float = UNCONFIRMED_LOG_S,
         queue_full_backoff_s: float = QUEUE_FULL_BACKOFF_S,
+        on_reply: Callable[[Reply], None] | None = None,
     ) -> None:
         self._link = link
         self._store = store
@@ -102,6 +103,8 @@ class Delivery:
         self._device = device
         self._unconfirmed_log_s = unconfirmed_log_s
         self._queue_full_backoff_s = queue_full_backoff_s
+        # Every task's end passes here once (answered, failed or refused): the metrics.
+        self._on_reply = on_reply
         # Bounded by the broker's window of unacknowledged task messages.
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -116,6 +119,8 @@ class Delivery:
         replayable: bool = True,
     ) -> None:
         """Record a task's outcome, then deliver it in the background."""
+        if self._on_reply is not None:
+            self._on_reply(reply)
         degraded_before = self._store.degraded is not None
         stored = dataclasses.replace(reply, exactly_once=False) if degraded_before else reply
         outcome = Outcome(
@@ -140,6 +145,8 @@ class Delivery:
     def answer_once(self, waiting: Waiting, reply: ErrorReply) -> None:
         """A reply that is not recorded (a request too broken to track, or an id that
         belongs to another task): publish it, then acknowledge."""
+        if self._on_reply is not None:
+            self._on_reply(reply)
         self._spawn(self._answer_once(waiting, reply))
 
     def acknowledge(self, message: Incoming) -> None:
