@@ -513,9 +513,7 @@ def test_context_shrinks_under_a_hog_and_grows_back(  # noqa: PLR0915 - one scen
     )
 
 
-def test_pause_below_min_ctx_and_recover(
-    session: Session, record_property: Any
-) -> None:
+def test_pause_below_min_ctx_and_recover(session: Session, record_property: Any) -> None:
     s = session
     per_token, _ = per_token_cost(s.daemon)
     beat = s.heartbeat(n_ctx=N_CTX, state="normal")
