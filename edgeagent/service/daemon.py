@@ -15,9 +15,11 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -26,13 +28,16 @@ from edgeagent.errors import EdgeAgentError
 from edgeagent.inference.engine import Engine
 from edgeagent.memory.control import MemoryControlLoop
 from edgeagent.mqtt.link import MqttLink, PublishRefused, with_timeout
+from edgeagent.protocol.reply import OkReply, Reply
 from edgeagent.protocol.topics import Topics
-from edgeagent.service import sdnotify
+from edgeagent.service import homeassistant, sdnotify
 from edgeagent.service.admission import Admission
 from edgeagent.service.asyncstore import AsyncTaskStore
+from edgeagent.service.board import read_board
 from edgeagent.service.delivery import Delivery
 from edgeagent.service.jobs import InFlightRegistry, Job
 from edgeagent.service.logsetup import configure_logging
+from edgeagent.service.metrics import MetricsExport
 from edgeagent.service.ports import (
     InferenceEngine,
     MemoryLoop,
@@ -91,6 +96,20 @@ class Daemon:
         self.topics = Topics(cfg.mqtt.topic_prefix, cfg.device.id, cfg.mqtt.shared_group or None)
         self.queue: TaskQueue[Job] = TaskQueue(cfg.queue.size)
         inflight = InFlightRegistry()
+        # Where operators look (docs/integrations.md): Prometheus and Home Assistant.
+        self.metrics = MetricsExport(cfg.metrics, cfg.device.id, cfg.model.path.name)
+        self.discovery = homeassistant.Discovery(
+            cfg.homeassistant,
+            self.topics,
+            homeassistant.DeviceInfo(
+                cfg.device.id,
+                cfg.model.path.name,
+                heartbeat_s=cfg.mqtt.heartbeat_s,
+                temperature_known=read_board().temp_c is not None,
+            ),
+            cfg.state.dir,
+        )
+        self._background: set[asyncio.Task[None]] = set()
         self.telemetry = Telemetry(
             device=cfg.device.id,
             topics=self.topics,
@@ -102,9 +121,15 @@ class Daemon:
             store=store,
             state=lambda: str(self.state),
             period_s=cfg.mqtt.heartbeat_s,
+            on_heartbeat=self._heartbeat_taken,
         )
         self.delivery = Delivery(
-            link=link, store=store, inflight=inflight, topics=self.topics, device=cfg.device.id
+            link=link,
+            store=store,
+            inflight=inflight,
+            topics=self.topics,
+            device=cfg.device.id,
+            on_reply=self._replied,
         )
         self.admission = Admission(
             cfg,
@@ -192,6 +217,7 @@ class Daemon:
         )
         await self.memory.start()
         self.link.start(self.admission.offer, self._on_connect)
+        self.metrics.start()
         self._set_state(State.SERVING)
         self.notifier.ready()
         loops: dict[str, Callable[[], Awaitable[None]]] = {
@@ -283,6 +309,48 @@ class Daemon:
     def _on_connect(self) -> None:
         future = self.link.publish(self.topics.status, "online", retain=True)
         future.add_done_callback(_ignore_result)
+        self._spawn(self._sync_discovery())
+
+    # -- where operators look: metrics, Home Assistant -----------------------------------
+
+    def _spawn(self, body: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(body)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _sync_discovery(self) -> None:
+        try:
+            await self.discovery.sync(
+                lambda topic, payload: self.link.publish(topic, payload, retain=True)
+            )
+        except (EdgeAgentError, PublishRefused, OSError) as exc:
+            log.warning("home assistant discovery not published", error=str(exc))
+
+    def _replied(self, reply: Reply) -> None:
+        """Every task's end: count it; an answered catalog action is the last action."""
+        self.metrics.metrics.reply(reply.to_json())
+        if (
+            isinstance(reply, OkReply)
+            and isinstance(reply.output, dict)
+            and set(reply.output) == {"action", "args"}
+            and self.cfg.action(str(reply.output["action"])) is not None
+        ):
+            topic, payload = homeassistant.last_action_message(
+                self.topics, reply.id, reply.output, datetime.now(UTC)
+            )
+            self.link.publish(topic, payload, retain=True).add_done_callback(_ignore_result)
+
+    def _heartbeat_taken(self, beat: dict[str, Any]) -> None:
+        self._spawn(self._refresh_metrics(beat))
+
+    async def _refresh_metrics(self, beat: dict[str, Any]) -> None:
+        rows = await self.store.count()  # on the store's thread
+        self.metrics.refresh(
+            beat,
+            journal_rows=rows,
+            connects=getattr(self.link, "connects", None),
+            puback_refusals=getattr(self.link, "refusals", None),
+        )
 
     async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
         self._set_state(State.DRAINING)
@@ -313,6 +381,9 @@ class Daemon:
                     "offline status",
                 )
         self.link.stop()
+        for task in self._background:
+            task.cancel()
+        self.metrics.stop()
         # Blocking, but bounded: nothing else runs any more. A wedged inference thread
         # must not turn a stop into systemd's SIGKILL after TimeoutStopSec.
         if not self.engine.close(timeout=ENGINE_CLOSE_TIMEOUT_S):
