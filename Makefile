@@ -44,7 +44,7 @@ test: venv system-deps lint typecheck
 # tests/unit only: no model, no broker, no root, a few seconds. The few unit tests that
 # need a real resource carry its marker (cgroup: root and a writable cgroup hierarchy) and
 # stay next to the module they test; they are left to `make test`. (See README, Development.)
-UNIT_MARKERS := not cgroup and not container and not model and not mqtt and not slow
+UNIT_MARKERS := not cgroup and not container and not model and not mqtt and not slow and not soak
 test-unit: venv
 	$(BIN)/pytest tests/unit -m "$(UNIT_MARKERS)"
 
