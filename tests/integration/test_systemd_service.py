@@ -2,8 +2,8 @@
 
 One systemd-nspawn host (tests/harness/hosts.py: systemd 252 as PID 1, its own journal
 and network namespace, no internet) gets what docs/operations.md installs by hand:
-the offline wheelhouse of scripts/build-fleet-wheelhouse.sh (the session fixture of
-tests/test_ansible.py, cached in ~/.cache/edgeagent/fleet-wheelhouse) in
+the offline wheelhouse of scripts/build-fleet-wheelhouse.sh (a session fixture of
+tests/integration/conftest.py, cached in ~/.cache/edgeagent/fleet-wheelhouse) in
 /opt/edgeagent/venv, the unit, sysusers and tmpfiles files from systemd/, the SmolLM2
 test model in /var/lib/edgeagent/models/ and /etc/edgeagent/config.toml pointing at a
 real mosquitto the test starts on the bridge address (its own bridge, the first free of
@@ -19,10 +19,13 @@ left it stopped):
 2. a task through the broker (MQTT v5 response topic) is answered;
 3. the journal has the indexed fields (TASK_ID, DEVICE_ID, PRIORITY, ERROR_CODE);
 4. `systemctl reload` (SIGHUP) applies a new action without a restart;
-5. a wedged inference thread (EDGEAGENT_TEST_FAULT=wedge-inference, set by a drop-in
-   that is removed again right after the restart: the running process keeps it, the
-   automatic restart does not) stops the watchdog pings; systemd kills the service with
-   SIGABRT and restarts it, and the restarted daemon answers the redelivered task;
+5. a wedged inference thread stops the watchdog pings; systemd kills the service with
+   SIGABRT and restarts it, and the restarted daemon answers the redelivered task. The
+   wedge: a drop-in points ExecStart= at tests/support/wedged_daemon.py (the same daemon,
+   built with a model factory whose model never returns from its first call), run by the
+   service's venv python; it is removed again right after the restart, so the running
+   process is the wedged one and the automatic restart after the kill is the real
+   `edgeagent run`;
 6. `systemctl stop` publishes a retained `offline` and leaves the unit inactive.
 
 Phase timings are printed and written to $EDGEAGENT_TEST_ARTIFACTS (default
@@ -81,9 +84,13 @@ TEST_DROPIN = """[Service]
 WatchdogSec=6
 RestartSec=1
 """
-WEDGE_DROPIN = """[Service]
-# Test-only fault hook (edgeagent/engine.py): the first model call blocks forever.
-Environment=EDGEAGENT_TEST_FAULT=wedge-inference
+# The same daemon with a model whose first call blocks forever (the fault is injected
+# through the engine's model factory; production code has no test hook).
+WEDGED_DAEMON = ROOT / "tests" / "support" / "wedged_daemon.py"
+WEDGED_DAEMON_IN_HOST = "/opt/edgeagent/test/wedged_daemon.py"
+WEDGE_DROPIN = f"""[Service]
+ExecStart=
+ExecStart={VENV}/bin/python {WEDGED_DAEMON_IN_HOST} run --config {CONFIG}
 """
 NEW_ACTION = """
 [[actions]]
@@ -283,6 +290,8 @@ def _install(
     started = time.monotonic()
     host.run(["sh", "-euxc", INSTALL_UNIT])
     host.run(["sh", "-c", f"cat > {DROPIN_DIR}/test.conf"], input_text=TEST_DROPIN)
+    host.run(["install", "-d", "-m", "0755", str(Path(WEDGED_DAEMON_IN_HOST).parent)])
+    host.copy_in(WEDGED_DAEMON, WEDGED_DAEMON_IN_HOST, mode=0o644)
     # 3. The model and the configuration; validate-config as the service user also proves
     #    that it can read the file.
     host.copy_in(model, MODEL, mode=0o640, owner="edgeagent:edgeagent")
@@ -510,10 +519,10 @@ def test_watchdog_restarts_a_wedged_inference_thread(service: Service) -> None:
     since_us = time.time_ns() // 1000
     service.systemctl("restart", UNIT)
     wedged = service.show("MainPID", "NRestarts")
-    environ = service.sh("cat", f"/proc/{wedged['MainPID']}/environ")
-    assert "EDGEAGENT_TEST_FAULT=wedge-inference" in environ.split("\0")
-    # The running process keeps its environment: remove the fault again now, so that the
-    # restart after the watchdog kill comes up healthy (and answers the task).
+    cmdline = service.sh("cat", f"/proc/{wedged['MainPID']}/cmdline").split("\0")
+    assert WEDGED_DAEMON_IN_HOST in cmdline, cmdline
+    # The running process stays the wedged one: remove the drop-in again now, so that the
+    # restart after the watchdog kill is the real `edgeagent run` (and answers the task).
     service.sh("rm", f"{DROPIN_DIR}/wedge.conf")
     service.systemctl("daemon-reload")
     service.wait_online(since)
@@ -539,7 +548,10 @@ def test_watchdog_restarts_a_wedged_inference_thread(service: Service) -> None:
     service.timings["task sent to watchdog restart done"] = time.monotonic() - started
     assert int(now["NRestarts"]) == int(wedged["NRestarts"]) + 1
     assert now["MainPID"] != wedged["MainPID"]
-    assert "EDGEAGENT_TEST_FAULT" not in service.sh("cat", f"/proc/{now['MainPID']}/environ")
+    cmdline = service.sh("cat", f"/proc/{now['MainPID']}/cmdline").split("\0")
+    # The console script: its shebang's python, then the script (the unit's ExecStart=).
+    assert EDGEAGENT_BIN in cmdline, cmdline
+    assert WEDGED_DAEMON_IN_HOST not in cmdline, cmdline
 
     entries = service.since(since_us)
     messages = [_text(e.get("MESSAGE")) for e in entries]
@@ -553,7 +565,9 @@ def test_watchdog_restarts_a_wedged_inference_thread(service: Service) -> None:
     assert any(m.endswith("Failed with result 'watchdog'.") for m in messages), messages
     assert any("status=6/ABRT" in m for m in messages), messages
     assert any("Scheduled restart job, restart counter is at" in m for m in messages), messages
-    # faulthandler's dump at SIGABRT shows where the inference thread was stuck.
+    # faulthandler's dump at SIGABRT shows where the inference thread was stuck: in the
+    # wedged model's first call, reached from the engine.
+    assert any("in prefill_forever" in m for m in messages if "wedged_daemon.py" in m), messages
     assert any("in _answer" in m for m in messages if "engine.py" in m), messages
 
     # The task was not acknowledged by the killed daemon: the broker delivers it again
