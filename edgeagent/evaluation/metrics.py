@@ -186,7 +186,6 @@ def summarize(
 ) -> Summary:
     actions = [s for s in scores if s.kind == "action"]
     schemas = [s for s in scores if s.kind == "schema"]
-    designated = no_action or {}
     return Summary(
         cases=len(scores),
         right=Rate.of(s.right for s in scores),
@@ -195,9 +194,7 @@ def summarize(
         action_and_args=Rate.of(s.right for s in actions),
         args_given_action=Rate.of(s.right for s in actions if s.action_right),
         false_actuation=Rate.of(s.acted for s in actions if s.noop_expected),
-        missed_action=Rate.of(
-            s.predicted == designated.get(s.set_name) for s in actions if s.action_needed
-        ),
+        missed_action=Rate.of(s.missed for s in actions if s.action_needed),
         schema_right=Rate.of(s.right for s in schemas),
         by_set=_group(scores, lambda s: [s.set_name]),
         by_lang=_group(scores, lambda s: [s.lang or "-"]),
@@ -208,5 +205,5 @@ def summarize(
         errors=dict(Counter(s.outcome.error for s in scores if s.outcome.error)),
         latency=_latency(scores),
         calibration=calibrate([(s.outcome.confidence, s.right) for s in actions if s.answered]),
-        no_action=dict(designated),
+        no_action=dict(no_action or {}),
     )

@@ -38,6 +38,7 @@ class CaseScore:
     noop_expected: bool  # only the "nothing to do" action is right
     action_needed: bool  # "nothing to do" exists and is not among the right answers
     acted: bool  # answered an action other than "nothing to do"
+    missed: bool  # answered "nothing to do" where an action was needed
     mismatches: tuple[str, ...]
     # Expected argument (or schema field) names -> matched, for per-argument accuracy;
     # only filled when the action was right, since otherwise the arguments are moot.
@@ -108,6 +109,7 @@ def score_action(case: Case, outcome: Outcome, set_name: str, no_action: str | N
         noop_expected=noop_expected,
         action_needed=action_needed,
         acted=acted,
+        missed=action_needed and outcome.error is None and predicted == no_action,
         mismatches=tuple(problems),
         fields={f"{chosen.action}.{k}": v for k, v in fields.items()},
         outcome=outcome,
@@ -135,6 +137,7 @@ def score_schema(case: Case, outcome: Outcome, set_name: str) -> CaseScore:
         noop_expected=False,
         action_needed=False,
         acted=False,
+        missed=False,
         mismatches=tuple(problems),
         fields=fields,
         outcome=outcome,

@@ -1,0 +1,143 @@
+"""The runner with a fake answerer: tasks built like the daemon's, outcomes, validation."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from support.catalogs import GREENHOUSE_ACTIONS
+
+from edgeagent.errors import EdgeAgentError, ErrorCode
+from edgeagent.evaluation.cases import parse_cases
+from edgeagent.evaluation.runner import confidence_of, run_sets
+from edgeagent.evaluation.suite import make_set
+from edgeagent.inference.task import Answer
+
+
+def cases(*items):
+    return parse_cases([json.dumps(i) for i in items], "f")
+
+
+def answer(output, **extra):
+    return Answer(output=output, prompt_tokens=100, cached_prompt_tokens=80, completion_tokens=12,
+                  prompt_ms=5.0, decode_ms=20.0, n_ctx=2048, **extra)  # fmt: skip
+
+
+class FakeEngine:
+    """Answers from a table keyed by input text; records the tasks it was given."""
+
+    def __init__(self, answers):
+        self.answers = answers
+        self.tasks = []
+
+    def answer_blocking(self, task):
+        self.tasks.append(task)
+        result = self.answers[
+            task.content if isinstance(task.content, str) else task.content[-1]["content"]
+        ]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+
+VENT = {"action": "open_vent", "args": {"percent": 40}}
+SET = make_set(
+    "gh",
+    cases(
+        {"id": "a", "input": "vent 40", "expect": VENT},
+        {
+            "id": "b",
+            "input": "heat",
+            "expect": {"action": "start_heater"},
+            "actions": ["start_heater", "notify"],
+            "max_tokens": 7,
+        },
+        {"id": "c", "input": "bad", "expect": VENT},
+        {"id": "d", "input": "slow", "expect": VENT},
+        {"id": "e", "messages": [{"role": "user", "content": "chat"}], "expect": VENT},
+    ),
+    GREENHOUSE_ACTIONS,
+)
+
+
+def test_tasks_are_built_like_the_daemons_and_outcomes_recorded():
+    engine = FakeEngine({
+        "vent 40": answer({"action": "open_vent", "args": {"percent": 40}}),
+        "heat": answer({"action": "start_heater", "args": {}}),
+        # An answer that does not validate (no such action): the runner checks again.
+        "bad": answer({"action": "open_all_valves", "args": {}}),
+        "slow": EdgeAgentError(ErrorCode.OUTPUT_INVALID, "not complete after max_tokens=64"),
+        "chat": answer({"action": "open_vent", "args": {"percent": 10}}),
+    })  # fmt: skip
+    seen = []
+    results = list(run_sets(engine, [SET], max_tokens=64, progress=lambda *a: seen.append(a[2].id)))
+    assert seen == ["a", "b", "c", "d", "e"]
+    by_id = {case.id: outcome for _, case, outcome in results}
+
+    assert by_id["a"].error is None
+    assert (
+        by_id["a"].prompt_tokens,
+        by_id["a"].cached_prompt_tokens,
+        by_id["a"].completion_tokens,
+    ) == (100, 80, 12)
+    assert by_id["a"].latency_ms >= 0
+    assert by_id["a"].confidence is None
+    assert by_id["c"].error == "OUTPUT_INVALID"
+    assert by_id["c"].output == {"action": "open_all_valves", "args": {}}
+    assert by_id["d"].error == "OUTPUT_INVALID"
+    assert by_id["d"].output is None
+
+    tasks = {t.content if isinstance(t.content, str) else "chat": t for t in engine.tasks}
+    assert tasks["vent 40"].spec.allowed_actions == ("open_vent", "notify", "start_heater")
+    assert tasks["heat"].spec.allowed_actions == ("notify", "start_heater")  # catalog order
+    assert tasks["heat"].max_tokens == 7
+    assert tasks["vent 40"].max_tokens == 64
+    assert tasks["chat"].content == [{"role": "user", "content": "chat"}]
+    # One compiled contract per allowed set, shared by the cases that use it.
+    assert tasks["vent 40"].spec is tasks["bad"].spec
+
+
+def test_schema_cases_use_the_case_or_set_schema():
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    eval_set = make_set("ev", cases(
+        {"id": "s1", "input": "one", "expect": {"output": {"n": 1}}},
+        {"id": "s2", "input": "two", "schema": {"type": "object", "properties": {"t": {"type": "string"}}}, "expect": {"output": {"t": "2"}}},
+    ), [], schema=schema)  # fmt: skip
+    engine = FakeEngine({"one": answer({"n": 1}), "two": answer({"t": "2", "extra": 1})})
+    results = list(run_sets(engine, [eval_set], max_tokens=10))
+    assert engine.tasks[0].spec.kind == "schema"
+    assert results[0][2].error is None
+    # The closed schema (additionalProperties: false) refuses the extra key.
+    assert results[1][2].error == "OUTPUT_INVALID"
+
+
+def test_a_schema_that_cannot_compile_fails_its_case_only():
+    eval_set = make_set("ev", cases(
+        {"id": "s1", "input": "one", "schema": {"type": "object", "uniqueItems": True, "not": {}}, "expect": {"output": {}}},
+    ), [])  # fmt: skip
+    engine = FakeEngine({})
+    [(_, _, outcome)] = list(run_sets(engine, [eval_set], max_tokens=10))
+    assert outcome.error in {"SCHEMA_UNSUPPORTED", "INVALID_REQUEST"}
+    assert engine.tasks == []
+
+
+@dataclass
+class WithConfidence:
+    output: object
+    prompt_tokens: int = 1
+    cached_prompt_tokens: int = 0
+    completion_tokens: int = 1
+    confidence: object = 0.875
+
+
+def test_confidence_is_read_when_answers_carry_it():
+    assert confidence_of(WithConfidence({})) == 0.875
+    assert confidence_of(WithConfidence({}, confidence=None)) is None
+    assert confidence_of(WithConfidence({}, confidence=True)) is None
+    assert confidence_of(answer({})) is None
+    engine = FakeEngine(
+        {"vent 40": WithConfidence({"action": "open_vent", "args": {"percent": 40}})}
+    )
+    one = make_set("gh", cases({"id": "a", "input": "vent 40", "expect": VENT}), GREENHOUSE_ACTIONS)
+    [(_, _, outcome)] = list(run_sets(engine, [one], max_tokens=10))
+    assert outcome.confidence == 0.875
