@@ -252,8 +252,8 @@ class Daemon:
         """SIGHUP: re-read the config; apply what can change without a restart.
 
         Live: the action catalog, queue deadlines, memory policy, log level. The model,
-        broker connection, device id and state dir need a restart; a change there is
-        logged and ignored.
+        broker connection, device id, state dir, [homeassistant] and [metrics] need a
+        restart; a change there is logged and ignored.
         """
         if self.config_path is None or self.state not in (State.SERVING, State.PAUSED):
             return  # still starting (READY=1 would come too early) or stopping
@@ -269,6 +269,9 @@ class Daemon:
             "mqtt": new.mqtt != self.cfg.mqtt,
             "device": new.device != self.cfg.device,
             "state": new.state != self.cfg.state,
+            # Discovery runs on connect, the metrics endpoint is bound at start.
+            "homeassistant": new.homeassistant != self.cfg.homeassistant,
+            "metrics": new.metrics != self.cfg.metrics,
         }
         needs_restart = sorted(k for k, changed in fixed.items() if changed)
         if needs_restart:
