@@ -19,12 +19,12 @@
 #   SHA256SUMS               sha256 of every wheel
 #   BUILD-INFO.txt           profile, target platform, llama.cpp build flags
 #
-# The llama.cpp wheel is compiled, so it can only be built on a machine of the target
-# architecture (a Pi, an arm64 CI runner). On another machine, put a wheel built there
-# into the llama wheel cache first:
+# The llama.cpp wheel is compiled by scripts/build-wheelhouse.sh PROFILE (cached there): natively
+# on a machine of the target architecture, or cross-compiled for pi4/pi5 on an x86_64 machine
+# with Debian's aarch64 cross compilers (gcc-aarch64-linux-gnu, g++-aarch64-linux-gnu). Without
+# a compiler for the target, a wheel built elsewhere is used as it is from
 #   ${EDGEAGENT_WHEELHOUSE:-~/.cache/edgeagent/wheelhouse}/PROFILE/llama_cpp_python-VERSION-*.whl
-# (scripts/build-wheelhouse.sh PROFILE on that machine writes exactly that file), or name it
-# with LLAMA_WHEEL=/path/to/llama_cpp_python-....whl.
+# or named with LLAMA_WHEEL=/path/to/llama_cpp_python-....whl.
 #
 # Environment: PYTHON (python3), TARGET_PYTHON_VERSION (3.11, the python3 of Debian/Raspberry
 # Pi OS bookworm), TARGET_GLIBC_MINOR (36, bookworm's glibc 2.36), LLAMA_CPP_PYTHON_VERSION.
@@ -58,14 +58,17 @@ mkdir -p "$wheels"
 if [ -n "${LLAMA_WHEEL:-}" ]; then
   llama="$LLAMA_WHEEL"
 else
-  if [ "$(uname -m)" = "$arch" ]; then
+  if [ "$(uname -m)" = "$arch" ] || { [ "$arch" = aarch64 ] && command -v aarch64-linux-gnu-g++ >/dev/null 2>&1; }; then
     EDGEAGENT_WHEELHOUSE="$(dirname "$llama_cache")" PYTHON="$python" \
       "$here/build-wheelhouse.sh" "$profile" >&2
+  else
+    log "no $arch compiler here: using the wheel in $llama_cache as it is"
   fi
   llama="$(ls "$llama_cache"/llama_cpp_python-"$LLAMA_CPP_PYTHON_VERSION"-*.whl 2>/dev/null | head -n 1 || true)"
   if [ -z "$llama" ]; then
     log "no llama-cpp-python $LLAMA_CPP_PYTHON_VERSION wheel for $profile in $llama_cache"
-    log "build it on a $arch machine with: scripts/build-wheelhouse.sh $profile, copy it there (or set LLAMA_WHEEL)"
+    log "build it with scripts/build-wheelhouse.sh $profile (on a $arch machine, or on x86_64 with"
+    log "gcc-aarch64-linux-gnu g++-aarch64-linux-gnu installed), or set LLAMA_WHEEL"
     exit 1
   fi
 fi
