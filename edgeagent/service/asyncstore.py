@@ -123,6 +123,7 @@ class AsyncTaskStore:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgeagent-store")
         self.degraded: str | None = degraded  # why exactly-once is not guaranteed
         self.failures = 0
+        self._stuck = False
 
     @classmethod
     def open(cls, path: Path, *, max_age_s: float, max_rows: int) -> AsyncTaskStore:
@@ -130,10 +131,13 @@ class AsyncTaskStore:
         return cls(store, degraded=degraded)
 
     async def _call(self, op: str, fn: Callable[[], T], fallback: T) -> T:
+        if self._stuck:
+            return fallback  # its thread still hangs in an earlier call: do not queue behind it
         loop = asyncio.get_running_loop()
         try:
             return await asyncio.wait_for(loop.run_in_executor(self._thread, fn), self._timeout_s)
         except TimeoutError:
+            self._stuck = True
             self._fail(op, f"no answer within {self._timeout_s:g} s")
         except sqlite3.Error as exc:
             self._fail(op, f"{getattr(exc, 'sqlite_errorname', 'sqlite')}: {exc}")
@@ -151,8 +155,8 @@ class AsyncTaskStore:
                 op=op,
                 error=error,
             )
-        else:
-            log.warning("task store failed again", op=op, error=error, failures=self.failures)
+        else:  # degraded already (heartbeat and STATUS say so): no warning per task
+            log.debug("task store failed again", op=op, error=error, failures=self.failures)
 
     async def get(self, task_id: str) -> TaskRecord | None:
         return await self._call("get", lambda: self._store.get(task_id), None)
