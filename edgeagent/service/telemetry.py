@@ -75,6 +75,7 @@ class Telemetry:
         wall_clock: Callable[[], float] = time.time,
         memory_usage: Callable[[], dict[str, float]] = host_memory,
         on_heartbeat: Callable[[dict[str, Any]], None] | None = None,
+        board: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.counters = Counters()
         self._device = device
@@ -90,6 +91,7 @@ class Telemetry:
         self._wall_clock = wall_clock
         self._memory_usage = memory_usage
         self._on_heartbeat = on_heartbeat  # the metrics: gauges from the same numbers
+        self._board = board  # service/board.py: SoC temperature, throttling (what is known)
 
     def record_answer(self, completion_tokens: int, decode_s: float) -> None:
         self.counters.done += 1
@@ -113,6 +115,7 @@ class Telemetry:
             "tokens_per_s": self.counters.tokens_per_s(),
             "context": {"n_ctx": self._engine.n_ctx, **self._memory.snapshot()},
             "memory": self._memory_usage(),
+            **({"board": self._board()} if self._board is not None else {}),
             "store": {"state": "ok"}
             if degraded is None
             else {"state": "degraded", "reason": degraded},
