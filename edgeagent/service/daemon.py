@@ -122,6 +122,8 @@ class Daemon:
             state=lambda: str(self.state),
             period_s=cfg.mqtt.heartbeat_s,
             on_heartbeat=self._heartbeat_taken,
+            # The SoC temperature for Home Assistant, the metrics and the fleet view.
+            board=lambda: read_board().as_dict(),
         )
         self.delivery = Delivery(
             link=link,
