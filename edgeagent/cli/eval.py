@@ -63,7 +63,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--baseline",
         choices=["llama-cpp"],
-        help="also run llama-cpp-python's JSON-schema mode on each model",
+        help="also run llama-cpp-python's JSON-schema mode on the first model",
     )
     p.add_argument("--threads", type=int, help="CPU threads (default: the config's)")
     p.add_argument("--n-ctx", type=int, help="context size (default: the config's)")
@@ -73,6 +73,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--limit", type=int, help="at most this many cases per set")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--json-file", type=Path, help="also write the JSON report to this file")
     p.add_argument("--details", type=Path, help="write every case's answer and score here (JSONL)")
     p.add_argument("--failures", action="store_true", help="list the wrong answers in the report")
     p.add_argument(
@@ -136,12 +137,21 @@ def _systems(
     from edgeagent.inference.engine import Engine  # noqa: PLC0415
 
     systems: list[tuple[str, Callable[[], System]]] = []
-    for cfg in models:
-        name = cfg.path.name.removesuffix(".gguf")
+    for index, cfg in enumerate(models):
+        name = short_name(cfg.path)
         systems.append((f"{name} edgeagent", lambda cfg=cfg: Engine(cfg)))  # type: ignore[misc]
-        if args.baseline == "llama-cpp":
+        # The baseline is a yardstick for the model one means to deploy: the first one.
+        if args.baseline == "llama-cpp" and index == 0:
             systems.append((f"{name} llama-cpp", lambda cfg=cfg: LlamaCppBaseline(cfg)))  # type: ignore[misc]
     return systems
+
+
+def short_name(path: Path) -> str:
+    """A column label for a model file: "qwen2.5-coder-0.5b" for
+    qwen2.5-coder-0.5b-instruct-q4_k_m.gguf (the tables show several side by side)."""
+    stem = path.name.removesuffix(".gguf")
+    cut = stem.lower().find("-instruct")
+    return stem[:cut] if cut > 0 else stem
 
 
 class _Progress:
@@ -222,8 +232,10 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if details is not None:
             details.close()
+    document = render_json(results, _meta(args, sets, models))
+    if args.json_file:
+        args.json_file.write_text(json.dumps(document, ensure_ascii=False, indent=1) + "\n")
     if args.json:
-        document = render_json(results, _meta(args, sets, models))
         sys.stdout.write(json.dumps(document, ensure_ascii=False, indent=1) + "\n")
     else:
         sys.stdout.write(render_text(results, all_scores if args.failures else None))
