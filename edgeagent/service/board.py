@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
 __all__ = ["FLAG_BITS", "BoardReading", "ThrottleWatch", "Transition", "read_board"]
 
@@ -54,6 +54,17 @@ class BoardReading:
 
     temp_c: float | None = None
     throttled_bits: int | None = None
+
+    @classmethod
+    def from_dict(cls, board: Mapping[str, Any]) -> BoardReading:
+        """Back from `as_dict()` (the heartbeat's form); a malformed part is unknown."""
+        temp = board.get("temp_c")
+        temp_c = None
+        if isinstance(temp, int | float) and not isinstance(temp, bool):
+            temp_c = float(temp)
+        raw = board.get("get_throttled")
+        bits = _parse_throttled(raw) if isinstance(raw, str) else None
+        return cls(temp_c=temp_c, throttled_bits=bits)
 
     @property
     def known(self) -> bool:

@@ -9,8 +9,14 @@ import stat
 from typing import TYPE_CHECKING
 
 import pytest
+from structlog.testing import capture_logs
+from support.fake_engine import FakeEngine, FakeMemory, FakeNotifier
+from support.fake_link import FakeLink
 
+from edgeagent.protocol.topics import Topics
 from edgeagent.service.board import BoardReading, ThrottleWatch, read_board
+from edgeagent.service.queue import TaskQueue
+from edgeagent.service.telemetry import Telemetry
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -183,3 +189,66 @@ def test_throttle_watch_ignores_boards_without_flags() -> None:
     watch = ThrottleWatch()
     for _ in range(3):
         assert watch.update(BoardReading(temp_c=40.0)) == []
+
+
+# --------------------------------------------------------------------------- telemetry wiring
+
+
+class _Store:
+    degraded: str | None = None
+
+
+def _telemetry(board: dict[str, object]) -> Telemetry:
+    engine = FakeEngine()
+    engine.n_ctx = 1024
+    return Telemetry(
+        device="dev1",
+        topics=Topics("edgeagent", "dev1", "edgeagent"),
+        link=FakeLink(),
+        notifier=FakeNotifier(),
+        queue=TaskQueue(4),
+        engine=engine,
+        memory=FakeMemory(),
+        store=_Store(),
+        state=lambda: "serving",
+        period_s=3600,
+        memory_usage=lambda: {"rss_mb": 1.0, "host_available_mb": 2.0},
+        board=lambda: board,
+    )
+
+
+def test_heartbeat_and_status_carry_the_board_only_when_known(tmp_path: Path) -> None:
+    _zone(tmp_path, 0, "cpu-thermal", "71500")
+    _firmware(tmp_path, PI5_FIRMWARE, "50005")
+    board = read_board(tmp_path).as_dict()
+    telemetry = _telemetry(board)
+    assert telemetry.heartbeat()["board"] == board
+    assert telemetry.status_line().endswith("; SoC 71.5 C, THROTTLED, under-voltage")
+
+    pc = _telemetry(read_board(tmp_path / "pc").as_dict())
+    assert "board" not in pc.heartbeat()
+    assert pc.status_line().endswith("tok/s")
+
+
+def test_throttling_start_is_a_warning_once_and_its_end_is_noted(tmp_path: Path) -> None:
+    board: dict[str, object] = {"temp_c": 62.0, "get_throttled": "0x0"}
+    telemetry = _telemetry(board)
+    with capture_logs() as logs:
+        telemetry.heartbeat()
+        board |= {"temp_c": 84.1, "get_throttled": "0x20004"}
+        telemetry.heartbeat()
+        telemetry.heartbeat()  # still throttled: no second warning
+        board |= {"temp_c": 70.0, "get_throttled": "0x40000"}
+        telemetry.heartbeat()
+    assert [(e["log_level"], e["event"]) for e in logs] == [
+        ("warning", "throttling started (SoC 84.1 C)"),
+        ("info", "throttling ended (SoC 70.0 C)"),
+    ]
+
+
+def test_from_dict_round_trip_and_malformed_parts() -> None:
+    reading = BoardReading(temp_c=55.5, throttled_bits=0x50005)
+    assert BoardReading.from_dict(reading.as_dict()) == reading
+    assert BoardReading.from_dict({}) == BoardReading()
+    assert BoardReading.from_dict({"temp_c": True, "get_throttled": 5}) == BoardReading()
+    assert BoardReading.from_dict({"temp_c": "hot", "get_throttled": "0xzz"}) == BoardReading()
