@@ -14,6 +14,7 @@ import psutil
 import structlog
 
 from edgeagent.protocol.topics import Topics
+from edgeagent.service.board import BoardReading, ThrottleWatch
 from edgeagent.service.ports import HeartbeatLink, MemoryLoop, StatusNotifier
 
 log = structlog.get_logger("edgeagent.service.telemetry")
@@ -92,6 +93,8 @@ class Telemetry:
         self._memory_usage = memory_usage
         self._on_heartbeat = on_heartbeat  # the metrics: gauges from the same numbers
         self._board = board  # service/board.py: SoC temperature, throttling (what is known)
+        self._board_now = BoardReading()
+        self._throttle = ThrottleWatch()
 
     def record_answer(self, completion_tokens: int, decode_s: float) -> None:
         self.counters.done += 1
@@ -115,11 +118,19 @@ class Telemetry:
             "tokens_per_s": self.counters.tokens_per_s(),
             "context": {"n_ctx": self._engine.n_ctx, **self._memory.snapshot()},
             "memory": self._memory_usage(),
-            **({"board": self._board()} if self._board is not None else {}),
+            **self._board_field(),
             "store": {"state": "ok"}
             if degraded is None
             else {"state": "degraded", "reason": degraded},
         }
+
+    def _board_field(self) -> dict[str, Any]:
+        """`board` when the board tells anything; logs when throttling etc. start or end."""
+        board = self._board() if self._board is not None else {}
+        self._board_now = BoardReading.from_dict(board)
+        for change in self._throttle.update(self._board_now):
+            (log.warning if change.started else log.info)(change.message(), board=board)
+        return {"board": board} if board else {}
 
     def status_line(self) -> str:
         tps = self.counters.tokens_per_s()
@@ -138,6 +149,8 @@ class Telemetry:
             line += f"; {decision.reason}"
         if self._store.degraded is not None:
             line += "; task store degraded: exactly-once not guaranteed"
+        if board := self._board_now.status_suffix():
+            line += f"; {board}"
         return line
 
     def refresh_status(self) -> None:
