@@ -185,6 +185,12 @@ class Soak:
                 return  # the verdict names what is missing
             time.sleep(0.2)
 
+    def wait_for_backlog(self, at_most: int, deadline: float) -> None:
+        while len(set(self.sent) - {r["_corr"] for r in self.seen.replies}) > at_most:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.2)
+
     def run(self) -> None:
         subscriber = Client(self.broker.port, self.seen.add)
         subscriber.client.subscribe([(REPLIES, 1), (ACTIONS, 1)])
@@ -195,6 +201,9 @@ class Soak:
         batches = len(events) + 1
         try:
             for batch in range(batches):
+                # Paced: at most one batch outstanding, so tasks run rather than overflow
+                # the queue into BUSY (an answer too, but not the point here).
+                self.wait_for_backlog(self.plan.tasks // batches, time.monotonic() + 120)
                 for n in range(
                     batch * self.plan.tasks // batches, (batch + 1) * self.plan.tasks // batches
                 ):
