@@ -88,7 +88,6 @@ ROOTFS_PACKAGES: tuple[str, ...] = (
 )
 # Bump when _prepare_base changes, so cached roots built by older code are rebuilt.
 PREPARE_VERSION = 2
-FALLBACK_MIRROR = "http://deb.debian.org/debian"
 # Host tools: the binary we call -> the Debian package that ships it.
 HOST_TOOLS: dict[str, str] = {
     "ip": "iproute2",
@@ -443,23 +442,29 @@ def ensure_host_tools() -> None:
         _run(install, timeout=900)
 
 
-def debian_mirror() -> str:
-    """The Debian mirror apt already uses for bookworm (EDGEAGENT_DEBIAN_MIRROR overrides)."""
+def debian_mirror(etc_apt: Path = Path("/etc/apt")) -> str:
+    """The Debian mirror this machine's apt already uses for bookworm.
+
+    Read from /etc/apt/sources.list.d/*.sources (deb822), then /etc/apt/sources.list and
+    /etc/apt/sources.list.d/*.list; EDGEAGENT_DEBIAN_MIRROR overrides. No mirror is
+    built in: a machine without a bookworm source gets an error that says so.
+    """
     if override := os.environ.get("EDGEAGENT_DEBIAN_MIRROR"):
         return override
-    sources = Path("/etc/apt/sources.list.d")
+    sources = etc_apt / "sources.list.d"
     deb822 = sorted(sources.glob("*.sources")) if sources.is_dir() else []
     for path in deb822:
         for paragraph in re.split(r"\n\s*\n", path.read_text()):
             fields: dict[str, str] = {
                 key.strip().lower(): value.strip()
                 for key, sep, value in (line.partition(":") for line in paragraph.splitlines())
-                if sep and not key.startswith("#")
+                if sep and not key.lstrip().startswith("#")
             }
             types, suites = fields.get("types", "").split(), fields.get("suites", "").split()
-            if "deb" in types and SUITE in suites:
-                return fields.get("uris", FALLBACK_MIRROR).split()[0]
-    one_line = [Path("/etc/apt/sources.list")]
+            uris = fields.get("uris", "").split()
+            if "deb" in types and SUITE in suites and uris:
+                return uris[0]
+    one_line = [etc_apt / "sources.list"]
     if sources.is_dir():
         one_line += sorted(sources.glob("*.list"))
     for path in one_line:
@@ -469,7 +474,10 @@ def debian_mirror() -> str:
             words = re.sub(r"\[[^]]*\]", "", line).split()
             if len(words) >= 3 and words[0] == "deb" and words[2] == SUITE:
                 return words[1]
-    return FALLBACK_MIRROR
+    raise RootfsError(
+        f"no Debian {SUITE} source in {etc_apt}/sources.list or {etc_apt}/sources.list.d/: "
+        "set EDGEAGENT_DEBIAN_MIRROR to the mirror's URL"
+    )
 
 
 def _ensure_ssh_key(directory: Path) -> Path:

@@ -1,15 +1,23 @@
-"""The Ansible role in ansible/: lint and syntax (fast), and real rollouts to three hosts.
+"""The Ansible role in ansible/: lint and syntax (fast), and real rollouts to a fleet.
 
 The container tests boot three systemd-nspawn "Pis" (tests/harness/hosts.py: real
-systemd, sshd, own network namespace on the bridge 10.213.0.1/24, no internet), start a
-real mosquitto with password authentication on the bridge address, and run the real
-`ansible-playbook ansible/site.yml` against them with the wheelhouse built once per
-session by scripts/build-fleet-wheelhouse.sh and the SmolLM2 test model:
+systemd, sshd, own network namespace on the bridge 10.213.1.1/24, no internet) and one
+emulated Raspberry Pi 4 (tests/harness/arm64.py: Debian bookworm arm64 under
+qemu-system-aarch64 -cpu cortex-a72, SSH on a loopback port forward, a Pi's
+/boot/firmware/cmdline.txt and device-tree model), start a real mosquitto with password
+authentication on the bridge address, and run the real `ansible-playbook ansible/site.yml`
+against them with the wheelhouses built once per session by scripts/build-fleet-wheelhouse.sh
+(x86-64-v3, and pi4 with llama.cpp cross-compiled for aarch64) and the SmolLM2 test model:
 
-1. first run: changes on every host, all healthy, a fleet task is answered;
-2. second run: changed=0 on every host;
-3. a config change (a new action via -e) reloads the service one batch at a time;
-4. a pi5 profile on a CPU without its features, and a missing wheelhouse, are refused;
+1. first run: changes on every host, all healthy, a fleet task is answered; the arm64 host
+   is detected as pi4, installs the pi4 wheelhouse offline, gets cgroup_enable=memory on its
+   cmdline.txt, is rebooted by the handler and has memory accounting afterwards, and
+   answers the health gate's probe task;
+2. second run: changed=0 on every host (the arm64 host too);
+3. a config change (a new action via -e) reloads the service one batch at a time (the
+   nspawn hosts: the arm64 host adds nothing to this but minutes);
+4. a pi5 profile on CPUs without its features (x86_64, and the emulated Cortex-A72), and a
+   missing wheelhouse, are refused;
 5. a host whose health gate fails (wrong broker password) stops the rollout.
 
 Timings of the runs are printed and written to $EDGEAGENT_TEST_ARTIFACTS (default: the
@@ -38,15 +46,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.fleet import report_timing
+from support.fleet import ANSIBLE_DIR, ARM64_ENABLED, ansible_env, arm64_harness, report_timing
 from support.mosquitto import Mosquitto
 
 ROOT = Path(__file__).resolve().parents[2]
-ANSIBLE_DIR = ROOT / "ansible"
-REQUIREMENTS_DEV = ANSIBLE_DIR / "requirements-dev.txt"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgeagent"
 PROFILE = "x86-64-v3"
 HOSTS = ("pi1", "pi2", "pi3")
+# The emulated Raspberry Pi 4 (qemu, arm64), last in the inventory.
+ARM = "pi-arm"
+ARM_MODEL = "Raspberry Pi 4 Model B Rev 1.5"
+ARM_N_BATCH = 32
+ARM_PROBE_TIMEOUT_S = 600
 # Its own bridge and subnet, so it can run while other harness users hold the default.
 BRIDGE = "ea-fleet"
 SUBNET = "10.213.1"
@@ -68,58 +79,6 @@ DPHYS_UNIT = "[Unit]\nDescription=stand-in for dphys-swapfile\n[Service]\nType=o
 # --------------------------------------------------------------------------- tools
 
 
-def _venv_python(venv: Path) -> Path:
-    return venv / "bin" / "python"
-
-
-@pytest.fixture(scope="session")
-def ansible_bin() -> Path:
-    """A venv with exactly ansible/requirements-dev.txt, cached by the file's hash."""
-    digest = hashlib.sha256(REQUIREMENTS_DEV.read_bytes()).hexdigest()[:12]
-    venv = CACHE / "ansible-venv" / digest
-    ready = venv / ".installed"
-    if not ready.exists():
-        if venv.exists():
-            shutil.rmtree(venv)
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run(
-            [
-                str(_venv_python(venv)),
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "-r",
-                str(REQUIREMENTS_DEV),
-            ],
-            check=True,
-        )
-        ready.write_text(digest + "\n")
-        for other in venv.parent.iterdir():  # older pins
-            if other != venv:
-                shutil.rmtree(other, ignore_errors=True)
-    return venv / "bin"
-
-
-def _ansible_env(ansible_bin: Path, workdir: Path) -> dict[str, str]:
-    env = {
-        **os.environ,
-        "PATH": f"{ansible_bin}:{os.environ.get('PATH', '/usr/bin:/bin')}",
-        "ANSIBLE_CONFIG": str(ANSIBLE_DIR / "ansible.cfg"),
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_FORCE_COLOR": "0",
-        "ANSIBLE_HOST_KEY_CHECKING": "False",
-        "ANSIBLE_LOCAL_TEMP": str(workdir / "ansible-local"),
-        # Throwaway hosts reuse addresses: never share SSH masters with another run.
-        "ANSIBLE_SSH_CONTROL_PATH_DIR": str(workdir / "cp"),
-        "ANSIBLE_HOME": str(workdir / "ansible-home"),
-        "PYTHONUNBUFFERED": "1",
-    }
-    env.pop("ANSIBLE_INVENTORY", None)
-    return env
-
-
 # --------------------------------------------------------------------------- fast checks
 
 
@@ -127,7 +86,7 @@ def test_ansible_lint_production_profile(ansible_bin: Path, tmp_path: Path) -> N
     proc = subprocess.run(
         [str(ansible_bin / "ansible-lint"), "--offline", "--profile", "production", "--nocolor"],
         cwd=ANSIBLE_DIR,
-        env=_ansible_env(ansible_bin, tmp_path),
+        env=ansible_env(ansible_bin, tmp_path),
         capture_output=True,
         text=True,
         timeout=300,
@@ -137,16 +96,17 @@ def test_ansible_lint_production_profile(ansible_bin: Path, tmp_path: Path) -> N
     assert "Profile 'production' was required, and it passed" in proc.stdout + proc.stderr
 
 
-def test_playbook_syntax_check(ansible_bin: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("playbook", ["site.yml", "broker.yml"])
+def test_playbook_syntax_check(ansible_bin: Path, tmp_path: Path, playbook: str) -> None:
     proc = subprocess.run(
         [
             str(ansible_bin / "ansible-playbook"),
             "--syntax-check",
             "-i",
             str(ANSIBLE_DIR / "inventory" / "example" / "hosts.ini"),
-            str(ANSIBLE_DIR / "site.yml"),
+            str(ANSIBLE_DIR / playbook),
         ],
-        env=_ansible_env(ansible_bin, tmp_path),
+        env=ansible_env(ansible_bin, tmp_path),
         capture_output=True,
         text=True,
         timeout=120,
@@ -163,7 +123,7 @@ def test_example_inventory_has_device_ids_and_broker(ansible_bin: Path, tmp_path
             str(ANSIBLE_DIR / "inventory" / "example" / "hosts.ini"),
             "--list",
         ],
-        env=_ansible_env(ansible_bin, tmp_path),
+        env=ansible_env(ansible_bin, tmp_path),
         capture_output=True,
         text=True,
         timeout=60,
@@ -218,6 +178,16 @@ class Fleet:
     ansible_bin: Path
     broker: Mosquitto
     model_sha256: str
+    arm: Any = None  # the emulated Pi (harness.arm64.Arm64Host), None when switched off
+    runs: dict[str, PlaybookRun] = field(default_factory=dict)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every host of the inventory, in its order."""
+        return (*HOSTS, ARM) if self.arm is not None else HOSTS
+
+    def host(self, name: str) -> Any:
+        return self.arm if name == ARM else self.hosts[name]
 
     def playbook(self, *extra: str, label: str, timeout: float = 1800) -> PlaybookRun:
         log = self.workdir / f"ansible-{label}.log"
@@ -230,7 +200,7 @@ class Fleet:
                 str(ANSIBLE_DIR / "site.yml"),
                 *extra,
             ],
-            env=_ansible_env(self.ansible_bin, self.workdir),
+            env=ansible_env(self.ansible_bin, self.workdir),
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -248,12 +218,13 @@ class Fleet:
             m["host"]: {k: int(v) for k, v in m.groupdict().items() if k != "host"}
             for m in RECAP_RE.finditer(proc.stdout)
         }
-        return PlaybookRun(proc.returncode, output, seconds, recap)
+        self.runs[label] = PlaybookRun(proc.returncode, output, seconds, recap)
+        return self.runs[label]
 
     def on(
         self, name: str, *cmd: str, check: bool = True, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
-        return self.hosts[name].run(list(cmd), check=check, timeout=timeout)
+        return self.host(name).run(list(cmd), check=check, timeout=timeout)
 
     def journal(self, name: str, since_us: int) -> list[dict[str, Any]]:
         """The host's edgeagent.service journal entries (JSON) since a realtime in µs."""
@@ -284,12 +255,14 @@ def _message(entry: dict[str, Any]) -> str:
 
 def _diagnostics(fleet: Fleet, run: PlaybookRun) -> str:
     parts = [run.output[-6000:], "--- mosquitto ---", fleet.broker.log()[-2000:]]
-    for name in HOSTS:
+    for name in fleet.names:
         with contextlib.suppress(Exception):
             parts += [
                 f"--- {name} journal ---",
-                fleet.hosts[name].journal("edgeagent.service", lines=30),
+                fleet.host(name).journal("edgeagent.service", lines=30),
             ]
+    if fleet.arm is not None:
+        parts += [f"--- {ARM} console ---", fleet.arm.console_tail(20)]
     return "\n".join(parts)
 
 
@@ -314,11 +287,21 @@ def container_support() -> None:
 
 
 @pytest.fixture(scope="module")
+def arm64_host_image(request: pytest.FixtureRequest) -> Any:
+    """The emulated Pi's image and pi4 wheelhouse, or None when it is switched off."""
+    if not ARM64_ENABLED:
+        return None
+    request.getfixturevalue("pi_wheelhouse")
+    return request.getfixturevalue("arm64_image")
+
+
+@pytest.fixture(scope="module")
 def fleet(
     container_support: None,
     tmp_path_factory: pytest.TempPathFactory,
     ansible_bin: Path,
     fleet_wheelhouse: Path,
+    arm64_host_image: Any,
     model_path: Path,
     debian_mirror: Path,
 ) -> Iterator[Fleet]:
@@ -327,6 +310,7 @@ def fleet(
     model_sha256 = hashlib.sha256(model_path.read_bytes()).hexdigest()
     password = secrets.token_urlsafe(16)
     started = time.monotonic()
+    arm: Any = None
     with harness.TestHosts(list(HOSTS), workdir / "hosts", bridge=BRIDGE, subnet=SUBNET) as hosts:
         report_timing("boot 3 hosts (incl. rootfs)", time.monotonic() - started)
         broker = Mosquitto(
@@ -337,6 +321,8 @@ def fleet(
         )
         broker.start()
         try:
+            if arm64_host_image is not None:
+                arm = _boot_arm64_host(arm64_host_image, workdir, hosts.bridge_address, broker.port)
             www = workdir / "www"
             www.mkdir()
             (www / model_path.name).symlink_to(model_path)
@@ -389,6 +375,8 @@ def fleet(
                     (inventory_dir / "host_vars" / f"{name}.yml").write_text(
                         json.dumps(host_vars, indent=2)
                     )
+                if arm is not None:
+                    _add_arm64_host(arm, inventory, inventory_dir / "host_vars")
                 # pi3 also plays Raspberry Pi OS: a boot partition and dphys-swapfile
                 # (a stand-in unit: the real one would allocate swap in the container).
                 hosts["pi3"].run(["sh", "-c", f"printf '%s' '{DPHYS_CONF}' > /etc/dphys-swapfile"])
@@ -404,13 +392,73 @@ def fleet(
                 hosts["pi3"].run(
                     ["sh", "-c", f"printf '%s' '{CMDLINE}' > /boot/firmware/cmdline.txt"]
                 )
-                yield Fleet(hosts, workdir, inventory, ansible_bin, broker, model_sha256)
+                yield Fleet(hosts, workdir, inventory, ansible_bin, broker, model_sha256, arm)
         finally:
-            broker.stop()
             artifacts = Path(os.environ.get("EDGEAGENT_TEST_ARTIFACTS", CACHE / "test-artifacts"))
+            artifacts.mkdir(parents=True, exist_ok=True)
+            if arm is not None:
+                with contextlib.suppress(Exception):
+                    (artifacts / f"journal-{ARM}.txt").write_text(arm.journal())
+                with contextlib.suppress(Exception):
+                    shutil.copyfile(arm.console_log, artifacts / f"console-{ARM}.txt")
+                arm.stop()
+            broker.stop()
             with contextlib.suppress(Exception):
                 for name in HOSTS:
                     (artifacts / f"journal-{name}.txt").write_text(hosts[name].journal())
+
+
+def _boot_arm64_host(image: Any, workdir: Path, broker_address: str, broker_port: int) -> Any:
+    """Boot the emulated Pi 4; the broker on the bridge is 10.0.2.100:1883 for it."""
+    harness = arm64_harness()
+    forward = harness.GuestForward(1883, broker_address, broker_port)
+    arm = harness.Arm64Host(ARM, workdir / "arm64", image, model=ARM_MODEL, forwards=[forward])
+    arm.start()
+    report_timing("boot the arm64 host (emulated Pi 4)", arm.timings["boot"])
+    try:
+        # Before the rollout: a Raspberry Pi kernel without cgroup_enable=memory.
+        assert _memory_controller_enabled(arm) is False, arm.run(["cat", "/proc/cgroups"]).stdout
+        assert arm.run(["uname", "-m"]).stdout.strip() == "aarch64"
+    except BaseException:
+        arm.stop()
+        raise
+    return arm
+
+
+def _add_arm64_host(arm: Any, inventory: Path, host_vars_dir: Path) -> None:
+    """The emulated Pi joins the pis group, last; everything it needs differently."""
+    text = inventory.read_text()
+    line = f"{ARM} ansible_host=127.0.0.1 ansible_port={arm.ssh_port}\n"
+    inventory.write_text(text.replace("\n\n[pis:vars]", f"\n{line}\n[pis:vars]", 1))
+    service = arm64_harness().SERVICE_ADDRESS
+    host_vars = {
+        "edgeagent_device_id": f"dev-{ARM}",
+        "ansible_ssh_private_key_file": str(arm.ssh_key_path),
+        # The broker on the bridge, through the qemu user network's guest forward.
+        "edgeagent_mqtt_host": service,
+        "edgeagent_mqtt_port": 1883,
+        "edgeagent_model_threads": 2,
+        # Emulation runs ~18x slower than this machine: small decode batches keep each
+        # llama_decode call (the watchdog's unit of progress) well below WatchdogSec.
+        "edgeagent_model_n_batch": ARM_N_BATCH,
+        # cmdline.txt on the (emulated) boot partition, and a real reboot from the handler.
+        "edgeagent_enable_memory_cgroup": True,
+        "edgeagent_reboot_allowed": True,
+        "edgeagent_reboot_timeout_s": 900,
+        "edgeagent_health_delay_s": 3,
+        "edgeagent_health_retries": 200,
+        "edgeagent_probe_timeout_s": ARM_PROBE_TIMEOUT_S,
+    }
+    (host_vars_dir / f"{ARM}.yml").write_text(json.dumps(host_vars, indent=2))
+
+
+def _memory_controller_enabled(host: Any) -> bool | None:
+    """The `enabled` column of the memory line of /proc/cgroups."""
+    for line in host.run(["cat", "/proc/cgroups"]).stdout.splitlines():
+        fields = line.split()
+        if fields and fields[0] == "memory":
+            return fields[3] == "1"
+    return None
 
 
 def _skip_if_failed(request: pytest.FixtureRequest) -> None:
@@ -430,17 +478,17 @@ def _mark_failed(request: pytest.FixtureRequest, what: str) -> None:
 @pytest.mark.slow
 def test_first_deployment(fleet: Fleet, request: pytest.FixtureRequest) -> None:
     _mark_failed(request, "first deployment")
-    run = fleet.playbook(label="first")
-    report_timing("first deployment to 3 hosts", run.seconds)
+    run = fleet.playbook(label="first", timeout=3600)
+    report_timing(f"first deployment to {len(fleet.names)} hosts", run.seconds)
     assert run.returncode == 0, _diagnostics(fleet, run)
-    assert set(run.recap) == set(HOSTS), run.output[-3000:]
-    for name in HOSTS:
+    assert set(run.recap) == set(fleet.names), run.output[-3000:]
+    for name in fleet.names:
         assert run.recap[name]["failed"] == 0
         assert run.recap[name]["changed"] > 0, f"{name}: {run.recap[name]}"
-    # Batches of one (34% of 3 hosts), in inventory order.
-    assert run.output.count("PLAY [Deploy edgeagent]") == 3
+    # Batches of one (34% of 3 or 4 hosts), in inventory order.
+    assert run.output.count("PLAY [Deploy edgeagent]") == len(fleet.names)
 
-    for name in HOSTS:
+    for name in fleet.names:
         assert (
             fleet.on(name, "systemctl", "is-active", "edgeagent.service").stdout.strip() == "active"
         )
@@ -463,7 +511,7 @@ def test_first_deployment(fleet: Fleet, request: pytest.FixtureRequest) -> None:
         assert fleet.on(name, "id", "-u", "edgeagent").returncode == 0
         shell = fleet.on(name, "getent", "passwd", "edgeagent").stdout.strip().split(":")[-1]
         assert shell == "/usr/sbin/nologin"
-        status = fleet.on(name, *CLI_ENV, EDGEAGENT_BIN, "status", "--config", CONFIG)
+        status = fleet.on(name, *CLI_ENV, EDGEAGENT_BIN, "status", "--config", CONFIG, timeout=300)
         assert json.loads(status.stdout)["status"] == "online"
     # The secret is nowhere in Ansible's output.
     group_vars = json.loads((fleet.inventory.parent / "group_vars" / "pis.yml").read_text())
@@ -478,7 +526,8 @@ def test_first_deployment(fleet: Fleet, request: pytest.FixtureRequest) -> None:
     assert active.stdout.strip() == "active"  # restarted by the handler
 
     # A task on the fleet topic (shared subscription), sent from a host with an MQTT v5
-    # response topic by `edgeagent submit --fleet`, is answered by one of the hosts.
+    # response topic by `edgeagent submit --fleet`, is answered by one of the hosts (the
+    # emulated Pi is among them: give it time).
     reply = fleet.on(
         "pi1",
         *CLI_ENV,
@@ -492,14 +541,88 @@ def test_first_deployment(fleet: Fleet, request: pytest.FixtureRequest) -> None:
         "--action",
         "no_action",
         "--timeout",
-        "90",
+        str(ARM_PROBE_TIMEOUT_S),
         "Sensor report: everything is normal in the greenhouse.",
-        timeout=120,
+        timeout=ARM_PROBE_TIMEOUT_S + 60,
     )
     answer = json.loads(reply.stdout)
     assert answer["status"] == "ok", answer
-    assert answer["device"] in {f"dev-{name}" for name in HOSTS}
+    assert answer["device"] in {f"dev-{name}" for name in fleet.names}
     _mark_failed(request, "")
+
+
+@pytest.mark.container
+@pytest.mark.slow
+def test_first_deployment_on_the_emulated_pi(fleet: Fleet, request: pytest.FixtureRequest) -> None:
+    """What the first run did on the arm64 host: profile, offline pi4 wheels, reboot, probe."""
+    if fleet.arm is None:
+        pytest.skip("the emulated Raspberry Pi is switched off (EDGEAGENT_TEST_ARM64=0)")
+    _skip_if_failed(request)
+    run = fleet.runs["first"]
+    # The role told the Cortex-A72 apart (CPU part 0xd08, no dotprod/fp16) and read the
+    # board from the device tree.
+    assert f"{ARM}: CPU profile pi4 ({ARM_MODEL})" in run.output, run.output[-4000:]
+    installed = fleet.on(ARM, "cat", "/opt/edgeagent/venv/edgeagent-installed-from.txt").stdout
+    assert installed.startswith("wheelhouse pi4\n"), installed
+    assert "llama_cpp_python-" in installed
+    assert "-linux_aarch64.whl" in installed
+    # Offline: every wheel came from the wheelhouse copied to the host (pip --no-index).
+    wheels = fleet.on(ARM, "ls", "/opt/edgeagent/wheelhouse").stdout.split()
+    assert any(w.startswith("llama_cpp_python-") and w.endswith("_aarch64.whl") for w in wheels)
+    assert all(w.endswith(("_aarch64.whl", "-none-any.whl", "wheels.sha1")) for w in wheels), wheels
+    machine = fleet.on(
+        ARM,
+        "/opt/edgeagent/venv/bin/python",
+        "-c",
+        "import llama_cpp, platform; print(platform.machine(), llama_cpp.__version__)",
+        timeout=300,
+    )
+    assert machine.stdout.split()[0] == "aarch64"
+
+    # cmdline.txt got the memory cgroup, the handler rebooted the host for real, and the
+    # kernel now accounts the service's memory.
+    assert "RUNNING HANDLER [edgeagent : Reboot for the kernel command line]" in run.output
+    assert fleet.arm.boots == 2, fleet.arm.console_tail()
+    cmdline = fleet.on(ARM, "cat", "/boot/firmware/cmdline.txt").stdout
+    assert (
+        cmdline
+        == fleet.arm.initial_cmdline.rstrip("\n") + " cgroup_enable=memory cgroup_memory=1\n"
+    )
+    proc_cmdline = fleet.on(ARM, "cat", "/proc/cmdline").stdout.split()
+    assert "cgroup_enable=memory" in proc_cmdline
+    assert "cgroup_disable=memory" not in proc_cmdline
+    assert _memory_controller_enabled(fleet.arm) is True
+    show = fleet.on(
+        ARM,
+        "systemctl",
+        "show",
+        "edgeagent.service",
+        "-p",
+        "MemoryCurrent",
+        "-p",
+        "MemoryMax",
+        "-p",
+        "ControlGroup",
+    ).stdout
+    props = dict(line.split("=", 1) for line in show.splitlines() if "=" in line)
+    assert props["MemoryCurrent"].isdigit(), props  # "[not set]" without the controller
+    assert int(props["MemoryCurrent"]) > 50 * 2**20, props  # the model is resident
+    assert props["MemoryMax"] == str(1500 * 2**20), props
+    memory_max = fleet.on(ARM, "cat", f"/sys/fs/cgroup{props['ControlGroup']}/memory.max").stdout
+    assert memory_max.strip() == str(1500 * 2**20)
+    # The daemon runs since the reboot and answered the health gate's probe there.
+    boot_id = fleet.on(ARM, "cat", "/proc/sys/kernel/random/boot_id").stdout.strip()
+    probes = fleet.on(
+        ARM, "journalctl", "-u", "edgeagent.service", "-b", "0", "-o", "json", "--no-pager"
+    ).stdout
+    entries = [json.loads(line) for line in probes.splitlines() if line.startswith("{")]
+    answered = [e for e in entries if str(e.get("TASK_ID", "")).startswith("rollout-probe-")]
+    assert answered, [_message(e) for e in entries][-20:]
+    assert all(e["_BOOT_ID"].replace("-", "") == boot_id.replace("-", "") for e in answered)
+    healthy = re.search(rf"{ARM} is healthy: .* in ([\d.]+) ms", run.output)
+    assert healthy is not None, run.output[-4000:]
+    report_timing("probe answer on the arm64 host", float(healthy.group(1)) / 1000)
+    report_timing("arm64 host boots (s each)", max(fleet.arm.boot_seconds))
 
 
 @pytest.mark.container
@@ -507,11 +630,11 @@ def test_first_deployment(fleet: Fleet, request: pytest.FixtureRequest) -> None:
 def test_second_run_changes_nothing(fleet: Fleet, request: pytest.FixtureRequest) -> None:
     _skip_if_failed(request)
     _mark_failed(request, "second run")
-    run = fleet.playbook(label="second")
-    report_timing("second deployment to 3 hosts (no changes)", run.seconds)
+    run = fleet.playbook(label="second", timeout=3600)
+    report_timing(f"second deployment to {len(fleet.names)} hosts (no changes)", run.seconds)
     assert run.returncode == 0, _diagnostics(fleet, run)
-    assert set(run.recap) == set(HOSTS)
-    for name in HOSTS:
+    assert set(run.recap) == set(fleet.names)
+    for name in fleet.names:
         assert run.recap[name]["changed"] == 0, f"{name}: {run.recap[name]}\n{run.output[-4000:]}"
         assert run.recap[name]["failed"] == 0
     _mark_failed(request, "")
@@ -534,8 +657,14 @@ def test_config_change_reloads_one_batch_at_a_time(
             "required": ["percent"],
         },
     }
+    # The nspawn hosts only: batch order is the point here, and the emulated Pi would add
+    # minutes without telling more.
     run = fleet.playbook(
-        "-e", json.dumps({"edgeagent_extra_actions": [action]}), label="config-change"
+        "--limit",
+        ",".join(HOSTS),
+        "-e",
+        json.dumps({"edgeagent_extra_actions": [action]}),
+        label="config-change",
     )
     report_timing("config change rollout to 3 hosts", run.seconds)
     assert run.returncode == 0, _diagnostics(fleet, run)
@@ -605,6 +734,19 @@ def test_refuses_wrong_cpu_profile_and_missing_wheelhouse(
     assert run.returncode != 0
     assert "a pi5 build never runs on a Pi 4" in run.output, run.output[-3000:]
     assert run.recap["pi1"]["changed"] == 0
+    if fleet.arm is not None:
+        # The same on the emulated Pi 4: aarch64, but a Cortex-A72 without dotprod/fp16.
+        run = fleet.playbook(
+            "--limit", ARM, "-e", "edgeagent_cpu_profile=pi5", label="pi5-guard-arm64"
+        )
+        assert run.returncode != 0
+        assert (
+            f"CPU profile pi5 does not fit {ARM} (aarch64, {ARM_MODEL}; missing CPU features:"
+            " asimddp asimdhp)" in " ".join(run.output.split())
+        ), run.output[-3000:]
+        assert "a pi5 build never runs on a Pi 4" in run.output
+        assert run.recap[ARM]["changed"] == 0
+        assert run.recap[ARM]["failed"] == 1
     # No wheelhouse for the profile and building on the device not allowed: a clear stop.
     empty = fleet.workdir / "empty-wheelhouse"
     empty.mkdir(exist_ok=True)
@@ -648,7 +790,8 @@ def test_failed_health_gate_stops_the_rollout(fleet: Fleet, request: pytest.Fixt
     assert "failed its health gate" in run.output
     assert run.recap["pi1"]["failed"] == 0
     assert run.recap["pi2"]["failed"] == 1
-    assert "pi3" not in run.recap or run.recap["pi3"]["ok"] == 0, run.recap
+    for untouched in ("pi3", ARM):
+        assert untouched not in run.recap or run.recap[untouched]["ok"] == 0, run.recap
     assert 'name = "close_vent"' in fleet.on("pi1", "cat", CONFIG).stdout
     assert 'name = "close_vent"' not in fleet.on("pi3", "cat", CONFIG).stdout
     assert "not-the-password" not in run.output

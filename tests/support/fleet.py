@@ -3,6 +3,7 @@ and timing reports (the Ansible fleet test and the systemd service test)."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -12,11 +13,28 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from support.daemon import ROOT
 
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgeagent"
 PROFILE = "x86-64-v3"
+ANSIBLE_DIR = ROOT / "ansible"
+REQUIREMENTS_DEV = ANSIBLE_DIR / "requirements-dev.txt"
+# EDGEAGENT_TEST_ARM64=0 leaves the emulated Raspberry Pi out of the fleet test (its tests
+# are then skipped, saying so); by default it is part of it wherever the test hosts run.
+ARM64_ENABLED = os.environ.get("EDGEAGENT_TEST_ARM64", "1") != "0"
+
+
+def arm64_harness() -> Any:
+    """tests/harness/arm64.py, imported only where the emulated Pi is wanted."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from harness import arm64  # noqa: PLC0415 - keeps qemu helpers out of other test runs
+
+    return arm64
 
 
 # --------------------------------------------------------------------------- wheelhouse
@@ -29,6 +47,7 @@ def wheelhouse_key() -> str:
         ROOT / "pyproject.toml",
         ROOT / "scripts" / "build-fleet-wheelhouse.sh",
         ROOT / "scripts" / "build-wheelhouse.sh",
+        ROOT / "scripts" / "aarch64-linux-gnu.cmake",
     ]
     parts += sorted((ROOT / "edgeagent").rglob("*.py"))
     parts += sorted((ROOT / "edgeagent").rglob("*.typed"))
@@ -38,11 +57,13 @@ def wheelhouse_key() -> str:
     return digest.hexdigest()[:16]
 
 
-def build_fleet_wheelhouse() -> Path:
-    """~/.cache/edgeagent/fleet-wheelhouse/<key>/, with the x86-64-v3 profile: built once.
+def build_fleet_wheelhouse(profiles: tuple[str, ...] = (PROFILE,)) -> Path:
+    """~/.cache/edgeagent/fleet-wheelhouse/<key>/PROFILE/ for each profile: built once.
 
-    Other sessions (and tests/test_systemd_service.py) may use other keys at the same
-    time: a build is done under a lock, and only keys unused for a day are removed.
+    x86-64-v3 by default; pi4/pi5 cross-compile llama.cpp for aarch64 (several minutes
+    the first time, then cached by scripts/build-wheelhouse.sh). Other sessions (and
+    tests/test_systemd_service.py) may use other keys at the same time: a build is done
+    under a lock, and only keys unused for a day are removed.
     """
     root = CACHE / "fleet-wheelhouse"
     root.mkdir(parents=True, exist_ok=True)
@@ -50,19 +71,22 @@ def build_fleet_wheelhouse() -> Path:
     target = root / key
     with (root / ".lock").open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (target / PROFILE / "SHA256SUMS").is_file():
+        for profile in profiles:
+            if (target / profile / "SHA256SUMS").is_file():
+                continue
             started = time.monotonic()
             subprocess.run(
                 [
                     "bash",
                     str(ROOT / "scripts" / "build-fleet-wheelhouse.sh"),
-                    PROFILE,
-                    str(target / PROFILE),
+                    profile,
+                    str(target / profile),
                 ],
                 check=True,
                 timeout=3600,
             )
-            report_timing("wheelhouse build", time.monotonic() - started)
+            label = "wheelhouse build" if profile == PROFILE else f"wheelhouse build {profile}"
+            report_timing(label, time.monotonic() - started)
         os.utime(target)
         for other in root.iterdir():
             stale = time.time() - other.stat().st_mtime > 86400
@@ -109,3 +133,53 @@ def build_debian_mirror() -> Path:
         ).stdout
         (directory / "Packages").write_text(packages)
     return directory
+
+
+# --------------------------------------------------------------------------- ansible
+
+
+def ensure_ansible_venv() -> Path:
+    """A venv with exactly ansible/requirements-dev.txt, cached by the file's hash; its bin/."""
+    digest = hashlib.sha256(REQUIREMENTS_DEV.read_bytes()).hexdigest()[:12]
+    venv = CACHE / "ansible-venv" / digest
+    ready = venv / ".installed"
+    with _locked(CACHE / "ansible-venv.lock"):
+        if not ready.exists():
+            if venv.exists():
+                shutil.rmtree(venv)
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+            pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet"]
+            pip += ["--disable-pip-version-check", "-r", str(REQUIREMENTS_DEV)]
+            subprocess.run(pip, check=True)
+            ready.write_text(digest + "\n")
+            for other in venv.parent.iterdir():  # older pins
+                if other != venv:
+                    shutil.rmtree(other, ignore_errors=True)
+    return venv / "bin"
+
+
+def ansible_env(ansible_bin: Path, workdir: Path) -> dict[str, str]:
+    """The environment ansible-playbook runs with in the tests (ansible/ansible.cfg, no colour)."""
+    env = {
+        **os.environ,
+        "PATH": f"{ansible_bin}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+        "ANSIBLE_CONFIG": str(ANSIBLE_DIR / "ansible.cfg"),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_FORCE_COLOR": "0",
+        "ANSIBLE_HOST_KEY_CHECKING": "False",
+        "ANSIBLE_LOCAL_TEMP": str(workdir / "ansible-local"),
+        # Throwaway hosts reuse addresses: never share SSH masters with another run.
+        "ANSIBLE_SSH_CONTROL_PATH_DIR": str(workdir / "cp"),
+        "ANSIBLE_HOME": str(workdir / "ansible-home"),
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.pop("ANSIBLE_INVENTORY", None)
+    return env
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
