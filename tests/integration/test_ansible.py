@@ -441,6 +441,9 @@ def _add_arm64_host(arm: Any, inventory: Path, host_vars_dir: Path) -> None:
         # Emulation runs ~18x slower than this machine: small decode batches keep each
         # llama_decode call (the watchdog's unit of progress) well below WatchdogSec.
         "edgeagent_model_n_batch": ARM_N_BATCH,
+        # Starting Python, numpy and llama.cpp takes a minute or more under emulation, and a
+        # decode batch may take longer than the unit's 30 s watchdog on a loaded machine.
+        "edgeagent_service_overrides": {"TimeoutStartSec": 900, "WatchdogSec": 180},
         # cmdline.txt on the (emulated) boot partition, and a real reboot from the handler.
         "edgeagent_enable_memory_cgroup": True,
         "edgeagent_reboot_allowed": True,
