@@ -120,7 +120,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     import asyncio  # noqa: PLC0415
 
-    from edgeagent.service.daemon import Daemon  # noqa: PLC0415
+    from edgeagent.service.assembly import build_daemon  # noqa: PLC0415
     from edgeagent.service.logsetup import configure_logging  # noqa: PLC0415
 
     try:
@@ -131,7 +131,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     configure_logging(cfg.log.level, cfg.log.format, cfg.device.id)
     # When the watchdog kills us with SIGABRT, every thread's stack goes to the journal.
     faulthandler.enable()
-    daemon = Daemon.from_config(cfg, config_path=args.config)
+    daemon = build_daemon(cfg, config_path=args.config)
     try:
         code = asyncio.run(daemon.run())
     except EdgeAgentError as exc:

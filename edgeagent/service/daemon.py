@@ -5,8 +5,9 @@
 
 Lifecycle (State): STARTING -> LOADING -> SERVING <-> PAUSED -> DRAINING -> STOPPED.
 The event loop owns all state; the model runs on the engine's inference thread, the
-task store on its own thread, MQTT on paho's. `Daemon.from_config` builds the real
-collaborators; tests pass fakes to the constructor.
+task store on its own thread, MQTT on paho's. The daemon knows its collaborators by
+the Protocols of service/ports.py: `service.assembly.build_daemon` passes the real ones,
+tests pass fakes.
 """
 
 from __future__ import annotations
@@ -15,29 +16,24 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Awaitable, Callable, Coroutine
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
 
 import structlog
 
 from edgeagent.config import Config, load_config
 from edgeagent.errors import EdgeAgentError
-from edgeagent.inference.engine import Engine
-from edgeagent.memory.control import MemoryControlLoop
-from edgeagent.mqtt.link import MqttLink, PublishRefused, with_timeout
-from edgeagent.protocol.reply import OkReply, Reply
+from edgeagent.mqtt.link import PublishRefused, with_timeout
 from edgeagent.protocol.topics import Topics
-from edgeagent.service import homeassistant, sdnotify
+from edgeagent.service import sdnotify
 from edgeagent.service.admission import Admission
 from edgeagent.service.asyncstore import AsyncTaskStore
 from edgeagent.service.board import read_board
 from edgeagent.service.delivery import Delivery
 from edgeagent.service.jobs import InFlightRegistry, Job
 from edgeagent.service.logsetup import configure_logging
-from edgeagent.service.metrics import MetricsExport
+from edgeagent.service.operators import OperatorViews
 from edgeagent.service.ports import (
     InferenceEngine,
     MemoryLoop,
@@ -56,7 +52,6 @@ HAND_BACK_TIMEOUT_S = 2.0  # shutdown: a cancelled task stops at its next decode
 ENGINE_CLOSE_TIMEOUT_S = 5.0
 STORE_PRUNE_EVERY_S = 3600.0
 MIN_STALL_S = 10.0  # the watchdog never calls the inference thread stuck sooner
-STORE_FILE = "journal.sqlite3"
 
 
 class State(StrEnum):
@@ -79,6 +74,7 @@ class Daemon:
         engine: InferenceEngine,
         memory: MemoryLoop,
         watchdog: sdnotify.Watchdog | None = None,
+        operators: OperatorViews | None = None,
         config_path: Path | None = None,
         load: Callable[[Path], Config] = load_config,
         clock: Callable[[], float] = time.monotonic,
@@ -97,19 +93,7 @@ class Daemon:
         self.queue: TaskQueue[Job] = TaskQueue(cfg.queue.size)
         inflight = InFlightRegistry()
         # Where operators look (docs/integrations.md): Prometheus and Home Assistant.
-        self.metrics = MetricsExport(cfg.metrics, cfg.device.id, cfg.model.path.name)
-        self.discovery = homeassistant.Discovery(
-            cfg.homeassistant,
-            self.topics,
-            homeassistant.DeviceInfo(
-                cfg.device.id,
-                cfg.model.path.name,
-                heartbeat_s=cfg.mqtt.heartbeat_s,
-                temperature_known=read_board().temp_c is not None,
-            ),
-            cfg.state.dir,
-        )
-        self._background: set[asyncio.Task[None]] = set()
+        self.operators = operators
         self.telemetry = Telemetry(
             device=cfg.device.id,
             topics=self.topics,
@@ -121,7 +105,7 @@ class Daemon:
             store=store,
             state=lambda: str(self.state),
             period_s=cfg.mqtt.heartbeat_s,
-            on_heartbeat=self._heartbeat_taken,
+            on_heartbeat=operators.heartbeat_taken if operators else None,
             # The SoC temperature for Home Assistant, the metrics and the fleet view.
             board=lambda: read_board().as_dict(),
         )
@@ -131,7 +115,7 @@ class Daemon:
             inflight=inflight,
             topics=self.topics,
             device=cfg.device.id,
-            on_reply=self._replied,
+            on_reply=operators.replied if operators else None,
         )
         self.admission = Admission(
             cfg,
@@ -157,40 +141,6 @@ class Daemon:
         self._stop = asyncio.Event()
         # Set when shutdown had to leave a stuck inference thread behind.
         self.abandoned_inference = False
-
-    @classmethod
-    def from_config(
-        cls, cfg: Config, *, config_path: Path | None = None, engine: Engine | None = None
-    ) -> Daemon:
-        """The real thing: MQTT link, SQLite store, sd_notify, engine, memory control."""
-        engine = engine or Engine(cfg.model)
-        topics = Topics(cfg.mqtt.topic_prefix, cfg.device.id, cfg.mqtt.shared_group or None)
-        link = MqttLink(
-            cfg.mqtt,
-            client_id=cfg.mqtt.client_id or f"edgeagent-{cfg.device.id}",
-            subscriptions=topics.subscriptions(),
-            will_topic=topics.status,
-        )
-        store = AsyncTaskStore.open(
-            cfg.state.dir / STORE_FILE,
-            max_age_s=cfg.state.journal_max_age_s,
-            max_rows=cfg.state.journal_max_rows,
-        )
-        notifier = sdnotify.Notifier.from_env()
-        daemon: Daemon
-        # A lambda, not the bound method: `daemon` does not exist yet when the loop is built.
-        memory = MemoryControlLoop(engine, cfg, on_change=lambda d: daemon.memory_changed(d))  # noqa: PLW0108
-        daemon = cls(
-            cfg,
-            link=link,
-            store=store,
-            notifier=notifier,
-            engine=engine,
-            memory=memory,
-            watchdog=sdnotify.Watchdog(notifier),
-            config_path=config_path,
-        )
-        return daemon
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -219,7 +169,8 @@ class Daemon:
         )
         await self.memory.start()
         self.link.start(self.admission.offer, self._on_connect)
-        self.metrics.start()
+        if self.operators is not None:
+            self.operators.start()
         self._set_state(State.SERVING)
         self.notifier.ready()
         loops: dict[str, Callable[[], Awaitable[None]]] = {
@@ -281,6 +232,8 @@ class Daemon:
         self.cfg = new.model_copy(update={k: getattr(self.cfg, k) for k in fixed})
         self.admission.reconfigure(self.cfg)
         self.worker.reconfigure(self.cfg)
+        if self.operators is not None:
+            self.operators.reconfigure(self.cfg)
         configure_logging(self.cfg.log.level, self.cfg.log.format, self.cfg.device.id)
         log.info("configuration reloaded", actions=len(self.cfg.actions))
         self.notifier.ready(self.telemetry.status_line())
@@ -314,48 +267,8 @@ class Daemon:
     def _on_connect(self) -> None:
         future = self.link.publish(self.topics.status, "online", retain=True)
         future.add_done_callback(_ignore_result)
-        self._spawn(self._sync_discovery())
-
-    # -- where operators look: metrics, Home Assistant -----------------------------------
-
-    def _spawn(self, body: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(body)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _sync_discovery(self) -> None:
-        try:
-            await self.discovery.sync(
-                lambda topic, payload: self.link.publish(topic, payload, retain=True)
-            )
-        except (EdgeAgentError, PublishRefused, OSError) as exc:
-            log.warning("home assistant discovery not published", error=str(exc))
-
-    def _replied(self, reply: Reply) -> None:
-        """Every task's end: count it; an answered catalog action is the last action."""
-        self.metrics.metrics.reply(reply.to_json())
-        if (
-            isinstance(reply, OkReply)
-            and isinstance(reply.output, dict)
-            and set(reply.output) == {"action", "args"}
-            and self.cfg.action(str(reply.output["action"])) is not None
-        ):
-            topic, payload = homeassistant.last_action_message(
-                self.topics, reply.id, reply.output, datetime.now(UTC)
-            )
-            self.link.publish(topic, payload, retain=True).add_done_callback(_ignore_result)
-
-    def _heartbeat_taken(self, beat: dict[str, Any]) -> None:
-        self._spawn(self._refresh_metrics(beat))
-
-    async def _refresh_metrics(self, beat: dict[str, Any]) -> None:
-        rows = await self.store.count()  # on the store's thread
-        self.metrics.refresh(
-            beat,
-            journal_rows=rows,
-            connects=getattr(self.link, "connects", None),
-            puback_refusals=getattr(self.link, "refusals", None),
-        )
+        if self.operators is not None:
+            self.operators.connected()
 
     async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
         self._set_state(State.DRAINING)
@@ -386,9 +299,8 @@ class Daemon:
                     "offline status",
                 )
         self.link.stop()
-        for task in self._background:
-            task.cancel()
-        self.metrics.stop()
+        if self.operators is not None:
+            self.operators.stop()
         # Blocking, but bounded: nothing else runs any more. A wedged inference thread
         # must not turn a stop into systemd's SIGKILL after TimeoutStopSec.
         if not self.engine.close(timeout=ENGINE_CLOSE_TIMEOUT_S):

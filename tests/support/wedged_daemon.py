@@ -28,7 +28,7 @@ from edgeagent.config import ModelConfig, load_config
 from edgeagent.errors import EdgeAgentError
 from edgeagent.inference.engine import Engine, EngineModel
 from edgeagent.inference.model import ResidentModel
-from edgeagent.service.daemon import Daemon
+from edgeagent.service.assembly import build_daemon
 from edgeagent.service.logsetup import configure_logging
 
 
@@ -57,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(cfg.log.level, cfg.log.format, cfg.device.id)
     faulthandler.enable()  # the watchdog's SIGABRT shows where the thread is stuck
     engine = Engine(cfg.model, factory=wedging_model)
-    daemon = Daemon.from_config(cfg, config_path=args.config, engine=engine)
+    daemon = build_daemon(cfg, config_path=args.config, engine=engine)
     code = asyncio.run(daemon.run())
     if daemon.abandoned_inference:
         # As `edgeagent run`: a normal exit would join the stuck thread forever.
