@@ -221,14 +221,15 @@ class CgroupDaemon(DaemonProcess):
         self.cgroup = cgroup
 
     def start(self) -> None:
-        handle = self.log_path.open("ab")
-        self.proc = self.cgroup.spawn(
-            [*EDGEAGENT, "run", "--config", str(self.config)],
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            env=self.env,
-            cwd=ROOT,
-        )
+        # The child keeps its own copy of the descriptor; ours is closed at once.
+        with self.log_path.open("ab") as handle:
+            self.proc = self.cgroup.spawn(
+                [*EDGEAGENT, "run", "--config", str(self.config)],
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=ROOT,
+            )
 
     def rss(self) -> int:
         assert self.proc is not None
@@ -253,7 +254,8 @@ class Hog:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
-        threading.Thread(target=self._read, daemon=True).start()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -291,6 +293,11 @@ class Hog:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self._reader.join(10)  # the pipe is at its end once the hog is gone
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
 
 
 class Session:
