@@ -135,7 +135,10 @@ class AsyncTaskStore:
             return fallback  # its thread still hangs in an earlier call: do not queue behind it
         loop = asyncio.get_running_loop()
         try:
-            return await asyncio.wait_for(loop.run_in_executor(self._thread, fn), self._timeout_s)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+            # that arrives as the call completes, and shutdown would wait on this loop.
+            async with asyncio.timeout(self._timeout_s):
+                return await loop.run_in_executor(self._thread, fn)
         except TimeoutError:
             self._stuck = True
             self._fail(op, f"no answer within {self._timeout_s:g} s")

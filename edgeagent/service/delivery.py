@@ -248,7 +248,9 @@ class Delivery:
         waited = 0.0
         while True:
             try:
-                await asyncio.wait_for(asyncio.shield(future), self._unconfirmed_log_s)
+                # asyncio.timeout: unlike 3.11's wait_for it never swallows a cancellation.
+                async with asyncio.timeout(self._unconfirmed_log_s):
+                    await asyncio.shield(future)
             except TimeoutError:
                 waited += self._unconfirmed_log_s
                 log.info("publish not confirmed yet", task_id=task_id, topic=topic, waited_s=waited)
