@@ -217,6 +217,8 @@ class Delivery:
 
     async def _answer_once(self, waiting: Waiting, reply: ErrorReply) -> None:
         reply_route = waiting.route
+        if self._store.degraded is not None:
+            reply = dataclasses.replace(reply, exactly_once=False)
         await self._publish(
             reply.id, reply_route.topic, encode(reply), reply_route.correlation_data, "reply"
         )

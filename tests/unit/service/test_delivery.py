@@ -284,10 +284,13 @@ def test_store_errors_at_each_call_degrade_but_every_task_is_answered(failing):
         if failing in {"get", "accept", "finish"}:  # failed before the reply was sent
             assert reply["exactly_once"] is False
         assert len(parts.link.on(ACTION)) == 1
-        # Later tasks say it too.
+        # Later tasks say it too, refusals included.
         parts.link.deliver({**ACTION_TASK, "id": "t2"})
-        await parts.link.wait_for_acks(2)
+        with capture_logs():
+            parts.link.deliver(b"{not json")
+            await parts.link.wait_for_acks(3)
         assert parts.link.bodies("edgeagent/dev1/results/t2")[0]["exactly_once"] is False
+        assert parts.link.bodies(ERRORS)[0]["exactly_once"] is False
         await parts.crash()
 
     run(scenario())
