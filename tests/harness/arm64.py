@@ -131,6 +131,7 @@ HOST_TOOLS: dict[str, str] = {
     "depmod": "kmod",
     "cpio": "cpio",
     "mkfs.ext4": "e2fsprogs",
+    "qemu-aarch64-static": "qemu-user-static",
     "debootstrap": "debootstrap",
     "socat": "socat",
     "setpriv": "util-linux",
@@ -408,16 +409,6 @@ while [ ! -b /dev/vda ]; do
 done
 mkdir -p /newroot
 mount -t ext4 -o rw /dev/vda /newroot || fail "cannot mount /dev/vda"
-if [ "$(param ea.mode)" = setup ]; then
-  for dir in proc sys dev; do mount --bind "/$dir" "/newroot/$dir"; done
-  chroot /newroot /bin/sh -c '/debootstrap/debootstrap --second-stage && /bin/sh /edgeagent-prepare.sh'
-  rc=$?
-  [ $rc -ne 0 ] && tail -n 40 /newroot/debootstrap/debootstrap.log 2>/dev/null
-  echo "EDGEAGENT-SETUP-DONE rc=$rc"
-  umount /newroot/dev /newroot/sys /newroot/proc
-  sync; umount /newroot; sync
-  poweroff -f
-fi
 if [ -b /dev/vdb ]; then
   mkdir -p /newroot/boot/firmware
   mount -t vfat -o rw,fmask=0022,dmask=0022 /dev/vdb /newroot/boot/firmware || echo "initrd: no /boot/firmware"
@@ -525,52 +516,94 @@ def _build_image(build: Path, stamp: dict[str, Any], pubkey: str) -> None:
         text = log_path.read_text(errors="replace")
         raise RootfsError(f"debootstrap (first stage) exited {proc.returncode}:\n{_tail(text)}")
     _prepare_files(rootfs, pubkey)
-    # 3. The root file system image, and the second stage inside the emulated machine.
-    root_image = build / "root.img"
+    first_stage = time.monotonic() - started
+    # 3. The second stage and the preparation, arm64 code run by qemu-user in a chroot.
+    log.info("arm64 first stage done in %.0f s; second stage with qemu-user", first_stage)
+    second_started = time.monotonic()
+    env = {**_hosts._env(), "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+    with _aarch64_binfmt(), log_path.open("a") as out:
+        for step in (
+            ["/debootstrap/debootstrap", "--second-stage"],
+            ["/bin/sh", "/edgeagent-prepare.sh"],
+        ):
+            proc = subprocess.run(
+                ["chroot", str(rootfs), *step],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                timeout=3600,
+                check=False,
+            )
+            if proc.returncode != 0:
+                _hosts._unmount_under(rootfs)
+                text = log_path.read_text(errors="replace")
+                raise RootfsError(
+                    f"{' '.join(step)} in the arm64 root exited {proc.returncode}:\n{_tail(text)}"
+                )
+    _hosts._unmount_under(rootfs)  # debootstrap's /proc, should it have left it
+    second_stage = time.monotonic() - second_started
+    # 4. The root file system image.
     _run(
-        ["mkfs.ext4", "-q", "-L", "edgeagent-root", "-d", rootfs, root_image, ROOT_IMAGE_SIZE],
-        timeout=600,
+        [
+            "mkfs.ext4",
+            "-q",
+            "-L",
+            "edgeagent-root",
+            "-d",
+            rootfs,
+            build / "root.img",
+            ROOT_IMAGE_SIZE,
+        ],
+        timeout=900,
     )
     _hosts._remove_tree(work)
-    first_stage = time.monotonic() - started
-    log.info("arm64 first stage done in %.0f s; second stage under emulation", first_stage)
-    console = build / "setup-console.log"
-    dtb = build / "setup.dtb"
-    _dump_dtb(dtb, cpu="cortex-a72", smp=2, memory_mb=2048)
-    argv = _qemu_argv(
-        name="image-setup",
-        kernel=build / "vmlinuz",
-        initrd=build / "initrd.gz",
-        dtb=dtb,
-        append="console=ttyAMA0 panic=1 ea.mode=setup",
-        disks=[(root_image, "raw")],
-        console=console,
-        cpu="cortex-a72",
-        smp=2,
-        memory_mb=2048,
-    )
-    proc = subprocess.run(
-        argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=3600, check=False
-    )
-    text = console.read_text(errors="replace") if console.exists() else ""
-    with log_path.open("a") as out:
-        out.write(text + proc.stdout + proc.stderr)
-    if "EDGEAGENT-SETUP-DONE rc=0" not in text:
-        raise RootfsError(
-            f"the second stage inside the emulated machine failed (qemu exit {proc.returncode}):\n"
-            f"{_tail(text + proc.stderr, 40)}"
-        )
-    dtb.unlink()
     seconds = time.monotonic() - started
     stamp_file = {
         "key": stamp,
         "kernel": version,
         "mirror": mirror,
         "first_stage_seconds": round(first_stage, 1),
+        "second_stage_seconds": round(second_stage, 1),
         "build_seconds": round(seconds, 1),
     }
     (build / "stamp.json").write_text(json.dumps(stamp_file, indent=2, sort_keys=True))
     log.info("arm64 image built in %.0f s (kernel %s)", seconds, version)
+
+
+BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
+BINFMT_NAME = "edgeagent-aarch64"
+BINFMT_CONF = Path("/usr/lib/binfmt.d/qemu-aarch64.conf")  # from qemu-user-static
+
+
+@contextlib.contextmanager
+def _aarch64_binfmt() -> Iterator[None]:
+    """Run aarch64 binaries with qemu-user while the block runs (a binfmt_misc entry of ours).
+
+    The entry is Debian's qemu-aarch64 one under another name (flag F: the interpreter is
+    opened now, so it works inside a chroot), removed again afterwards, and binfmt_misc is
+    unmounted again if it was not mounted before. A stale entry of a killed build is
+    replaced.
+    """
+    fields = BINFMT_CONF.read_text().strip().split(":")
+    # :name:type:offset:magic:mask:interpreter:flags
+    if len(fields) != 8 or fields[2] != "M":
+        raise RootfsError(f"unexpected binfmt entry in {BINFMT_CONF}: {fields}")
+    fields[1] = BINFMT_NAME
+    mounted = False
+    if not (BINFMT_DIR / "register").exists():
+        _run(["mount", "-t", "binfmt_misc", "binfmt_misc", BINFMT_DIR])
+        mounted = True
+    entry = BINFMT_DIR / BINFMT_NAME
+    try:
+        if entry.exists():
+            entry.write_text("-1")
+        (BINFMT_DIR / "register").write_text(":".join(fields))
+        yield
+    finally:
+        if entry.exists():
+            entry.write_text("-1")
+        if mounted:
+            _run(["umount", BINFMT_DIR], check=False)
 
 
 def _tail(text: str, lines: int = 30) -> str:

@@ -36,6 +36,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -72,6 +73,17 @@ RECAP_RE = re.compile(
     re.MULTILINE,
 )
 CMDLINE = "console=serial0,115200 console=tty1 root=PARTUUID=0123abcd-02 rootfstype=ext4 rootwait\n"
+# Run in the emulated Pi: which of three addresses accept a TCP connection.
+REACH = """
+import socket, sys
+def reaches(address, port):
+    try:
+        socket.create_connection((address, int(port)), timeout=3).close()
+        return True
+    except OSError:
+        return False
+print(*(reaches(a, p) for a, p in zip(sys.argv[1::2], sys.argv[2::2], strict=True)))
+"""
 DPHYS_CONF = "# /etc/dphys-swapfile\nCONF_SWAPSIZE=100\n#CONF_MAXSWAP=2048\n"
 DPHYS_UNIT = "[Unit]\nDescription=stand-in for dphys-swapfile\n[Service]\nType=oneshot\nExecStart=/bin/true\nRemainAfterExit=yes\n"
 
@@ -419,6 +431,14 @@ def _boot_arm64_host(image: Any, workdir: Path, broker_address: str, broker_port
         # Before the rollout: a Raspberry Pi kernel without cgroup_enable=memory.
         assert _memory_controller_enabled(arm) is False, arm.run(["cat", "/proc/cgroups"]).stdout
         assert arm.run(["uname", "-m"]).stdout.strip() == "aarch64"
+        # qemu's user network with restrict=on: the broker through its forward, nothing else:
+        # not a service on the test machine's loopback (10.0.2.2 in slirp terms), not the
+        # bridge directly.
+        with socket.create_server(("127.0.0.1", 0)) as loopback:
+            targets = [harness.SERVICE_ADDRESS, "1883", "10.0.2.2", str(loopback.getsockname()[1])]
+            targets += [broker_address, str(broker_port)]
+            reach = arm.run(["python3", "-c", REACH, *targets])
+        assert reach.stdout.split() == ["True", "False", "False"], reach.stdout
     except BaseException:
         arm.stop()
         raise
