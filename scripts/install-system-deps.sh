@@ -19,6 +19,7 @@ if [ "$(id -u)" = 0 ]; then
   fi
   want qemu-system-aarch64 qemu-system-arm
   want qemu-img qemu-utils
+  want qemu-aarch64-static qemu-user-static
   want fdtput device-tree-compiler
   want mkfs.vfat dosfstools
   want mcopy mtools
