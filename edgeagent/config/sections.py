@@ -227,6 +227,16 @@ class QueueConfig(_Section):
         gt=0,
         description="On SIGTERM, how long the running task may take before it is handed back.",
     )
+    max_task_aborts: int = Field(
+        default=2,
+        ge=1,
+        le=10,
+        description=(
+            "A task that was running when the daemon died (crash, OOM kill, watchdog) this "
+            "many times is answered INTERNAL instead of running again. Keep it below the "
+            "unit's StartLimitBurst (5), so one task cannot stop the service."
+        ),
+    )
 
 
 class MemoryConfig(_Section):
