@@ -977,13 +977,14 @@ class Arm64Host:
         # setpriv: qemu dies with the thread that started it (this supervisor), so a
         # crashed test run leaves no emulator behind.
         self._boot_started = time.monotonic()
-        return subprocess.Popen(
-            ["setpriv", "--pdeathsig", "KILL", "--", *argv],
-            stdin=subprocess.DEVNULL,
-            stdout=(self.directory / "qemu.log").open("ab"),
-            stderr=subprocess.STDOUT,
-            env=_hosts._env(),
-        )
+        with (self.directory / "qemu.log").open("ab") as qemu_log:  # the child keeps its copy
+            return subprocess.Popen(
+                ["setpriv", "--pdeathsig", "KILL", "--", *argv],
+                stdin=subprocess.DEVNULL,
+                stdout=qemu_log,
+                stderr=subprocess.STDOUT,
+                env=_hosts._env(),
+            )
 
     def _supervise(self) -> None:
         try:
