@@ -17,6 +17,12 @@ message. The generation is advanced on paho's thread when a connection is lost a
 right before a new one is opened (on_pre_connect, after paho dropped the packets
 still queued for the old socket); an ack checks it and queues its PUBACK under the
 same lock, so it either goes out on its own connection or not at all.
+
+Hostile input: a task message's payload larger than `max_payload_bytes` is dropped here
+(only its size travels on), so nothing downstream can read it; on MQTT v5 the broker does
+not even send it (Maximum Packet Size). A publish that paho or the broker would choke on
+(a wildcard, a control character, a lone surrogate, a malformed payload) never reaches
+paho: its future fails with PublishInvalid, which delivery treats like a refusal.
 """
 
 from __future__ import annotations
@@ -34,17 +40,28 @@ from paho.mqtt.packettypes import PacketTypes
 from edgeagent.config import MqttConfig
 from edgeagent.errors import EdgeAgentError, ErrorCode
 from edgeagent.mqtt.client import mqtt_properties, new_client
+from edgeagent.protocol.reply_policy import topic_name_problem
 
 log = structlog.get_logger("edgeagent.mqtt.link")
 T = TypeVar("T")
 
 # Replies waiting for the broker while it is away are kept by paho; bound them.
 MAX_QUEUED_PUBLISHES = 1000
-# MQTT v5 Receive Maximum: at most this many task messages are delivered to us
-# unacknowledged at a time, which bounds every per-message structure downstream
-# (incoming queue, deliveries waiting for their reply). MQTT 3.1.1 brokers apply
-# their own limit (mosquitto: max_inflight_messages, default 20).
-RECEIVE_MAXIMUM = 256
+# MQTT v5 Receive Maximum when the caller names none: at most this many task messages
+# are delivered to us unacknowledged at a time, which bounds every per-message structure
+# downstream (incoming queue, deliveries waiting for their reply). The daemon sets it from
+# its queue (service.admission.receive_window). MQTT 3.1.1 brokers apply their own limit
+# (mosquitto: max_inflight_messages, default 20).
+RECEIVE_MAXIMUM = 33
+RECEIVE_MAXIMUM_LIMIT = 65535  # the property is a two-byte integer
+# Maximum Packet Size counts the whole PUBLISH, not only its payload: fixed header (at
+# most 5 bytes), packet id, property length, the topic, and the properties. The Response
+# Topic is bounded by reply_topic_max_bytes (a longer one is refused anyway); this is
+# what is left for Correlation Data, User Properties and the rest, so a task with a
+# payload within max_payload_bytes is never dropped by the broker for its properties.
+PACKET_HEADROOM_BYTES = 8192
+# A v5 reason code for what the link refuses itself (MQTT v5: 0x90 Topic Name invalid).
+TOPIC_NAME_INVALID = 0x90
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,8 +72,11 @@ class Incoming:
     mid: int
     dup: bool  # the broker marks a redelivery (after a reconnect) with DUP
     generation: int  # connection this message arrived on (stamped on paho's thread)
-    response_topic: str | None
+    response_topic: str | None  # as sent: "" is an (invalid) empty Response Topic
     correlation_data: bytes | None
+    # The size of a payload over max_payload_bytes, which the link dropped (payload is
+    # then b""): admission answers PAYLOAD_TOO_LARGE without anything reading it.
+    oversize: int | None = None
 
 
 class PublishRefused(Exception):  # noqa: N818 - names what the broker did
@@ -68,12 +88,29 @@ class PublishRefused(Exception):  # noqa: N818 - names what the broker did
         self.reason = reason
 
 
+class PublishInvalid(PublishRefused):
+    """A publish the link refused itself, before paho or the broker saw it: a topic that
+    is no valid topic name (paho would raise, mosquitto drop the connection) or a payload
+    that cannot be encoded. Final, like a broker's refusal."""
+
+    def __init__(self, topic: str, problem: str) -> None:
+        super().__init__(TOPIC_NAME_INVALID, f"not publishable: {problem}")
+        self.topic = topic
+
+
 async def with_timeout(awaitable: asyncio.Future[T], seconds: float, what: str) -> T:
     """Await with a deadline; a timeout becomes a typed TIMEOUT error."""
     try:
         return await asyncio.wait_for(awaitable, seconds)
     except TimeoutError as exc:
         raise EdgeAgentError(ErrorCode.TIMEOUT, f"{what} timed out after {seconds:g} s") from exc
+
+
+def maximum_packet_size(cfg: MqttConfig, subscriptions: list[str]) -> int:
+    """MQTT v5 Maximum Packet Size for our CONNECT: a task of max_payload_bytes fits with
+    its topic and properties; anything much larger is dropped by the broker unsent."""
+    longest_topic = max((len(t.encode()) for t in subscriptions), default=0)
+    return cfg.max_payload_bytes + longest_topic + cfg.reply_topic_max_bytes + PACKET_HEADROOM_BYTES
 
 
 def refusal(reason_code: Any) -> PublishRefused | None:
@@ -91,11 +128,18 @@ class MqttLink:
         client_id: str,
         subscriptions: list[str],
         will_topic: str,
+        receive_maximum: int = RECEIVE_MAXIMUM,
         client: mqtt.Client | None = None,
     ) -> None:
-        """`client` is for tests; by default one is built from cfg (TLS, auth)."""
+        """`client` is for tests; by default one is built from cfg (TLS, auth).
+
+        `receive_maximum`: how many unacknowledged task messages the daemon can hold
+        (MQTT v5 Receive Maximum; see service.admission.receive_window).
+        """
         self.cfg = cfg
         self._subscriptions = subscriptions
+        self.receive_maximum = max(1, min(receive_maximum, RECEIVE_MAXIMUM_LIMIT))
+        self.maximum_packet_size = maximum_packet_size(cfg, subscriptions)
         self._on_message: Callable[[Incoming], None] = _drop
         self._on_connect_cb: Callable[[], None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -166,15 +210,23 @@ class MqttLink:
         correlation = getattr(props, "CorrelationData", None) if props else None
         with self._lock:
             generation = self._generation
+        payload = bytes(msg.payload)
+        oversize = None
+        if len(payload) > self.cfg.max_payload_bytes:
+            # Never handed on: a 30 MiB payload must not wait in the incoming queue or
+            # reach a parser (MQTT 3.1.1 has no Maximum Packet Size to stop it earlier).
+            oversize, payload = len(payload), b""
         incoming = Incoming(
             topic=msg.topic,
-            payload=bytes(msg.payload),
+            payload=payload,
             qos=msg.qos,
             mid=msg.mid,
             dup=bool(msg.dup),
             generation=generation,
-            response_topic=response_topic or None,
+            # Only an absent Response Topic is None: an empty one is refused by admission.
+            response_topic=response_topic if isinstance(response_topic, str) else None,
             correlation_data=bytes(correlation) if correlation else None,
+            oversize=oversize,
         )
         self._to_loop(self._on_message, incoming)
 
@@ -220,7 +272,10 @@ class MqttLink:
         if self._v5:
             props = mqtt_properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = self.cfg.session_expiry_s
-            props.ReceiveMaximum = RECEIVE_MAXIMUM
+            # The broker never has more unacknowledged tasks with us than we can hold,
+            # and never sends a packet larger than a task may be (it drops it instead).
+            props.ReceiveMaximum = self.receive_maximum
+            props.MaximumPacketSize = self.maximum_packet_size
         self._client.connect_async(
             self.cfg.host,
             self.cfg.port,
@@ -241,17 +296,30 @@ class MqttLink:
         """Publish with QoS 1 (paho resends across reconnects).
 
         The future resolves on a success PUBACK, fails with PublishRefused when the
-        broker refuses, and with BUSY at once when paho's outgoing queue is full.
+        broker refuses, with PublishInvalid at once when the topic or payload cannot be
+        published, and with BUSY at once when paho's outgoing queue is full. Never raises.
         """
         assert self._loop is not None, "start() first"
-        props = None
-        if self._v5 and correlation_data is not None:
-            props = mqtt_properties(PacketTypes.PUBLISH)
-            props.CorrelationData = correlation_data
         future: asyncio.Future[None] = self._loop.create_future()
-        # Not under self._lock: paho calls _paho_publish holding its own message lock,
-        # which publish() takes too; holding ours across it could deadlock.
-        info = self._client.publish(topic, payload, qos=1, retain=retain, properties=props)
+        # Checked before paho sees it: paho raises on wildcards and surrogates, and a
+        # control character passes paho but makes mosquitto drop the connection as a
+        # malformed packet, after which paho would resend it on every reconnect.
+        problem = topic_name_problem(topic)
+        if problem is not None:
+            future.set_exception(PublishInvalid(topic, f"topic {problem}"))
+            return future
+        try:
+            data = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
+            props = None
+            if self._v5 and correlation_data is not None:
+                props = mqtt_properties(PacketTypes.PUBLISH)
+                props.CorrelationData = correlation_data
+            # Not under self._lock: paho calls _paho_publish holding its own message lock,
+            # which publish() takes too; holding ours across it could deadlock.
+            info = self._client.publish(topic, data, qos=1, retain=retain, properties=props)
+        except Exception as exc:  # whatever paho raises, the caller gets a settled future
+            future.set_exception(PublishInvalid(topic, f"{type(exc).__name__}: {exc}"))
+            return future
         if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
             future.set_exception(EdgeAgentError(ErrorCode.BUSY, "too many unsent MQTT messages"))
             return future
@@ -269,7 +337,11 @@ class MqttLink:
         with self._lock:
             if message.generation != self._generation:
                 return False
-            return self._client.ack(message.mid, message.qos) == mqtt.MQTT_ERR_SUCCESS
+            try:
+                return self._client.ack(message.mid, message.qos) == mqtt.MQTT_ERR_SUCCESS
+            except Exception:  # a socket error here is a lost connection: redelivered
+                log.exception("ack failed", mid=message.mid)
+                return False
 
     def stop(self) -> None:
         self._closing = True

@@ -164,8 +164,18 @@ Reply = OkReply | ErrorReply
 
 
 def encode(body: Reply | ActionMessage) -> str:
-    """The payload text of a reply or an action message."""
-    return json.dumps(body.to_json(), ensure_ascii=False)
+    """The payload text of a reply or an action message; always valid UTF-8.
+
+    Error messages can quote what a caller sent (an unknown action's name), and a JSON
+    string may hold a lone surrogate, which has no UTF-8 form: such a body is sent with
+    every non-ASCII character escaped (`\\udc80`), still the same JSON value.
+    """
+    text = json.dumps(body.to_json(), ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(body.to_json(), ensure_ascii=True)
+    return text
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,33 +1,46 @@
 """Admission: an incoming task message becomes a queued job, an answer from the store, or
 a refusal — decided one message at a time, in arrival order.
 
-    parse -> id (given, or derived from the payload and its reply address) -> route
-    -> in flight? (join it, or refuse a different task under that id)
-    -> in the store? (re-publish what the broker is missing; a retryable outcome runs again
-       for a client's re-send) -> contract -> paused / queue full? -> accept record -> queue
+    too large? -> parse -> id (given, or derived from the payload and its reply address)
+    -> reply address allowed? (the reply policy) -> in flight? (join it, or refuse a
+    different task under that id) -> in the store? (re-publish what the broker is missing;
+    a retryable outcome runs again for a client's re-send; a task that died with the
+    process too often is answered INTERNAL) -> contract (compiled off the loop)
+    -> paused / queue full? -> accept record -> queue
 
 Messages wait in a bounded queue because looking an id up in the store is a call to
 the store's thread; taking them one at a time means two deliveries of one id can never
 be admitted side by side. Anyone who can publish a task is untrusted: every path ends
 in exactly one acknowledgement, after a reply, or in a deliberate non-ack (shutdown).
+A bug on any path still ends in an INTERNAL reply and the ack (`admit`, `run`): a
+message left unacknowledged would hold one of the broker's in-flight slots until the
+next reconnect, and enough of them make the device deaf.
+
+Replies go only where the reply policy allows (protocol.reply_policy): a request that
+names a refused address (its `reply_to` or its MQTT v5 Response Topic) is answered
+INVALID_REQUEST on the device's errors topic, and nothing is ever published to it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import itertools
 import json
+import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
-from edgeagent.config import ActionConfig, Config
+from edgeagent.config import ActionConfig, Config, SchemaLimits
 from edgeagent.errors import EdgeAgentError, ErrorCode
-from edgeagent.inference.contract import OutputSpec, action_spec, schema_spec, select_actions
-from edgeagent.mqtt.link import RECEIVE_MAXIMUM, Incoming
+from edgeagent.inference.contract import OutputSpec, compile_contract, select_actions
+from edgeagent.mqtt.link import RECEIVE_MAXIMUM_LIMIT, Incoming
 from edgeagent.protocol.reply import ErrorReply, ReplyRoute, route
+from edgeagent.protocol.reply_policy import ReplyPolicy, check_reply_topic
 from edgeagent.protocol.request import Request, parse_request, salvage
 from edgeagent.protocol.topics import Topics
 from edgeagent.service.delivery import Delivery, Plan
@@ -37,11 +50,34 @@ from edgeagent.service.taskstore import TaskRecord, TaskState
 from edgeagent.service.telemetry import Counters
 
 log = structlog.get_logger("edgeagent.service.admission")
+T = TypeVar("T")
 
 SPEC_CACHE_SIZE = 64
-# The broker never has more than RECEIVE_MAXIMUM task messages unacknowledged with us;
-# twice that leaves room for messages of an old connection still being handled.
-INCOMING_QUEUE_SIZE = 2 * RECEIVE_MAXIMUM
+# Contracts compile on threads of their own, never on the event loop: a caller's schema
+# takes milliseconds, a few hundred for large ones (more on a Pi). A compile that takes
+# longer than COMPILE_TIMEOUT_S is answered SCHEMA_UNSUPPORTED; its thread cannot be
+# stopped and runs on, so at most COMPILE_THREADS run at once and a task that would need
+# another is answered BUSY.
+COMPILE_THREADS = 2
+COMPILE_TIMEOUT_S = 5.0
+# The worker runs one task at a time.
+RUNNING_TASKS = 1
+# Unacknowledged messages beyond the queue and the running task: replies waiting for
+# their PUBACK, refusals and BUSY answers being sent, deliveries of an id in flight that
+# wait for its reply, messages waiting for admission. With this margin a full queue
+# still answers BUSY at once instead of the broker holding tasks back.
+RECEIVE_MARGIN = 16
+
+
+def receive_window(cfg: Config) -> int:
+    """How many unacknowledged task messages the daemon holds: its MQTT v5 Receive Maximum.
+
+    The queue's capacity, the running task and a margin (RECEIVE_MARGIN). More would buy
+    nothing: tasks beyond the queue get BUSY at once anyway, while every message held
+    costs up to `max_payload_bytes` of memory. Fewer would let the broker hold tasks back
+    before the queue is full, and answer nothing while it does.
+    """
+    return min(cfg.queue.size + RUNNING_TASKS + RECEIVE_MARGIN, RECEIVE_MAXIMUM_LIMIT)
 
 
 class RecordLookup(Protocol):
@@ -57,7 +93,7 @@ def derived_id(message: Incoming) -> str:
     digest = hashlib.sha256()
     for part in (
         message.payload,
-        (message.response_topic or "").encode(),
+        (message.response_topic or "").encode("utf-8", "surrogatepass"),
         message.correlation_data or b"",
     ):
         digest.update(len(part).to_bytes(8, "big"))
@@ -65,42 +101,254 @@ def derived_id(message: Incoming) -> str:
     return digest.hexdigest()[:32]
 
 
+class _Call:
+    """One blocking call on its own thread."""
+
+    __slots__ = ("abandoned", "future")
+
+    def __init__(self, future: asyncio.Future[Any]) -> None:
+        self.future = future
+        self.abandoned = False  # nobody waits for it any more (timed out, or cancelled)
+
+
+class CompileThreads:
+    """Runs blocking calls on daemon threads, at most `size` at once, each awaited at most
+    `timeout_s`.
+
+    A call waits for a free thread (at most `timeout_s`: every running call ends or is
+    given up within that); it is refused BUSY at once when every thread is held by a call
+    that was given up. Not an executor: a ThreadPoolExecutor's threads (also
+    asyncio.to_thread's) are joined at interpreter exit, so one compile stuck for minutes
+    would hold up a stop. A daemon thread is left behind at exit, and a call given up keeps
+    its slot until its thread ends, so stuck threads can never pile up.
+    """
+
+    def __init__(self, size: int = COMPILE_THREADS, timeout_s: float = COMPILE_TIMEOUT_S) -> None:
+        self.size = size
+        self.timeout_s = timeout_s
+        # Touched on the event loop only.
+        self.busy = 0  # threads running now, given-up ones included
+        self.abandoned = 0  # threads running calls nobody waits for any more
+        self.idle = asyncio.Event()  # set while no thread runs
+        self.idle.set()
+        self._waiters: set[asyncio.Future[None]] = set()
+
+    async def run(self, fn: Callable[[], T]) -> T:
+        """fn's result (or exception). BUSY when no thread comes free, SCHEMA_UNSUPPORTED
+        naming the time limit when fn takes longer."""
+        await self._slot()
+        call = _Call(asyncio.get_running_loop().create_future())
+        self.busy += 1
+        self.idle.clear()
+        threading.Thread(
+            target=self._body, args=(fn, call), name="edgeagent-compile", daemon=True
+        ).start()
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                result: T = await call.future
+        except TimeoutError:
+            self._abandon(call)
+            raise EdgeAgentError(
+                ErrorCode.SCHEMA_UNSUPPORTED,
+                f"compiling the schema took longer than {self.timeout_s:g} s (the limit)",
+                limit="compile_timeout_s",
+                maximum=self.timeout_s,
+            ) from None
+        except asyncio.CancelledError:
+            self._abandon(call)
+            raise
+        return result
+
+    async def _slot(self) -> None:
+        """Until a thread is free for one more call."""
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                while self.busy >= self.size:
+                    if self.abandoned >= self.size:
+                        break  # none of them is coming back soon
+                    waiter: asyncio.Future[None] = loop.create_future()
+                    self._waiters.add(waiter)
+                    try:
+                        await waiter
+                    finally:
+                        self._waiters.discard(waiter)
+        except TimeoutError:
+            pass
+        if self.busy >= self.size:
+            raise EdgeAgentError(
+                ErrorCode.BUSY, f"all {self.size} schema compile threads are busy; try again later"
+            )
+
+    def _abandon(self, call: _Call) -> None:
+        if not call.abandoned and not call.future.done():
+            call.abandoned = True
+            self.abandoned += 1
+            self._wake()
+
+    def _wake(self) -> None:
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _body(self, fn: Callable[[], T], call: _Call) -> None:
+        """On the compile thread: run fn, hand its outcome to the loop."""
+        try:
+            outcome: tuple[bool, Any] = (True, fn())
+        except BaseException as exc:  # handed to the awaiting task as it is
+            outcome = (False, exc)
+        # The loop is closed only when the daemon has stopped: nobody waits any more.
+        with contextlib.suppress(RuntimeError):
+            call.future.get_loop().call_soon_threadsafe(self._settle, call, outcome)
+
+    def _settle(self, call: _Call, outcome: tuple[bool, Any]) -> None:
+        """On the loop: free the slot, and hand the outcome over unless it was given up."""
+        self.busy -= 1
+        if call.abandoned:
+            self.abandoned -= 1
+        if self.busy == 0:
+            self.idle.set()
+        self._wake()
+        if call.future.done():
+            return
+        ok, value = outcome
+        if ok:
+            call.future.set_result(value)
+        else:
+            call.future.set_exception(value)
+
+
+class _Refusal:
+    """A contract that cannot be compiled, remembered: the same schema is refused again
+    without compiling it again (a hostile client sends the same one many times)."""
+
+    __slots__ = ("code", "details", "message")
+
+    def __init__(self, error: EdgeAgentError) -> None:
+        self.code = error.code
+        self.message = error.message
+        self.details = dict(error.details)
+
+    def error(self) -> EdgeAgentError:
+        return EdgeAgentError(self.code, self.message, **self.details)
+
+
+Compiler = Callable[..., OutputSpec]  # compile_contract's signature
+
+
 class ContractCache:
-    """Compiled output contracts, LRU: clients send the same schema or action list again
-    and again, and compiling costs ~6 ms on the event loop."""
+    """Compiled output contracts (and refusals), LRU: clients send the same schema or
+    action list again and again, and a cached one costs a dictionary lookup. Compiling
+    runs on CompileThreads, off the event loop."""
 
     def __init__(
         self,
         size: int = SPEC_CACHE_SIZE,
         *,
-        compile_schema: Callable[[dict[str, object]], OutputSpec] = schema_spec,
-        compile_actions: Callable[[Sequence[ActionConfig]], OutputSpec] = action_spec,
+        compile_contract: Compiler = compile_contract,
+        threads: CompileThreads | None = None,
     ) -> None:
         self._size = size
-        self._compile_schema = compile_schema
-        self._compile_actions = compile_actions
-        self._specs: dict[tuple[str, ...], OutputSpec] = {}  # insertion order is LRU order
+        self._compile = compile_contract
+        self.threads = threads or CompileThreads()
+        # insertion order is LRU order
+        self._specs: dict[tuple[str, ...], OutputSpec | _Refusal] = {}
+        self._compiling: dict[tuple[str, ...], asyncio.Task[OutputSpec | _Refusal]] = {}
+        self._generation = 0  # advanced by clear(): compiles in progress are stale
 
-    def spec_for(self, request: Request, catalog: Sequence[ActionConfig]) -> OutputSpec:
+    async def spec_for(
+        self, request: Request, catalog: Sequence[ActionConfig], limits: SchemaLimits
+    ) -> OutputSpec:
+        """The request's contract. Raises EdgeAgentError: the contract's refusal, BUSY when
+        every compile thread is taken, SCHEMA_UNSUPPORTED when compiling takes too long."""
         schema = request.schema_
-        key: tuple[str, ...]
         if schema is not None:
-            key = ("schema", json.dumps(schema, sort_keys=True))
-            spec = self._specs.pop(key) if key in self._specs else self._compile_schema(schema)
+            key = _schema_key(schema)
+
+            def build() -> OutputSpec:
+                return self._compile(catalog, schema=schema, limits=limits)
         else:
+            # Cheap and bounded (at most 256 names): the key is the selected actions, in
+            # catalog order, so every spelling of one choice shares a contract.
             actions = select_actions(catalog, request.action_names)
             key = ("actions", *(a.name for a in actions))
-            spec = self._specs.pop(key) if key in self._specs else self._compile_actions(actions)
-        self._specs[key] = spec  # (re)inserted last
-        if len(self._specs) > self._size:
-            self._specs.pop(next(iter(self._specs)))
-        return spec
+
+            def build() -> OutputSpec:
+                return self._compile(actions, limits=limits)
+
+        cached = self._specs.pop(key, None) if key is not None else None
+        if cached is None:
+            generation = self._generation
+            cached = await self._compiled(key, build)
+            if generation != self._generation:
+                key = None  # compiled for the configuration before a reload: not kept
+        if key is not None:
+            self._specs[key] = cached  # (re)inserted last
+            if len(self._specs) > self._size:
+                self._specs.pop(next(iter(self._specs)))
+        if isinstance(cached, _Refusal):
+            raise cached.error()
+        return cached
+
+    async def _compiled(
+        self, key: tuple[str, ...] | None, build: Callable[[], OutputSpec]
+    ) -> OutputSpec | _Refusal:
+        """One compile per key at a time: deliveries of one new schema share it (a client
+        sending a burst of tasks with a new schema gets one compile, not a BUSY)."""
+        if key is None:
+            return await self._compile_now(build)
+        shared = self._compiling.get(key)
+        if shared is None:
+            shared = asyncio.create_task(self._compile_now(build))
+            self._compiling[key] = shared
+            shared.add_done_callback(lambda task: self._compile_done(key, task))
+        # Shielded: one waiter cancelled (shutdown) does not cancel the others' compile.
+        return await asyncio.shield(shared)
+
+    def _compile_done(
+        self, key: tuple[str, ...], task: asyncio.Task[OutputSpec | _Refusal]
+    ) -> None:
+        if self._compiling.get(key) is task:
+            del self._compiling[key]
+        if not task.cancelled():
+            task.exception()  # retrieved here too: every waiter may have gone
+
+    async def _compile_now(self, build: Callable[[], OutputSpec]) -> OutputSpec | _Refusal:
+        try:
+            return await self.threads.run(build)
+        except EdgeAgentError as exc:
+            if exc.code is ErrorCode.BUSY or exc.details.get("limit") == "compile_timeout_s":
+                raise  # about this moment, not about the schema: not remembered
+            return _Refusal(exc)
+
+    def ready(self, request: Request, catalog: Sequence[ActionConfig]) -> bool:
+        """Whether spec_for answers without a thread: the contract (or its refusal) is
+        cached, or the request names actions not in the catalog."""
+        if request.schema_ is not None:
+            key = _schema_key(request.schema_)
+        else:
+            try:
+                key = ("actions", *(a.name for a in select_actions(catalog, request.action_names)))
+            except EdgeAgentError:
+                return True
+        return key is not None and key in self._specs
 
     def clear(self) -> None:
         self._specs.clear()
+        self._compiling.clear()
+        self._generation += 1
 
     def __len__(self) -> int:
         return len(self._specs)
+
+
+def _schema_key(schema: dict[str, Any]) -> tuple[str, ...] | None:
+    """The cache key of a schema; None when it cannot be serialized (nesting deep enough to
+    exhaust the recursion limit: compiled uncached, and refused by the schema limits)."""
+    try:
+        return ("schema", json.dumps(schema, sort_keys=True))
+    except (RecursionError, ValueError, TypeError):
+        return None
 
 
 class Admission:
@@ -128,15 +376,23 @@ class Admission:
         self._on_queued = on_queued
         self._clock = clock
         self.contracts = contracts or ContractCache()
-        self._incoming: asyncio.Queue[Incoming] = asyncio.Queue(INCOMING_QUEUE_SIZE)
+        self._policy: ReplyPolicy = cfg.reply_policy()
+        # The broker never has more than the receive window unacknowledged with us; twice
+        # that leaves room for messages of an old connection still being handled.
+        self._incoming: asyncio.Queue[Incoming] = asyncio.Queue(2 * receive_window(cfg))
         self._paused: str | None = None
         self._closed = False
+        self._arrivals = itertools.count()
+        # Tasks whose contract compiles (or waits for a compile thread): each holds one
+        # unacknowledged message, so the receive window bounds them.
+        self._preparing: set[asyncio.Task[None]] = set()
 
     # -- control (from the daemon) -------------------------------------------------------
 
     def reconfigure(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.contracts.clear()  # the catalog may have changed
+        self._policy = cfg.reply_policy()
+        self.contracts.clear()  # the catalog or the schema limits may have changed
 
     def pause(self, reason: str) -> None:
         """Memory is short: new tasks get BUSY."""
@@ -148,6 +404,13 @@ class Admission:
     def close(self) -> None:
         """Shutdown: leave new messages unacknowledged for the broker to deliver again."""
         self._closed = True
+        for task in self._preparing:  # their contracts compile on: nobody waits for them
+            task.cancel()
+
+    async def settle(self) -> None:
+        """Until every task whose contract was compiling is queued or refused."""
+        while self._preparing:
+            await asyncio.wait(set(self._preparing))
 
     # -- intake --------------------------------------------------------------------------
 
@@ -156,16 +419,23 @@ class Admission:
         if self._closed:
             return
         if self._incoming.full():
-            # Cannot happen while the broker keeps to Receive Maximum; unacknowledged,
-            # the message comes back after the next reconnect.
-            log.error("incoming queue full; message left to the broker", topic=message.topic)
+            # Only a broker that ignores Receive Maximum (or a 3.1.1 broker allowing more
+            # in flight than the queue holds) gets here. Answered without reading the
+            # payload, and acknowledged: left alone, it would hold an in-flight slot.
+            log.error("incoming queue full; message answered BUSY", topic=message.topic)
+            error = EdgeAgentError(ErrorCode.BUSY, "too many messages waiting for admission")
+            self._refuse_untracked(message, None, self._address_route(message, None, None), error)
             return
         self._incoming.put_nowait(message)
 
     async def run(self) -> None:
         while True:
             message = await self._incoming.get()
-            await self.admit(message)
+            try:
+                await self.admit(message)
+            except Exception:  # admit's own last resort failed: the ack is what is left
+                log.exception("admission failed twice; acknowledging the message")
+                self._delivery.acknowledge(message)
 
     async def admit(self, message: Incoming) -> None:
         if self._closed:
@@ -174,9 +444,12 @@ class Admission:
             await self._admit(message)
         except Exception:  # a bug here must not take the daemon down with one bad task
             log.exception("internal error admitting a task", topic=message.topic)
+            if self._inflight.holding(message):
+                return  # its entry's delivery answers and acknowledges it
             task_id, reply_to = salvage(message.payload, self.cfg.mqtt.max_payload_bytes)
             error = EdgeAgentError(ErrorCode.INTERNAL, "internal error")
-            self._refuse_untracked(message, task_id, reply_to, error)
+            reply_route = self._address_route(message, task_id, reply_to)
+            self._refuse_untracked(message, task_id, reply_route, error)
 
     # -- decisions -----------------------------------------------------------------------
 
@@ -184,8 +457,14 @@ class Admission:
         request = self._parse(message)
         if request is None:
             return
+        try:
+            reply_route = self._route(message, request.id, request.reply_to)
+        except EdgeAgentError as exc:
+            # The address is refused: its error goes to the errors topic, never to it.
+            self._refuse_untracked(message, request.id, ReplyRoute(self._topics.errors), exc)
+            return
         fingerprint = request.fingerprint()
-        waiting = Waiting(message, self._route(message, request.id, request.reply_to))
+        waiting = Waiting(message, reply_route)
         entry = self._inflight.get(request.id)
         if entry is not None:
             if entry.fingerprint != fingerprint:
@@ -203,15 +482,28 @@ class Admission:
         if record is not None and self._answerable(record, redelivery=message.dup):
             self._answer_from_store(record, waiting, fingerprint, redelivery=message.dup)
             return
+        if record is not None and self._poison(record):
+            await self._end_poison(record, waiting, fingerprint)
+            return
         await self._queue_job(request, fingerprint, waiting)
 
     def _parse(self, message: Incoming) -> Request | None:
         """The request with its id (given, or derived); None when it was refused."""
+        limit = self.cfg.mqtt.max_payload_bytes
+        if message.oversize is not None:  # the link dropped it: never read
+            error = EdgeAgentError(
+                ErrorCode.PAYLOAD_TOO_LARGE,
+                f"payload is {message.oversize} bytes, the limit is {limit}",
+            )
+            self._refuse_untracked(message, None, self._address_route(message, None, None), error)
+            return None
         try:
-            request = parse_request(message.payload, self.cfg.mqtt.max_payload_bytes)
+            request = parse_request(message.payload, limit)
         except EdgeAgentError as exc:
-            task_id, reply_to = salvage(message.payload, self.cfg.mqtt.max_payload_bytes)
-            self._refuse_untracked(message, task_id, reply_to, exc)
+            # salvage reads nothing over the limit, and its reply_to is policy-checked.
+            task_id, reply_to = salvage(message.payload, limit)
+            reply_route = self._address_route(message, task_id, reply_to)
+            self._refuse_untracked(message, task_id, reply_route, exc)
             return None
         if "id" not in request.model_fields_set:
             request = request.model_copy(update={"id": derived_id(message)})
@@ -225,26 +517,67 @@ class Admission:
             return False  # interrupted by a crash: it runs again
         return redelivery or record.outcome.replayable
 
+    def _poison(self, record: TaskRecord) -> bool:
+        """Accepted, and every run it started ended with the process, too often."""
+        return record.state is TaskState.ACCEPTED and record.runs >= self.cfg.queue.max_task_aborts
+
+    async def _end_poison(self, record: TaskRecord, waiting: Waiting, fingerprint: str) -> None:
+        log.error(
+            "task aborted the daemon too often; answered instead of run again",
+            task_id=record.id,
+            aborts=record.runs,
+        )
+        error = EdgeAgentError(
+            ErrorCode.INTERNAL, f"task aborted the daemon {record.runs} times", aborts=record.runs
+        )
+        entry = self._inflight.open(record.id, fingerprint, waiting)
+        # Final, unlike other INTERNAL errors: a re-send of this task gets this answer
+        # instead of taking the daemon down again (until the store forgets it).
+        await self._refuse_tracked(entry, error, replayable=True)
+
     async def _queue_job(self, request: Request, fingerprint: str, waiting: Waiting) -> None:
         entry = self._inflight.open(request.id, fingerprint, waiting)
+        # Its place in the queue is its arrival, also when its contract compiles while
+        # later messages are admitted.
+        arrival = next(self._arrivals)
+        if self.contracts.ready(request, self.cfg.actions):
+            await self._prepare(request, entry, arrival)  # a dictionary lookup away
+            return
+        # Compiling takes a thread and may take seconds: admission goes on with the next
+        # messages meanwhile. The entry is open, so another delivery of this id joins it.
+        task = asyncio.create_task(self._prepare(request, entry, arrival))
+        self._preparing.add(task)
+        task.add_done_callback(self._preparing.discard)
+
+    async def _prepare(self, request: Request, entry: InFlight, arrival: int) -> None:
+        """Contract, checks, accept record, queue; or the refusal. Never raises but a
+        cancellation (shutdown: its deliveries go back to the broker)."""
         try:
-            job = self._job_for(request, entry)
+            job = await self._job_for(request, entry)
+            if self._closed:
+                self._inflight.close(entry)  # stopping: left to the broker, as if not taken
+                return
+            # Recorded before it is queued: a crash from here on finds it `accepted`.
+            await self._store.accept(request.id, entry.fingerprint)
+            if not self._queue.offer(job, request.priority, order=arrival):
+                raise EdgeAgentError(ErrorCode.BUSY, "queue full")  # only admission fills it
         except EdgeAgentError as exc:
             await self._refuse_tracked(entry, exc)
             return
+        except asyncio.CancelledError:
+            self._inflight.close(entry)
+            raise
         except Exception:  # the entry is open: it must end in a reply, not hang
             log.exception("internal error admitting a task", task_id=request.id)
             await self._refuse_tracked(entry, EdgeAgentError(ErrorCode.INTERNAL, "internal error"))
             return
-        # Recorded before it is queued: a crash from here on finds it `accepted`.
-        await self._store.accept(request.id, fingerprint)
-        if not self._queue.offer(job, request.priority):  # only admission fills the queue
-            await self._refuse_tracked(entry, EdgeAgentError(ErrorCode.BUSY, "queue full"))
-            return
-        self._on_queued()
+        try:
+            self._on_queued()
+        except Exception:  # the status line is not worth a task
+            log.exception("on_queued failed", task_id=request.id)
 
-    def _job_for(self, request: Request, entry: InFlight) -> Job:
-        spec = self.contracts.spec_for(request, self.cfg.actions)
+    async def _job_for(self, request: Request, entry: InFlight) -> Job:
+        spec = await self.contracts.spec_for(request, self.cfg.actions, self.cfg.schema_limits)
         if self._paused is not None:
             raise EdgeAgentError(
                 ErrorCode.BUSY, f"memory is short; try again later ({self._paused})"
@@ -270,7 +603,15 @@ class Admission:
         entry = self._inflight.open(record.id, fingerprint, waiting)
         self._delivery.resume(entry, plan)
 
+    # -- where replies go ----------------------------------------------------------------
+
     def _route(self, message: Incoming, task_id: str | None, reply_to: str | None) -> ReplyRoute:
+        """The reply's address; INVALID_REQUEST when the request names an address (either
+        of them) the reply policy refuses."""
+        if message.response_topic is not None:
+            check_reply_topic(message.response_topic, self._policy, field="response_topic")
+        if reply_to is not None:
+            check_reply_topic(reply_to, self._policy, field="reply_to")
         return route(
             self._topics,
             task_id,
@@ -278,6 +619,19 @@ class Admission:
             correlation_data=message.correlation_data,
             reply_to=reply_to,
         )
+
+    def _address_route(
+        self, message: Incoming, task_id: str | None, reply_to: str | None
+    ) -> ReplyRoute:
+        """Where the refusal of a request that could not be read goes: its address if the
+        policy allows it, else the errors topic (a salvaged id has the id pattern, so its
+        results topic is always a valid topic of this device)."""
+        try:
+            return self._route(message, task_id, reply_to)
+        except EdgeAgentError:
+            return ReplyRoute(self._topics.errors)
+
+    # -- refusals ------------------------------------------------------------------------
 
     def _conflict(self, waiting: Waiting, request: Request) -> None:
         error = EdgeAgentError(
@@ -288,19 +642,22 @@ class Admission:
         self._delivery.answer_once(waiting, ErrorReply.of(None, self.cfg.device.id, error))
 
     def _refuse_untracked(
-        self, message: Incoming, task_id: str | None, reply_to: str | None, error: EdgeAgentError
+        self, message: Incoming, task_id: str | None, reply_route: ReplyRoute, error: EdgeAgentError
     ) -> None:
-        """A request that cannot be tracked (unparseable, or admission failed)."""
+        """A request that cannot be tracked (unreadable, a refused address, or admission
+        failed): answered once, not recorded."""
         self._log_refusal(task_id, error)
-        waiting = Waiting(message, self._route(message, task_id, reply_to))
+        waiting = Waiting(message, reply_route)
         self._delivery.answer_once(waiting, ErrorReply.of(task_id, self.cfg.device.id, error))
 
-    async def _refuse_tracked(self, entry: InFlight, error: EdgeAgentError) -> None:
+    async def _refuse_tracked(
+        self, entry: InFlight, error: EdgeAgentError, *, replayable: bool = False
+    ) -> None:
         """Refused before running: recorded, so a broker redelivery gets the same answer,
-        while a client's re-send is admitted afresh."""
+        while a client's re-send is admitted afresh (unless `replayable`)."""
         self._log_refusal(entry.task_id, error)
         reply = ErrorReply.of(entry.task_id, self.cfg.device.id, error)
-        await self._delivery.finish(entry, reply, replayable=False)
+        await self._delivery.finish(entry, reply, replayable=replayable)
 
     def _log_refusal(self, task_id: str | None, error: EdgeAgentError) -> None:
         self._counters.failed += 1

@@ -15,6 +15,7 @@ from edgeagent.memory.control import MemoryControlLoop
 from edgeagent.mqtt.link import MqttLink
 from edgeagent.protocol.topics import Topics
 from edgeagent.service import sdnotify
+from edgeagent.service.admission import receive_window
 from edgeagent.service.asyncstore import AsyncTaskStore
 from edgeagent.service.daemon import Daemon
 from edgeagent.service.operators import OperatorViews
@@ -33,6 +34,7 @@ def build_daemon(
         client_id=cfg.mqtt.client_id or f"edgeagent-{cfg.device.id}",
         subscriptions=topics.subscriptions(),
         will_topic=topics.status,
+        receive_maximum=receive_window(cfg),
     )
     store = AsyncTaskStore.open(
         cfg.state.dir / STORE_FILE,

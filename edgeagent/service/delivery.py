@@ -14,6 +14,13 @@ same message again would be refused again).
 
 What a publish cannot tell: a crash between the broker's PUBACK and the store's
 commit leaves the reply marked pending, so its redelivery sends it once more.
+
+Every delivery ends in its acks, whatever happens on the way: a publish the link
+refuses itself (PublishInvalid: a topic or payload that can never be sent) is final like
+a broker's refusal, and an unexpected exception (a bug) is logged, reported on the errors
+topic and still acknowledged, since a message left unacknowledged would hold one of the
+broker's in-flight slots until the next reconnect and come back after it. Only a
+cancellation (shutdown) leaves messages to the broker on purpose.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from typing import Protocol
 import structlog
 
 from edgeagent.errors import EdgeAgentError, ErrorCode
-from edgeagent.mqtt.link import Incoming, PublishRefused
+from edgeagent.mqtt.link import Incoming, PublishInvalid, PublishRefused
 from edgeagent.protocol.reply import ActionMessage, ErrorReply, Reply, ReplyRoute, encode
 from edgeagent.protocol.topics import Topics
 from edgeagent.service.jobs import InFlight, InFlightRegistry, Waiting
@@ -119,8 +126,7 @@ class Delivery:
         replayable: bool = True,
     ) -> None:
         """Record a task's outcome, then deliver it in the background."""
-        if self._on_reply is not None:
-            self._on_reply(reply)
+        self._observe(reply)
         degraded_before = self._store.degraded is not None
         stored = dataclasses.replace(reply, exactly_once=False) if degraded_before else reply
         outcome = Outcome(
@@ -145,12 +151,11 @@ class Delivery:
     def answer_once(self, waiting: Waiting, reply: ErrorReply) -> None:
         """A reply that is not recorded (a request too broken to track, or an id that
         belongs to another task): publish it, then acknowledge."""
-        if self._on_reply is not None:
-            self._on_reply(reply)
+        self._observe(reply)
         self._spawn(self._answer_once(waiting, reply))
 
     def acknowledge(self, message: Incoming) -> None:
-        self._link.ack(message)
+        self._ack(message)
 
     async def wait_idle(self, *, within_s: float) -> bool:
         """Shutdown: wait for deliveries in progress; False if some did not finish."""
@@ -169,6 +174,20 @@ class Delivery:
 
     # -- the steps -----------------------------------------------------------------------
 
+    def _observe(self, reply: Reply) -> None:
+        if self._on_reply is None:
+            return
+        try:
+            self._on_reply(reply)
+        except Exception:  # the metrics must never cost a task its reply or its ack
+            log.exception("reply observer failed", task_id=reply.id)
+
+    def _ack(self, message: Incoming) -> None:
+        try:
+            self._link.ack(message)
+        except Exception:  # the link's to report; the broker redelivers what stays unacked
+            log.exception("acknowledging a task failed", mid=message.mid)
+
     def _spawn(self, body: Coroutine[object, object, None]) -> None:
         task = asyncio.create_task(body)
         self._tasks.add(task)
@@ -182,9 +201,16 @@ class Delivery:
     async def _deliver(self, entry: InFlight, plan: Plan) -> None:
         try:
             await self._deliver_steps(entry, plan)
+        except Exception as exc:
+            # A bug: whatever was published stays published, the store keeps the outcome
+            # for a re-send; the messages are acknowledged so none holds a broker slot.
+            log.exception("delivery failed; acknowledging its messages", task_id=entry.task_id)
+            self._report(entry.task_id, EdgeAgentError(ErrorCode.INTERNAL, type(exc).__name__))
+            for waiting in self._inflight.close(entry):
+                self._ack(waiting.message)
         finally:
-            # Cancelled (shutdown) or crashed: the deliveries stay unacknowledged and
-            # come back from the broker; the id must not stay in flight meanwhile.
+            # Cancelled (shutdown): the deliveries stay unacknowledged and come back
+            # from the broker; the id must not stay in flight meanwhile.
             self._inflight.close(entry)
 
     async def _deliver_steps(self, entry: InFlight, plan: Plan) -> None:
@@ -202,7 +228,7 @@ class Delivery:
         # no await between the last check and closing the entry, so none is missed.
         await self._send_reply(entry, plan.reply, sent)
         for waiting in self._inflight.close(entry):
-            self._link.ack(waiting.message)
+            self._ack(waiting.message)
 
     async def _send_reply(self, entry: InFlight, payload: str, sent: set[ReplyRoute]) -> bool:
         """Publish to every waiting address not yet served; True if one refused it."""
@@ -217,12 +243,15 @@ class Delivery:
 
     async def _answer_once(self, waiting: Waiting, reply: ErrorReply) -> None:
         reply_route = waiting.route
-        if self._store.degraded is not None:
-            reply = dataclasses.replace(reply, exactly_once=False)
-        await self._publish(
-            reply.id, reply_route.topic, encode(reply), reply_route.correlation_data, "reply"
-        )
-        self._link.ack(waiting.message)
+        try:
+            if self._store.degraded is not None:
+                reply = dataclasses.replace(reply, exactly_once=False)
+            await self._publish(
+                reply.id, reply_route.topic, encode(reply), reply_route.correlation_data, "reply"
+            )
+        except Exception:  # a bug: the message is still acknowledged (see the module doc)
+            log.exception("answering a refused task failed; acknowledging it", task_id=reply.id)
+        self._ack(waiting.message)
 
     async def _publish(
         self, task_id: str | None, topic: str, payload: str, correlation: bytes | None, what: str
@@ -230,18 +259,25 @@ class Delivery:
         """QoS 1 until the broker answers; True if it refused. paho resends an unconfirmed
         publish after a reconnect, so it is never published twice from here."""
         while True:
-            future = self._link.publish(topic, payload, correlation_data=correlation)
             try:
+                future = self._link.publish(topic, payload, correlation_data=correlation)
                 await self._confirmed(future, task_id, topic)
             except PublishRefused as refusal:
                 self._refused(task_id, topic, what, refusal)
                 return True
             except EdgeAgentError as exc:
                 if exc.code is not ErrorCode.BUSY:
-                    raise
+                    self._refused(task_id, topic, what, PublishInvalid(topic, exc.message))
+                    return True
+                # Not a refusal: the broker is slow or away, and paho's queue drains
+                # when it takes messages again.
                 log.warning("mqtt outgoing queue full; retrying", task_id=task_id, topic=topic)
                 await asyncio.sleep(self._queue_full_backoff_s)
                 continue
+            except Exception as exc:  # raised by the link itself: this publish cannot be sent
+                problem = f"{type(exc).__name__}: {exc}"
+                self._refused(task_id, topic, what, PublishInvalid(topic, problem))
+                return True
             return False
 
     async def _confirmed(
@@ -270,17 +306,25 @@ class Delivery:
         )
         if topic == self._topics.errors:
             return  # the report would go where the refusal happened
-        report = ErrorReply.of(
+        who = "the link" if isinstance(refusal, PublishInvalid) else "the broker"
+        self._report(
             task_id,
-            self._device,
             EdgeAgentError(
                 ErrorCode.REPLY_REFUSED,
-                f"the broker refused the {what} on {topic}: {refusal.reason}",
+                f"{who} refused the {what} on {topic}: {refusal.reason}",
                 topic=topic,
                 reason_code=refusal.reason_code,
             ),
         )
-        future = self._link.publish(self._topics.errors, encode(report))
+
+    def _report(self, task_id: str | None, error: EdgeAgentError) -> None:
+        """Best effort, on the errors topic: nothing waits for it."""
+        report = ErrorReply.of(task_id, self._device, error)
+        try:
+            future = self._link.publish(self._topics.errors, encode(report))
+        except Exception:  # a report must never take its task's ack with it
+            log.exception("error report not published", task_id=task_id)
+            return
         future.add_done_callback(self._report_done)
 
     @staticmethod

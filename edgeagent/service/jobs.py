@@ -4,7 +4,7 @@ An id is *in flight* from its admission until its reply (and action) are confirm
 it is handed back. Every delivery of that id meanwhile (a broker redelivery, or a
 client re-sending the same task) waits on the same entry and is acknowledged exactly
 once, after the reply it gets. The registry's size is bounded by the broker's
-window of unacknowledged messages (mqtt.link.RECEIVE_MAXIMUM).
+window of unacknowledged messages (service.admission.receive_window).
 """
 
 from __future__ import annotations
@@ -77,6 +77,11 @@ class InFlightRegistry:
         if self._entries.get(entry.task_id) is entry:
             del self._entries[entry.task_id]
         return list(entry.waiting)
+
+    def holding(self, message: Incoming) -> bool:
+        """Whether a delivery of `message` waits in some entry (that entry acknowledges
+        it). A scan, for the rare path where admission failed and must not ack twice."""
+        return any(w.message is message for e in self._entries.values() for w in e.waiting)
 
     def __len__(self) -> int:
         return len(self._entries)

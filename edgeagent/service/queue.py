@@ -20,9 +20,12 @@ class TaskQueue(Generic[T]):
         self._queue: asyncio.PriorityQueue[tuple[int, int, T]] = asyncio.PriorityQueue(capacity)
         self._order = itertools.count()
 
-    def offer(self, item: T, priority: int = 0) -> bool:
+    def offer(self, item: T, priority: int = 0, *, order: int | None = None) -> bool:
+        """`order` ranks items of one priority (default: the order of offers); pass the
+        arrival order when items are offered out of it."""
         try:
-            self._queue.put_nowait((-priority, next(self._order), item))
+            rank = next(self._order) if order is None else order
+            self._queue.put_nowait((-priority, rank, item))
         except asyncio.QueueFull:
             return False
         return True

@@ -8,7 +8,11 @@ instead of running the model twice, and its action is dispatched once. A row:
                  action_state: pending -> confirmed | refused   (dispatch actions only)
 
 A task found `accepted` after a restart was interrupted (crash, SIGKILL): it runs
-again. Rows are pruned by age and count so the file stays small on an SD card; age is
+again — unless it was interrupted while running too often. `runs` counts the runs of an
+`accepted` task, committed before each one starts, so a task that kills the process
+(a llama.cpp crash, an OOM kill, a wedge the watchdog ends) is seen as such after the
+restart and answered instead of run again (see Admission; `[queue] max_task_aborts`).
+Rows are pruned by age and count so the file stays small on an SD card; age is
 measured on the store's own clock (see `StoreClock`), never on a wall clock that a Pi
 without a real-time clock may not have set yet.
 
@@ -35,7 +39,7 @@ from edgeagent.errors import ErrorCode
 
 log = structlog.get_logger("edgeagent.service.taskstore")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
     id           TEXT PRIMARY KEY,
@@ -48,12 +52,14 @@ CREATE TABLE IF NOT EXISTS tasks (
     reply_state  TEXT,
     action_topic TEXT,
     action       TEXT,
-    action_state TEXT
+    action_state TEXT,
+    runs         INTEGER NOT NULL DEFAULT 0  -- runs started while accepted (poison tasks)
 );
 CREATE INDEX IF NOT EXISTS tasks_updated ON tasks(updated_at);
 """
 _COLUMNS = (
-    "id, fingerprint, state, reply, replayable, reply_state, action_topic, action, action_state"
+    "id, fingerprint, state, reply, replayable, reply_state, action_topic, action, action_state, "
+    "runs"
 )
 # SQLite result codes that mean the file is not a usable database (as opposed to I/O).
 _CORRUPT = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
@@ -90,6 +96,9 @@ class TaskRecord:
     outcome: Outcome | None
     reply_state: Confirmation | None
     action_state: Confirmation | None  # None: nothing to dispatch
+    # Runs started since it was accepted; while `accepted`, every one of them ended with
+    # the process (the run that finishes it moves it to `finished`).
+    runs: int = 0
 
 
 class StoreClock:
@@ -150,8 +159,10 @@ class TaskStore:
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'tasks'"
         ).fetchone()
         with self._transaction():
-            if old is not None:
+            if old is not None and version < 2:
                 _upgrade_v1(self._db)
+            elif old is not None:
+                _add_columns(self._db)
             # One statement at a time: executescript() would commit the transaction.
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
@@ -180,7 +191,18 @@ class TaskStore:
         row = self._db.execute(query, (task_id,)).fetchone()
         if row is None:
             return None
-        tid, fingerprint, state, reply, replayable, reply_state, topic, action, action_state = row
+        (
+            tid,
+            fingerprint,
+            state,
+            reply,
+            replayable,
+            reply_state,
+            topic,
+            action,
+            action_state,
+            runs,
+        ) = row
         outcome = Outcome(reply, bool(replayable), topic, action) if reply is not None else None
         return TaskRecord(
             tid,
@@ -189,17 +211,34 @@ class TaskStore:
             outcome,
             Confirmation(reply_state) if reply_state else None,
             Confirmation(action_state) if action_state else None,
+            int(runs),
         )
 
     def accept(self, task_id: str, fingerprint: str) -> None:
-        """Record a task about to be queued; an existing row (a re-run) starts over."""
+        """Record a task about to be queued; an existing row (a re-run) starts over.
+
+        The run count survives only an `accepted` row of the same task: that is the
+        task running again after the process died under it. A finished task accepted
+        again (a client's re-send) starts from zero.
+        """
         self._db.execute(
             "INSERT INTO tasks (id, fingerprint, state, accepted_at, updated_at) "
-            "VALUES (?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET fingerprint = excluded.fingerprint, "
+            "VALUES (?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET "
+            "runs = CASE WHEN tasks.state = excluded.state "
+            "AND tasks.fingerprint = excluded.fingerprint THEN tasks.runs ELSE 0 END, "
+            "fingerprint = excluded.fingerprint, "
             "state = excluded.state, updated_at = excluded.updated_at, reply = NULL, "
             "replayable = 1, reply_state = NULL, action_topic = NULL, action = NULL, "
             "action_state = NULL",
             (task_id, fingerprint, TaskState.ACCEPTED, time.time(), self.clock.now()),
+        )
+
+    def start_run(self, task_id: str) -> None:
+        """Count a run of an accepted task, before it starts (committed: it must outlive
+        the process if the run ends it)."""
+        self._db.execute(
+            "UPDATE tasks SET runs = runs + 1, updated_at = ? WHERE id = ? AND state = ?",
+            (self.clock.now(), task_id, TaskState.ACCEPTED),
         )
 
     def finish(self, task_id: str, fingerprint: str, outcome: Outcome) -> None:
@@ -267,8 +306,8 @@ class TaskStore:
         return int(row[0])
 
 
-def _upgrade_v1(db: sqlite3.Connection) -> None:
-    """The first schema had state accepted/finished/replied and no action columns."""
+def _add_columns(db: sqlite3.Connection) -> None:
+    """Columns later schemas added (v2: replayable to action_state; v3: runs)."""
     have = {row[1] for row in db.execute("PRAGMA table_info(tasks)")}
     for column, kind in (
         ("replayable", "INTEGER NOT NULL DEFAULT 1"),
@@ -276,9 +315,15 @@ def _upgrade_v1(db: sqlite3.Connection) -> None:
         ("action_topic", "TEXT"),
         ("action", "TEXT"),
         ("action_state", "TEXT"),
+        ("runs", "INTEGER NOT NULL DEFAULT 0"),
     ):
         if column not in have:
             db.execute(f"ALTER TABLE tasks ADD COLUMN {column} {kind}")
+
+
+def _upgrade_v1(db: sqlite3.Connection) -> None:
+    """The first schema had state accepted/finished/replied and no action columns."""
+    _add_columns(db)
     db.execute(
         "UPDATE tasks SET state = ?, reply_state = ? WHERE state = 'replied'",
         (TaskState.FINISHED, Confirmation.CONFIRMED),

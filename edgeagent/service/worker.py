@@ -4,6 +4,10 @@ It turns each job into a typed reply (and, for a `dispatch = true` action, an ac
 message), writes the canonical `task` log line, and hands the outcome to delivery.
 A job stopped by shutdown (TaskHandedBack) is handed back: no reply, no ack, its
 accept record dropped, so the broker's redelivery after the restart runs it again.
+
+Each run is counted in the task store before it starts: if the process dies during it,
+the count survives, and a task that took the process down `[queue] max_task_aborts`
+times is answered by admission instead of being run again (docs/protocol.md).
 """
 
 from __future__ import annotations
@@ -40,7 +44,8 @@ class Answerer(Protocol):
     async def answer(self, task: Task) -> Answer: ...
 
 
-class Forgetter(Protocol):
+class RunRecords(Protocol):
+    async def start_run(self, task_id: str) -> None: ...
     async def forget(self, task_id: str) -> None: ...
 
 
@@ -52,7 +57,7 @@ class Worker:
         queue: TaskQueue[Job],
         engine: Answerer,
         delivery: Delivery,
-        store: Forgetter,
+        store: RunRecords,
         inflight: InFlightRegistry,
         telemetry: Telemetry,
         clock: Callable[[], float] = time.monotonic,
@@ -114,6 +119,8 @@ class Worker:
                 cancel=job.cancel,
                 overflow=request.overflow or self.cfg.memory.overflow,
             )
+            # Committed before the engine starts: a run that ends the process is counted.
+            await self._store.start_run(job.task_id)
             answer = await self._engine.answer(task)
             reply = self._ok_reply(job, answer, queue_ms)
         except TaskHandedBack:

@@ -195,17 +195,17 @@ def test_v311_client_with_reply_to(daemon_factory, mosquitto):
     daemon_factory()
     old = MqttProbe(mosquitto.port, protocol=mqtt.MQTTv311)
     try:
-        old.subscribe("legacy/replies")
+        old.subscribe("replies/legacy")
         old.publish(
             "edgeagent/fleet/tasks",
             {
                 "id": "v3",
                 "input": "Lisbon, 22 degrees.",
                 "schema": SCHEMA,
-                "reply_to": "legacy/replies",
+                "reply_to": "replies/legacy",
             },
         )
-        answer = body(old.wait_for("legacy/replies")[0])
+        answer = body(old.wait_for("replies/legacy")[0])
         assert answer["status"] == "ok"
         assert answer["id"] == "v3"
     finally:

@@ -4,7 +4,9 @@ It has the link's surface (publish -> future, ack, connected, start/stop) and le
 test play the broker: deliver task messages (with DUP and reply addresses), confirm
 or refuse each publish (PUBACK reason codes), drop the connection and come back on
 a new generation. Nothing waits on time: a publish stays unconfirmed until the test
-(or `auto_confirm`) settles it.
+(or `auto_confirm`) settles it. Like the real link it refuses, at once and without
+raising, a publish whose topic is no valid topic name or whose payload has no UTF-8 form
+(PublishInvalid), and drops a payload over `max_payload_bytes` on arrival.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from edgeagent.mqtt.link import Incoming, PublishRefused
+from edgeagent.mqtt.link import Incoming, PublishInvalid, PublishRefused
+from edgeagent.protocol.reply_policy import topic_name_problem
 
 NOT_AUTHORIZED = 135  # mosquitto's PUBACK reason when an ACL denies the topic
 
@@ -41,8 +44,18 @@ class Published:
 
 
 class FakeLink:
-    def __init__(self, *, auto_confirm: bool = True, connected: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        auto_confirm: bool = True,
+        connected: bool = True,
+        max_payload_bytes: int | None = None,
+    ) -> None:
         self.auto_confirm = auto_confirm
+        self.max_payload_bytes = max_payload_bytes
+        # publish() raises this (a link with a bug), instead of returning a future.
+        self.publish_raises: Exception | None = None
+        self.invalid: list[tuple[str, str]] = []  # (topic, problem) refused by the link
         self.refuse: dict[str, int] = {}  # topic -> reason code of its PUBACK
         self.queue_full = False  # paho's outgoing queue: publish() fails with BUSY
         self.queue_full_attempts = 0
@@ -85,6 +98,20 @@ class FakeLink:
         from edgeagent.errors import EdgeAgentError, ErrorCode  # noqa: PLC0415 - keeps the header light
 
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.publish_raises is not None:
+            self._changed.set()
+            raise self.publish_raises
+        problem = topic_name_problem(topic)
+        if problem is None and isinstance(payload, str):
+            try:
+                payload.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                problem = f"payload: {exc}"
+        if problem is not None:
+            self.invalid.append((topic, problem))
+            self._changed.set()
+            future.set_exception(PublishInvalid(topic, problem))
+            return future
         if self.queue_full:
             self.queue_full_attempts += 1
             self._changed.set()
@@ -121,9 +148,13 @@ class FakeLink:
     ) -> Incoming:
         """A task message on the current connection (not delivered yet)."""
         body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        oversize = None
+        if self.max_payload_bytes is not None and len(body) > self.max_payload_bytes:
+            oversize, body = len(body), b""  # what the real link does on arrival
         return Incoming(
             topic=topic,
             payload=body,
+            oversize=oversize,
             qos=qos,
             mid=next(self._mids),
             dup=dup,

@@ -76,6 +76,7 @@ class Parts:
 
     async def crash(self) -> None:
         """Stop dead: no replies finished, nothing acked, nothing handed back."""
+        self.daemon.admission.close()  # also ends contracts still compiling
         for task in self._tasks:
             task.cancel()
         self.daemon.delivery.cancel_all()
@@ -85,8 +86,10 @@ class Parts:
         self.store.close()
 
     async def admit(self, message: Incoming) -> None:
-        """Admit one message now (instead of through the link and the intake queue)."""
+        """Admit one message now (instead of through the link and the intake queue), and
+        wait until it is queued or refused (its contract may compile in the background)."""
         await self.daemon.admission.admit(message)
+        await self.daemon.admission.settle()
 
     async def record(self, task_id: str) -> Any:
         return await self.store.get(task_id)

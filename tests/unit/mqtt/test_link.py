@@ -14,11 +14,19 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edgeagent.config import MqttConfig
 from edgeagent.errors import EdgeAgentError, ErrorCode
-from edgeagent.mqtt.link import Incoming, MqttLink, PublishRefused
+from edgeagent.mqtt.link import (
+    PACKET_HEADROOM_BYTES,
+    Incoming,
+    MqttLink,
+    PublishInvalid,
+    PublishRefused,
+    maximum_packet_size,
+)
 
 SUCCESS = ReasonCode(PacketTypes.PUBACK, "Success")
 NOT_AUTHORIZED = ReasonCode(PacketTypes.PUBACK, "Not authorized")
@@ -177,5 +185,86 @@ def test_qos0_messages_are_never_acked():
         )
         assert not link.ack(message)
         assert paho.acks == []
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(
+    "topic",
+    ["replies/#", "replies/+/x", "replies/\x01x", "replies/\ud800", "replies/\ufffe", "", "$SYS/x"],
+)
+def test_an_unpublishable_topic_is_refused_by_the_link_not_raised(topic):
+    async def scenario():
+        link, paho = make_link()
+        future = link.publish(topic, "{}")
+        with pytest.raises(PublishInvalid) as refused:
+            await future
+        assert refused.value.reason_code == 0x90
+        assert link._pending == {}
+        assert paho._out_messages == {}  # paho never saw it: nothing to resend on reconnect
+
+    run(scenario())
+
+
+def test_whatever_paho_raises_becomes_a_refusal():
+    async def scenario():
+        link, paho = make_link()
+
+        def raising(*_args, **_kwargs):
+            raise ValueError("Payload too large.")
+
+        paho.publish = raising
+        with pytest.raises(PublishInvalid):
+            await link.publish("replies/a", "{}")
+        with pytest.raises(PublishInvalid):  # a payload without a UTF-8 form
+            await make_link()[0].publish("replies/a", '{"x": "\ud800"}')
+
+    run(scenario())
+
+
+def test_the_connect_asks_for_what_the_daemon_can_hold():
+    async def scenario():
+        paho = Paho()
+        connects: list[Any] = []
+        paho.connect_async = lambda *_a, **k: connects.append(k["properties"])
+        paho.loop_start = lambda: None
+        cfg = MqttConfig(max_payload_bytes=64 * 1024, reply_topic_max_bytes=512)
+        link = MqttLink(
+            cfg,
+            client_id="t",
+            subscriptions=["edgeagent/dev1/tasks", "$share/edgeagent/edgeagent/fleet/tasks"],
+            will_topic="edgeagent/dev1/status",
+            receive_maximum=33,
+            client=paho,
+        )
+        link.start(lambda _m: None)
+        (props,) = connects
+        assert props.ReceiveMaximum == 33
+        assert props.MaximumPacketSize == 64 * 1024 + 38 + 512 + PACKET_HEADROOM_BYTES
+        assert maximum_packet_size(cfg, []) == 64 * 1024 + 512 + PACKET_HEADROOM_BYTES
+        big = MqttLink(cfg, client_id="t", subscriptions=[], will_topic="s", receive_maximum=10**6)
+        assert big.receive_maximum == 65535  # a two-byte property
+
+    run(scenario())
+
+
+def test_an_oversized_payload_is_dropped_on_arrival_and_an_empty_response_topic_kept():
+    async def scenario():
+        link, _ = make_link()  # max_payload_bytes: 256 KiB
+        received: list[Incoming] = []
+        link._on_message = received.append
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = ""
+        for payload in (b"x" * (256 * 1024 + 1), b"{}"):
+            message = mqtt.MQTTMessage(mid=1, topic=b"edgeagent/dev1/tasks")
+            message.payload = payload
+            message.qos = 1
+            message.properties = props
+            on_paho_thread(link._paho_message, None, None, message)
+        await asyncio.sleep(0)  # call_soon_threadsafe hands them to the loop
+        big, small = received
+        assert (big.payload, big.oversize) == (b"", 256 * 1024 + 1)
+        assert (small.payload, small.oversize) == (b"{}", None)
+        assert small.response_topic == ""  # refused by admission, not mistaken for absent
 
     run(scenario())

@@ -4,27 +4,41 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
 
+import pytest
 from structlog.testing import capture_logs
-from support.fake_engine import SCHEMA
+from support.fake_engine import SCHEMA, service_config
+from support.fake_link import FakeLink
 from support.service_parts import Parts
 
+from edgeagent.config import SchemaLimits
 from edgeagent.errors import EdgeAgentError, ErrorCode
+from edgeagent.inference.contract import compile_contract as real_compile
 from edgeagent.protocol.request import Request
-from edgeagent.service.admission import ContractCache, derived_id
+from edgeagent.service.admission import (
+    CompileThreads,
+    ContractCache,
+    derived_id,
+    receive_window,
+)
 from edgeagent.service.taskstore import Confirmation, TaskState
 
 RESULTS = "edgeagent/dev1/results"
 ERRORS = "edgeagent/dev1/errors"
 TASK = {"id": "t1", "input": "Porto, 21 degrees", "schema": SCHEMA}
+LIMITS = SchemaLimits()
 
 
 def run(coro):
     return asyncio.run(asyncio.wait_for(coro, 10))
 
 
-async def started(**kwargs) -> Parts:
-    return await Parts.on(**kwargs).start()
+async def started(contracts: ContractCache | None = None, **kwargs) -> Parts:
+    parts = Parts.on(**kwargs)
+    if contracts is not None:
+        parts.daemon.admission.contracts = contracts
+    return await parts.start()
 
 
 def redelivery(message):
@@ -318,23 +332,366 @@ def test_an_internal_error_in_admission_still_ends_in_a_reply_and_an_ack():
 def test_contracts_are_compiled_once_and_the_cache_is_bounded():
     compiled: list[object] = []
 
-    def compile_schema(schema):
+    def compile_contract(_catalog, *, schema=None, action_names=None, limits):
         compiled.append(schema)
         return object()
 
-    cache = ContractCache(2, compile_schema=compile_schema)
+    cache = ContractCache(2, compile_contract=compile_contract)
 
     def request(n: int) -> Request:
         return Request.model_validate(
             {"input": "x", "schema": {"type": "object", "title": f"s{n}"}}
         )
 
-    first = cache.spec_for(request(1), [])
-    assert cache.spec_for(request(1), []) is first
-    cache.spec_for(request(2), [])
-    cache.spec_for(request(1), [])  # used again: now the most recent
-    cache.spec_for(request(3), [])  # evicts s2, the least recently used
-    assert len(cache) == 2
-    cache.spec_for(request(1), [])
-    cache.spec_for(request(2), [])
+    async def scenario():
+        first = await cache.spec_for(request(1), [], LIMITS)
+        assert await cache.spec_for(request(1), [], LIMITS) is first
+        await cache.spec_for(request(2), [], LIMITS)
+        await cache.spec_for(request(1), [], LIMITS)  # used again: now the most recent
+        await cache.spec_for(request(3), [], LIMITS)  # evicts s2, the least recently used
+        assert len(cache) == 2
+        await cache.spec_for(request(1), [], LIMITS)
+        await cache.spec_for(request(2), [], LIMITS)
+
+    run(scenario())
     assert [s["title"] for s in compiled] == ["s1", "s2", "s3", "s2"]
+
+
+def test_a_refused_schema_is_remembered_and_not_compiled_again():
+    calls = 0
+
+    def compile_contract(_catalog, *, schema=None, action_names=None, limits):
+        nonlocal calls
+        calls += 1
+        raise EdgeAgentError(ErrorCode.SCHEMA_UNSUPPORTED, "no", keyword="uniqueItems")
+
+    cache = ContractCache(compile_contract=compile_contract)
+    request = Request.model_validate({"input": "x", "schema": {"uniqueItems": True}})
+
+    async def scenario():
+        for _ in range(3):
+            with pytest.raises(EdgeAgentError) as refused:
+                await cache.spec_for(request, [], LIMITS)
+            assert refused.value.code is ErrorCode.SCHEMA_UNSUPPORTED
+            assert refused.value.details == {"keyword": "uniqueItems"}
+
+    run(scenario())
+    assert calls == 1
+
+
+def test_contracts_compile_off_the_loop_and_admission_goes_on_meanwhile():
+    threads: list[str] = []
+    entered = threading.Event()
+    release = threading.Event()
+
+    def compile_contract(catalog, *, schema=None, action_names=None, limits):
+        threads.append(threading.current_thread().name)
+        if schema is not None and schema.get("title") == "slow":
+            entered.set()
+            release.wait(5)  # a slow compile: nothing else may wait for it
+        return real_compile(catalog, schema=schema, action_names=action_names, limits=limits)
+
+    async def scenario():
+        parts = await started(contracts=ContractCache(compile_contract=compile_contract))
+        parts.link.deliver({**TASK, "id": "slow", "schema": {**SCHEMA, "title": "slow"}})
+        await asyncio.to_thread(entered.wait, 5)
+        # Meanwhile: a refusal, another task and a redelivery of the slow one are handled.
+        with capture_logs():
+            parts.link.deliver(b"{not json")
+            fast = parts.link.deliver({**TASK, "id": "fast"})
+            await parts.link.wait_for_acks(2)
+        assert [m.mid for m in parts.link.acked] == [fast.mid - 1, fast.mid]
+        assert parts.link.bodies(f"{RESULTS}/fast")[0]["status"] == "ok"
+        release.set()
+        await parts.link.wait_for_acks(3)
+        assert parts.link.bodies(f"{RESULTS}/slow")[0]["status"] == "ok"
+        assert set(threads) == {"edgeagent-compile"}
+        await parts.crash()
+
+    run(scenario())
+
+
+def test_jobs_keep_their_arrival_order_when_contracts_compile_out_of_it():
+    release = threading.Event()
+
+    def compile_contract(catalog, *, schema=None, action_names=None, limits):
+        if schema is not None and schema.get("title") == "slow":
+            release.wait(5)
+        return real_compile(catalog, schema=schema, action_names=action_names, limits=limits)
+
+    async def scenario():
+        parts = Parts.on()
+        parts.daemon.admission.contracts = ContractCache(compile_contract=compile_contract)
+        queued: list[asyncio.Event] = [asyncio.Event(), asyncio.Event()]
+
+        def on_queued() -> None:  # the n-th job queued sets the n-th event
+            queued[len(parts.daemon.queue) - 1].set()
+
+        parts.daemon.admission._on_queued = on_queued
+        parts.link.start(parts.daemon.admission.offer)
+        admitting = asyncio.create_task(parts.daemon.admission.run())  # no worker: jobs wait
+        parts.link.deliver({**TASK, "id": "first", "schema": {**SCHEMA, "title": "slow"}})
+        parts.link.deliver({**TASK, "id": "second"})
+        await queued[0].wait()  # "second" is queued while "first" compiles
+        release.set()
+        await queued[1].wait()
+        assert [(await parts.daemon.queue.take()).task_id for _ in range(2)] == ["first", "second"]
+        admitting.cancel()
+        await parts.crash()
+
+    run(scenario())
+
+
+def test_a_compile_that_takes_too_long_is_refused_and_busy_threads_refuse_more():
+    release = threading.Event()
+    started_compiles: list[object] = []
+
+    def compile_contract(catalog, *, schema=None, action_names=None, limits):
+        started_compiles.append(schema)
+        release.wait(10)  # stuck: the thread cannot be stopped
+        return real_compile(catalog, schema=schema, action_names=action_names, limits=limits)
+
+    async def scenario():
+        threads = CompileThreads(size=2, timeout_s=0.05)
+        contracts = ContractCache(compile_contract=compile_contract, threads=threads)
+        parts = await started(contracts=contracts)
+        with capture_logs():
+            for n in range(3):
+                parts.link.deliver({**TASK, "id": f"s{n}", "schema": {**SCHEMA, "title": f"{n}"}})
+            await parts.link.wait_for_acks(3)
+        slow = [parts.link.bodies(f"{RESULTS}/s{n}")[0]["error"] for n in range(3)]
+        assert [e["code"] for e in slow] == ["SCHEMA_UNSUPPORTED", "SCHEMA_UNSUPPORTED", "BUSY"]
+        assert "0.05 s" in slow[0]["message"]
+        assert slow[0]["details"]["limit"] == "compile_timeout_s"
+        assert len(started_compiles) == 2  # the third never got a thread
+        assert threads.busy == 2
+        # A contract in the cache needs no thread: the catalog's is compiled once the
+        # stuck threads are done, then costs nothing.
+        release.set()
+        await threads.idle.wait()
+        parts.link.deliver({"id": "a1", "input": "x", "action": "notify"})
+        await parts.link.wait_for_acks(4)
+        assert parts.link.bodies(f"{RESULTS}/a1")[0]["status"] == "ok"
+        # A timed-out schema is not remembered as refused: it may compile next time.
+        parts.link.deliver({**TASK, "id": "again", "schema": {**SCHEMA, "title": "0"}})
+        await parts.link.wait_for_acks(5)
+        assert parts.link.bodies(f"{RESULTS}/again")[0]["status"] == "ok"
+        await parts.crash()
+
+    run(scenario())
+
+
+REFUSED_ADDRESSES = [
+    "edgeagent/dev1/actions/set_irrigation",
+    "edgeagent/dev2/status",
+    "edgeagent/dev1/heartbeat",
+    "edgeagent/dev2/tasks",
+    "$SYS/broker/uptime",
+    "replies/#",
+    "replies/+/a",
+    "replies/\x01x",
+    "replies/\ud800",
+    "replies/\ufffe",
+    "replies/" + "x" * 300,
+    "elsewhere/a",
+]
+
+
+@pytest.mark.parametrize(
+    ("field", "topic"),
+    [("response_topic", t) for t in [*REFUSED_ADDRESSES, ""]]
+    + [("reply_to", t) for t in REFUSED_ADDRESSES],  # an empty reply_to names no address
+)
+def test_a_refused_reply_address_is_answered_on_the_errors_topic_only(field, topic):
+    async def scenario():
+        parts = await started()
+        with capture_logs():
+            if field == "response_topic":
+                message = parts.link.deliver(TASK, response_topic=topic, correlation_data=b"c")
+            else:
+                message = parts.link.deliver({**TASK, "reply_to": topic})
+            await parts.link.wait_for_acks(1)
+        assert parts.link.acked == [message]
+        assert [p.topic for p in parts.link.published] == [ERRORS]
+        (reply,) = parts.link.bodies(ERRORS)
+        assert reply["id"] == "t1"
+        assert reply["error"]["code"] == "INVALID_REQUEST"
+        assert field in reply["error"]["message"]
+        assert parts.engine.tasks == []
+        await parts.crash()
+
+    run(scenario())
+
+
+def test_allowed_reply_addresses_get_the_reply():
+    async def scenario():
+        parts = await started()
+        parts.link.deliver({**TASK, "id": "a", "reply_to": "replies/me/1"})
+        parts.link.deliver({**TASK, "id": "b", "reply_to": "edgeagent/dev1/results/mine"})
+        # The Response Topic is preferred; the reply_to must be allowed as well.
+        parts.link.deliver({**TASK, "id": "c", "reply_to": "replies/x"}, response_topic="replies/y")
+        await parts.link.wait_for_acks(3)
+        assert parts.link.bodies("replies/me/1")[0]["id"] == "a"
+        assert parts.link.bodies("edgeagent/dev1/results/mine")[0]["id"] == "b"
+        assert parts.link.bodies("replies/y")[0]["id"] == "c"
+        assert parts.link.on("replies/x") == []
+        await parts.crash()
+
+    run(scenario())
+
+
+def test_an_unparseable_request_with_a_refused_reply_to_is_answered_on_the_errors_topic():
+    async def scenario():
+        parts = await started()
+        with capture_logs():
+            parts.link.deliver({"id": "x", "input": 5, "reply_to": "edgeagent/dev1/status"})
+            parts.link.deliver({"id": "y", "input": 5, "reply_to": "replies/ok"})
+            await parts.link.wait_for_acks(2)
+        assert parts.link.bodies(ERRORS)[0]["id"] == "x"
+        assert parts.link.bodies("replies/ok")[0]["error"]["code"] == "INVALID_REQUEST"
+        assert parts.link.on("edgeagent/dev1/status") == []
+        await parts.crash()
+
+    run(scenario())
+
+
+def test_a_payload_dropped_by_the_link_is_answered_without_being_read(monkeypatch):
+    def never(*_args):
+        raise AssertionError("an oversized payload was read")
+
+    monkeypatch.setattr("edgeagent.service.admission.parse_request", never)
+    monkeypatch.setattr("edgeagent.service.admission.salvage", never)
+
+    async def scenario():
+        parts = await started(link=FakeLink(max_payload_bytes=1024))
+        with capture_logs():
+            parts.link.deliver(b"{" * 5000, response_topic="replies/a", correlation_data=b"c")
+            parts.link.deliver(b"[" * 5000, response_topic="edgeagent/dev1/status")
+            await parts.link.wait_for_acks(2)
+        (first,) = parts.link.on("replies/a")
+        assert first.correlation_data == b"c"
+        assert first.body["error"]["code"] == "PAYLOAD_TOO_LARGE"
+        assert "5000 bytes" in first.body["error"]["message"]
+        assert parts.link.bodies(ERRORS)[0]["error"]["code"] == "PAYLOAD_TOO_LARGE"
+        await parts.crash()
+
+    run(scenario())
+
+
+def test_an_unknown_action_named_with_a_lone_surrogate_is_still_answered():
+    async def scenario():
+        parts = await started()
+        with capture_logs():
+            parts.link.deliver(b'{"id": "s", "input": "x", "action": "go\\ud800"}')
+            await parts.link.wait_for_acks(1)
+        (reply,) = parts.link.on(f"{RESULTS}/s")
+        assert reply.payload.isascii()  # escaped: a surrogate has no UTF-8 form
+        assert reply.body["error"]["code"] == "UNKNOWN_ACTION"
+        assert "go\ud800" in reply.body["error"]["message"]
+        await parts.crash()
+
+    run(scenario())
+
+
+def test_a_link_that_raises_on_publish_still_gets_every_message_acked():
+    async def scenario():
+        parts = await started()
+        parts.link.publish_raises = ValueError("Publish topic cannot contain wildcards.")
+        with capture_logs() as logs:
+            parts.link.deliver(b"{not json")  # an untracked refusal
+            parts.link.deliver(TASK)  # a task run and delivered
+            await parts.link.wait_for_acks(2)
+        refused = [e for e in logs if e["event"] == "broker refused a publish"]
+        assert len(refused) == 2
+        assert parts.link.acked[0].payload == b"{not json"
+        assert not parts.daemon.admission._inflight
+        await parts.crash()
+
+    run(scenario())
+
+
+def test_a_bug_in_delivery_still_ends_in_the_acks(monkeypatch):
+    async def scenario():
+        parts = await started()
+
+        async def broken(*_args):
+            raise RuntimeError("a bug")
+
+        monkeypatch.setattr(parts.store, "mark_reply", broken)
+        with capture_logs() as logs:
+            message = parts.link.deliver(TASK)
+            await parts.link.wait_for_acks(1)
+        assert parts.link.acked == [message]
+        assert parts.link.bodies(f"{RESULTS}/t1")[0]["status"] == "ok"
+        assert parts.link.bodies(ERRORS)[0]["error"]["code"] == "INTERNAL"
+        assert "delivery failed; acknowledging its messages" in [e["event"] for e in logs]
+        await parts.daemon.delivery.wait_idle(within_s=1)
+        assert not parts.daemon.admission._inflight
+        await parts.crash()
+
+    run(scenario())
+
+
+def test_a_bug_before_any_entry_is_answered_internal_and_acked(monkeypatch):
+    async def scenario():
+        parts = await started()
+
+        def broken(_message):
+            raise RuntimeError("a bug")
+
+        monkeypatch.setattr(parts.daemon.admission, "_parse", broken)
+        with capture_logs():
+            parts.link.deliver({**TASK, "reply_to": "replies/r"})
+            await parts.link.wait_for_acks(1)
+            assert parts.link.bodies("replies/r")[0]["error"]["code"] == "INTERNAL"
+            # Even the last resort failing leaves the ack.
+            monkeypatch.setattr("edgeagent.service.admission.salvage", broken)
+            parts.link.deliver(TASK)
+            await parts.link.wait_for_acks(2)
+        assert len(parts.link.published) == 1
+        assert not parts._tasks[0].done()  # the admission loop lives on
+        await parts.crash()
+
+    run(scenario())
+
+
+def test_a_full_incoming_queue_answers_busy_and_acks(monkeypatch):
+    async def scenario():
+        parts = Parts.on()
+        parts.link.start(parts.daemon.admission.offer)  # no admission loop: nothing is taken
+        monkeypatch.setattr(parts.daemon.admission, "_incoming", asyncio.Queue(1))
+        parts.link.deliver(TASK)
+        with capture_logs():
+            extra = parts.link.deliver(TASK, response_topic="replies/a")
+            await parts.link.wait_for_acks(1)
+        assert parts.link.acked == [extra]
+        assert parts.link.bodies("replies/a")[0]["error"]["code"] == "BUSY"
+        await parts.crash()
+
+    run(scenario())
+
+
+def test_the_receive_window_is_the_queue_the_running_task_and_a_margin():
+    assert receive_window(service_config()) == 16 + 1 + 16
+    assert receive_window(service_config(queue={"size": 10000})) == 10017
+    assert receive_window(service_config(queue={"size": 1})) == 18
+
+
+def test_a_burst_of_tasks_with_new_schemas_waits_for_threads_and_shares_compiles():
+    compiled: list[str] = []
+
+    def compile_contract(catalog, *, schema=None, action_names=None, limits):
+        compiled.append(schema["title"])
+        return real_compile(catalog, schema=schema, action_names=action_names, limits=limits)
+
+    async def scenario():
+        contracts = ContractCache(compile_contract=compile_contract, threads=CompileThreads(1))
+        parts = await started(contracts=contracts)
+        for n in range(6):  # three new schemas, each sent twice at once, one thread
+            parts.link.deliver({**TASK, "id": f"b{n}", "schema": {**SCHEMA, "title": f"{n % 3}"}})
+        await parts.link.wait_for_acks(6)
+        assert [parts.link.bodies(f"{RESULTS}/b{n}")[0]["status"] for n in range(6)] == ["ok"] * 6
+        assert sorted(compiled) == ["0", "1", "2"]
+        await parts.crash()
+
+    run(scenario())

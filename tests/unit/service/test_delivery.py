@@ -294,3 +294,64 @@ def test_store_errors_at_each_call_degrade_but_every_task_is_answered(failing):
         await parts.crash()
 
     run(scenario())
+
+
+def test_a_task_that_took_the_process_down_twice_is_answered_instead_of_run(tmp_path):
+    path = tmp_path / "journal.sqlite3"
+
+    async def scenario():
+        message = None
+        for crash in range(2):
+            parts = await Parts.on(path).start()
+            parts.engine.hold = True
+            if message is None:
+                message = parts.link.deliver(ACTION_TASK)
+            else:
+                parts.link.redeliver(message)
+            await parts.engine.running.wait()
+            assert (await parts.record("t1")).runs == crash + 1  # counted before it ran
+            await parts.crash()
+        last = await Parts.on(path).start()
+        with capture_logs() as logs:
+            again = last.link.redeliver(message)
+            await last.link.wait_for_acks(1)
+        assert last.link.acked == [again]
+        assert last.engine.tasks == []  # not run a third time
+        (reply,) = last.link.bodies(RESULT)
+        assert reply["error"]["code"] == "INTERNAL"
+        assert reply["error"]["message"] == "task aborted the daemon 2 times"
+        assert reply["error"]["details"] == {"aborts": 2}
+        assert last.link.on(ACTION) == []
+        (line,) = [e for e in logs if e["event"].startswith("task aborted the daemon")]
+        assert line["log_level"] == "error"
+        # A client re-sending it gets the same answer: it would take the daemon down again.
+        with capture_logs():
+            last.link.deliver(ACTION_TASK)
+            await last.link.wait_for_acks(2)
+        assert last.link.bodies(RESULT)[1] == reply
+        assert last.engine.tasks == []
+        await last.crash()
+
+    run(scenario())
+
+
+def test_queued_tasks_are_not_counted_when_another_one_takes_the_process_down(tmp_path):
+    path = tmp_path / "journal.sqlite3"
+
+    async def scenario():
+        first = await Parts.on(path).start()
+        first.engine.hold = True
+        first.link.deliver(ACTION_TASK)
+        queued = first.link.deliver({**SCHEMA_TASK, "id": "q"})
+        await first.engine.running.wait()
+        await first.link.wait_until(lambda: len(first.daemon.queue) == 1)
+        assert (await first.record("q")).runs == 0
+        await first.crash()
+        # With a limit of one abort, the waiting task still runs: it never ran.
+        second = await Parts.on(path, queue={"max_task_aborts": 1}).start()
+        second.link.redeliver(queued)
+        await second.link.wait_for_acks(1)
+        assert second.link.bodies("edgeagent/dev1/results/q")[0]["status"] == "ok"
+        await second.crash()
+
+    run(scenario())

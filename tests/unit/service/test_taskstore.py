@@ -248,3 +248,42 @@ def test_queue_priority_order_and_bound(capacity):
         assert len(queue) == 0
 
     asyncio.run(scenario())
+
+
+def test_runs_of_an_accepted_task_survive_a_reaccept_but_not_a_finish(tmp_path):
+    path = tmp_path / "j.sqlite3"
+    store = store_at(path)
+    store.accept("t1", "fp")
+    store.start_run("t1")
+    store.close()
+    store = store_at(path)  # the process died during the run
+    assert store.get("t1").runs == 1
+    store.accept("t1", "fp")  # the redelivery is accepted again
+    store.start_run("t1")
+    assert store.get("t1").runs == 2
+    store.finish("t1", "fp", OK)
+    store.start_run("t1")  # only accepted tasks count runs
+    assert store.get("t1").runs == 2
+    store.accept("t1", "fp")  # a client's re-send after the answer starts over
+    assert store.get("t1").runs == 0
+    store.start_run("missing")
+    assert store.get("missing") is None
+
+
+def test_a_second_schema_file_gets_the_run_count(tmp_path):
+    path = tmp_path / "j.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE tasks (id TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, state TEXT NOT NULL,"
+        " reply TEXT, accepted_at REAL NOT NULL, updated_at REAL NOT NULL,"
+        " replayable INTEGER NOT NULL DEFAULT 1, reply_state TEXT, action_topic TEXT,"
+        " action TEXT, action_state TEXT); PRAGMA user_version=2;"
+    )
+    db.execute("INSERT INTO tasks (id, fingerprint, state, accepted_at, updated_at)"
+               " VALUES ('run', 'fp', 'accepted', 1.7e9, 1.7e9)")  # fmt: skip
+    db.commit()
+    db.close()
+    store = store_at(path)
+    assert store.get("run").runs == 0
+    store.start_run("run")
+    assert store.get("run").runs == 1
