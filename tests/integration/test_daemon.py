@@ -500,3 +500,34 @@ def test_sigterm_with_a_wedged_inference_thread_still_exits(tmp_path, model_path
     assert probe.wait_for("edgeagent/dev1/status", count=2)[-1].payload == b"offline"
     assert daemon.events("grace period over; handing the running task back")
     assert daemon.events("the inference thread does not respond; exiting without it")
+
+
+def test_a_task_that_kills_the_daemon_twice_is_answered_not_run_a_third_time(
+    daemon_factory, probe, tmp_path
+):
+    """A poison task (here: SIGKILLed while it runs, as a llama.cpp crash or an OOM kill
+    would end it) costs at most [queue] max_task_aborts (2) restarts, never systemd's
+    start limit: the third start answers it INTERNAL and acknowledges it."""
+    state = tmp_path / "state-poison"
+    probe.subscribe("edgeagent/dev1/results/#")
+    task = {"id": "p1", "input": "Tell a story.", "schema": SLOW_SCHEMA, "max_tokens": 400}
+    log = tmp_path / "dev1.log"
+    for attempt in range(2):
+        daemon = daemon_factory(state_dir=state)
+        if attempt == 0:
+            probe.publish("edgeagent/dev1/tasks", task)  # later starts get the redelivery
+        daemon.wait_event("task started", task_id="p1")
+        daemon.signal(signal.SIGKILL)
+        daemon.wait()
+        log.rename(tmp_path / f"dev1-{attempt}.log")  # each start's events on their own
+    last = daemon_factory(state_dir=state)
+    answer = body(probe.wait_for("edgeagent/dev1/results/p1", timeout=120)[0])
+    assert answer["status"] == "error"
+    assert answer["error"]["code"] == "INTERNAL"
+    assert answer["error"]["message"] == "task aborted the daemon 2 times"
+    assert not last.events("task started")  # not run a third time
+    assert last.events("task aborted the daemon too often; answered instead of run again")
+    # Acknowledged: a task after it is answered, and no redelivery of p1 comes back.
+    probe.publish("edgeagent/dev1/tasks", {"id": "p2", "input": "Aveiro, 17 C.", "schema": SCHEMA})
+    assert body(probe.wait_for("edgeagent/dev1/results/p2", timeout=120)[0])["status"] == "ok"
+    assert len([m for m in probe.messages if m.topic == "edgeagent/dev1/results/p1"]) == 1

@@ -49,7 +49,7 @@ SMALL_SCHEMA = {"type": "integer", "minimum": 0, "maximum": 99}
 VALID_TASKS: tuple[dict[str, Any], ...] = (
     {"input": "Porto reports 21 degrees. The temperature?", "schema": SMALL_SCHEMA},
     {"input": "Zone 3 soil is fine, nothing to do.", "action": "no_action"},
-    {"input": "Frost tonight.", "actions": ["no_action", "notify"], "max_tokens": 24},
+    {"input": "Frost tonight.", "actions": ["no_action", "notify"], "max_tokens": 48},
     {"messages": [{"role": "user", "content": "Faro: 25 degrees."}], "schema": SMALL_SCHEMA},
 )
 

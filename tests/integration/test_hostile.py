@@ -1,0 +1,228 @@
+"""Hostile input against the live daemon: real SmolLM2, real mosquitto, `edgeagent run`.
+
+The fixed corpus of support/hostile.py (every payload and reply address of issue 11 that
+a broker carries at all) and hypothesis mutations of valid tasks (support/hostile_fuzz.py),
+with valid tasks interleaved, go to one daemon. The verdict (support/hostile_live.py):
+
+* the daemon never restarts or reconnects: same process, one model load, one connection,
+  and mosquitto logs no disconnect of its client;
+* every task message the broker delivered was acknowledged (mosquitto's own log: every
+  PUBLISH to the daemon's client has its PUBACK), and on MQTT v5 the broker dropped the
+  payloads over the Maximum Packet Size instead of sending them;
+* every message gets exactly one reply, at the sender's address or, when the request
+  named a refused one, on the errors topic; with the documented code (the corpus names
+  it; a mutation may get any documented code but INTERNAL); every valid task is answered
+  "ok";
+* nothing is published outside the device's own topics and the allowed reply prefix
+  `replies` (a `#` subscriber sees everything; the test publishes only on the task topic,
+  and mosquitto's log names the daemon's client on each of its publishes), and the
+  device's actions topics carry action messages only;
+* the daemon's RSS grows by at most RSS_GROWTH_MIB over the run.
+
+The short version runs in the suite; `pytest -m fuzz tests/integration/test_hostile.py`
+runs the long one (>= 10,000 payloads) and prints its figures.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.daemon import DaemonProcess, write_config
+from support.hostile import Case, corpus, interleave
+from support.hostile_fuzz import draw_cases
+from support.hostile_live import DAEMON_CLIENT, BrokerLog, Driver, Outcome, Watcher
+from support.mosquitto import Mosquitto
+
+pytestmark = [pytest.mark.model, pytest.mark.mqtt, pytest.mark.slow]
+
+MAX_PAYLOAD = 256 * 1024  # the default [mqtt] max_payload_bytes
+# What the daemon may grow by while it takes every hostile payload (it holds at most its
+# receive window of them, each refused without being kept); measured growth is reported.
+RSS_GROWTH_MIB = 48
+SECTIONS: dict[str, dict[str, Any]] = {
+    "model": {"max_tokens": 32},  # valid tasks stay short on the small model
+    "queue": {"default_deadline_s": 60},
+}
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    broker = Mosquitto(tmp_path / "broker", persistence=False)
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+class Live:
+    """A daemon, the `#` watcher and the broker's log, and the verdict on a run."""
+
+    def __init__(self, tmp_path: Path, model_path: Path, broker: Mosquitto, *, v5: bool) -> None:
+        self.broker = broker
+        self.v5 = v5
+        self.watcher = Watcher(broker.port)
+        protocol = {"protocol": "5" if v5 else "3.1.1"}
+        cfg = write_config(
+            tmp_path / "hostile.toml",
+            model=model_path,
+            port=broker.port,
+            sections={**SECTIONS, "mqtt": protocol},
+        )
+        self.daemon = DaemonProcess(cfg, tmp_path / "hostile.log")
+        self.daemon.start()
+        self.daemon.wait_event("mqtt connected")
+        assert self.daemon.proc is not None
+        self.pid = self.daemon.proc.pid
+        self.log = BrokerLog(broker.workdir / "mosquitto.log", DAEMON_CLIENT)
+
+    def run(self, cases: list[Case], *, window: int = 8) -> Outcome:
+        driver = Driver(
+            self.broker.port,
+            self.watcher,
+            self.pid,
+            v5=self.v5,
+            max_payload_bytes=MAX_PAYLOAD,
+            window=window,
+        )
+        try:
+            return driver.run(cases)
+        finally:
+            driver.close()
+
+    def close(self) -> None:
+        self.daemon.stop()
+        self.watcher.close()
+
+    def verdict(self, outcome: Outcome) -> dict[str, Any]:
+        """Assert everything the module docstring promises; the figures."""
+        unacked = self.log.wait_all_acked(timeout=30)
+        # The same process, never restarted, never reconnected.
+        assert self.daemon.proc is not None
+        assert self.daemon.proc.poll() is None, self.daemon.log()[-3000:]
+        assert self.daemon.proc.pid == self.pid
+        assert len(self.daemon.events("model loaded")) == 1
+        assert len(self.daemon.events("mqtt connected")) == 1
+        assert self.log.gone == []
+        assert unacked == {}, f"task messages never acknowledged: {unacked}"
+        # Every message answered once, at the right address, with the documented code.
+        problems = [p for s in outcome.sent if (p := self._problem(s)) is not None]
+        assert problems == [], problems[:20]
+        over = [s for s in outcome.sent if s.case.over_packet_size]
+        if self.v5:
+            assert self.log.dropped == len(over)  # never sent to the daemon
+            assert outcome.anonymous == []
+        else:
+            assert len(outcome.anonymous) == sum(s.anonymous for s in outcome.sent)
+        # Nothing published where it must not be.
+        assert outcome.strays == []
+        assert outcome.replies_on_actions == []
+        by_daemon = set(self.log.published)
+        assert all(t.startswith(("edgeagent/dev1/", "replies/")) for t in by_daemon), by_daemon
+        internal = [e for e in self.daemon.events("task") if e.get("error_code") == "INTERNAL"]
+        assert internal == []
+        rss = outcome.rss_mib
+        growth = rss[-1][1] - rss[0][1]
+        assert growth <= RSS_GROWTH_MIB, rss
+        valid = [s for s in outcome.sent if "valid" in s.case.tags]
+        return {
+            "payloads": len(outcome.sent),
+            "hostile": len(outcome.sent) - len(valid),
+            "valid_tasks": len(valid),
+            "valid_answered_ok": sum(1 for s in valid if _code(s) == "ok"),
+            "delivered_by_broker": self.log.delivered,
+            "dropped_by_broker": self.log.dropped,
+            "messages_unacked": len(unacked),
+            "restarts": len(self.daemon.events("model loaded")) - 1,
+            "reconnects": len(self.daemon.events("mqtt connected")) - 1,
+            "stray_publishes": len(outcome.strays),
+            "rss_mib_before": round(rss[0][1], 1),
+            "rss_mib_after": round(rss[-1][1], 1),
+            "rss_mib_max": round(max(r for _, r in rss), 1),
+            "elapsed_s": round(outcome.elapsed_s, 1),
+            "codes": dict(sorted(outcome.codes().items())),
+        }
+
+    def _problem(self, sent: Any) -> str | None:
+        """What is wrong with one message's replies, with the payload (fuzz cases are drawn
+        afresh in each context); None when nothing is."""
+        case: Case = sent.case
+        about = f"{case.name} {case.payload[:300]!r} (response topic {case.response_topic!r})"
+        if not sent.expect_reply:  # dropped by the broker, or answered anonymously
+            return None if not sent.replies else f"a reply it cannot have: {about}"
+        if len(sent.replies) != 1:
+            return f"{len(sent.replies)} replies: {about}"
+        (reply,) = sent.replies
+        got = f"{reply.topic!r} {reply.payload[:200]!r}"
+        if _code(sent) not in case.codes:
+            return f"code: {got} to {about}"
+        if case.to_errors and reply.topic != "edgeagent/dev1/errors":
+            return f"refused address, reply on {got} to {about}"
+        if not case.to_errors and self.v5:
+            expected = case.response_topic or "replies/hostile"
+            if reply.topic != expected or reply.correlation != sent.correlation:
+                return f"reply on {got} to {about}"
+        return None
+
+
+def _code(sent: Any) -> str:
+    body = json.loads(sent.replies[0].payload)
+    return "ok" if body["status"] == "ok" else body["error"]["code"]
+
+
+def v5_cases(fuzz: int, *, seed: int, every: int) -> list[Case]:
+    hostile = [c for c in corpus(MAX_PAYLOAD) if c.broker_forwards]
+    hostile += draw_cases(fuzz, seed=seed, broker_safe=True)
+    return interleave(hostile, every=every)
+
+
+def report(name: str, figures: dict[str, Any], record_property: Any) -> None:
+    record_property(name, figures)
+    print(f"{name} figures:", json.dumps(figures))
+
+
+def test_hostile_input_short_v5(tmp_path, model_path, broker, record_property):
+    live = Live(tmp_path, model_path, broker, v5=True)
+    try:
+        outcome = live.run(v5_cases(120, seed=11, every=15))
+        report("hostile", live.verdict(outcome), record_property)
+    finally:
+        live.close()
+
+
+def test_hostile_input_short_v311(tmp_path, model_path, broker, record_property):
+    """MQTT 3.1.1: no Maximum Packet Size, so oversized payloads reach the daemon and are
+    answered PAYLOAD_TOO_LARGE unread; replies go by reply_to or to results/<id>."""
+    live = Live(tmp_path, model_path, broker, v5=False)
+    try:
+        cases = [c for c in corpus(MAX_PAYLOAD) if c.response_topic is None and not c.runs_model]
+        outcome = live.run(interleave(cases, every=15))
+        figures = live.verdict(outcome)
+        assert figures["codes"]["PAYLOAD_TOO_LARGE"] == sum(
+            1 for c in cases if "PAYLOAD_TOO_LARGE" in c.codes
+        )
+        report("hostile 3.1.1", figures, record_property)
+    finally:
+        live.close()
+
+
+def _selected_fuzz(config: pytest.Config) -> bool:
+    expression = config.getoption("markexpr") or ""
+    return bool(re.search(r"(?<!not )\bfuzz\b", expression))
+
+
+@pytest.mark.fuzz
+def test_hostile_input_long(request, tmp_path, model_path, broker, record_property):
+    if not _selected_fuzz(request.config):
+        pytest.skip("the long fuzz run runs only when selected: pytest -m fuzz")
+    live = Live(tmp_path, model_path, broker, v5=True)
+    try:
+        outcome = live.run(v5_cases(10_000, seed=2024, every=20), window=12)
+        figures = live.verdict(outcome)
+        assert figures["payloads"] >= 10_000
+        report("hostile long", figures, record_property)
+    finally:
+        live.close()
