@@ -695,3 +695,31 @@ def test_a_burst_of_tasks_with_new_schemas_waits_for_threads_and_shares_compiles
         await parts.crash()
 
     run(scenario())
+
+
+def test_a_task_still_compiling_at_shutdown_is_left_to_the_broker():
+    entered = threading.Event()
+    release = threading.Event()
+
+    def compile_contract(catalog, *, schema=None, action_names=None, limits):
+        entered.set()
+        release.wait(5)
+        return real_compile(catalog, schema=schema, action_names=action_names, limits=limits)
+
+    async def scenario():
+        parts = await started(contracts=ContractCache(compile_contract=compile_contract))
+        message = parts.link.deliver(TASK)
+        await asyncio.to_thread(entered.wait, 5)
+        assert "t1" in parts.daemon.admission._inflight
+        parts.daemon.admission.close()  # SIGTERM
+        await parts.daemon.admission.settle()
+        release.set()
+        assert "t1" not in parts.daemon.admission._inflight
+        assert parts.link.ack_attempts == []  # not acked: the broker delivers it again
+        assert parts.link.published == []
+        assert (await parts.record("t1")) is None  # never accepted
+        parts.link.redeliver(message)  # closed: not even looked at
+        assert parts.link.ack_attempts == []
+        await parts.crash()
+
+    run(scenario())
