@@ -657,7 +657,12 @@ class Admission:
         while a client's re-send is admitted afresh (unless `replayable`)."""
         self._log_refusal(entry.task_id, error)
         reply = ErrorReply.of(entry.task_id, self.cfg.device.id, error)
-        await self._delivery.finish(entry, reply, replayable=replayable)
+        try:
+            await self._delivery.finish(entry, reply, replayable=replayable)
+        except Exception:  # a bug: the entry's messages must not stay unacknowledged
+            log.exception("recording a refusal failed; acknowledging", task_id=entry.task_id)
+            for waiting in self._inflight.close(entry):
+                self._delivery.acknowledge(waiting.message)
 
     def _log_refusal(self, task_id: str | None, error: EdgeAgentError) -> None:
         self._counters.failed += 1

@@ -723,3 +723,22 @@ def test_a_task_still_compiling_at_shutdown_is_left_to_the_broker():
         await parts.crash()
 
     run(scenario())
+
+
+def test_a_refusal_that_cannot_be_recorded_still_ends_in_the_ack(monkeypatch):
+    async def scenario():
+        parts = await started()
+
+        async def broken(*_args, **_kwargs):
+            raise RuntimeError("a bug")
+
+        monkeypatch.setattr(parts.daemon.delivery, "finish", broken)
+        with capture_logs() as logs:
+            message = parts.link.deliver({"id": "r1", "input": "x", "action": "launch_rocket"})
+            await parts.link.wait_for_acks(1)
+        assert parts.link.acked == [message]
+        assert "recording a refusal failed; acknowledging" in [e["event"] for e in logs]
+        assert not parts.daemon.admission._inflight
+        await parts.crash()
+
+    run(scenario())
