@@ -12,7 +12,7 @@ import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 from llguidance import LLMatcher
 
@@ -28,10 +28,13 @@ from edgeagent.inference.decoding import (
 )
 from edgeagent.inference.model import ResidentModel, sha256_file
 from edgeagent.inference.overflow import answer_within_budget
+from edgeagent.inference.prefix_cache import Prompt
 from edgeagent.inference.prompt import Message, build_messages
+from edgeagent.inference.speculative import DraftTarget, SpeculativeDecoder
 from edgeagent.inference.task import Answer, Task
 
 T = TypeVar("T")
+_FIXED_PARTS = 64  # output contracts whose fixed prompt part is remembered
 
 
 class EngineModel(Decoder, Protocol):
@@ -77,10 +80,12 @@ class Engine:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgeagent-inference")
         self._model: EngineModel | None = None
         self._sampler = Sampler(cfg.temperature, cfg.seed)
+        self._fixed_parts: dict[str, list[int]] = {}
         # Monotonic time of the last sign of life of the inference thread (a decode
         # step, or the end of a call); read by the systemd watchdog.
         self.last_progress = time.monotonic()
         self.busy = False
+        self.speculate = True  # prompt-lookup speculation (speculative.py) when greedy
 
     # -- thread plumbing ------------------------------------------------------
 
@@ -160,9 +165,33 @@ class Engine:
     # -- work ----------------------------------------------------------------
 
     def prompt_tokens(self, spec: OutputSpec, content: str | Sequence[Message]) -> list[int]:
-        """Tokens of the full prompt for this content (inference thread only)."""
+        """Tokens of the full prompt for this content (inference thread only): a
+        `Prompt` that knows where the part that is the same for every input ends."""
         messages = build_messages(self.cfg.system_prompt, spec.instructions, content)
-        return self.model.render_chat(messages)
+        tokens = self.model.render_chat(messages)
+        fixed = self._fixed_part(spec.instructions)
+        keep = 0
+        while keep < min(len(fixed), len(tokens)) and fixed[keep] == tokens[keep]:
+            keep += 1
+        return Prompt(tokens, keep)
+
+    def _fixed_part(self, instructions: str) -> list[int]:
+        """The prompt tokens before the caller's input: where two prompts for different
+        inputs part (the template and our system message are tokenized apart from it)."""
+        fixed = self._fixed_parts.get(instructions)
+        if fixed is None:
+            a, b = (
+                self.model.render_chat(build_messages(self.cfg.system_prompt, instructions, x))
+                for x in ("A", "B")
+            )
+            end = 0
+            while end < min(len(a), len(b)) and a[end] == b[end]:
+                end += 1
+            fixed = a[:end]
+            if len(self._fixed_parts) >= _FIXED_PARTS:
+                self._fixed_parts.pop(next(iter(self._fixed_parts)))
+            self._fixed_parts[instructions] = fixed
+        return fixed
 
     def tokenize(self, text: str) -> list[int]:
         return self.model.tokenize(text)
@@ -191,7 +220,7 @@ class Engine:
         matcher = LLMatcher(model.lltokenizer, task.spec.grammar)
         control = StepControl(deadline=task.deadline, cancel=task.cancel, on_step=self._touch)
         generation = generate_constrained(
-            model,
+            self._decoder(model, matcher, task.max_tokens),
             matcher,
             prompt,
             max_tokens=task.max_tokens,
@@ -199,6 +228,15 @@ class Engine:
             control=control,
         )
         return self._finish(task.spec, generation, model)
+
+    def _decoder(self, model: Decoder, matcher: LLMatcher, max_tokens: int) -> Decoder:
+        """The model, behind prompt-lookup speculation when decoding is greedy and the
+        model can verify drafts exactly (ResidentModel.invariant_rows > 1)."""
+        rows = getattr(model, "invariant_rows", 1)
+        if self._sampler.temperature > 0.0 or rows < 2 or not self.speculate:
+            return model
+        target = cast("DraftTarget", model)
+        return SpeculativeDecoder(target, matcher, max_tokens=max_tokens, max_draft=rows - 1)
 
     def _resize(self, n_ctx: int) -> None:
         if n_ctx <= 0:

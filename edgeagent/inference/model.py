@@ -14,62 +14,32 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import llama_cpp
 import numpy as np
-import numpy.typing as npt
-import structlog
 from llama_cpp import _internals as internals
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from llguidance.llamacpp import lltokenizer_from_vocab
 
 from edgeagent.errors import EdgeAgentError, ErrorCode
 from edgeagent.inference.chat import render_segments, tokenize_chat
+from edgeagent.inference.invariance import PROBE_TEXT, invariant_batch_rows
+from edgeagent.inference.kvcache import KvContext, Logits
+from edgeagent.inference.llama_log import (
+    buffer_sizes,
+    forget_buffer_sizes,
+    quiet_llama_cpp,
+    return_freed_memory,
+)
+from edgeagent.inference.prefix_cache import DEFAULT_LIMIT_BYTES, PrefixCache
+from edgeagent.inference.prefix_cache import prefill as prefill_prompt
 from edgeagent.inference.prompt import Message
+from edgeagent.inference.speculative import MAX_DRAFT
 
-Logits = npt.NDArray[np.float32]
-log = structlog.get_logger("edgeagent.llama_cpp")
-
-# llama.cpp writes hundreds of info lines per context. We keep its warnings and errors
-# as log events, and read from its info lines the buffer sizes it allocated: they are
-# the measured cost of a context the memory governor works with
-# (ggml_log_level: 2 = info, 3 = warn, 4 = error).
-_GGML_INFO, _GGML_WARN, _GGML_ERROR = 2, 3, 4
-_BUFFER_RE = re.compile(r"CPU (KV|compute) buffer size =\s*([0-9.]+) MiB")
-_last_buffers: dict[str, int] = {}
-
-
-@llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
-def _llama_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
-    message = text.decode("utf-8", errors="replace").strip()
-    if level == _GGML_INFO:
-        match = _BUFFER_RE.search(message)
-        if match:
-            _last_buffers[match.group(1).lower()] = int(float(match.group(2)) * 2**20)
-    elif level in (_GGML_WARN, _GGML_ERROR) and message:
-        (log.error if level == _GGML_ERROR else log.warning)("llama.cpp", message=message)
-
-
-def _return_freed_memory() -> None:
-    """Give freed heap memory back to the kernel (glibc only).
-
-    After a large context was freed, glibc raises its mmap threshold and serves the
-    next smaller KV caches (up to 32 MiB) from the heap, which free() does not return:
-    the memory governor would count as released what the kernel never got back.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc (musl, macOS): nothing to do
-        return
-    libc.malloc_trim(0)
-
-
-def quiet_llama_cpp() -> None:
-    llama_cpp.llama_log_set(_llama_log, ctypes.c_void_p(0))
+_PROBE_CTX = 256  # the invariance probe needs this much context
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -83,13 +53,27 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 class ResidentModel:
     """Weights, tokenizer, chat template and the current context of one GGUF model."""
 
-    def __init__(self, path: Path, *, threads: int, n_ctx: int, n_batch: int) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        threads: int,
+        n_ctx: int,
+        n_batch: int,
+        n_seq: int = 1,
+        prefix_cache_bytes: int = DEFAULT_LIMIT_BYTES,
+        repack: bool = False,
+    ) -> None:
         if not path.is_file():
             raise EdgeAgentError(ErrorCode.CONFIG_INVALID, f"model file not found: {path}")
         quiet_llama_cpp()
         llama_cpp.llama_backend_init()
         params = llama_cpp.llama_model_default_params()
         params.use_mmap = True
+        # Repacked weights (llama.cpp's "extra buffer types") make a token's logits depend
+        # on how many tokens share its batch; without them batches of a few tokens give
+        # exactly the logits of single steps (inference/invariance.py).
+        params.use_extra_bufts = repack
         self.path = path
         self.threads = threads
         self.n_batch = n_batch
@@ -114,62 +98,79 @@ class ResidentModel:
         self.digit_tokens = np.array(
             [p.isdigit() and p.isascii() for p in self._pieces], dtype=np.bool_
         )
-        self._ctx: Any = None
-        self._batch: Any = None
+        self.n_seq = n_seq
+        self.prefix_cache = PrefixCache(prefix_cache_bytes)
+        self._kv: KvContext | None = None
         self.n_ctx = 0
         self.kv_buffer_bytes = 0
         self.compute_buffer_bytes = 0
         # Called after every decode batch: a long prompt is many batches, and the
         # watchdog must see that the inference thread is alive through all of them.
-        self.on_progress: Callable[[], None] | None = None
-        # Tokens whose keys/values are in the KV cache, in order: a new prompt that
-        # starts with the same system prompt reuses them instead of recomputing.
-        self._kv_tokens: list[int] = []
+        self._on_progress: Callable[[], None] | None = None
         self.resize(n_ctx)
+        # How many tokens a speculative verification batch may hold (invariance.py).
+        self.invariant_rows = 1
+        if self.n_ctx >= _PROBE_CTX:
+            probe = self.tokenize(PROBE_TEXT)
+            self.invariant_rows = invariant_batch_rows(self.kv, probe, limit=1 + MAX_DRAFT)
 
     # -- context -------------------------------------------------------------
 
+    @property
+    def on_progress(self) -> Callable[[], None] | None:
+        return self._on_progress
+
+    @on_progress.setter
+    def on_progress(self, callback: Callable[[], None] | None) -> None:
+        self._on_progress = callback
+        if self._kv is not None:
+            self._kv.on_progress = callback
+
+    @property
+    def kv(self) -> KvContext:
+        """The context (KV cells of every sequence); BUSY when it is released."""
+        if self._kv is None:
+            raise EdgeAgentError(ErrorCode.BUSY, "memory is short: no context is allocated")
+        return self._kv
+
     def resize(self, n_ctx: int) -> None:
-        """Recreate the context with room for n_ctx tokens (weights stay loaded)."""
-        n_ctx = min(n_ctx, self.n_ctx_train)
+        """Recreate the context with room for n_ctx tokens (weights stay loaded).
+
+        With several sequences the context may hold more cells than the model was
+        trained for: each sequence's positions stay below n_ctx_train.
+        """
+        if self.n_seq == 1:
+            n_ctx = min(n_ctx, self.n_ctx_train)
         self._free_context()
-        params = llama_cpp.llama_context_default_params()
-        params.n_ctx = n_ctx
-        params.n_batch = min(self.n_batch, n_ctx)
-        params.n_ubatch = min(self.n_batch, n_ctx)
-        params.n_threads = self.threads
-        params.n_threads_batch = self.threads
-        params.no_perf = True
-        _last_buffers.clear()
+        forget_buffer_sizes()
         try:
-            self._ctx = internals.LlamaContext(model=self._model, params=params, verbose=False)
+            self._kv = KvContext(
+                self._model,
+                n_ctx=n_ctx,
+                n_batch=self.n_batch,
+                n_seq=self.n_seq,
+                threads=self.threads,
+                n_vocab=self.n_vocab,
+            )
         except ValueError as exc:
             raise EdgeAgentError(
                 ErrorCode.CONTEXT_BUDGET, f"cannot allocate a context of {n_ctx} tokens"
             ) from exc
-        self._batch = internals.LlamaBatch(
-            n_tokens=params.n_batch, embd=0, n_seq_max=1, verbose=False
-        )
+        self._kv.on_progress = self._on_progress
         self.n_ctx = n_ctx
-        self._kv_tokens = []
         # What llama.cpp reported allocating for this context (bytes).
-        self.kv_buffer_bytes = _last_buffers.get("kv", 0)
-        self.compute_buffer_bytes = _last_buffers.get("compute", 0)
+        self.kv_buffer_bytes, self.compute_buffer_bytes = buffer_sizes()
 
     def release(self) -> None:
         """Free the context (memory pressure); the weights stay. resize() brings it back."""
         self._free_context()
         self.n_ctx = 0
-        self._kv_tokens = []
 
     def _free_context(self) -> None:
-        if self._batch is not None:
-            self._batch.close()
-            self._batch = None
-        if self._ctx is not None:
-            self._ctx.close()
-            self._ctx = None
-            _return_freed_memory()
+        if self._kv is not None:
+            self._kv.close()
+            self._kv = None
+            return_freed_memory()
 
     def close(self) -> None:
         self._free_context()
@@ -228,48 +229,48 @@ class ResidentModel:
     def is_end_token(self, token: int) -> bool:
         return token in (self.eos, self.eot)
 
-    # -- evaluation ----------------------------------------------------------
+    # -- evaluation (sequence 0) ------------------------------------------------
 
     def prefill(self, prompt: Sequence[int]) -> int:
-        """Put prompt into the KV cache, reusing the longest cached prefix.
+        """Put prompt into the KV cache of sequence 0, reusing what can be reused.
 
-        Returns how many prompt tokens were reused. At least the last token is always
-        evaluated, because its logits are what the first answer token is sampled from.
+        A `Prompt` with a fixed part reuses it from this sequence, the prefix cache or
+        computes (and caches) it; a plain token list reuses the longest prefix this
+        sequence holds (prefix_cache.prefill). Returns how many tokens were reused.
         """
-        if len(prompt) > self.n_ctx:
+        kv = self.kv
+        if len(prompt) > kv.n_ctx:
             raise EdgeAgentError(ErrorCode.CONTEXT_BUDGET, "prompt longer than the context")
-        reuse = 0
-        limit = min(len(prompt) - 1, len(self._kv_tokens))
-        while reuse < limit and self._kv_tokens[reuse] == prompt[reuse]:
-            reuse += 1
-        self._ctx.kv_cache_seq_rm(-1, reuse, -1)
-        self._kv_tokens = self._kv_tokens[:reuse]
-        self.feed(prompt[reuse:])
-        return reuse
+        if kv.mixed:
+            # Other sequences had cells: start from an empty cache, so that this prompt's
+            # cells lie exactly as in a run alone (see prefix_cache, identical answers).
+            kv.clear()
+        return prefill_prompt(kv, 0, prompt, self.prefix_cache)
 
     def feed(self, tokens: Sequence[int]) -> None:
         """Evaluate tokens after what is cached; logits of the last one become current."""
-        if len(self._kv_tokens) + len(tokens) > self.n_ctx:
-            raise EdgeAgentError(ErrorCode.CONTEXT_BUDGET, "context window is full")
-        for start in range(0, len(tokens), self._batch._n_tokens):  # noqa: SLF001 - batch capacity
-            chunk = list(tokens[start : start + self._batch._n_tokens])  # noqa: SLF001
-            self._batch.set_batch(batch=chunk, n_past=len(self._kv_tokens), logits_all=False)
-            self._ctx.decode(self._batch)
-            self._kv_tokens.extend(chunk)
-            if self.on_progress is not None:
-                self.on_progress()
+        self.kv.feed(0, tokens)
+
+    def feed_all(self, tokens: Sequence[int]) -> list[Logits]:
+        """Evaluate tokens in one batch; logits after each of them (views, valid until
+        the next decode). For speculative decoding."""
+        kv = self.kv
+        (start,) = kv.decode([(0, tokens, True)])
+        return [kv.logits(start + i) for i in range(len(tokens))]
+
+    def rewind(self, count: int) -> None:
+        """Forget the last `count` tokens fed (a rejected speculation)."""
+        kv = self.kv
+        kv.remove(0, len(kv.tokens[0]) - count)
 
     def logits(self) -> Logits:
         """Logits for the token after the last one fed (a view, valid until the next feed)."""
-        pointer = self._ctx.get_logits_ith(-1)
-        return np.ctypeslib.as_array(
-            ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)), shape=(self.n_vocab,)
-        )
+        return self.kv.logits(-1)
 
     @property
     def raw_context(self) -> Any:
         """The llama_context pointer, for llama.cpp samplers (benchmarks only)."""
-        return self._ctx.ctx
+        return self.kv.ctx.ctx
 
     @property
     def vocab(self) -> Any:

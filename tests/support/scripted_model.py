@@ -148,6 +148,8 @@ class ScriptedModel:
         self.unwedge = threading.Event()
         self._kv: list[int] = []
         self._written: list[int] = []
+        self.verified: list[list[int]] = []  # batches fed by feed_all
+        self.rewound: list[int] = []  # counts given to rewind
 
     # -- EngineModel ----------------------------------------------------------
 
@@ -223,6 +225,27 @@ class ScriptedModel:
 
     def piece(self, token: int) -> str:
         return "" if token in SPECIAL_IDS else VOCAB[token].decode("utf-8", errors="replace")
+
+    # -- speculative decoding (edgeagent.inference.speculative.DraftTarget) -------
+
+    def feed_all(self, tokens: Sequence[int]) -> list[npt.NDArray[np.float32]]:
+        """Feed tokens as one batch; the logits after each of them (`text` scripts only:
+        `steps` are consumed one per logits() call). Recorded in `verified`."""
+        self.feed(tokens)
+        self.verified.append(list(tokens))
+        written = self._written
+        rows = []
+        for end in range(len(written) - len(tokens) + 1, len(written) + 1):
+            self._written = written[:end]
+            rows.append(self.logits())
+        self._written = written
+        return rows
+
+    def rewind(self, count: int) -> None:
+        """Forget the last `count` tokens fed; recorded in `rewound`."""
+        self.rewound.append(count)
+        del self._kv[len(self._kv) - count :]
+        del self._written[len(self._written) - count :]
 
     # -- the script -------------------------------------------------------------
 
