@@ -8,9 +8,10 @@ generation runs, and makes the model's state (KV cache, context size) single-own
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar, cast
 
@@ -18,6 +19,7 @@ from llguidance import LLMatcher
 
 from edgeagent.config import ModelConfig
 from edgeagent.errors import EdgeAgentError, ErrorCode
+from edgeagent.inference.batch import MIN_BATCH, Batcher, SeqHandle
 from edgeagent.inference.contract import OutputSpec
 from edgeagent.inference.decoding import (
     Decoder,
@@ -28,13 +30,13 @@ from edgeagent.inference.decoding import (
 )
 from edgeagent.inference.model import ResidentModel, sha256_file
 from edgeagent.inference.overflow import answer_within_budget
-from edgeagent.inference.prefix_cache import Prompt
+from edgeagent.inference.prefix_cache import FixedParts
 from edgeagent.inference.prompt import Message, build_messages
+from edgeagent.inference.scheduler import MAX_PARALLEL, TaskScheduler
 from edgeagent.inference.speculative import DraftTarget, SpeculativeDecoder
 from edgeagent.inference.task import Answer, Task
 
 T = TypeVar("T")
-_FIXED_PARTS = 64  # output contracts whose fixed prompt part is remembered
 
 
 class EngineModel(Decoder, Protocol):
@@ -68,19 +70,31 @@ def _load_resident(cfg: ModelConfig) -> EngineModel:
                 ErrorCode.CONFIG_INVALID,
                 f"model.sha256: {cfg.path} has sha256 {actual}, expected {cfg.sha256}",
             )
-    return ResidentModel(cfg.path, threads=cfg.threads, n_ctx=cfg.n_ctx, n_batch=cfg.n_batch)
+    return ResidentModel(
+        cfg.path, threads=cfg.threads, n_ctx=cfg.n_ctx, n_batch=cfg.n_batch, n_seq=MAX_PARALLEL
+    )
 
 
 class Engine:
     """Owns the model and its inference thread; safe to call from the event loop."""
 
-    def __init__(self, cfg: ModelConfig, factory: ModelFactory = _load_resident) -> None:
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        factory: ModelFactory = _load_resident,
+        *,
+        min_batch: int = MIN_BATCH,
+    ) -> None:
+        """min_batch: open sequences from which a step decodes them together (batch.py)."""
         self.cfg = cfg
+        self.min_batch = min_batch
+        # Several tasks at once, for models that hold several sequences (ResidentModel).
+        self._scheduler: TaskScheduler | None = None
         self._factory = factory
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgeagent-inference")
         self._model: EngineModel | None = None
         self._sampler = Sampler(cfg.temperature, cfg.seed)
-        self._fixed_parts: dict[str, list[int]] = {}
+        self._fixed_parts = FixedParts()
         # Monotonic time of the last sign of life of the inference thread (a decode
         # step, or the end of a call); read by the systemd watchdog.
         self.last_progress = time.monotonic()
@@ -134,6 +148,25 @@ class Engine:
         cfg = self.cfg if n_ctx is None else self.cfg.model_copy(update={"n_ctx": n_ctx})
         self._model = self._factory(cfg)
         self._model.on_progress = self._touch
+        if isinstance(self._model, ResidentModel) and self._model.max_seq > 1:
+            batcher = Batcher(self._model, min_batch=self.min_batch)
+            self._scheduler = TaskScheduler(
+                batcher,
+                run=self._answer,
+                on_inference_thread=self.submit,
+                parallel=self._model.max_seq,
+            )
+
+    @property
+    def parallel(self) -> int:
+        """How many tasks the engine takes at once (`answer` may be awaited that often)."""
+        return self._scheduler.parallel if self._scheduler is not None else 1
+
+    def set_parallel(self, parallel: int) -> None:
+        """Tasks (and KV streams of a batch) at once: the memory governor's choice."""
+        if self._scheduler is not None:
+            self._scheduler.set_parallel(parallel)
+            self._scheduler.batcher.streams = self._scheduler.parallel
 
     def load(self) -> None:
         """Load the model (blocking; from the CLI)."""
@@ -148,6 +181,9 @@ class Engine:
         """Free the model on its thread. False if the thread did not get to it in time
         (a wedged model call): the thread is then left behind, and the process should
         exit without waiting for it."""
+
+        if self._scheduler is not None:
+            self._scheduler.close()
 
         def _close() -> None:
             if self._model is not None:
@@ -165,33 +201,10 @@ class Engine:
     # -- work ----------------------------------------------------------------
 
     def prompt_tokens(self, spec: OutputSpec, content: str | Sequence[Message]) -> list[int]:
-        """Tokens of the full prompt for this content (inference thread only): a
-        `Prompt` that knows where the part that is the same for every input ends."""
+        """Tokens of the full prompt for this content: a `Prompt` that knows where the
+        part that is the same for every input ends (prefix_cache.FixedParts)."""
         messages = build_messages(self.cfg.system_prompt, spec.instructions, content)
-        tokens = self.model.render_chat(messages)
-        fixed = self._fixed_part(spec.instructions)
-        keep = 0
-        while keep < min(len(fixed), len(tokens)) and fixed[keep] == tokens[keep]:
-            keep += 1
-        return Prompt(tokens, keep)
-
-    def _fixed_part(self, instructions: str) -> list[int]:
-        """The prompt tokens before the caller's input: where two prompts for different
-        inputs part (the template and our system message are tokenized apart from it)."""
-        fixed = self._fixed_parts.get(instructions)
-        if fixed is None:
-            a, b = (
-                self.model.render_chat(build_messages(self.cfg.system_prompt, instructions, x))
-                for x in ("A", "B")
-            )
-            end = 0
-            while end < min(len(a), len(b)) and a[end] == b[end]:
-                end += 1
-            fixed = a[:end]
-            if len(self._fixed_parts) >= _FIXED_PARTS:
-                self._fixed_parts.pop(next(iter(self._fixed_parts)))
-            self._fixed_parts[instructions] = fixed
-        return fixed
+        return self._fixed_parts.prompt(self.model.render_chat, messages)
 
     def tokenize(self, text: str) -> list[int]:
         return self.model.tokenize(text)
@@ -219,24 +232,46 @@ class Engine:
             )
         matcher = LLMatcher(model.lltokenizer, task.spec.grammar)
         control = StepControl(deadline=task.deadline, cancel=task.cancel, on_step=self._touch)
-        generation = generate_constrained(
-            self._decoder(model, matcher, task.max_tokens),
-            matcher,
-            prompt,
-            max_tokens=task.max_tokens,
-            sampler=self._sampler,
-            control=control,
-        )
+        with self._sequence(task) as sequence:
+            generation = generate_constrained(
+                self._decoder(sequence, matcher, task.max_tokens),
+                matcher,
+                prompt,
+                max_tokens=task.max_tokens,
+                sampler=self._sampler,
+                control=control,
+            )
         return self._finish(task.spec, generation, model)
+
+    @contextlib.contextmanager
+    def _sequence(self, task: Task) -> Iterator[Decoder]:
+        """What the token loop talks to: the model itself, or, on a task thread of the
+        scheduler, a sequence the batcher feeds (batch.py)."""
+        scheduler = self._scheduler
+        priority = scheduler.current_priority() if scheduler is not None else None
+        if scheduler is None or priority is None:
+            yield self.model
+            return
+        handle = scheduler.batcher.open(
+            reserve=task.max_tokens, priority=priority, deadline=task.deadline, cancel=task.cancel
+        )
+        try:
+            yield handle
+        finally:
+            handle.close()
 
     def _decoder(self, model: Decoder, matcher: LLMatcher, max_tokens: int) -> Decoder:
         """The model, behind prompt-lookup speculation when decoding is greedy and the
-        model can verify drafts exactly (ResidentModel.invariant_rows > 1)."""
-        rows = getattr(model, "invariant_rows", 1)
+        model can verify drafts exactly (ResidentModel.invariant_rows > 1); a sequence of
+        the batcher speculates only while it runs alone."""
+        rows = getattr(self._model, "invariant_rows", 1)
         if self._sampler.temperature > 0.0 or rows < 2 or not self.speculate:
             return model
+        alone = (lambda: not model.batched) if isinstance(model, SeqHandle) else None
         target = cast("DraftTarget", model)
-        return SpeculativeDecoder(target, matcher, max_tokens=max_tokens, max_draft=rows - 1)
+        return SpeculativeDecoder(
+            target, matcher, max_tokens=max_tokens, max_draft=rows - 1, propose_if=alone
+        )
 
     def _resize(self, n_ctx: int) -> None:
         if n_ctx <= 0:
@@ -245,8 +280,16 @@ class Engine:
             self.model.resize(n_ctx)
 
     async def resize(self, n_ctx: int) -> None:
-        """Recreate the context with n_ctx tokens (0: free it), between tasks."""
-        await self.call(lambda: self._resize(n_ctx))
+        """Recreate the context with n_ctx tokens (0: free it), between tasks: running
+        tasks end first, waiting ones start after it."""
+        if self._scheduler is None:
+            await self.call(lambda: self._resize(n_ctx))
+            return
+        self._scheduler.drain()
+        try:
+            await self.call(lambda: self._resize(n_ctx))
+        finally:
+            self._scheduler.resume()
 
     def buffer_bytes(self) -> tuple[int, int]:
         """(KV cache, compute buffer) bytes llama.cpp allocated for the current context."""
@@ -271,8 +314,14 @@ class Engine:
             n_ctx=model.n_ctx,
         )
 
-    def answer_blocking(self, task: Task) -> Answer:
+    def answer_blocking(self, task: Task, *, priority: int = 0) -> Answer:
+        if self._scheduler is not None:
+            return self._scheduler.answer(task, priority).result()
         return self.submit(lambda: self._answer(task)).result()
 
-    async def answer(self, task: Task) -> Answer:
+    async def answer(self, task: Task, *, priority: int = 0) -> Answer:
+        """The task's answer. Safe to await several times at once (up to `parallel`
+        tasks then run together; the others wait, highest priority first)."""
+        if self._scheduler is not None:
+            return await asyncio.wrap_future(self._scheduler.answer(task, priority))
         return await self.call(lambda: self._answer(task))

@@ -1,15 +1,15 @@
-"""One llama context whose KV cells are shared by several sequences.
+"""One llama context holding one or several sequences, each in a KV stream of its own.
 
-The context is created with a *unified* KV cache (`kv_unified`): all sequences draw
-cells from one pool of `n_ctx` cells, so a single task can still use the whole context,
-and sequences that share a prompt prefix share its cells (`seq_cp` adds a sequence to
-cells, it copies nothing). Without it llama.cpp gives every sequence a fixed
-`n_ctx / n_seq` share and copies whole buffers between them.
+With several sequences the context is created with one KV *stream* per sequence
+(`kv_unified = false`): sequence s owns cells [0, n_ctx) of stream s, exactly as a
+sequence alone owns the cells of a one-sequence context. llama.cpp's CPU kernels sum in
+an order that depends on where a token's cells lie in the buffer; a unified cache
+(all sequences in one pool) places a batched sequence's cells elsewhere and between
+other sequences' cells, and its logits differ in the last bits from a run alone —
+enough to flip a greedy choice between two nearly tied tokens. Streams also spare each
+query the masked cells of every other sequence.
 
-llama.cpp does not say how many cells are in use, so this class counts them itself:
-every cell gets an id when a token is decoded or restored into it, each sequence keeps
-the ids of its cells, and a cell is free again when no sequence holds it. The engine's
-admission and the memory governor read `used_cells`.
+`n_ctx` is the size of one stream: what one task may use, alone or batched.
 
 Every method blocks and must only be called on the engine's inference thread.
 """
@@ -17,8 +17,6 @@ Every method blocks and must only be called on the engine's inference thread.
 from __future__ import annotations
 
 import ctypes
-import itertools
-from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -32,10 +30,11 @@ from edgeagent.errors import EdgeAgentError, ErrorCode
 Logits = npt.NDArray[np.float32]
 # llama_flash_attn_type: -1 auto, 0 disabled, 1 enabled.
 FLASH_ATTN_AUTO = -1
+_HEADER = 12  # a sequence state starts with three uint32: magic, sequence id, n_stream
 
 
 class KvContext:
-    """A llama context with `n_seq` sequences (slots) over one pool of KV cells."""
+    """A llama context with `n_seq` sequences of up to `n_ctx` tokens each."""
 
     def __init__(
         self,
@@ -49,11 +48,11 @@ class KvContext:
         flash_attn: int = FLASH_ATTN_AUTO,
     ) -> None:
         params = llama_cpp.llama_context_default_params()
-        params.n_ctx = n_ctx
+        params.n_ctx = n_ctx * n_seq  # llama.cpp splits it into n_seq streams
         params.n_batch = min(n_batch, n_ctx)
         params.n_ubatch = min(n_batch, n_ctx)
         params.n_seq_max = n_seq
-        params.kv_unified = True
+        params.kv_unified = False
         # Logits for several positions of one sequence in one decode: speculative
         # verification needs them (llama.cpp's default is one output per sequence).
         params.n_outputs_max_per_seq = 0
@@ -71,14 +70,8 @@ class KvContext:
         self.n_seq = n_seq
         self.n_vocab = n_vocab
         self.tokens: list[list[int]] = [[] for _ in range(n_seq)]
-        self._cells: list[list[int]] = [[] for _ in range(n_seq)]
-        self._refs: Counter[int] = Counter()
-        self._next_cell = itertools.count()
         # Called after every decode: the watchdog must see a long prefill progress.
         self.on_progress: Callable[[], None] | None = None
-        # True once more than one sequence has had cells: their placement then differs
-        # from a run alone (see docs/benchmarks.md on identical answers).
-        self.mixed = False
 
     def close(self) -> None:
         self._batch.close()
@@ -88,31 +81,12 @@ class KvContext:
 
     @property
     def used_cells(self) -> int:
-        """KV cells held by at least one sequence."""
-        return len(self._refs)
+        """KV cells holding a token, over all sequences."""
+        return sum(len(tokens) for tokens in self.tokens)
 
-    @property
-    def free_cells(self) -> int:
-        return self.n_ctx - len(self._refs)
-
-    def unique_cells(self, seq: int) -> int:
-        """Cells only `seq` holds: what removing it would free."""
-        return sum(1 for cell in self._cells[seq] if self._refs[cell] == 1)
-
-    def _add_cells(self, seq: int, count: int) -> None:
-        new = [next(self._next_cell) for _ in range(count)]
-        self._cells[seq].extend(new)
-        self._refs.update(new)
-
-    def _drop_cells(self, cells: Sequence[int]) -> None:
-        for cell in cells:
-            self._refs[cell] -= 1
-            if self._refs[cell] <= 0:
-                del self._refs[cell]
-
-    def _note_use(self, seq: int) -> None:
-        if seq != 0 or any(self.tokens[s] for s in range(1, self.n_seq)):
-            self.mixed = True
+    def room(self, seq: int) -> int:
+        """Tokens sequence `seq` can still take."""
+        return self.n_ctx - len(self.tokens[seq])
 
     # -- sequence operations ----------------------------------------------------
 
@@ -121,51 +95,64 @@ class KvContext:
         if keep >= len(self.tokens[seq]):
             return
         llama_cpp.llama_memory_seq_rm(self._memory, seq, keep, -1)
-        self._drop_cells(self._cells[seq][keep:])
-        del self._cells[seq][keep:]
         del self.tokens[seq][keep:]
-        if self.used_cells == 0:
-            self.mixed = False
 
     def clear(self) -> None:
-        """Empty every sequence (all cells free, placement clean again)."""
+        """Empty every sequence."""
         llama_cpp.llama_memory_clear(self._memory, True)  # noqa: FBT003 - a C function's flag: clear the data too
         self.tokens = [[] for _ in range(self.n_seq)]
-        self._cells = [[] for _ in range(self.n_seq)]
-        self._refs.clear()
-        self.mixed = False
 
     def share(self, src: int, dst: int, count: int) -> None:
-        """dst (empty) starts with the first `count` cells of src, shared, not copied."""
+        """dst (empty) starts with the first `count` tokens of src (a copy of src's
+        stream, then cut: llama.cpp copies between streams only whole)."""
         if self.tokens[dst]:
             raise ValueError(f"sequence {dst} is not empty")
-        llama_cpp.llama_memory_seq_cp(self._memory, src, dst, 0, count)
-        cells = self._cells[src][:count]
-        self._cells[dst] = list(cells)
-        self._refs.update(cells)
-        self.tokens[dst] = list(self.tokens[src][:count])
-        self.mixed = True
+        llama_cpp.llama_memory_seq_cp(self._memory, src, dst, -1, -1)
+        self.tokens[dst] = list(self.tokens[src])
+        self.remove(dst, count)
 
     def save(self, seq: int) -> npt.NDArray[np.uint8]:
-        """The sequence's KV state as bytes (llama_state_seq_get_data)."""
+        """The sequence's KV state, in a form any context of this model can restore.
+
+        llama_state_seq_get_data writes [magic][seq id][n_stream] and then, per stream,
+        its cell count and cells; every stream but the sequence's own has 0 cells. A
+        context with another number of streams refuses it ("n_stream mismatch"),
+        although it would read the one non-empty section into whatever stream the
+        destination sequence has. We keep the magic and that section; `restore`
+        frames them again for the context at hand.
+        """
         size = llama_cpp.llama_state_seq_get_size(self.ctx.ctx, seq)
         state = np.empty(size, dtype=np.uint8)
         written = llama_cpp.llama_state_seq_get_data(self.ctx.ctx, _u8(state), size, seq)
-        if written != size:
-            raise EdgeAgentError(ErrorCode.INTERNAL, "saving a KV state failed")
-        return state
+        stream = seq if self.n_seq > 1 else 0
+        head, tail = _HEADER + 4 * stream, 4 * (self.n_seq - 1 - stream)
+        words = state[: head + 4].view(np.uint32) if size >= head + 4 + tail else None
+        if (
+            written != size
+            or words is None
+            or int(words[2]) != self.n_seq
+            or words[3 : 3 + stream].any()
+            or state[size - tail :].any()
+        ):
+            raise EdgeAgentError(ErrorCode.INTERNAL, "unexpected KV state layout")
+        return np.concatenate([state[:4], state[head : size - tail]])
 
-    def restore(self, seq: int, state: npt.NDArray[np.uint8], tokens: Sequence[int]) -> None:
-        """Load a state saved by `save` into the empty sequence `seq`."""
+    def restore(self, seq: int, saved: npt.NDArray[np.uint8], tokens: Sequence[int]) -> None:
+        """Load a state `save` returned (from any context of this model) into the empty
+        sequence `seq`."""
         if self.tokens[seq]:
             raise ValueError(f"sequence {seq} is not empty")
-        if self.free_cells < len(tokens):
-            raise EdgeAgentError(ErrorCode.CONTEXT_BUDGET, "no room for the cached prefix")
-        if not llama_cpp.llama_state_seq_set_data(self.ctx.ctx, _u8(state), state.size, seq):
+        if self.room(seq) < len(tokens):
+            raise EdgeAgentError(ErrorCode.CONTEXT_BUDGET, "no room for the saved state")
+        section = saved[4:]
+        framed = np.zeros(_HEADER + section.size + 4 * (self.n_seq - 1), dtype=np.uint8)
+        framed[:4] = saved[:4]
+        framed[4:_HEADER] = np.array([seq, self.n_seq], dtype=np.uint32).view(np.uint8)
+        framed[_HEADER : _HEADER + section.size] = section
+        if not llama_cpp.llama_state_seq_set_data(self.ctx.ctx, _u8(framed), framed.size, seq):
+            llama_cpp.llama_memory_seq_rm(self._memory, seq, -1, -1)
             raise EdgeAgentError(ErrorCode.INTERNAL, "restoring a KV state failed")
-        self._note_use(seq)
         self.tokens[seq] = list(tokens)
-        self._add_cells(seq, len(tokens))
 
     # -- decoding ----------------------------------------------------------------
 
@@ -179,7 +166,7 @@ class KvContext:
         total = sum(len(tokens) for _, tokens, _ in parts)
         if total == 0 or total > self.n_batch:
             raise ValueError(f"a batch holds 1..{self.n_batch} tokens, not {total}")
-        if total > self.free_cells:
+        if any(len(tokens) > self.room(seq) for seq, tokens, _ in parts):
             raise EdgeAgentError(ErrorCode.CONTEXT_BUDGET, "context window is full")
         batch = self._batch.batch
         index = 0
@@ -203,9 +190,7 @@ class KvContext:
                 llama_cpp.llama_memory_seq_rm(self._memory, seq, len(self.tokens[seq]), -1)
             raise EdgeAgentError(ErrorCode.INTERNAL, f"llama.cpp decode failed: {exc}") from exc
         for seq, tokens, _ in parts:
-            self._note_use(seq)
             self.tokens[seq].extend(tokens)
-            self._add_cells(seq, len(tokens))
         if self.on_progress is not None:
             self.on_progress()
         return starts

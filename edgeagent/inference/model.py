@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +98,8 @@ class ResidentModel:
         self.digit_tokens = np.array(
             [p.isdigit() and p.isascii() for p in self._pieces], dtype=np.bool_
         )
-        self.n_seq = n_seq
+        self.max_seq = n_seq  # sequences use_streams() may ask for
+        self.n_seq = 1  # sequences (KV streams) of the current context
         self.prefix_cache = PrefixCache(prefix_cache_bytes)
         self._kv: KvContext | None = None
         self.n_ctx = 0
@@ -134,13 +135,30 @@ class ResidentModel:
         return self._kv
 
     def resize(self, n_ctx: int) -> None:
-        """Recreate the context with room for n_ctx tokens (weights stay loaded).
+        """Recreate the context, one sequence of n_ctx tokens (weights stay loaded)."""
+        self._make_context(min(n_ctx, self.n_ctx_train), 1)
 
-        With several sequences the context may hold more cells than the model was
-        trained for: each sequence's positions stay below n_ctx_train.
+    def use_streams(self, n_seq: int, moves: Mapping[int, int]) -> None:
+        """Recreate the context with n_seq sequences of n_ctx tokens each (batch.py).
+
+        The sequences in `moves` (old -> new) keep their KV: saved, then restored into
+        the new context at the same positions; every other sequence is dropped (their
+        fixed prompt parts are in the prefix cache).
         """
-        if self.n_seq == 1:
-            n_ctx = min(n_ctx, self.n_ctx_train)
+        kv = self.kv
+        saved = [(new, kv.save(old), list(kv.tokens[old])) for old, new in moves.items()]
+        try:
+            self._make_context(self.n_ctx, n_seq)
+        except EdgeAgentError:
+            self._make_context(self.n_ctx, 1)  # what was there before (or less) fits
+            saved = saved[:1]
+            saved = [(0, state, tokens) for _, state, tokens in saved]
+            raise
+        finally:
+            for new, state, tokens in saved:
+                self.kv.restore(new, state, tokens)
+
+    def _make_context(self, n_ctx: int, n_seq: int) -> None:
         self._free_context()
         forget_buffer_sizes()
         try:
@@ -148,16 +166,17 @@ class ResidentModel:
                 self._model,
                 n_ctx=n_ctx,
                 n_batch=self.n_batch,
-                n_seq=self.n_seq,
+                n_seq=n_seq,
                 threads=self.threads,
                 n_vocab=self.n_vocab,
             )
         except ValueError as exc:
+            self.n_ctx, self.n_seq = 0, 1
             raise EdgeAgentError(
-                ErrorCode.CONTEXT_BUDGET, f"cannot allocate a context of {n_ctx} tokens"
+                ErrorCode.CONTEXT_BUDGET, f"cannot allocate {n_seq} x {n_ctx} context tokens"
             ) from exc
         self._kv.on_progress = self._on_progress
-        self.n_ctx = n_ctx
+        self.n_ctx, self.n_seq = n_ctx, n_seq
         # What llama.cpp reported allocating for this context (bytes).
         self.kv_buffer_bytes, self.compute_buffer_bytes = buffer_sizes()
 
@@ -241,10 +260,6 @@ class ResidentModel:
         kv = self.kv
         if len(prompt) > kv.n_ctx:
             raise EdgeAgentError(ErrorCode.CONTEXT_BUDGET, "prompt longer than the context")
-        if kv.mixed:
-            # Other sequences had cells: start from an empty cache, so that this prompt's
-            # cells lie exactly as in a run alone (see prefix_cache, identical answers).
-            kv.clear()
         return prefill_prompt(kv, 0, prompt, self.prefix_cache)
 
     def feed(self, tokens: Sequence[int]) -> None:

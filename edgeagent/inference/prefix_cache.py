@@ -7,8 +7,8 @@ part ends (`Prompt.keep`); its KV is worth keeping, the input's is not.
 Where a fixed part's KV can come from, cheapest first:
 
 1. the sequence itself, when its last prompt had the same fixed part (nothing to do);
-2. another live sequence of the same context that holds it (`KvContext.share`: its
-   cells are shared, nothing is copied or computed);
+2. another live sequence of the same context that holds it (`KvContext.share`: a copy
+   of its KV stream, nothing is computed);
 3. the host-memory cache below: states saved with `llama_state_seq_get_data`, restored
    with `llama_state_seq_set_data` (a memory copy: ~5 ms for 1,000 Qwen tokens);
 4. computed, and then saved into the cache.
@@ -28,13 +28,14 @@ depend on how tokens are split into batches).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
 from edgeagent.inference.kvcache import KvContext
+from edgeagent.inference.prompt import Message
 
 # A shorter fixed part is cheaper to compute than to keep track of.
 MIN_PREFIX_TOKENS = 32
@@ -56,6 +57,41 @@ class Prompt(list[int]):
 
 def fixed_length(prompt: Sequence[int]) -> int:
     return prompt.keep if isinstance(prompt, Prompt) else 0
+
+
+class FixedParts:
+    """Where the fixed part of a chat prompt ends, by system message.
+
+    The fixed part is what two prompts with different inputs share: the chat template
+    and our system message are tokenized apart from the caller's text
+    (inference/chat.py), so it ends exactly where the input begins. Found once per
+    system message by rendering two probe inputs; remembered for the last 64.
+    """
+
+    def __init__(self, size: int = 64) -> None:
+        self._size = size
+        self._known: OrderedDict[str, list[int]] = OrderedDict()
+
+    def prompt(
+        self, render: Callable[[Sequence[Message]], list[int]], messages: Sequence[Message]
+    ) -> Prompt:
+        tokens = render(messages)
+        system = messages[0]["content"]
+        fixed = self._known.get(system)
+        if fixed is None:
+            a, b = (render([messages[0], {"role": "user", "content": x}]) for x in ("A", "B"))
+            fixed = a[: _common(a, b)]
+            self._known[system] = fixed
+            if len(self._known) > self._size:
+                self._known.popitem(last=False)
+        return Prompt(tokens, _common(fixed, tokens))
+
+
+def _common(a: Sequence[int], b: Sequence[int]) -> int:
+    end = 0
+    while end < min(len(a), len(b)) and a[end] == b[end]:
+        end += 1
+    return end
 
 
 @dataclass(slots=True)

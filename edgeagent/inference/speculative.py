@@ -24,7 +24,7 @@ guesses have been doing in this answer.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -112,10 +112,14 @@ class SpeculativeDecoder:
         *,
         max_tokens: int,
         max_draft: int = MAX_DRAFT,
+        propose_if: Callable[[], bool] | None = None,
     ) -> None:
         """max_draft: longest draft; with the token it rides with, a verification batch
-        holds max_draft + 1 tokens (ResidentModel.invariant_rows - 1 keeps it exact)."""
+        holds max_draft + 1 tokens (ResidentModel.invariant_rows - 1 keeps it exact).
+        propose_if: drafts only while it says so (a sequence of a full batch does not
+        gain from wider steps)."""
         self._target = target
+        self._propose_if = propose_if
         self._matcher = matcher
         self._max_tokens = max_tokens
         self.n_vocab = target.n_vocab
@@ -179,6 +183,8 @@ class SpeculativeDecoder:
         return tokens[matched:]
 
     def _propose(self) -> list[int]:
+        if self._propose_if is not None and not self._propose_if():
+            return []
         written = len(self.lookup.history) - self._prompt_len
         room = self._max_tokens - written
         draft = self.lookup.propose(min(self._width, room))

@@ -1,0 +1,146 @@
+"""Tasks on their way to the batcher: waiting in priority order, then one thread each.
+
+`Engine.answer()` may be awaited by several callers at once (the service worker hands
+over as many queued jobs as the engine can take, `Engine.parallel`). Each task waits here,
+highest priority first, then oldest; up to `parallel` of them run at a time, each in a
+thread of its own that runs the engine's usual path (prompt, overflow policy, token
+loop) against a `SeqHandle`. Meanwhile the inference thread runs `Batcher.step` in a
+loop, until no task is left. A resize of the context (the memory governor) first lets
+the running tasks finish and starts no new one.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from edgeagent.errors import TaskHandedBack
+from edgeagent.inference.batch import Batcher
+from edgeagent.inference.task import Answer, Task
+
+MAX_PARALLEL = 8
+
+
+class TaskScheduler:
+    def __init__(
+        self,
+        batcher: Batcher,
+        *,
+        run: Callable[[Task], Answer],
+        on_inference_thread: Callable[[Callable[[], None]], Future[None]],
+        parallel: int = MAX_PARALLEL,
+    ) -> None:
+        self.batcher = batcher
+        self._run = run
+        self._on_inference_thread = on_inference_thread
+        self.parallel = parallel
+        self._lock = threading.Lock()
+        self._waiting: list[tuple[int, int, Task, Future[Answer], int]] = []
+        self._order = itertools.count()
+        self._running = 0
+        self._looping = False
+        self._draining = False
+        self._threads = ThreadPoolExecutor(
+            max_workers=parallel, thread_name_prefix="edgeagent-task"
+        )
+        self._local = threading.local()
+        self.started = 0  # tasks started, for the benchmark
+
+    # -- any thread ---------------------------------------------------------------
+
+    def answer(self, task: Task, priority: int = 0) -> Future[Answer]:
+        future: Future[Answer] = Future()
+        with self._lock:
+            heapq.heappush(self._waiting, (-priority, next(self._order), task, future, priority))
+        self._kick()
+        return future
+
+    def set_parallel(self, parallel: int) -> None:
+        """Tasks that may run at once (>= 1); the memory governor lowers it under pressure."""
+        with self._lock:
+            self.parallel = max(1, min(parallel, self._threads._max_workers))  # noqa: SLF001 - the pool's size is fixed at creation
+        self._kick()
+
+    def current_priority(self) -> int | None:
+        """The priority of the task this thread runs; None outside task threads."""
+        value: int | None = getattr(self._local, "priority", None)
+        return value
+
+    @property
+    def busy(self) -> int:
+        """Tasks running or waiting."""
+        with self._lock:
+            return self._running + len(self._waiting)
+
+    def drain(self) -> None:
+        """Start no new task (before a resize): the loop ends when the running ones have."""
+        with self._lock:
+            self._draining = True
+
+    def resume(self) -> None:
+        with self._lock:
+            self._draining = False
+        self._kick()
+
+    def close(self) -> None:
+        """Hand back the tasks that have not started; let the running ones end."""
+        with self._lock:
+            self._draining = True
+            waiting, self._waiting = self._waiting, []
+        for _, _, _, future, _ in waiting:
+            future.set_exception(TaskHandedBack("the engine is closing"))
+        self._threads.shutdown(wait=False)
+
+    def _kick(self) -> None:
+        with self._lock:
+            if self._looping or self._draining or not self._waiting:
+                return
+            self._looping = True
+        self._on_inference_thread(self._loop)
+
+    # -- the inference thread -----------------------------------------------------
+
+    def _loop(self) -> None:
+        try:
+            while True:
+                self._start_tasks()
+                with self._lock:
+                    if self._running == 0 and (self._draining or not self._waiting):
+                        self._looping = False
+                        return
+                self.batcher.step()
+        except BaseException:
+            with self._lock:
+                self._looping = False
+            raise
+
+    def _start_tasks(self) -> None:
+        with self._lock:
+            while self._waiting and self._running < self.parallel and not self._draining:
+                _, _, task, future, priority = heapq.heappop(self._waiting)
+                if task.cancel.is_set():
+                    future.set_exception(TaskHandedBack("task cancelled by shutdown"))
+                    continue
+                self._running += 1
+                self.started += 1
+                self._threads.submit(self._task_main, task, future, priority)
+
+    # -- task threads ---------------------------------------------------------------
+
+    def _task_main(self, task: Task, future: Future[Answer], priority: int) -> None:
+        self._local.priority = priority
+        try:
+            result: Any = self._run(task)
+        except BaseException as exc:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+        finally:
+            self._local.priority = None
+            with self._lock:
+                self._running -= 1
+            self.batcher.wake()

@@ -1,0 +1,261 @@
+"""The batcher on a fake model: modes, priorities, decode sizes, deadlines, hand-back."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from edgeagent.errors import EdgeAgentError, ErrorCode, TaskHandedBack
+from edgeagent.inference.batch import Batcher
+from edgeagent.inference.prefix_cache import PrefixCache
+
+N_VOCAB = 16
+
+
+class FakeKv:
+    """KvContext's surface: sequences of tokens, decodes recorded, logits from tokens."""
+
+    def __init__(self, n_seq, n_ctx=512, n_batch=64):
+        self.n_seq, self.n_ctx, self.n_batch = n_seq, n_ctx, n_batch
+        self.tokens = [[] for _ in range(n_seq)]
+        self.decodes = []  # [(seq, n_tokens), ...] per decode
+        self._rows = []
+
+    def decode(self, parts):
+        self.decodes.append([(seq, len(tokens)) for seq, tokens, _ in parts])
+        self._rows, starts = [], []
+        for seq, tokens, _ in parts:
+            starts.append(len(self._rows))
+            for token in tokens:
+                self.tokens[seq].append(token)
+                self._rows.append(logits_after(self.tokens[seq]))
+        return starts
+
+    def feed(self, seq, tokens):
+        for start in range(0, len(tokens), self.n_batch):
+            self.decode([(seq, tokens[start : start + self.n_batch], False)])
+
+    def logits(self, index):
+        return self._rows[index]
+
+    def remove(self, seq, keep=0):
+        del self.tokens[seq][keep:]
+
+    def room(self, seq):
+        return self.n_ctx - len(self.tokens[seq])
+
+
+def logits_after(tokens):
+    """The fake model's logits: its favourite next token depends on what it has seen."""
+    row = np.zeros(N_VOCAB, dtype=np.float32)
+    row[sum(tokens) % N_VOCAB] = 1.0
+    return row
+
+
+class FakeSlotModel:
+    n_vocab = N_VOCAB
+    digit_tokens = np.zeros(N_VOCAB, dtype=np.bool_)
+
+    def __init__(self, max_seq=4, invariant_rows=3):
+        self.max_seq = max_seq
+        self.n_seq = 1
+        self.invariant_rows = invariant_rows
+        self.prefix_cache = PrefixCache(0)
+        self.kv = FakeKv(1)
+        self.streams = []  # use_streams calls
+
+    def use_streams(self, n_seq, moves):
+        self.streams.append((n_seq, dict(moves)))
+        old = self.kv
+        self.kv = FakeKv(n_seq)
+        self.kv.decodes = old.decodes
+        for src, dst in moves.items():
+            self.kv.tokens[dst] = list(old.tokens[src])
+        self.n_seq = n_seq
+
+    def prefill(self, prompt):
+        self.kv.remove(0)
+        self.kv.feed(0, list(prompt))
+        return 0
+
+    def is_end_token(self, token):
+        return token == 0
+
+    def piece(self, token):
+        return str(token)
+
+
+def greedy(handle, prompt, steps, log, name):
+    handle.prefill(prompt)
+    out = []
+    for _ in range(steps):
+        token = int(np.argmax(handle.logits()))
+        out.append(token)
+        log.append(name)
+        handle.feed([token])
+    handle.close()
+    return out
+
+
+def run_all(batcher, jobs, timeout=10):
+    """Run each job(handle) in a thread while stepping the batcher; their results."""
+    results, errors = {}, {}
+
+    def main(name, job):
+        try:
+            results[name] = job()
+        except BaseException as exc:
+            errors[name] = exc
+
+    threads = [threading.Thread(target=main, args=item) for item in jobs.items()]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + timeout
+    while any(t.is_alive() for t in threads):
+        assert time.monotonic() < deadline, "the batcher did not finish"
+        batcher.step(wait_s=0.01)
+    return results, errors
+
+
+def solo(prompt, steps):
+    tokens, out = list(prompt), []
+    for _ in range(steps):
+        token = int(np.argmax(logits_after(tokens)))
+        out.append(token)
+        tokens.append(token)
+    return out
+
+
+def open_all(batcher, priorities):
+    return {name: batcher.open(reserve=32, priority=p) for name, p in priorities.items()}
+
+
+def test_below_min_batch_tasks_run_one_at_a_time_highest_priority_first():
+    model = FakeSlotModel()
+    batcher = Batcher(model, min_batch=3)
+    handles = open_all(batcher, {"low": 0, "high": 5})
+    log = []
+    jobs = {n: (lambda n=n: greedy(handles[n], [n == "high", 3, 4], 5, log, n)) for n in handles}
+    results, errors = run_all(batcher, jobs)
+    assert not errors
+    assert log == ["high"] * 5 + ["low"] * 5
+    assert all(len(d) == 1 for d in model.kv.decodes)
+    assert not model.streams  # one sequence: the context stays as it is
+    for name, prompt in (("high", [1, 3, 4]), ("low", [0, 3, 4])):
+        assert results[name] == solo(prompt, 5)
+
+
+def test_from_min_batch_on_sequences_share_decodes_within_the_invariant_size():
+    model = FakeSlotModel(max_seq=4, invariant_rows=3)
+    batcher = Batcher(model, min_batch=3)
+    prompts = {f"t{i}": [i + 1, 2, 3] for i in range(4)}
+    handles = open_all(batcher, dict.fromkeys(prompts, 0))
+    log = []
+    jobs = {n: (lambda n=n: greedy(handles[n], prompts[n], 6, log, n)) for n in handles}
+    results, errors = run_all(batcher, jobs)
+    assert not errors
+    assert model.streams[0] == (4, {})  # one KV stream per sequence
+    assert any(len(d) > 1 for d in model.kv.decodes)
+    # No decode mixes sequences beyond the size whose logits equal single steps.
+    assert all(sum(n for _, n in d) <= 3 for d in model.kv.decodes if len(d) > 1)
+    for name, prompt in prompts.items():
+        assert results[name] == solo(prompt, 6)
+    assert batcher.batched_steps > 0
+
+
+def test_a_running_sequence_keeps_its_kv_when_the_batch_starts():
+    model = FakeSlotModel(max_seq=4)
+    batcher = Batcher(model, min_batch=2)
+    first = batcher.open(reserve=32)
+    started = threading.Event()
+    go_on = threading.Event()
+    log = []
+
+    def long_job():
+        first.prefill([5, 6])
+        first.feed([7])
+        started.set()
+        go_on.wait(5)
+        out = [int(np.argmax(first.logits()))]
+        first.feed(out)
+        first.close()
+        return out
+
+    def late_job():
+        assert started.wait(5)
+        handle = batcher.open(reserve=32)
+        go_on.set()
+        return greedy(handle, [1, 1], 3, log, "late")
+
+    results, errors = run_all(batcher, {"long": long_job, "late": late_job})
+    assert not errors
+    assert model.streams[0] == (4, {0: 0})
+    assert results["long"] == [int(np.argmax(logits_after([5, 6, 7])))]
+    assert results["late"] == solo([1, 1], 3)
+
+
+def test_feed_all_rewind_and_a_long_feed():
+    model = FakeSlotModel(invariant_rows=2)
+    batcher = Batcher(model, min_batch=4)
+    handle = batcher.open(reserve=64)
+
+    def job():
+        handle.prefill([1, 2])
+        rows = handle.feed_all([3, 4, 5])
+        assert [int(np.argmax(r)) for r in rows] == [6 % N_VOCAB, 10 % N_VOCAB, 15 % N_VOCAB]
+        handle.rewind(2)
+        assert model.kv.tokens[0] == [1, 2, 3]
+        handle.feed([9] * 10)  # longer than invariant_rows: decoded on its own
+        handle.close()
+
+    _, errors = run_all(batcher, {"job": job})
+    assert not errors
+    assert model.kv.decodes[-1] == [(0, 10)]
+
+
+def test_a_waiting_sequence_past_its_deadline_is_failed():
+    model = FakeSlotModel()
+    batcher = Batcher(model, min_batch=4)
+    busy = batcher.open(reserve=32, priority=1)
+    late = batcher.open(reserve=32, deadline=time.monotonic() + 0.05)
+    release = threading.Event()
+
+    def hold():
+        busy.prefill([1])
+        release.wait(5)  # holds the only sequence: `late` has to wait
+        busy.close()
+
+    def wait_too_long():
+        try:
+            late.prefill([2])
+        finally:
+            release.set()
+            late.close()
+
+    _, errors = run_all(batcher, {"hold": hold, "late": wait_too_long})
+    assert isinstance(errors["late"], EdgeAgentError)
+    assert errors["late"].code is ErrorCode.DEADLINE_EXCEEDED
+
+
+@pytest.mark.parametrize("when", ["waiting", "running"])
+def test_a_cancelled_sequence_is_handed_back(when):
+    model = FakeSlotModel()
+    batcher = Batcher(model, min_batch=4)
+    cancel = threading.Event()
+    handle = batcher.open(reserve=32, cancel=cancel)
+    if when == "waiting":
+        cancel.set()
+
+    def job():
+        try:
+            handle.prefill([1])
+            cancel.set()
+            handle.feed([2])
+        finally:
+            handle.close()
+
+    _, errors = run_all(batcher, {"job": job})
+    assert isinstance(errors["job"], TaskHandedBack)
