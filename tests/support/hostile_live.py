@@ -185,7 +185,8 @@ class Outcome:
     strays: list[str]  # daemon publishes outside its own topics and the reply prefix
     replies_on_actions: list[str]  # reply bodies on the device's actions topics
     elapsed_s: float
-    rss_mib: list[tuple[int, float]]  # (messages sent, RSS)
+    rss_mib: list[tuple[int, float]]  # (messages sent, RSS); the first after the warm-up
+    rss_mib_loaded: float  # right after the model was loaded, before any task
 
     def codes(self) -> Counter[str]:
         """Codes of every reply, anonymous ones included."""
@@ -244,18 +245,24 @@ class Driver:
     def close(self) -> None:
         self.publisher.close()
 
-    def run(self, cases: list[Case], *, timeout_s: float = 300) -> Outcome:
-        """Send them all; `timeout_s` is how long the daemon may stay silent."""
+    def run(self, cases: list[Case], *, warmup: int = 0, timeout_s: float = 300) -> Outcome:
+        """Send them all; `timeout_s` is how long the daemon may stay silent. The RSS
+        baseline is taken once the first `warmup` cases are answered (the model's compute
+        buffers and caches are allocated by the first tasks, not by hostile input)."""
         started = time.monotonic()
-        rss: list[tuple[int, float]] = [(0, rss_mib(self.pid))]
+        loaded = rss_mib(self.pid)
+        rss: list[tuple[int, float]] = []
         for n, case in enumerate(cases):
+            if n == warmup:
+                self._wait(lambda: self._pending + self._pending_anonymous == 0, timeout_s)
+                rss.append((n, rss_mib(self.pid)))
             self._wait(lambda: self._pending + self._pending_anonymous < self.window, timeout_s)
             self._send(n, case)
-            if n % 200 == 199:
-                rss.append((n + 1, rss_mib(self.pid)))
+            if n > warmup and (n - warmup) % 200 == 0:
+                rss.append((n, rss_mib(self.pid)))
         self._wait(lambda: self._pending + self._pending_anonymous == 0, timeout_s)
         rss.append((len(self.sent), rss_mib(self.pid)))
-        return self._outcome(time.monotonic() - started, rss)
+        return self._outcome(time.monotonic() - started, rss, loaded)
 
     def _send(self, n: int, case: Case) -> None:
         task_id = f"h{self.run_id}-{n}"
@@ -313,7 +320,7 @@ class Driver:
                 self._pending -= 1
             owner.replies.append(seen)
 
-    def _outcome(self, elapsed: float, rss: list[tuple[int, float]]) -> Outcome:
+    def _outcome(self, elapsed: float, rss: list[tuple[int, float]], loaded: float) -> Outcome:
         with self.watcher.arrived:
             seen = list(self.watcher.seen)
         owned = {id(r) for s in self.sent for r in s.replies}
@@ -331,7 +338,7 @@ class Driver:
             for m in seen
             if m.topic.startswith(OWN + "actions/") and "status" in (m.body() or {})
         ]
-        return Outcome(self.sent, anonymous, strays, on_actions, elapsed, rss)
+        return Outcome(self.sent, anonymous, strays, on_actions, elapsed, rss, loaded)
 
 
 def _allowed(topic: str) -> bool:
