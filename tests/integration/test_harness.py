@@ -149,7 +149,7 @@ def test_mqtt_broker_on_the_bridge(hosts, tmp_path):
         port = probe_socket.getsockname()[1]
     conf = tmp_path / "mosquitto.conf"
     conf.write_text(f"listener {port} {hosts.bridge_address}\nallow_anonymous true\n")
-    broker = subprocess.Popen(["mosquitto", "-c", str(conf)], stderr=subprocess.PIPE)
+    broker = subprocess.Popen(["mosquitto", "-c", str(conf)], stderr=subprocess.DEVNULL)
     try:
         assert _wait_for(lambda: _accepts(hosts.bridge_address, port))
         pub = ["mosquitto_pub", "-h", hosts.bridge_address, "-p", str(port)]
