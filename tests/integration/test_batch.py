@@ -95,7 +95,9 @@ def test_below_min_batch_higher_priority_runs_first(engine):
         )
 
     asyncio.run(scenario())
-    assert finished[0] == "high"
+    # The first arrival starts at once on an idle engine; of the two that wait, the
+    # higher priority runs first.
+    assert finished.index("high") < finished.index("low2")
 
 
 def test_deadlines_hold_in_a_batch(engine):
