@@ -25,7 +25,9 @@ import numpy.typing as npt
 
 MAX_FRACTION = 8
 MAX_INTEGER = 16
-MAX_PERIOD = 6
+# 12, not fewer: SmolLM2 was seen cycling on 7-token phrases (", a 2023 AI") inside a
+# 600-character string; 4 rounds of 12 tokens in a row are not something prose does.
+MAX_PERIOD = 12
 MIN_REPEATS = 4
 _RUNAWAY_NUMBER = re.compile(rf"(?:\.\d{{{MAX_FRACTION},}}|(?<![.\d])\d{{{MAX_INTEGER},}})$")
 
