@@ -16,12 +16,8 @@ from edgeagent.config import SchemaLimits
 from edgeagent.errors import EdgeAgentError, ErrorCode
 from edgeagent.inference.contract import compile_contract as real_compile
 from edgeagent.protocol.request import Request
-from edgeagent.service.admission import (
-    CompileThreads,
-    ContractCache,
-    derived_id,
-    receive_window,
-)
+from edgeagent.service.admission import derived_id, receive_window
+from edgeagent.service.contracts import CompileThreads, ContractCache
 from edgeagent.service.taskstore import Confirmation, TaskState
 
 RESULTS = "edgeagent/dev1/results"
