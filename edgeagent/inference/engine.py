@@ -13,7 +13,7 @@ import json
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Protocol, TypeVar, cast
+from typing import TypeVar, cast
 
 from llguidance import LLMatcher
 
@@ -28,51 +28,16 @@ from edgeagent.inference.decoding import (
     StepControl,
     generate_constrained,
 )
-from edgeagent.inference.model import ResidentModel, sha256_file
+from edgeagent.inference.engine_model import EngineModel, ModelFactory, load_resident
+from edgeagent.inference.model import ResidentModel
 from edgeagent.inference.overflow import answer_within_budget
-from edgeagent.inference.prefix_cache import FixedParts
+from edgeagent.inference.prefix_cache import DEFAULT_LIMIT_BYTES, FixedParts
 from edgeagent.inference.prompt import Message, build_messages
-from edgeagent.inference.scheduler import MAX_PARALLEL, TaskScheduler
+from edgeagent.inference.scheduler import TaskScheduler
 from edgeagent.inference.speculative import DraftTarget, SpeculativeDecoder
 from edgeagent.inference.task import Answer, Task
 
 T = TypeVar("T")
-
-
-class EngineModel(Decoder, Protocol):
-    """The model surface the engine uses (ResidentModel in production)."""
-
-    n_ctx: int
-    n_ctx_train: int
-    lltokenizer: Any
-    metadata: dict[str, str]
-    kv_buffer_bytes: int
-    compute_buffer_bytes: int
-    # Called after every decode batch, so a long prompt shows progress to the watchdog.
-    on_progress: Callable[[], None] | None
-
-    def render_chat(self, messages: Sequence[Message]) -> list[int]: ...
-    def detokenize(self, tokens: Sequence[int]) -> str: ...
-    def tokenize(self, text: str, *, special: bool = False) -> list[int]: ...
-    def resize(self, n_ctx: int) -> None: ...
-    def release(self) -> None: ...
-    def close(self) -> None: ...
-
-
-ModelFactory = Callable[[ModelConfig], EngineModel]
-
-
-def _load_resident(cfg: ModelConfig) -> EngineModel:
-    if cfg.sha256 is not None:
-        actual = sha256_file(cfg.path)
-        if actual != cfg.sha256:
-            raise EdgeAgentError(
-                ErrorCode.CONFIG_INVALID,
-                f"model.sha256: {cfg.path} has sha256 {actual}, expected {cfg.sha256}",
-            )
-    return ResidentModel(
-        cfg.path, threads=cfg.threads, n_ctx=cfg.n_ctx, n_batch=cfg.n_batch, n_seq=MAX_PARALLEL
-    )
 
 
 class Engine:
@@ -81,7 +46,7 @@ class Engine:
     def __init__(
         self,
         cfg: ModelConfig,
-        factory: ModelFactory = _load_resident,
+        factory: ModelFactory = load_resident,
         *,
         min_batch: int = MIN_BATCH,
     ) -> None:
@@ -162,11 +127,31 @@ class Engine:
         """How many tasks the engine takes at once (`answer` may be awaited that often)."""
         return self._scheduler.parallel if self._scheduler is not None else 1
 
+    # -- what the memory governor sees beyond the context (memory.control) -------
+
+    @property
+    def max_parallel(self) -> int:
+        return self._model.max_seq if isinstance(self._model, ResidentModel) else 1
+
+    @property
+    def prefix_cache_max(self) -> int:
+        return DEFAULT_LIMIT_BYTES if isinstance(self._model, ResidentModel) else 0
+
+    def sequences_held(self) -> tuple[int, int]:
+        model = self._model
+        if not isinstance(model, ResidentModel):
+            return 1, 0
+        return model.n_seq, model.prefix_cache.bytes
+
     def set_parallel(self, parallel: int) -> None:
         """Tasks (and KV streams of a batch) at once: the memory governor's choice."""
         if self._scheduler is not None:
             self._scheduler.set_parallel(parallel)
             self._scheduler.batcher.streams = self._scheduler.parallel
+
+    def set_prefix_cache_limit(self, limit_bytes: int) -> None:
+        if isinstance(self._model, ResidentModel):
+            self._model.prefix_cache.set_limit(limit_bytes)
 
     def load(self) -> None:
         """Load the model (blocking; from the CLI)."""

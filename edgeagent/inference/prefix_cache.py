@@ -27,6 +27,7 @@ depend on how tokens are split into batches).
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -101,9 +102,14 @@ class _Entry:
 
 
 class PrefixCache:
-    """Saved KV states of fixed prompt parts, by their tokens; LRU within `limit_bytes`."""
+    """Saved KV states of fixed prompt parts, by their tokens; LRU within `limit_bytes`.
+
+    Used on the inference thread; the memory governor sets the limit from the event
+    loop, hence the lock.
+    """
 
     def __init__(self, limit_bytes: int = DEFAULT_LIMIT_BYTES) -> None:
+        self._lock = threading.Lock()
         self.limit_bytes = limit_bytes
         self._entries: OrderedDict[tuple[int, ...], _Entry] = OrderedDict()
         self.bytes = 0
@@ -114,29 +120,33 @@ class PrefixCache:
         return len(self._entries)
 
     def get(self, tokens: Sequence[int]) -> npt.NDArray[np.uint8] | None:
-        entry = self._entries.get(tuple(tokens))
-        if entry is None:
-            self.misses += 1
-            return None
-        self._entries.move_to_end(tuple(tokens))
-        entry.hits += 1
-        self.hits += 1
-        return entry.state
+        key = tuple(tokens)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                self.misses += 1
+                return None
+            self._entries.move_to_end(key)
+            entry.hits += 1
+            self.hits += 1
+            return entry.state
 
     def put(self, tokens: Sequence[int], state: npt.NDArray[np.uint8]) -> bool:
         """Keep a state; False when it alone exceeds the limit."""
         key = tuple(tokens)
-        if key in self._entries or state.nbytes > self.limit_bytes:
-            return False
-        self._entries[key] = _Entry(state)
-        self.bytes += state.nbytes
-        self._evict(self.limit_bytes)
-        return True
+        with self._lock:
+            if key in self._entries or state.nbytes > self.limit_bytes:
+                return False
+            self._entries[key] = _Entry(state)
+            self.bytes += state.nbytes
+            self._evict(self.limit_bytes)
+            return True
 
     def set_limit(self, limit_bytes: int) -> None:
         """A new bound (from the memory governor); evicts at once down to it."""
-        self.limit_bytes = max(0, limit_bytes)
-        self._evict(self.limit_bytes)
+        with self._lock:
+            self.limit_bytes = max(0, limit_bytes)
+            self._evict(self.limit_bytes)
 
     def _evict(self, limit: int) -> None:
         while self.bytes > limit and self._entries:
@@ -144,6 +154,10 @@ class PrefixCache:
             self.bytes -= entry.state.nbytes
 
     def stats(self) -> dict[str, int]:
+        with self._lock:
+            return self._stats()
+
+    def _stats(self) -> dict[str, int]:
         return {
             "entries": len(self._entries),
             "bytes": self.bytes,

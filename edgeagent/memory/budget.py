@@ -29,14 +29,21 @@ class Budget:
     reserve_bytes: int  # left to the rest of the system (memory.reserve_mb)
     fixed_bytes: int  # per-context compute buffer cost independent of its size
     bytes_per_token: int  # KV cache + compute buffer per context token
+    # What is left after the context, given out in this order (and taken back the other
+    # way round when memory shrinks, before the context shrinks):
+    cache_bytes: int = 0  # for saved prompt prefixes (inference/prefix_cache.py)
+    parallel: int = 1  # sequences (KV streams of `tokens` each) a batch context may hold
 
     def describe(self) -> str:
+        extras = ""
+        if self.parallel > 1 or self.cache_bytes:
+            extras = f"; {self.parallel} sequences, {format_bytes(self.cache_bytes)} prefix cache"
         return (
             f"{self.tokens} tokens ({format_bytes(self.available_bytes)} available"
             f" + {format_bytes(self.held_bytes)} held by the context"
             f" - {format_bytes(self.reserve_bytes)} reserve"
             f" - {format_bytes(self.fixed_bytes)} fixed"
-            f", {format_bytes(self.bytes_per_token)}/token)"
+            f", {format_bytes(self.bytes_per_token)}/token{extras})"
         )
 
 
@@ -59,6 +66,10 @@ def compute_budget(
     compute_bytes_per_token: int = 0,
     compute_fixed_bytes: int = 0,
     held_ctx: int = 0,
+    held_streams: int = 1,
+    held_cache_bytes: int = 0,
+    max_parallel: int = 1,
+    cache_max_bytes: int = 0,
 ) -> Budget:
     """Tokens that fit in (available + held - reserve - compute fixed) at
     (kv + compute) bytes per token, clamped to [0, min(configured, trained)] and rounded
@@ -67,6 +78,13 @@ def compute_budget(
     held_ctx is the size of the context that exists now: its KV cache and compute buffer
     are already counted as used in `available_bytes` and are freed when it is re-created,
     so they count as available. Without this a context would shrink after being created.
+    held_streams: KV streams of that context (a batch context holds held_ctx tokens per
+    stream); held_cache_bytes: what the prefix cache holds now (freed by trimming it).
+
+    Memory beyond the context goes first to the prefix cache (up to cache_max_bytes),
+    then to more sequences for concurrent tasks (each a stream of `tokens` KV tokens, up
+    to max_parallel in all). When memory shrinks they are given back in the opposite
+    order: parallelism first, then cached prefixes, then context tokens.
     """
     per_token = kv_bytes_per_token + compute_bytes_per_token
     if per_token <= 0:
@@ -78,14 +96,24 @@ def compute_budget(
     if n_ctx_trained is not None and 0 < n_ctx_trained < n_ctx_configured:
         ceiling, ceiling_by = n_ctx_trained, "model"
     held = context_bytes(held_ctx, kv_bytes_per_token, compute_bytes_per_token, compute_fixed_bytes)
+    held += max(0, held_streams - 1) * held_ctx * kv_bytes_per_token + held_cache_bytes
     spare = available_bytes + held - reserve_bytes - compute_fixed_bytes
     by_memory = max(0, spare // per_token)
     tokens = min(by_memory, ceiling)
     limited_by: Literal["memory", "config", "model"] = (
         "memory" if by_memory < ceiling else ceiling_by
     )
+    tokens = tokens // CTX_ALIGN * CTX_ALIGN
+    cache, parallel = _extras(
+        spare,
+        tokens,
+        per_token,
+        kv_bytes_per_token,
+        max_parallel=max_parallel,
+        cache_max=cache_max_bytes,
+    )
     return Budget(
-        tokens=tokens // CTX_ALIGN * CTX_ALIGN,
+        tokens=tokens,
         ceiling=ceiling,
         limited_by=limited_by,
         available_bytes=available_bytes,
@@ -93,4 +121,32 @@ def compute_budget(
         reserve_bytes=reserve_bytes,
         fixed_bytes=compute_fixed_bytes,
         bytes_per_token=per_token,
+        cache_bytes=cache,
+        parallel=parallel,
     )
+
+
+def extras_for(
+    budget: Budget, n_ctx: int, kv_bytes_per_token: int, max_parallel: int, cache_max_bytes: int
+) -> tuple[int, int]:
+    """(prefix cache bytes, sequences) that fit next to a context of n_ctx tokens, which
+    may be smaller than budget.tokens (the governor grows only with hysteresis)."""
+    spare = budget.available_bytes + budget.held_bytes - budget.reserve_bytes - budget.fixed_bytes
+    return _extras(
+        spare,
+        n_ctx,
+        budget.bytes_per_token,
+        kv_bytes_per_token,
+        max_parallel=max_parallel,
+        cache_max=cache_max_bytes,
+    )
+
+
+def _extras(
+    spare: int, n_ctx: int, per_token: int, kv: int, *, max_parallel: int, cache_max: int
+) -> tuple[int, int]:
+    left = max(0, spare - n_ctx * per_token)
+    cache = min(cache_max, left)
+    stream = n_ctx * kv
+    extra = (left - cache) // stream if stream > 0 else 0
+    return cache, max(1, min(max_parallel, 1 + extra))

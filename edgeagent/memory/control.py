@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import structlog
 
@@ -48,6 +48,29 @@ class ResizableContext(Protocol):
         """Recreate the context with n_ctx tokens (0: free it); may raise EdgeAgentError."""
 
 
+@runtime_checkable
+class SequenceContext(Protocol):
+    """An engine that holds more than one context's worth: sequences for concurrent
+    tasks and saved prompt prefixes (`inference.engine.Engine` with ResidentModel)."""
+
+    @property
+    def max_parallel(self) -> int:
+        """Sequences it could batch at most."""
+
+    @property
+    def prefix_cache_max(self) -> int:
+        """Bytes its prefix cache would like."""
+
+    def sequences_held(self) -> tuple[int, int]:
+        """(KV streams of the context now, bytes the prefix cache holds now)."""
+
+    def set_parallel(self, parallel: int) -> None:
+        """Sequences (KV streams of n_ctx tokens each) a batch may use from now on."""
+
+    def set_prefix_cache_limit(self, limit_bytes: int) -> None:
+        """The prefix cache's bound from now on (evicts down to it)."""
+
+
 class MemoryControlLoop:
     def __init__(
         self,
@@ -64,11 +87,17 @@ class MemoryControlLoop:
         self.governor: Governor | None = None
         self.decision: Decision | None = None
         self.reading: MemoryReading | None = None
+        self._extras: tuple[int, int] | None = None  # (parallel, cache bytes) applied
+
+    @property
+    def _sequences(self) -> SequenceContext | None:
+        return self.engine if isinstance(self.engine, SequenceContext) else None
 
     def _observe(self) -> Decision:
         assert self.governor is not None
         self.reading = self._read()
-        self.decision = self.governor.observe(self.reading)
+        streams, cache = self._sequences.sequences_held() if self._sequences else (1, 0)
+        self.decision = self.governor.observe(self.reading, cache_bytes=cache, streams=streams)
         return self.decision
 
     async def start(self) -> Decision:
@@ -79,6 +108,9 @@ class MemoryControlLoop:
             kv_bytes_per_token=kv_bytes_per_token(self.engine.metadata),
             n_ctx_trained=self.engine.n_ctx_train,
         )
+        if self._sequences is not None:
+            self.governor.max_parallel = self._sequences.max_parallel
+            self.governor.cache_max_bytes = self._sequences.prefix_cache_max
         small_ctx = self.engine.n_ctx
         _, small_compute = self.engine.buffer_bytes()
         decision = self._observe()
@@ -116,7 +148,26 @@ class MemoryControlLoop:
         decision = self._observe()
         if decision.resize or decision.state_changed:
             await self._apply(decision)
+        else:
+            self._apply_extras(decision)
         return decision
+
+    def _apply_extras(self, decision: Decision) -> None:
+        """Parallelism and the prefix cache's bound follow every sample (no resize)."""
+        sequences = self._sequences
+        extras = (decision.parallel, decision.cache_bytes)
+        if sequences is None or extras == self._extras:
+            return
+        sequences.set_parallel(decision.parallel)
+        sequences.set_prefix_cache_limit(decision.cache_bytes)
+        if self._extras is not None:
+            log.info(
+                "memory for concurrent tasks",
+                parallel=decision.parallel,
+                prefix_cache_mb=round(decision.cache_bytes / MIB, 1),
+                reason=decision.budget.describe(),
+            )
+        self._extras = extras
 
     async def _apply(self, decision: Decision) -> None:
         assert self.governor is not None
@@ -140,6 +191,7 @@ class MemoryControlLoop:
                 available_mb=round(decision.budget.available_bytes / MIB, 1),
                 psi_some_avg10=psi,
             )
+        self._apply_extras(decision)
         if self._on_change is not None:
             self._on_change(decision)
 

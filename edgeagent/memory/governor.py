@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from edgeagent.memory.budget import Budget, compute_budget
+from edgeagent.memory.budget import Budget, compute_budget, extras_for
 from edgeagent.memory.readings import MemorySource, format_bytes
 
 if TYPE_CHECKING:
@@ -50,6 +50,10 @@ class Decision:
     budget: Budget
     reason: str  # human explanation: why paused / resized / waiting; for logs and BUSY errors
     source: MemorySource = MemorySource.HOST  # which limit the reading was bound by
+    # Next to the context: sequences for concurrent tasks (each a KV stream of n_ctx
+    # tokens) and bytes for saved prompt prefixes; given back first when memory shrinks.
+    parallel: int = 1
+    cache_bytes: int = 0
 
     @property
     def resize(self) -> bool:
@@ -88,6 +92,8 @@ class Governor:
     grow_margin: float = 0.25
     grow_samples: int = 3
     recover_margin: float | None = None  # None: the same as grow_margin
+    max_parallel: int = 1  # sequences the engine can batch (Engine.parallel at most)
+    cache_max_bytes: int = 0  # prefix cache wanted (ResidentModel's default limit)
     n_ctx: int = 0  # the context that exists now (0: none yet)
     state: PressureState = PressureState.NORMAL
     _streak: int = field(default=0, init=False, repr=False)
@@ -151,7 +157,8 @@ class Governor:
             self._reset_streak()
         self.n_ctx = n_ctx
 
-    def budget(self, available_bytes: int) -> Budget:
+    def budget(self, available_bytes: int, *, cache_bytes: int = 0, streams: int = 1) -> Budget:
+        """cache_bytes, streams: what the prefix cache and the context hold now."""
         return compute_budget(
             available_bytes=available_bytes,
             reserve_bytes=self.reserve_bytes,
@@ -161,11 +168,21 @@ class Governor:
             compute_bytes_per_token=self.compute_bytes_per_token,
             compute_fixed_bytes=self.compute_fixed_bytes,
             held_ctx=self.n_ctx,
+            held_streams=streams,
+            held_cache_bytes=cache_bytes,
+            max_parallel=self.max_parallel,
+            cache_max_bytes=self.cache_max_bytes,
         )
 
-    def observe(self, reading: MemoryReading) -> Decision:
-        """Feed one reading; returns what to do. Updates n_ctx and state as if applied."""
-        budget = self.budget(reading.available_bytes)
+    def observe(
+        self, reading: MemoryReading, *, cache_bytes: int = 0, streams: int = 1
+    ) -> Decision:
+        """Feed one reading; returns what to do. Updates n_ctx and state as if applied.
+
+        cache_bytes, streams: what the prefix cache and the context hold now (both are
+        given back before the context shrinks: Decision.parallel, Decision.cache_bytes).
+        """
+        budget = self.budget(reading.available_bytes, cache_bytes=cache_bytes, streams=streams)
         previous_n_ctx, previous_state = self.n_ctx, self.state
         if self.state is PressureState.NORMAL:
             target, reason = self._normal(budget, reading)
@@ -178,6 +195,13 @@ class Governor:
         else:
             change = ContextChange.KEEP
         self.n_ctx = target
+        cache, parallel = (
+            extras_for(
+                budget, target, self.kv_bytes_per_token, self.max_parallel, self.cache_max_bytes
+            )
+            if target > 0
+            else (0, 1)
+        )
         return Decision(
             change=change,
             n_ctx=target,
@@ -187,6 +211,8 @@ class Governor:
             budget=budget,
             reason=reason,
             source=reading.source,
+            parallel=parallel,
+            cache_bytes=cache,
         )
 
     # -- states --

@@ -89,10 +89,13 @@ def test_below_min_batch_higher_priority_runs_first(engine):
 
     async def scenario():
         tasks = [Task(content=text, spec=spec, max_tokens=80) for spec, text in INPUTS[:3]]
-        # Three tasks: below min_batch (4), so one at a time; all three arrive together.
+        # The inference thread is busy while three tasks arrive (below min_batch, 4: one
+        # at a time); as in the worker's queue, a running task is not preempted.
+        busy = engine.submit(lambda: time.sleep(0.5))
         await asyncio.gather(
             one(tasks[0], 0, "low"), one(tasks[1], 0, "low2"), one(tasks[2], 9, "high")
         )
+        busy.result()
 
     asyncio.run(scenario())
     # The first arrival starts at once on an idle engine; of the two that wait, the

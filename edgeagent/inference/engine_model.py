@@ -1,0 +1,49 @@
+"""What the engine needs from a model, and how the real one is loaded."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from edgeagent.config import ModelConfig
+from edgeagent.errors import EdgeAgentError, ErrorCode
+from edgeagent.inference.decoding import Decoder
+from edgeagent.inference.model import ResidentModel, sha256_file
+from edgeagent.inference.prompt import Message
+from edgeagent.inference.scheduler import MAX_PARALLEL
+
+
+class EngineModel(Decoder, Protocol):
+    """The model surface the engine uses (ResidentModel in production)."""
+
+    n_ctx: int
+    n_ctx_train: int
+    lltokenizer: Any
+    metadata: dict[str, str]
+    kv_buffer_bytes: int
+    compute_buffer_bytes: int
+    # Called after every decode batch, so a long prompt shows progress to the watchdog.
+    on_progress: Callable[[], None] | None
+
+    def render_chat(self, messages: Sequence[Message]) -> list[int]: ...
+    def detokenize(self, tokens: Sequence[int]) -> str: ...
+    def tokenize(self, text: str, *, special: bool = False) -> list[int]: ...
+    def resize(self, n_ctx: int) -> None: ...
+    def release(self) -> None: ...
+    def close(self) -> None: ...
+
+
+ModelFactory = Callable[[ModelConfig], EngineModel]
+
+
+def load_resident(cfg: ModelConfig) -> EngineModel:
+    if cfg.sha256 is not None:
+        actual = sha256_file(cfg.path)
+        if actual != cfg.sha256:
+            raise EdgeAgentError(
+                ErrorCode.CONFIG_INVALID,
+                f"model.sha256: {cfg.path} has sha256 {actual}, expected {cfg.sha256}",
+            )
+    return ResidentModel(
+        cfg.path, threads=cfg.threads, n_ctx=cfg.n_ctx, n_batch=cfg.n_batch, n_seq=MAX_PARALLEL
+    )
