@@ -17,7 +17,8 @@ with valid tasks interleaved, go to one daemon. The verdict (support/hostile_liv
   `replies` (a `#` subscriber sees everything; the test publishes only on the task topic,
   and mosquitto's log names the daemon's client on each of its publishes), and the
   device's actions topics carry action messages only;
-* the daemon's RSS grows by at most RSS_GROWTH_MIB over the run.
+* the daemon's RSS grows by at most RSS_GROWTH_MIB over the run, and a long run levels
+  off (its second half adds at most RSS_SECOND_HALF_MIB).
 
 One known engine bug is counted in the figures but not failed on here (see
 `_engine_grammar_failure`): it is answered INTERNAL, and the daemon serves on.
@@ -44,11 +45,18 @@ from support.mosquitto import Mosquitto
 pytestmark = [pytest.mark.model, pytest.mark.mqtt, pytest.mark.slow]
 
 MAX_PAYLOAD = 256 * 1024  # the default [mqtt] max_payload_bytes
-# What the daemon's RSS may grow by, from its level after a warm-up of valid tasks, while
-# it takes every hostile payload: it holds at most its receive window of them, each
-# refused without being kept, and 64 compiled contracts. The growth is reported.
-RSS_GROWTH_MIB = 64
-WARMUP = [valid_case(n) for n in range(len(VALID_TASKS))]
+# What the daemon's RSS may grow by, from its level after the warm-up, while it takes
+# every hostile payload: the engine's prefix cache fills with the KV states of the many
+# contracts hostile schemas bring (bounded at 64 MiB, inference/prefix_cache.py), admission
+# keeps 64 compiled contracts, and what is parsed of the receive window's messages (33 of
+# up to 256 KiB) lives at a time. Measured: +30 MiB over the short run; +108 MiB (peak
+# +122) over 10,645 payloads, flat over the second half.
+RSS_GROWTH_MIB = 160
+# A long run must level off: its second half may add at most this (no leak).
+RSS_SECOND_HALF_MIB = 16
+# Valid tasks first, several at a time (the driver's window): the model's compute buffers
+# and the engine's batch contexts are allocated by them, not by hostile input.
+WARMUP = [valid_case(n) for n in range(3 * len(VALID_TASKS))]
 SECTIONS: dict[str, dict[str, Any]] = {
     "model": {"max_tokens": 32},  # valid tasks stay short on the small model
     "queue": {"default_deadline_s": 60},
@@ -139,6 +147,8 @@ class Live:
             f"INTERNAL answers: {internal}": bool(internal),
             f"RSS grew by more than {RSS_GROWTH_MIB} MiB: {rss}": max(r for _, r in rss) - rss[0][1]
             > RSS_GROWTH_MIB,
+            f"RSS still grew over the second half: {rss}": len(rss) >= 10
+            and rss[-1][1] - rss[len(rss) // 2][1] > RSS_SECOND_HALF_MIB,
         }
         valid = [s for s in outcome.sent if "valid" in s.case.tags]
         figures = {
@@ -218,7 +228,8 @@ def _engine_grammar_failure(sent: Any) -> bool:
 
 
 def _own_or_reply(topic: str) -> bool:
-    return topic.startswith(("edgeagent/dev1/", "replies/"))
+    """The device's own topics and the allowed reply prefix (the prefix itself included)."""
+    return topic.startswith(("edgeagent/dev1/", "replies/")) or topic == "replies"
 
 
 def v5_cases(fuzz: int, *, seed: int, every: int) -> list[Case]:
