@@ -26,8 +26,9 @@ SPEC_CACHE_SIZE = 64
 # Contracts compile on threads of their own, never on the event loop: a caller's schema
 # takes milliseconds, a few hundred for large ones (more on a Pi). A compile that takes
 # longer than COMPILE_TIMEOUT_S is answered SCHEMA_UNSUPPORTED; its thread cannot be
-# stopped and runs on, so at most COMPILE_THREADS run at once and a task that would need
-# another is answered BUSY.
+# stopped and runs on, so at most COMPILE_THREADS run at once: a task that needs one waits
+# for a thread (at most COMPILE_TIMEOUT_S), and is answered BUSY at once when every thread
+# is held by a compile that overran.
 COMPILE_THREADS = 2
 COMPILE_TIMEOUT_S = 5.0
 
