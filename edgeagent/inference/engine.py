@@ -299,14 +299,14 @@ class Engine:
             n_ctx=model.n_ctx,
         )
 
-    def answer_blocking(self, task: Task, *, priority: int = 0) -> Answer:
+    def answer_blocking(self, task: Task) -> Answer:
         if self._scheduler is not None:
-            return self._scheduler.answer(task, priority).result()
+            return self._scheduler.answer(task, task.priority).result()
         return self.submit(lambda: self._answer(task)).result()
 
-    async def answer(self, task: Task, *, priority: int = 0) -> Answer:
+    async def answer(self, task: Task) -> Answer:
         """The task's answer. Safe to await several times at once (up to `parallel`
-        tasks then run together; the others wait, highest priority first)."""
+        tasks then run together; the others wait, highest `task.priority` first)."""
         if self._scheduler is not None:
-            return await asyncio.wrap_future(self._scheduler.answer(task, priority))
+            return await asyncio.wrap_future(self._scheduler.answer(task, task.priority))
         return await self.call(lambda: self._answer(task))

@@ -22,6 +22,8 @@ class Task:
     deadline: float = float("inf")  # time.monotonic() value
     cancel: threading.Event = field(default_factory=threading.Event)
     overflow: OverflowPolicy = OverflowPolicy.REJECT  # when the input does not fit
+    # Among tasks waiting for the engine together, higher first (inference/scheduler.py).
+    priority: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 
 import pytest
@@ -54,12 +55,8 @@ def outcome(result):
     return result.output, result.completion_tokens
 
 
-async def burst(engine, tasks, priorities=None):
-    priorities = priorities or [0] * len(tasks)
-    return await asyncio.gather(
-        *(engine.answer(t, priority=p) for t, p in zip(tasks, priorities, strict=True)),
-        return_exceptions=True,
-    )
+async def burst(engine, tasks):
+    return await asyncio.gather(*(engine.answer(t) for t in tasks), return_exceptions=True)
 
 
 def test_eight_concurrent_tasks_answer_as_eight_serial_ones(engine):
@@ -84,7 +81,7 @@ def test_below_min_batch_higher_priority_runs_first(engine):
     finished = []
 
     async def one(task, priority, name):
-        await engine.answer(task, priority=priority)
+        await engine.answer(dataclasses.replace(task, priority=priority))
         finished.append(name)
 
     async def scenario():
