@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -38,6 +39,7 @@ from edgeagent.service.queue import TaskQueue
 from edgeagent.service.telemetry import Telemetry
 
 log = structlog.get_logger("edgeagent.service.worker")
+_BATCH_POLL_S = 0.05  # how often a running batch looks for queued jobs to take along
 
 
 class Answerer(Protocol):
@@ -71,6 +73,10 @@ class Worker:
         self._telemetry = telemetry
         self._clock = clock
         self.current: Job | None = None
+        self._running: list[Job] = []
+        self._lanes = 1
+        # One event for every running job: a shutdown's hand-back of `current` stops all.
+        self._cancel = threading.Event()
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -78,16 +84,43 @@ class Worker:
         self.cfg = cfg
 
     async def run(self) -> None:
-        while True:
-            job = await self._queue.take()
-            self.current = job
-            self._idle.clear()
-            try:
-                await self._run(job)
-            finally:
-                self.current = None
-                self._idle.set()
-                self._telemetry.refresh_status()
+        async with asyncio.TaskGroup() as lanes:
+            lanes.create_task(self._lane(extra=False))
+            while True:  # more lanes while queued jobs make a batch (see _batch_ready)
+                await asyncio.sleep(_BATCH_POLL_S)
+                while self._batch_ready():
+                    self._lanes += 1
+                    lanes.create_task(self._lane(extra=True))
+
+    def _batch_ready(self) -> bool:
+        """Another job may start beside the running ones: the engine decodes concurrent
+        tasks together from Engine.min_batch of them on, up to Engine.parallel
+        (inference/batch.py). Below that, one job at a time, as the queue expects."""
+        lanes = int(getattr(self._engine, "parallel", 1))
+        batch = int(getattr(self._engine, "min_batch", lanes + 1))
+        waiting = len(self._queue)
+        return waiting > 0 and self._lanes < lanes and len(self._running) + waiting >= batch
+
+    async def _lane(self, *, extra: bool) -> None:
+        try:
+            while True:
+                job = await self._queue.take()
+                job.cancel = self._cancel
+                self._running.append(job)
+                self.current = self._running[0]
+                self._idle.clear()
+                try:
+                    await self._run(job)
+                finally:
+                    self._running.remove(job)
+                    self.current = self._running[0] if self._running else None
+                    if not self._running:
+                        self._idle.set()
+                    self._telemetry.refresh_status()
+                if extra and not self._batch_ready():
+                    return
+        finally:
+            self._lanes -= extra
 
     async def wait_idle(self, *, within_s: float) -> bool:
         """True as soon as no job runs; False if one still does after `within_s` seconds."""
@@ -118,6 +151,7 @@ class Worker:
                 deadline=job.deadline,
                 cancel=job.cancel,
                 overflow=request.overflow or self.cfg.memory.overflow,
+                priority=request.priority,
             )
             # Committed before the engine starts: a run that ends the process is counted.
             await self._store.start_run(job.task_id)
