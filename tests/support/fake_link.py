@@ -12,6 +12,7 @@ raising, a publish whose topic is no valid topic name or whose payload has no UT
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -23,6 +24,7 @@ from edgeagent.mqtt.link import Incoming, PublishInvalid, PublishRefused
 from edgeagent.protocol.reply_policy import topic_name_problem
 
 NOT_AUTHORIZED = 135  # mosquitto's PUBACK reason when an ACL denies the topic
+RECHECK_S = 0.01  # wait_until: how often a predicate on state outside the link is re-read
 
 
 @dataclass(eq=False)
@@ -180,11 +182,15 @@ class FakeLink:
         self.on_message(message)
 
     async def wait_until(self, predicate: Callable[[], bool], within_s: float = 5.0) -> None:
-        """Until `predicate()` holds, re-checked after every publish and ack."""
+        """Until `predicate()` holds: re-checked after every publish and ack, and every
+        RECHECK_S besides, because a predicate may read state the link never sees change
+        (the daemon's queue filling after a store lookup)."""
         async with asyncio.timeout(within_s):
             while not predicate():
                 self._changed.clear()
-                await self._changed.wait()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(RECHECK_S):
+                        await self._changed.wait()
 
     async def wait_for_publish(self, topic: str, count: int = 1) -> list[Published]:
         await self.wait_until(lambda: len(self.on(topic)) >= count)
