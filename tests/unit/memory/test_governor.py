@@ -18,25 +18,6 @@ if TYPE_CHECKING:
 MiB = 1024 * 1024
 KV = 4096  # bytes per token in the governor tests: 256 tokens = 1 MiB
 
-QWEN25_05B = {
-    "general.architecture": "qwen2",
-    "general.name": "Qwen2.5 0.5B Instruct",
-    "qwen2.block_count": "24",
-    "qwen2.context_length": "32768",
-    "qwen2.embedding_length": "896",
-    "qwen2.attention.head_count": "14",
-    "qwen2.attention.head_count_kv": "2",
-}
-SMOLLM2_135M = {
-    "general.architecture": "llama",
-    "llama.block_count": "30",
-    "llama.context_length": "8192",
-    "llama.embedding_length": "576",
-    "llama.attention.head_count": "9",
-    "llama.attention.head_count_kv": "3",
-}
-
-
 # --- budget --------------------------------------------------------------------------------
 
 
