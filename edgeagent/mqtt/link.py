@@ -52,7 +52,7 @@ MAX_QUEUED_PUBLISHES = 1000
 # downstream (incoming queue, deliveries waiting for their reply). The daemon sets it from
 # its queue (service.admission.receive_window). MQTT 3.1.1 brokers apply their own limit
 # (mosquitto: max_inflight_messages, default 20).
-RECEIVE_MAXIMUM = 33
+RECEIVE_MAXIMUM = 40
 RECEIVE_MAXIMUM_LIMIT = 65535  # the property is a two-byte integer
 # Maximum Packet Size counts the whole PUBLISH, not only its payload: fixed header (at
 # most 5 bytes), packet id, property length, the topic, and the properties. The Response

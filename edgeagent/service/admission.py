@@ -49,9 +49,11 @@ from edgeagent.service.telemetry import Counters
 log = structlog.get_logger("edgeagent.service.admission")
 T = TypeVar("T")
 
-# The worker runs one task at a time.
-RUNNING_TASKS = 1
-# Unacknowledged messages beyond the queue and the running task: replies waiting for
+# Tasks running at once: the worker hands the engine up to Engine.parallel queued jobs
+# together, at most inference.scheduler.MAX_PARALLEL (tests/unit/service/test_admission.py
+# keeps the two in step).
+RUNNING_TASKS = 8
+# Unacknowledged messages beyond the queue and the running tasks: replies waiting for
 # their PUBACK, refusals and BUSY answers being sent, deliveries of an id in flight that
 # wait for its reply, messages waiting for admission. With this margin a full queue
 # still answers BUSY at once instead of the broker holding tasks back.
@@ -61,7 +63,7 @@ RECEIVE_MARGIN = 16
 def receive_window(cfg: Config) -> int:
     """How many unacknowledged task messages the daemon holds: its MQTT v5 Receive Maximum.
 
-    The queue's capacity, the running task and a margin (RECEIVE_MARGIN). More would buy
+    The queue's capacity, the running tasks and a margin (RECEIVE_MARGIN). More would buy
     nothing: tasks beyond the queue get BUSY at once anyway, while every message held
     costs up to `max_payload_bytes` of memory. Fewer would let the broker hold tasks back
     before the queue is full, and answer nothing while it does.

@@ -48,7 +48,7 @@ MAX_PAYLOAD = 256 * 1024  # the default [mqtt] max_payload_bytes
 # What the daemon's RSS may grow by, from its level after the warm-up, while it takes
 # every hostile payload: the engine's prefix cache fills with the KV states of the many
 # contracts hostile schemas bring (bounded at 64 MiB, inference/prefix_cache.py), admission
-# keeps 64 compiled contracts, and what is parsed of the receive window's messages (33 of
+# keeps 64 compiled contracts, and what is parsed of the receive window's messages (40 of
 # up to 256 KiB) lives at a time. Measured: +30 MiB over the short run; +108 MiB (peak
 # +122) over 10,645 payloads, flat over the second half.
 RSS_GROWTH_MIB = 160

@@ -15,8 +15,9 @@ from support.service_parts import Parts
 from edgeagent.config import SchemaLimits
 from edgeagent.errors import EdgeAgentError, ErrorCode
 from edgeagent.inference.contract import compile_contract as real_compile
+from edgeagent.inference.scheduler import MAX_PARALLEL
 from edgeagent.protocol.request import Request
-from edgeagent.service.admission import derived_id, receive_window
+from edgeagent.service.admission import RUNNING_TASKS, derived_id, receive_window
 from edgeagent.service.contracts import CompileThreads, ContractCache
 from edgeagent.service.taskstore import Confirmation, TaskState
 
@@ -667,10 +668,12 @@ def test_a_full_incoming_queue_answers_busy_and_acks(monkeypatch):
     run(scenario())
 
 
-def test_the_receive_window_is_the_queue_the_running_task_and_a_margin():
-    assert receive_window(service_config()) == 16 + 1 + 16
-    assert receive_window(service_config(queue={"size": 10000})) == 10017
-    assert receive_window(service_config(queue={"size": 1})) == 18
+def test_the_receive_window_is_the_queue_the_running_tasks_and_a_margin():
+    assert receive_window(service_config()) == 16 + 8 + 16
+    assert receive_window(service_config(queue={"size": 10000})) == 10024
+    assert receive_window(service_config(queue={"size": 1})) == 25
+    # As many tasks may run at once as the engine takes.
+    assert RUNNING_TASKS >= MAX_PARALLEL
 
 
 def test_a_burst_of_tasks_with_new_schemas_waits_for_threads_and_shares_compiles():
