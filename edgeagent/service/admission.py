@@ -226,7 +226,10 @@ class Admission:
         if record is not None and self._poison(record):
             await self._end_poison(record, waiting, fingerprint)
             return
-        await self._queue_job(request, fingerprint, waiting)
+        # Runs that ended with the process: such a task runs alone (see Worker), so a
+        # second abort is its own and not a neighbour's in a batch.
+        aborts = record.runs if record is not None and record.state is TaskState.ACCEPTED else 0
+        await self._queue_job(request, fingerprint, waiting, aborts)
 
     def _parse(self, message: Incoming) -> Request | None:
         """The request with its id (given, or derived); None when it was refused."""
@@ -276,25 +279,29 @@ class Admission:
         # instead of taking the daemon down again (until the store forgets it).
         await self._refuse_tracked(entry, error, replayable=True)
 
-    async def _queue_job(self, request: Request, fingerprint: str, waiting: Waiting) -> None:
+    async def _queue_job(
+        self, request: Request, fingerprint: str, waiting: Waiting, aborts: int = 0
+    ) -> None:
         entry = self._inflight.open(request.id, fingerprint, waiting)
         # Its place in the queue is its arrival, also when its contract compiles while
         # later messages are admitted.
         arrival = next(self._arrivals)
         if self.contracts.ready(request, self.cfg.actions):
-            await self._prepare(request, entry, arrival)  # a dictionary lookup away
+            await self._prepare(request, entry, arrival, aborts)  # a dictionary lookup away
             return
         # Compiling takes a thread and may take seconds: admission goes on with the next
         # messages meanwhile. The entry is open, so another delivery of this id joins it.
-        task = asyncio.create_task(self._prepare(request, entry, arrival))
+        task = asyncio.create_task(self._prepare(request, entry, arrival, aborts))
         self._preparing.add(task)
         task.add_done_callback(self._preparing.discard)
 
-    async def _prepare(self, request: Request, entry: InFlight, arrival: int) -> None:
+    async def _prepare(
+        self, request: Request, entry: InFlight, arrival: int, aborts: int = 0
+    ) -> None:
         """Contract, checks, accept record, queue; or the refusal. Never raises but a
         cancellation (shutdown: its deliveries go back to the broker)."""
         try:
-            job = await self._job_for(request, entry)
+            job = await self._job_for(request, entry, aborts)
             if self._closed:
                 self._inflight.close(entry)  # stopping: left to the broker, as if not taken
                 return
@@ -317,7 +324,7 @@ class Admission:
         except Exception:  # the status line is not worth a task
             log.exception("on_queued failed", task_id=request.id)
 
-    async def _job_for(self, request: Request, entry: InFlight) -> Job:
+    async def _job_for(self, request: Request, entry: InFlight, aborts: int = 0) -> Job:
         spec = await self.contracts.spec_for(request, self.cfg.actions, self.cfg.schema_limits)
         if self._paused is not None:
             raise EdgeAgentError(
@@ -330,7 +337,7 @@ class Admission:
             )
         now = self._clock()
         deadline_s = request.deadline_s or self.cfg.queue.default_deadline_s
-        return Job(request, spec, entry, received=now, deadline=now + deadline_s)
+        return Job(request, spec, entry, received=now, deadline=now + deadline_s, aborts=aborts)
 
     def _answer_from_store(
         self, record: TaskRecord, waiting: Waiting, fingerprint: str, *, redelivery: bool

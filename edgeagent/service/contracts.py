@@ -208,16 +208,11 @@ class ContractCache:
             def build() -> OutputSpec:
                 return self._compile(actions, limits=limits)
 
-        cached = self._specs.pop(key, None) if key is not None else None
+        cached = self._specs.get(key) if key is not None else None
         if cached is None:
-            generation = self._generation
-            cached = await self._compiled(key, build)
-            if generation != self._generation:
-                key = None  # compiled for the configuration before a reload: not kept
-        if key is not None:
-            self._specs[key] = cached  # (re)inserted last
-            if len(self._specs) > self._size:
-                self._specs.pop(next(iter(self._specs)))
+            cached = await self._compiled(key, build)  # kept in the cache by the compile
+        else:
+            self._keep(key, cached)  # used again: now the most recent
         if isinstance(cached, _Refusal):
             raise cached.error()
         return cached
@@ -231,7 +226,7 @@ class ContractCache:
             return await self._compile_now(build)
         shared = self._compiling.get(key)
         if shared is None:
-            shared = asyncio.create_task(self._compile_now(build))
+            shared = asyncio.create_task(self._compile_and_keep(key, build))
             self._compiling[key] = shared
             shared.add_done_callback(lambda task: self._compile_done(key, task))
         # Shielded: one waiter cancelled (shutdown) does not cancel the others' compile.
@@ -244,6 +239,25 @@ class ContractCache:
             del self._compiling[key]
         if not task.cancelled():
             task.exception()  # retrieved here too: every waiter may have gone
+
+    async def _compile_and_keep(
+        self, key: tuple[str, ...], build: Callable[[], OutputSpec]
+    ) -> OutputSpec | _Refusal:
+        """Compile, and keep the outcome before anyone can look for it again: a task of
+        the same schema admitted right after finds it in the cache, not compiling."""
+        generation = self._generation
+        outcome = await self._compile_now(build)
+        if generation == self._generation:  # else compiled for the config before a reload
+            self._keep(key, outcome)
+        return outcome
+
+    def _keep(self, key: tuple[str, ...] | None, value: OutputSpec | _Refusal) -> None:
+        if key is None:
+            return
+        self._specs.pop(key, None)
+        self._specs[key] = value  # (re)inserted last: the most recently used
+        if len(self._specs) > self._size:
+            self._specs.pop(next(iter(self._specs)))
 
     async def _compile_now(self, build: Callable[[], OutputSpec]) -> OutputSpec | _Refusal:
         try:

@@ -47,6 +47,9 @@ class Job:
     received: float  # clock() when admitted
     deadline: float
     cancel: threading.Event = field(default_factory=threading.Event)
+    # Earlier runs of this task that ended with the process (the task store's count). A
+    # task with any runs alone: if the process dies again, the abort is its own.
+    aborts: int = 0
 
     @property
     def task_id(self) -> str:

@@ -7,7 +7,10 @@ accept record dropped, so the broker's redelivery after the restart runs it agai
 
 Each run is counted in the task store before it starts: if the process dies during it,
 the count survives, and a task that took the process down `[queue] max_task_aborts`
-times is answered by admission instead of being run again (docs/protocol.md).
+times is answered by admission instead of being run again (docs/protocol.md). Every task
+running when the process died is counted, so a task that was counted before runs alone
+(no other job beside it, none started while it runs): a second abort is then its own,
+never a neighbour's from the same batch.
 """
 
 from __future__ import annotations
@@ -40,6 +43,44 @@ from edgeagent.service.telemetry import Telemetry
 
 log = structlog.get_logger("edgeagent.service.worker")
 _BATCH_POLL_S = 0.05  # how often a running batch looks for queued jobs to take along
+
+
+class AloneGate:
+    """Jobs run side by side, except one that must run alone: it waits until none runs,
+    and none starts until it is done (a waiting lone job goes before new side-by-side
+    ones). Event loop only."""
+
+    def __init__(self) -> None:
+        self._beside = 0  # jobs running side by side
+        self._alone = False  # a lone job runs
+        self._lone_waiting = 0
+        self._changed = asyncio.Event()
+
+    def _open(self, *, alone: bool) -> bool:
+        if alone:
+            return self._beside == 0 and not self._alone
+        return not self._alone and self._lone_waiting == 0
+
+    async def enter(self, *, alone: bool) -> None:
+        self._lone_waiting += alone
+        try:
+            while not self._open(alone=alone):
+                self._changed.clear()
+                await self._changed.wait()
+        finally:
+            self._lone_waiting -= alone
+            self._changed.set()  # a lone job no longer waiting may let others in
+        if alone:
+            self._alone = True
+        else:
+            self._beside += 1
+
+    def leave(self, *, alone: bool) -> None:
+        if alone:
+            self._alone = False
+        else:
+            self._beside -= 1
+        self._changed.set()
 
 
 class Answerer(Protocol):
@@ -77,6 +118,7 @@ class Worker:
         self._lanes = 1
         # One event for every running job: a shutdown's hand-back of `current` stops all.
         self._cancel = threading.Event()
+        self._gate = AloneGate()
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -105,22 +147,31 @@ class Worker:
         try:
             while True:
                 job = await self._queue.take()
-                job.cancel = self._cancel
-                self._running.append(job)
-                self.current = self._running[0]
-                self._idle.clear()
+                alone = job.aborts > 0
+                # Cancelled while waiting (shutdown): not acked, the broker delivers it again.
+                await self._gate.enter(alone=alone)
                 try:
-                    await self._run(job)
+                    await self._run_tracked(job)
                 finally:
-                    self._running.remove(job)
-                    self.current = self._running[0] if self._running else None
-                    if not self._running:
-                        self._idle.set()
-                    self._telemetry.refresh_status()
+                    self._gate.leave(alone=alone)
                 if extra and not self._batch_ready():
                     return
         finally:
             self._lanes -= extra
+
+    async def _run_tracked(self, job: Job) -> None:
+        job.cancel = self._cancel
+        self._running.append(job)
+        self.current = self._running[0]
+        self._idle.clear()
+        try:
+            await self._run(job)
+        finally:
+            self._running.remove(job)
+            self.current = self._running[0] if self._running else None
+            if not self._running:
+                self._idle.set()
+            self._telemetry.refresh_status()
 
     async def wait_idle(self, *, within_s: float) -> bool:
         """True as soon as no job runs; False if one still does after `within_s` seconds."""

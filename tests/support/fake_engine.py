@@ -76,6 +76,8 @@ class FakeEngine:
         self.running = asyncio.Event()  # set while a task is inside answer()
         self.closed = False
         self.failure: BaseException | None = None  # raised by the next answer()
+        self.active: list[Task] = []  # inside answer() now
+        self.beside: list[Task] = []  # tasks that ever ran while another one did
 
     async def start(self, n_ctx: int | None = None) -> None:
         self.n_ctx = n_ctx or 512
@@ -85,6 +87,9 @@ class FakeEngine:
 
     async def answer(self, task: Task) -> Answer:
         self.tasks.append(task)
+        if self.active:
+            self.beside.extend(t for t in [*self.active, task] if t not in self.beside)
+        self.active.append(task)
         self.busy = True
         self.running.set()
         try:
@@ -103,8 +108,10 @@ class FakeEngine:
                 n_ctx=self.n_ctx,
             )
         finally:
-            self.busy = False
-            self.running.clear()
+            self.active.remove(task)
+            self.busy = bool(self.active)
+            if not self.active:
+                self.running.clear()
 
     async def _held(self, task: Task) -> None:
         released = asyncio.ensure_future(self._released.wait())

@@ -342,8 +342,8 @@ def test_queued_tasks_are_not_counted_when_another_one_takes_the_process_down(tm
         first = await Parts.on(path).start()
         first.engine.hold = True
         first.link.deliver(ACTION_TASK)
-        queued = first.link.deliver({**SCHEMA_TASK, "id": "q"})
         await first.engine.running.wait()
+        queued = first.link.deliver({**SCHEMA_TASK, "id": "q"})
         await first.link.wait_until(lambda: len(first.daemon.queue) == 1)
         assert (await first.record("q")).runs == 0
         await first.crash()
@@ -352,6 +352,47 @@ def test_queued_tasks_are_not_counted_when_another_one_takes_the_process_down(tm
         second.link.redeliver(queued)
         await second.link.wait_for_acks(1)
         assert second.link.bodies("edgeagent/dev1/results/q")[0]["status"] == "ok"
+        await second.crash()
+
+    run(scenario())
+
+
+def test_a_task_that_aborted_the_process_runs_alone_when_others_are_batched(tmp_path):
+    path = tmp_path / "journal.sqlite3"
+
+    def task(n: str) -> dict:
+        return {**SCHEMA_TASK, "id": n, "input": f"task {n}"}
+
+    async def scenario():
+        first = await Parts.on(path).start()
+        first.engine.hold = True
+        suspect = first.link.deliver(task("a"))
+        await first.engine.running.wait()
+        await first.crash()  # "a" was running: counted once
+        second = await Parts.on(path).start()
+        engine = second.engine
+        engine.hold = True
+        engine.parallel, engine.min_batch = 4, 2  # the engine decodes 2..4 tasks together
+        second.link.deliver(task("b"))
+        second.link.deliver(task("c"))
+        await second.link.wait_until(lambda: len(engine.active) == 2)  # b and c together
+        second.link.redeliver(suspect)
+        # A lane takes "a" from the queue, and it waits for b and c to end.
+        gate = second.daemon.worker._gate
+        await second.link.wait_until(lambda: gate._lone_waiting == 1)
+        assert [t.content for t in engine.active] == ["task b", "task c"]
+        engine.release()
+        await second.link.wait_until(lambda: [t.content for t in engine.active] == ["task a"])
+        second.link.deliver(task("d"))  # arrives while "a" runs alone: it waits
+        await second.link.wait_until(lambda: len(second.daemon.queue) == 0)
+        assert [t.content for t in engine.active] == ["task a"]
+        assert gate._alone
+        engine.release()
+        await second.link.wait_until(lambda: [t.content for t in engine.active] == ["task d"])
+        engine.release()
+        await second.link.wait_for_acks(4)
+        assert {t.content for t in engine.beside} == {"task b", "task c"}
+        assert (await second.record("a")).runs == 2
         await second.crash()
 
     run(scenario())
