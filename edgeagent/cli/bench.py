@@ -1,7 +1,9 @@
-"""`edgeagent bench`: constrained vs unconstrained decode speed, side by side in one run.
+"""`edgeagent bench`: every speed figure next to its baseline, in one run.
 
-For each task, three decoders run on the same loaded model and the same prompt, in
-rotating order, several rounds:
+Two parts per model: the throughput figures (cached prefixes, speculative decoding,
+concurrent tasks: cli/bench_throughput.py) and, here, constrained vs unconstrained
+decode speed. For each task, three decoders run on the same loaded model and the same
+prompt, in rotating order, several rounds:
 
 * free: plain greedy decoding of exactly as many tokens as the constrained answer
   had (the baseline: what the model costs without any constraint);
@@ -21,10 +23,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import statistics
 import sys
 import time
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +38,9 @@ from llama_cpp.llama_grammar import LlamaGrammar
 from llguidance import LLMatcher
 
 from edgeagent import __version__
+from edgeagent.cli.bench_report import figures_markdown
+from edgeagent.cli.bench_throughput import bench_throughput
+from edgeagent.cli.bench_throughput import steps as throughput_steps
 from edgeagent.cli.progress import Progress
 from edgeagent.inference.contract import OutputSpec, schema_spec
 from edgeagent.inference.decoding import Sampler, StepControl, generate_constrained, generate_free
@@ -267,18 +275,40 @@ def to_markdown(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _throughput(path: Path, *, threads: int, rounds: int) -> dict[str, Any]:
+    with Progress(f"bench {path.name}") as progress:
+        progress.stage(f"bench {path.name}: throughput", total=throughput_steps(rounds))
+        return bench_throughput(path, threads=threads, rounds=rounds, tick=progress.advance)
+
+
 def run(args: argparse.Namespace) -> int:
-    results = [
-        bench_model(
+    results = []
+    for path in args.model:
+        started = time.monotonic()
+        result = bench_model(
             path,
             threads=args.threads,
             rounds=args.rounds,
             max_tokens=args.max_tokens,
             gbnf=not args.no_gbnf,
         )
-        for path in args.model
-    ]
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2), encoding="utf-8")
-    sys.stdout.write(to_markdown(results) + "\n")
+        result |= _throughput(path, threads=args.threads, rounds=args.rounds)
+        result["machine"] = machine()
+        result["minutes"] = round((time.monotonic() - started) / 60, 1)
+        results.append(result)
+        if args.json:  # after each model: a long run keeps what it measured
+            args.json.write_text(json.dumps(results, indent=2), encoding="utf-8")
+    sys.stdout.write(figures_markdown(results) + "\n\n" + to_markdown(results) + "\n")
     return 0
+
+
+def machine() -> dict[str, Any]:
+    """Where the figures were measured, and how busy the machine was."""
+    load = os.getloadavg()
+    return {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "load_average": [round(x, 2) for x in load],
+        "llama_cpp_python": version("llama_cpp_python"),
+        "llguidance": version("llguidance"),
+    }

@@ -29,17 +29,16 @@ import itertools
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from enum import Enum
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from edgeagent.errors import EdgeAgentError, ErrorCode, TaskHandedBack
-from edgeagent.inference.kvcache import KvContext, Logits
+from edgeagent.inference.kvcache import KvContext
 from edgeagent.inference.prefix_cache import PrefixCache, fixed_length
 from edgeagent.inference.prefix_cache import prefill as prefill_prompt
+from edgeagent.inference.sequence import Kind, Request, SeqHandle, Slot, pending
 
 MIN_BATCH = 4
 _WAIT_S = 0.05  # how long the batcher waits for a slow sequence before it goes on
@@ -63,98 +62,6 @@ class SlotModel(Protocol):
     def piece(self, token: int) -> str: ...
 
 
-class _Kind(Enum):
-    PREFILL = "prefill"
-    FEED = "feed"
-    REWIND = "rewind"
-    CLOSE = "close"
-
-
-@dataclass(eq=False)
-class _Request:
-    kind: _Kind
-    tokens: Sequence[int] = ()
-    all_logits: bool = False
-    done: threading.Event = field(default_factory=threading.Event)
-    result: Any = None
-    error: BaseException | None = None
-
-    def finish(self, result: Any = None, error: BaseException | None = None) -> None:
-        self.result, self.error = result, error
-        self.done.set()
-
-
-@dataclass(eq=False)
-class _Slot:
-    priority: int
-    arrival: int
-    reserve: int  # answer tokens the sequence may add (max_tokens)
-    deadline: float
-    cancel: threading.Event | None
-    seq: int | None = None
-    request: _Request | None = None
-
-    @property
-    def rank(self) -> tuple[int, int]:
-        return (-self.priority, self.arrival)
-
-
-class SeqHandle:
-    """One task's sequence as the token loop sees it (a Decoder and a DraftTarget).
-
-    Used from the task's own thread; every model call waits for the batcher.
-    """
-
-    def __init__(self, batcher: Batcher, slot: _Slot, model: SlotModel) -> None:
-        self._batcher = batcher
-        self._slot = slot
-        self._model = model
-        self.n_vocab = model.n_vocab
-        self.digit_tokens = model.digit_tokens
-        self._logits: Logits | None = None
-
-    @property
-    def batched(self) -> bool:
-        """Whether the batcher is in batch mode (speculation then does not pay)."""
-        return self._batcher.batch_mode
-
-    def prefill(self, prompt: Sequence[int]) -> int:
-        reused, self._logits = self._ask(_Request(_Kind.PREFILL, prompt))
-        return int(reused)
-
-    def feed(self, tokens: Sequence[int]) -> None:
-        self._logits = self._ask(_Request(_Kind.FEED, tokens))[-1]
-
-    def feed_all(self, tokens: Sequence[int]) -> list[Logits]:
-        rows: list[Logits] = self._ask(_Request(_Kind.FEED, tokens, all_logits=True))
-        self._logits = rows[-1]
-        return rows
-
-    def rewind(self, count: int) -> None:
-        self._ask(_Request(_Kind.REWIND, [count]))
-
-    def logits(self) -> Logits:
-        if self._logits is None:
-            raise EdgeAgentError(ErrorCode.INTERNAL, "logits before the prompt was fed")
-        return self._logits
-
-    def close(self) -> None:
-        self._ask(_Request(_Kind.CLOSE))
-
-    def is_end_token(self, token: int) -> bool:
-        return self._model.is_end_token(token)
-
-    def piece(self, token: int) -> str:
-        return self._model.piece(token)
-
-    def _ask(self, request: _Request) -> Any:
-        self._batcher.submit(self._slot, request)
-        request.done.wait()
-        if request.error is not None:
-            raise request.error
-        return request.result
-
-
 class Batcher:
     """Serves the open sequences' requests; `step` runs on the inference thread only."""
 
@@ -164,12 +71,16 @@ class Batcher:
         *,
         min_batch: int = MIN_BATCH,
         streams: int | None = None,
+        exact: bool = True,
     ) -> None:
+        """exact: decodes of at most model.invariant_rows tokens (batched answers are the
+        answers alone); False: as many as fit n_batch."""
         self.model = model
         self.min_batch = min_batch
+        self.exact = exact
         self.streams = streams or model.max_seq  # sequences of a batch-mode context
         self._cv = threading.Condition()
-        self._slots: list[_Slot] = []
+        self._slots: list[Slot] = []
         self._order = itertools.count()
         self.batch_mode = False
         self.steps = 0  # decodes served, for the benchmark
@@ -185,13 +96,13 @@ class Batcher:
         deadline: float = float("inf"),
         cancel: threading.Event | None = None,
     ) -> SeqHandle:
-        slot = _Slot(priority, next(self._order), reserve, deadline, cancel)
+        slot = Slot(priority, next(self._order), reserve, deadline, cancel)
         with self._cv:
             self._slots.append(slot)
             self._cv.notify_all()
         return SeqHandle(self, slot, self.model)
 
-    def submit(self, slot: _Slot, request: _Request) -> None:
+    def submit(self, slot: Slot, request: Request) -> None:
         with self._cv:
             slot.request = request
             self._cv.notify_all()
@@ -210,19 +121,21 @@ class Batcher:
             slots = list(self._slots)
         self._expire(slots)
         for slot in slots:
-            if _pending(slot) in (_Kind.REWIND, _Kind.CLOSE):
+            if pending(slot) in (Kind.REWIND, Kind.CLOSE):
                 self._serve_now(slot)
-        slots = [s for s in slots if _pending(s) is not _Kind.CLOSE]
+        slots = [s for s in slots if pending(s) is not Kind.CLOSE]
         self.batch_mode = len(slots) >= self.min_batch
         if self.batch_mode and self.model.n_seq == 1 and self.streams > 1:
             held = [s for s in slots if s.seq is not None]
-            self.model.use_streams(self.streams, {0: 0} if held else {})
-        ready = sorted((s for s in slots if _pending(s) is not None), key=lambda s: s.rank)
-        prefills = [s for s in ready if _pending(s) is _Kind.PREFILL]
+            # In exact mode no more sequences than tokens one decode may hold: one token
+            # each fits one decode (a ninth would cost a second decode per step).
+            streams = min(self.streams, self._row_limit()) if self.exact else self.streams
+            self.model.use_streams(max(2, streams), {0: 0} if held else {})
+        ready = sorted((s for s in slots if pending(s) is not None), key=lambda s: s.rank)
+        prefills = [s for s in ready if pending(s) is Kind.PREFILL]
         if self.batch_mode:
-            if prefills:
-                self._serve_prefill(prefills[0], slots)
-            else:
+            # One prompt per step (the first that has a sequence), else everyone's tokens.
+            if not any(self._serve_prefill(slot, slots) for slot in prefills):
                 self._serve_feeds(ready)
             return
         # Serial: the best-ranked sequence already running goes on, else the best one.
@@ -235,14 +148,14 @@ class Batcher:
                 self._serve_feeds([chosen])
 
     def _all_ready(self) -> bool:
-        return all(_pending(s) is not None for s in self._slots)
+        return all(pending(s) is not None for s in self._slots)
 
-    def _expire(self, slots: list[_Slot]) -> None:
+    def _expire(self, slots: list[Slot]) -> None:
         """Fail the waiting requests of sequences past their deadline or cancelled."""
         now = time.monotonic()
         for slot in slots:
             request = slot.request
-            if _pending(slot) in (None, _Kind.CLOSE) or request is None:
+            if pending(slot) in (None, Kind.CLOSE) or request is None:
                 continue
             if slot.cancel is not None and slot.cancel.is_set():
                 request.finish(error=TaskHandedBack("task cancelled by shutdown"))
@@ -250,10 +163,10 @@ class Batcher:
                 error = EdgeAgentError(ErrorCode.DEADLINE_EXCEEDED, "deadline passed while waiting")
                 request.finish(error=error)
 
-    def _serve_now(self, slot: _Slot) -> None:
+    def _serve_now(self, slot: Slot) -> None:
         request = slot.request
         assert request is not None
-        if request.kind is _Kind.CLOSE:
+        if request.kind is Kind.CLOSE:
             with self._cv:
                 self._slots.remove(slot)
         elif slot.seq is not None:
@@ -261,7 +174,8 @@ class Batcher:
             kv.remove(slot.seq, len(kv.tokens[slot.seq]) - int(request.tokens[0]))
         request.finish()
 
-    def _serve_prefill(self, slot: _Slot, slots: list[_Slot]) -> None:
+    def _serve_prefill(self, slot: Slot, slots: list[Slot]) -> bool:
+        """Evaluate the slot's prompt; False when no sequence is free for it yet."""
         request = slot.request
         assert request is not None
         prompt = request.tokens
@@ -276,15 +190,16 @@ class Batcher:
             else:
                 free = [seq for seq in range(self.model.n_seq) if seq not in taken]
                 if not free:
-                    return  # waits for a sequence to end
+                    return False  # waits for a sequence to end
                 slot.seq = self._pick(free, prompt)
                 reused = prefill_prompt(self.model.kv, slot.seq, prompt, self.model.prefix_cache)
         except BaseException as exc:
             slot.seq = None
             request.finish(error=exc)
-            return
+            return True
         self.steps += 1
         request.finish(result=(reused, np.array(self.model.kv.logits(-1))))
+        return True
 
     def _pick(self, free: list[int], prompt: Sequence[int]) -> int:
         """A free sequence, one that already holds the prompt's fixed part first."""
@@ -293,11 +208,11 @@ class Batcher:
         fixed = list(prompt[:keep])
         return next((seq for seq in free if keep and kv.tokens[seq][:keep] == fixed), free[0])
 
-    def _serve_feeds(self, ready: list[_Slot]) -> None:
+    def _serve_feeds(self, ready: list[Slot]) -> None:
         """Decodes of at most invariant_rows tokens (and n_batch); a longer feed alone."""
-        feeds = [s for s in ready if _pending(s) is _Kind.FEED and s.seq is not None]
-        limit = min(self.model.invariant_rows, self.model.kv.n_batch)
-        group: list[_Slot] = []
+        feeds = [s for s in ready if pending(s) is Kind.FEED and s.seq is not None]
+        limit = self._row_limit()
+        group: list[Slot] = []
         size = 0
         for slot in feeds:
             tokens = len(slot.request.tokens) if slot.request is not None else 0
@@ -309,7 +224,11 @@ class Batcher:
         if group:
             self._decode(group)
 
-    def _decode(self, group: list[_Slot]) -> None:
+    def _row_limit(self) -> int:
+        n_batch = self.model.kv.n_batch
+        return min(self.model.invariant_rows, n_batch) if self.exact else n_batch
+
+    def _decode(self, group: list[Slot]) -> None:
         kv = self.model.kv
         requests = [s.request for s in group if s.request is not None]
         try:
@@ -333,11 +252,3 @@ class Batcher:
             first = start if request.all_logits else start + count - 1
             rows = [np.array(kv.logits(i)) for i in range(first, start + count)]
             request.finish(result=rows)
-
-
-def _pending(slot: _Slot) -> _Kind | None:
-    """The kind of the slot's request that waits to be served (None: none waits)."""
-    request = slot.request
-    if request is None or request.done.is_set():
-        return None
-    return request.kind

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -19,7 +20,7 @@ from llguidance import LLMatcher
 
 from edgeagent.config import ModelConfig
 from edgeagent.errors import EdgeAgentError, ErrorCode
-from edgeagent.inference.batch import MIN_BATCH, Batcher, SeqHandle
+from edgeagent.inference.batch import MIN_BATCH, Batcher
 from edgeagent.inference.contract import OutputSpec
 from edgeagent.inference.decoding import (
     Decoder,
@@ -34,7 +35,8 @@ from edgeagent.inference.overflow import answer_within_budget
 from edgeagent.inference.prefix_cache import DEFAULT_LIMIT_BYTES, FixedParts
 from edgeagent.inference.prompt import Message, build_messages
 from edgeagent.inference.scheduler import TaskScheduler
-from edgeagent.inference.speculative import DraftTarget, SpeculativeDecoder
+from edgeagent.inference.sequence import SeqHandle
+from edgeagent.inference.speculative import MAX_DRAFT, DraftTarget, SpeculativeDecoder
 from edgeagent.inference.task import Answer, Task
 
 T = TypeVar("T")
@@ -46,12 +48,17 @@ class Engine:
     def __init__(
         self,
         cfg: ModelConfig,
-        factory: ModelFactory = load_resident,
+        factory: ModelFactory | None = None,
         *,
         min_batch: int = MIN_BATCH,
+        exact: bool = True,
     ) -> None:
-        """min_batch: open sequences from which a step decodes them together (batch.py)."""
+        """min_batch: open sequences from which a step decodes them together (batch.py).
+        exact: batched and speculative answers are token for token the answers a task
+        gets alone (engine_model.load_resident); False trades that for speed."""
         self.cfg = cfg
+        self.exact = exact
+        factory = factory or functools.partial(load_resident, exact=exact)
         self.min_batch = min_batch
         # Several tasks at once, for models that hold several sequences (ResidentModel).
         self._scheduler: TaskScheduler | None = None
@@ -114,7 +121,7 @@ class Engine:
         self._model = self._factory(cfg)
         self._model.on_progress = self._touch
         if isinstance(self._model, ResidentModel) and self._model.max_seq > 1:
-            batcher = Batcher(self._model, min_batch=self.min_batch)
+            batcher = Batcher(self._model, min_batch=self.min_batch, exact=self.exact)
             self._scheduler = TaskScheduler(
                 batcher,
                 run=self._answer,
@@ -249,7 +256,7 @@ class Engine:
         """The model, behind prompt-lookup speculation when decoding is greedy and the
         model can verify drafts exactly (ResidentModel.invariant_rows > 1); a sequence of
         the batcher speculates only while it runs alone."""
-        rows = getattr(self._model, "invariant_rows", 1)
+        rows = getattr(self._model, "invariant_rows", 1) if self.exact else MAX_DRAFT + 1
         if self._sampler.temperature > 0.0 or rows < 2 or not self.speculate:
             return model
         alone = (lambda: not model.batched) if isinstance(model, SeqHandle) else None

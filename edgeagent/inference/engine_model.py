@@ -36,7 +36,11 @@ class EngineModel(Decoder, Protocol):
 ModelFactory = Callable[[ModelConfig], EngineModel]
 
 
-def load_resident(cfg: ModelConfig) -> EngineModel:
+def load_resident(cfg: ModelConfig, *, exact: bool = True) -> EngineModel:
+    """The real model. exact: without repacked weights, so that batches of a few tokens
+    give the logits of single steps (inference/invariance.py); False: llama.cpp's default
+    (faster batches on some CPUs; batched and speculative answers may then differ in
+    the last bits from one-at-a-time greedy ones)."""
     if cfg.sha256 is not None:
         actual = sha256_file(cfg.path)
         if actual != cfg.sha256:
@@ -45,5 +49,10 @@ def load_resident(cfg: ModelConfig) -> EngineModel:
                 f"model.sha256: {cfg.path} has sha256 {actual}, expected {cfg.sha256}",
             )
     return ResidentModel(
-        cfg.path, threads=cfg.threads, n_ctx=cfg.n_ctx, n_batch=cfg.n_batch, n_seq=MAX_PARALLEL
+        cfg.path,
+        threads=cfg.threads,
+        n_ctx=cfg.n_ctx,
+        n_batch=cfg.n_batch,
+        n_seq=MAX_PARALLEL,
+        repack=not exact,
     )

@@ -157,7 +157,9 @@ def test_from_min_batch_on_sequences_share_decodes_within_the_invariant_size():
     jobs = {n: (lambda n=n: greedy(handles[n], prompts[n], 6, log, n)) for n in handles}
     results, errors = run_all(batcher, jobs)
     assert not errors
-    assert model.streams[0] == (4, {})  # one KV stream per sequence
+    # One KV stream per sequence, but no more than tokens one exact decode holds (3): the
+    # fourth task waits for a stream.
+    assert model.streams[0] == (3, {})
     assert any(len(d) > 1 for d in model.kv.decodes)
     # No decode mixes sequences beyond the size whose logits equal single steps.
     assert all(sum(n for _, n in d) <= 3 for d in model.kv.decodes if len(d) > 1)
@@ -192,7 +194,7 @@ def test_a_running_sequence_keeps_its_kv_when_the_batch_starts():
 
     results, errors = run_all(batcher, {"long": long_job, "late": late_job})
     assert not errors
-    assert model.streams[0] == (4, {0: 0})
+    assert model.streams[0] == (3, {0: 0})
     assert results["long"] == [int(np.argmax(logits_after([5, 6, 7])))]
     assert results["late"] == solo([1, 1], 3)
 
@@ -259,3 +261,18 @@ def test_a_cancelled_sequence_is_handed_back(when):
 
     _, errors = run_all(batcher, {"job": job})
     assert isinstance(errors["job"], TaskHandedBack)
+
+
+def test_not_exact_decodes_as_many_sequences_as_fit():
+    model = FakeSlotModel(max_seq=4, invariant_rows=1)
+    batcher = Batcher(model, min_batch=2, exact=False)
+    prompts = {f"t{i}": [i + 1, 5] for i in range(4)}
+    handles = open_all(batcher, dict.fromkeys(prompts, 0))
+    log = []
+    jobs = {n: (lambda n=n: greedy(handles[n], prompts[n], 4, log, n)) for n in handles}
+    results, errors = run_all(batcher, jobs)
+    assert not errors
+    assert model.streams[0] == (4, {})
+    assert max(len(d) for d in model.kv.decodes) == 4
+    for name, prompt in prompts.items():
+        assert results[name] == solo(prompt, 4)

@@ -1,0 +1,286 @@
+"""`edgeagent bench`: the throughput figures, each measured beside its baseline.
+
+All through the daemon's Engine (the scheduler, the batcher, the prefix cache), on the
+workloads of bench_workloads.py, every round measuring both sides back to back:
+
+* prefix: time to first token (`prompt_ms`) for four catalogs with ~1,000-token fixed
+  parts, alternating, cached vs uncached (KV cleared, prefix cache not used);
+* speculative: decode tokens/s with prompt-lookup speculation vs without, on
+  extraction answers (they copy the input) and on answers that copy nothing;
+* alone: a task alone through the scheduler vs the token loop run directly (what a
+  task cost before tasks could run concurrently);
+* batch: 4 and 8 concurrent tasks vs the same tasks one at a time (aggregate tokens/s
+  from the first task's start to the last one's end; speculation off on both sides).
+
+Answers are compared too: `identical` counts the answers equal to the baseline's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from edgeagent.cli.bench_report import figure
+from edgeagent.cli.bench_workloads import (
+    CATALOG_INPUTS,
+    CATALOGS,
+    CLASSIFY,
+    CLASSIFY_INPUTS,
+    EXTRACT,
+    EXTRACT_INPUTS,
+    describe,
+)
+from edgeagent.config import ModelConfig
+from edgeagent.errors import EdgeAgentError
+from edgeagent.inference.engine import Engine
+from edgeagent.inference.model import ResidentModel
+from edgeagent.inference.task import Answer, Task
+
+MAX_TOKENS = 160
+
+
+def _outcome(result: Answer | BaseException) -> Any:
+    if isinstance(result, EdgeAgentError):
+        return str(result.code)
+    if isinstance(result, BaseException):
+        raise result
+    return result.output
+
+
+def _answer(engine: Engine, task: Task) -> Answer | EdgeAgentError:
+    try:
+        return engine.answer_blocking(task)
+    except EdgeAgentError as exc:  # e.g. a small model writing in circles: still compared
+        return exc
+
+
+def _resident(engine: Engine) -> ResidentModel:
+    model = engine.model
+    assert isinstance(model, ResidentModel)
+    return model
+
+
+def _direct(engine: Engine, task: Task) -> Answer | EdgeAgentError:
+    """The task on the inference thread itself: the token loop on the model, with no
+    scheduler, batcher or sequence handle (how every task ran before)."""
+
+    def run() -> Answer | EdgeAgentError:
+        try:
+            return engine._answer(task)  # noqa: SLF001 - the engine's own direct path is the baseline
+        except EdgeAgentError as exc:
+            return exc
+
+    return engine.submit(run).result()
+
+
+def _uncached(engine: Engine, task: Task) -> Answer | EdgeAgentError:
+    """The task computed from an empty KV cache, without the prefix cache."""
+    model = _resident(engine)
+    engine.submit(model.kv.clear).result()
+    model.prefix_cache.enabled = False
+    try:
+        return _answer(engine, task)
+    finally:
+        model.prefix_cache.enabled = True
+
+
+def _tps(answers: Sequence[Answer | EdgeAgentError]) -> float:
+    done = [a for a in answers if isinstance(a, Answer)]
+    return sum(a.completion_tokens for a in done) / max(sum(a.decode_ms for a in done) / 1000, 1e-9)
+
+
+def _same(a: Sequence[Any], b: Sequence[Any]) -> str:
+    return f"{sum(x == y for x, y in zip(a, b, strict=True))}/{len(a)}"
+
+
+def prefix_figures(engine: Engine, rounds: int, tick: Callable[[], None]) -> list[dict[str, Any]]:
+    specs = list(CATALOGS.values())
+    keep = engine.submit(lambda: engine.prompt_tokens(specs[0], CATALOG_INPUTS[0])).result()
+    fixed = getattr(keep, "keep", 0)
+    for spec in specs:  # warm-up: each catalog's fixed part computed once and cached
+        _answer(engine, Task(content=CATALOG_INPUTS[0], spec=spec, max_tokens=MAX_TOKENS))
+    cached: list[float] = []
+    uncached: list[float] = []
+    outs: tuple[list[Any], list[Any]] = ([], [])
+    for r in range(rounds):
+        with_cache, without = [], []
+        for i, spec in enumerate(specs):  # four catalogs, alternating
+            task = Task(content=CATALOG_INPUTS[(r + i) % 4], spec=spec, max_tokens=MAX_TOKENS)
+            a, b = _answer(engine, task), _uncached(engine, task)
+            with_cache.append(a.prompt_ms if isinstance(a, Answer) else 0.0)
+            without.append(b.prompt_ms if isinstance(b, Answer) else 0.0)
+            outs[0].append(_outcome(a))
+            outs[1].append(_outcome(b))
+            tick()
+        cached.append(sum(with_cache) / len(with_cache))
+        uncached.append(sum(without) / len(without))
+    ratio = sorted(c / u for c, u in zip(cached, uncached, strict=True))[len(cached) // 2]
+    return [
+        figure(
+            f"time to first token, 4 catalogs alternating ({fixed}-token fixed part)",
+            "ms",
+            cached,
+            "uncached",
+            uncached,
+            target="≤ 0.2x",
+            met=ratio <= 0.2,
+            notes={"identical answers": _same(*outs)},
+        )
+    ]
+
+
+def speculative_figures(
+    engine: Engine, rounds: int, tick: Callable[[], None]
+) -> list[dict[str, Any]]:
+    result = []
+    for label, spec, inputs, target, bound in (
+        ("extraction answers (copy the input)", EXTRACT, EXTRACT_INPUTS[:6], "≥ 1.3x", 1.3),
+        ("answers that copy nothing", CLASSIFY, CLASSIFY_INPUTS, "≥ 0.97x", 0.97),
+    ):
+        fast: list[float] = []
+        plain: list[float] = []
+        outs: tuple[list[Any], list[Any]] = ([], [])
+        for r in range(rounds):
+            spec_answers: list[Answer | EdgeAgentError] = []
+            plain_answers: list[Answer | EdgeAgentError] = []
+            for text in inputs:
+                task = Task(content=text, spec=spec, max_tokens=MAX_TOKENS)
+                for speculate in (r % 2 == 0, r % 2 != 0):  # alternate who goes first
+                    engine.speculate = speculate
+                    (spec_answers if speculate else plain_answers).append(_answer(engine, task))
+                tick()
+            engine.speculate = True
+            fast.append(_tps(spec_answers))
+            plain.append(_tps(plain_answers))
+            outs[0].extend(_outcome(a) for a in spec_answers)
+            outs[1].extend(_outcome(a) for a in plain_answers)
+        ratio = sorted(f / p for f, p in zip(fast, plain, strict=True))[len(fast) // 2]
+        result.append(
+            figure(
+                f"decode tokens/s, speculative, {label}",
+                "tok/s",
+                fast,
+                "no speculation",
+                plain,
+                target=target,
+                met=ratio >= bound,
+                notes={"identical answers": _same(*outs)},
+            )
+        )
+    return result
+
+
+def alone_figures(engine: Engine, rounds: int, tick: Callable[[], None]) -> list[dict[str, Any]]:
+    engine.speculate = False
+    scheduled: list[float] = []
+    direct: list[float] = []
+    try:
+        for _ in range(rounds):
+            via: list[Answer | EdgeAgentError] = []
+            inline: list[Answer | EdgeAgentError] = []
+            for text in EXTRACT_INPUTS[:4]:
+                task = Task(content=text, spec=EXTRACT, max_tokens=MAX_TOKENS)
+                via.append(_answer(engine, task))
+                inline.append(_direct(engine, task))
+                tick()
+            scheduled.append(_tps(via))
+            direct.append(_tps(inline))
+    finally:
+        engine.speculate = True
+    ratio = sorted(s / d for s, d in zip(scheduled, direct, strict=True))[len(direct) // 2]
+    return [
+        figure(
+            "decode tokens/s, one task alone (scheduler and sequence handle)",
+            "tok/s",
+            scheduled,
+            "token loop on the model",
+            direct,
+            target="≥ 0.97x",
+            met=ratio >= 0.97,
+        )
+    ]
+
+
+async def _burst(engine: Engine, tasks: Sequence[Task]) -> list[Answer | BaseException]:
+    return await asyncio.gather(*(engine.answer(t) for t in tasks), return_exceptions=True)
+
+
+def batch_figures(engine: Engine, rounds: int, tick: Callable[[], None]) -> list[dict[str, Any]]:
+    result = []
+    engine.speculate = False
+    try:
+        for n in (4, 8):
+            tasks = [
+                Task(
+                    content=EXTRACT_INPUTS[i % len(EXTRACT_INPUTS)],
+                    spec=EXTRACT,
+                    max_tokens=MAX_TOKENS,
+                )
+                for i in range(n)
+            ]
+            together: list[float] = []
+            one_by_one: list[float] = []
+            outs: tuple[list[Any], list[Any]] = ([], [])
+            for _ in range(rounds):
+                started = time.perf_counter()
+                serial = [_answer(engine, t) for t in tasks]
+                serial_s = time.perf_counter() - started
+                started = time.perf_counter()
+                batched = asyncio.run(_burst(engine, tasks))
+                batched_s = time.perf_counter() - started
+                tokens = sum(a.completion_tokens for a in serial if isinstance(a, Answer))
+                one_by_one.append(tokens / serial_s)
+                tokens = sum(a.completion_tokens for a in batched if isinstance(a, Answer))
+                together.append(tokens / batched_s)
+                outs[0].extend(_outcome(a) for a in batched)
+                outs[1].extend(_outcome(a) for a in serial)
+                tick()
+            ratio = sorted(t / o for t, o in zip(together, one_by_one, strict=True))[rounds // 2]
+            result.append(
+                figure(
+                    f"aggregate tokens/s, {n} concurrent tasks",
+                    "tok/s",
+                    together,
+                    "one at a time",
+                    one_by_one,
+                    target="≥ 1.8x" if n == 8 else "",
+                    met=ratio >= 1.8 if n == 8 else None,
+                    notes={"identical answers": _same(*outs)},
+                )
+            )
+    finally:
+        engine.speculate = True
+    return result
+
+
+def bench_throughput(
+    path: Path, *, threads: int, rounds: int, tick: Callable[[], None]
+) -> dict[str, Any]:
+    engine = Engine(
+        ModelConfig(path=path, threads=threads, n_ctx=2048, n_batch=256, max_tokens=MAX_TOKENS)
+    )
+    engine.load()
+    try:
+        model = _resident(engine)
+        figures = [
+            *prefix_figures(engine, rounds, tick),
+            *speculative_figures(engine, rounds, tick),
+            *alone_figures(engine, rounds, tick),
+            *batch_figures(engine, rounds, tick),
+        ]
+        return {
+            "figures": figures,
+            "workloads": describe(),
+            "invariant_rows": model.invariant_rows,
+            "prefix_cache": model.prefix_cache.stats(),
+        }
+    finally:
+        engine.close()
+
+
+def steps(rounds: int) -> int:
+    """Progress ticks bench_throughput makes."""
+    return rounds * (len(CATALOGS) + 6 + len(CLASSIFY_INPUTS) + 4 + 2)

@@ -1,0 +1,137 @@
+"""One task's sequence as its token loop sees it: requests to the batcher (batch.py).
+
+The token loop runs in the task's own thread and calls a `SeqHandle` as it would call
+the model; each call becomes a `Request` the batcher serves on the inference thread,
+and the thread waits for it. Logits come back as copies: other sequences' decodes
+reuse llama.cpp's buffer before this thread reads them.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from edgeagent.errors import EdgeAgentError, ErrorCode
+from edgeagent.inference.kvcache import Logits
+
+
+class Server(Protocol):
+    """The batcher, as a handle sees it."""
+
+    batch_mode: bool
+
+    def submit(self, slot: Slot, request: Request) -> None: ...
+
+
+class TokenModel(Protocol):
+    n_vocab: int
+    digit_tokens: npt.NDArray[np.bool_]
+
+    def is_end_token(self, token: int) -> bool: ...
+    def piece(self, token: int) -> str: ...
+
+
+class Kind(Enum):
+    PREFILL = "prefill"
+    FEED = "feed"
+    REWIND = "rewind"
+    CLOSE = "close"
+
+
+@dataclass(eq=False)
+class Request:
+    kind: Kind
+    tokens: Sequence[int] = ()
+    all_logits: bool = False
+    done: threading.Event = field(default_factory=threading.Event)
+    result: Any = None
+    error: BaseException | None = None
+
+    def finish(self, result: Any = None, error: BaseException | None = None) -> None:
+        self.result, self.error = result, error
+        self.done.set()
+
+
+@dataclass(eq=False)
+class Slot:
+    priority: int
+    arrival: int
+    reserve: int  # answer tokens the sequence may add (max_tokens)
+    deadline: float
+    cancel: threading.Event | None
+    seq: int | None = None
+    request: Request | None = None
+
+    @property
+    def rank(self) -> tuple[int, int]:
+        return (-self.priority, self.arrival)
+
+
+class SeqHandle:
+    """One task's sequence as the token loop sees it (a Decoder and a DraftTarget).
+
+    Used from the task's own thread; every model call waits for the batcher.
+    """
+
+    def __init__(self, batcher: Server, slot: Slot, model: TokenModel) -> None:
+        self._batcher = batcher
+        self._slot = slot
+        self._model = model
+        self.n_vocab = model.n_vocab
+        self.digit_tokens = model.digit_tokens
+        self._logits: Logits | None = None
+
+    @property
+    def batched(self) -> bool:
+        """Whether the batcher is in batch mode (speculation then does not pay)."""
+        return self._batcher.batch_mode
+
+    def prefill(self, prompt: Sequence[int]) -> int:
+        reused, self._logits = self._ask(Request(Kind.PREFILL, prompt))
+        return int(reused)
+
+    def feed(self, tokens: Sequence[int]) -> None:
+        self._logits = self._ask(Request(Kind.FEED, tokens))[-1]
+
+    def feed_all(self, tokens: Sequence[int]) -> list[Logits]:
+        rows: list[Logits] = self._ask(Request(Kind.FEED, tokens, all_logits=True))
+        self._logits = rows[-1]
+        return rows
+
+    def rewind(self, count: int) -> None:
+        self._ask(Request(Kind.REWIND, [count]))
+
+    def logits(self) -> Logits:
+        if self._logits is None:
+            raise EdgeAgentError(ErrorCode.INTERNAL, "logits before the prompt was fed")
+        return self._logits
+
+    def close(self) -> None:
+        self._ask(Request(Kind.CLOSE))
+
+    def is_end_token(self, token: int) -> bool:
+        return self._model.is_end_token(token)
+
+    def piece(self, token: int) -> str:
+        return self._model.piece(token)
+
+    def _ask(self, request: Request) -> Any:
+        self._batcher.submit(self._slot, request)
+        request.done.wait()
+        if request.error is not None:
+            raise request.error
+        return request.result
+
+
+def pending(slot: Slot) -> Kind | None:
+    """The kind of the slot's request that waits to be served (None: none waits)."""
+    request = slot.request
+    if request is None or request.done.is_set():
+        return None
+    return request.kind
