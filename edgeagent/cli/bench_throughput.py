@@ -208,11 +208,17 @@ async def _burst(engine: Engine, tasks: Sequence[Task]) -> list[Answer | BaseExc
     return await asyncio.gather(*(engine.answer(t) for t in tasks), return_exceptions=True)
 
 
-def batch_figures(engine: Engine, rounds: int, tick: Callable[[], None]) -> list[dict[str, Any]]:
+def batch_figures(
+    engine: Engine,
+    rounds: int,
+    tick: Callable[[], None],
+    sizes: Sequence[int] = (4, 8),
+    label: str = "",
+) -> list[dict[str, Any]]:
     result = []
     engine.speculate = False
     try:
-        for n in (4, 8):
+        for n in sizes:
             tasks = [
                 Task(
                     content=EXTRACT_INPUTS[i % len(EXTRACT_INPUTS)],
@@ -241,7 +247,7 @@ def batch_figures(engine: Engine, rounds: int, tick: Callable[[], None]) -> list
             ratio = sorted(t / o for t, o in zip(together, one_by_one, strict=True))[rounds // 2]
             result.append(
                 figure(
-                    f"aggregate tokens/s, {n} concurrent tasks",
+                    f"aggregate tokens/s, {n} concurrent tasks{label}",
                     "tok/s",
                     together,
                     "one at a time",
@@ -259,9 +265,8 @@ def batch_figures(engine: Engine, rounds: int, tick: Callable[[], None]) -> list
 def bench_throughput(
     path: Path, *, threads: int, rounds: int, tick: Callable[[], None]
 ) -> dict[str, Any]:
-    engine = Engine(
-        ModelConfig(path=path, threads=threads, n_ctx=2048, n_batch=256, max_tokens=MAX_TOKENS)
-    )
+    cfg = ModelConfig(path=path, threads=threads, n_ctx=2048, n_batch=256, max_tokens=MAX_TOKENS)
+    engine = Engine(cfg)
     engine.load()
     try:
         model = _resident(engine)
@@ -271,16 +276,23 @@ def bench_throughput(
             *alone_figures(engine, rounds, tick),
             *batch_figures(engine, rounds, tick),
         ]
-        return {
-            "figures": figures,
-            "workloads": describe(),
+        extra = {
             "invariant_rows": model.invariant_rows,
             "prefix_cache": model.prefix_cache.stats(),
         }
     finally:
         engine.close()
+    # The same burst with llama.cpp's defaults: repacked weights, any number of tokens
+    # per decode (answers may then differ in the last bits from one-at-a-time ones).
+    fast = Engine(cfg, exact=False)
+    fast.load()
+    try:
+        figures += batch_figures(fast, rounds, tick, (8,), " (exact=False)")
+    finally:
+        fast.close()
+    return {"figures": figures, "workloads": describe(), **extra}
 
 
 def steps(rounds: int) -> int:
     """Progress ticks bench_throughput makes."""
-    return rounds * (len(CATALOGS) + 6 + len(CLASSIFY_INPUTS) + 4 + 2)
+    return rounds * (len(CATALOGS) + 6 + len(CLASSIFY_INPUTS) + 4 + 3)
