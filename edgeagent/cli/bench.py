@@ -38,6 +38,8 @@ from llama_cpp.llama_grammar import LlamaGrammar
 from llguidance import LLMatcher
 
 from edgeagent import __version__
+from edgeagent.cli.bench_e2e import rss_figure, task_time_figures
+from edgeagent.cli.bench_e2e import steps as e2e_steps
 from edgeagent.cli.bench_report import figures_markdown
 from edgeagent.cli.bench_throughput import bench_throughput
 from edgeagent.cli.bench_throughput import steps as throughput_steps
@@ -277,8 +279,15 @@ def to_markdown(results: list[dict[str, Any]]) -> str:
 
 def _throughput(path: Path, *, threads: int, rounds: int) -> dict[str, Any]:
     with Progress(f"bench {path.name}") as progress:
-        progress.stage(f"bench {path.name}: throughput", total=throughput_steps(rounds))
-        return bench_throughput(path, threads=threads, rounds=rounds, tick=progress.advance)
+        total = throughput_steps(rounds) + e2e_steps(rounds)
+        progress.stage(f"bench {path.name}: throughput", total=total)
+        tick = progress.advance
+        result = bench_throughput(path, threads=threads, rounds=rounds, tick=tick)
+        result["figures"] += [
+            *task_time_figures(path, threads=threads, rounds=rounds, tick=tick),
+            rss_figure(path, threads=threads, rounds=rounds, tick=tick),
+        ]
+        return result
 
 
 def run(args: argparse.Namespace) -> int:
