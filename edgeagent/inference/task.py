@@ -37,6 +37,12 @@ class Answer:
     n_ctx: int
     truncated: int = 0  # input tokens dropped to fit the budget
     chunks: int = 1  # model runs over parts of the input (map-reduce), 1 when it fit
+    # Action answers: the model's probability for the chosen action among the allowed
+    # ones, read from the logits at the steps that chose the name (None for schema answers).
+    confidence: float | None = None
+    # The decoder was steered to the shortest valid completion near max_tokens: the
+    # answer validates but the model had more to say (the reply says so).
+    cut_short: bool = False
 
     def context(self) -> dict[str, int]:
         return {"budget": self.n_ctx, "truncated": self.truncated, "chunks": self.chunks}
