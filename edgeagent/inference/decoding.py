@@ -22,6 +22,8 @@ import numpy.typing as npt
 from llguidance import LLMatcher
 
 from edgeagent.errors import EdgeAgentError, ErrorCode, TaskHandedBack
+from edgeagent.inference.confidence import ConfidenceTracker
+from edgeagent.inference.finish import Finisher
 from edgeagent.inference.repetition import RepetitionGuard
 
 
@@ -47,6 +49,8 @@ class Generation:
     prompt_ms: float
     decode_ms: float
     masked_steps: int = 0  # steps where the model's first choice was refused
+    confidence: float | None = None  # action answers: P(chosen name | allowed names)
+    cut_short: bool = False  # steered to the shortest completion near max_tokens
 
     @property
     def completion_tokens(self) -> int:
@@ -110,7 +114,7 @@ def _matcher_error(matcher: LLMatcher) -> EdgeAgentError:
     return EdgeAgentError(ErrorCode.INTERNAL, f"grammar matcher failed: {matcher.get_error()}")
 
 
-def generate_constrained(  # noqa: C901 - one loop; splitting it hides the step order
+def generate_constrained(  # noqa: C901, PLR0912, PLR0915 - one loop; splitting it hides the step order
     model: Decoder,
     matcher: LLMatcher,
     prompt: Sequence[int],
@@ -118,8 +122,14 @@ def generate_constrained(  # noqa: C901 - one loop; splitting it hides the step 
     max_tokens: int,
     sampler: Sampler,
     control: StepControl,
+    confidence: ConfidenceTracker | None = None,
+    finisher: Finisher | None = None,
 ) -> Generation:
-    """Generate until the grammar is complete. Raises OUTPUT_INVALID if max_tokens cuts it."""
+    """Generate until the grammar is complete. Raises OUTPUT_INVALID if max_tokens cuts it.
+
+    confidence: weighs the steps that choose the action name (confidence.py).
+    finisher: near max_tokens, steers to the shortest valid completion (finish.py).
+    """
     if matcher.is_error():
         raise _matcher_error(matcher)
     started = time.perf_counter()
@@ -132,6 +142,16 @@ def generate_constrained(  # noqa: C901 - one loop; splitting it hides the step 
     forced = 0
     masked = 0
     finished = False
+
+    def wrote(tokens: list[int]) -> None:
+        text = "".join(model.piece(t) for t in tokens)
+        out.extend(tokens)
+        guard.add(tokens, text)
+        if confidence is not None:
+            confidence.add(text)
+        if finisher is not None:
+            finisher.add(tokens, text)
+
     while len(out) < max_tokens:
         control.check()
         if matcher.is_stopped():
@@ -142,27 +162,39 @@ def generate_constrained(  # noqa: C901 - one loop; splitting it hides the step 
             # Forced tokens: no choice to make, so no sampling; one batched decode.
             if not matcher.consume_tokens(ff):
                 raise _matcher_error(matcher)
-            out.extend(ff)
+            wrote(ff)
             forced += len(ff)
-            guard.add(ff, "".join(model.piece(t) for t in ff))
             if matcher.is_stopped():
                 finished = True
                 break
             model.feed(ff)
             continue
         logits = model.logits()
+        # The action name's steps need the mask anyway (its probability mass).
+        weigh = confidence is not None and confidence.deciding
+        allowed = mask.compute(matcher) if weigh else None
         token = int(np.argmax(logits)) if sampler.temperature <= 0.0 else -1
         if token < 0 or matcher.validate_tokens([token]) != 1 or guard.refuses(token):
             masked += 1
-            token = sampler.pick(logits, guard.narrow(mask.compute(matcher)))
+            allowed = mask.compute(matcher) if allowed is None else allowed
+            token = sampler.pick(logits, guard.narrow(allowed))
+        if confidence is not None and allowed is not None and weigh:
+            confidence.weigh(logits, allowed, token)
         if model.is_end_token(token):
             # The mask only allows an end token where the grammar may end.
             finished = matcher.is_accepting()
             break
+        way_out = finisher.check(matcher, token, len(out)) if finisher is not None else None
+        if way_out is not None:
+            # No completion would fit after this token: write the shortest one instead.
+            if not matcher.consume_tokens(way_out):
+                raise _matcher_error(matcher)
+            wrote(way_out)
+            finished = True
+            break
         if not matcher.consume_token(token):
             raise _matcher_error(matcher)
-        out.append(token)
-        guard.add([token], model.piece(token))
+        wrote([token])
         if matcher.is_stopped():
             finished = True
             break
@@ -185,6 +217,8 @@ def generate_constrained(  # noqa: C901 - one loop; splitting it hides the step 
         prompt_ms=(prompt_done - started) * 1000,
         decode_ms=(done - prompt_done) * 1000,
         masked_steps=masked,
+        confidence=confidence.value if confidence is not None else None,
+        cut_short=finisher.cut_short if finisher is not None else False,
     )
 
 

@@ -21,6 +21,7 @@ from llguidance import LLMatcher
 from edgeagent.config import ModelConfig
 from edgeagent.errors import EdgeAgentError, ErrorCode
 from edgeagent.inference.batch import MIN_BATCH, Batcher
+from edgeagent.inference.confidence import ConfidenceTracker
 from edgeagent.inference.contract import OutputSpec
 from edgeagent.inference.decoding import (
     Decoder,
@@ -30,6 +31,7 @@ from edgeagent.inference.decoding import (
     generate_constrained,
 )
 from edgeagent.inference.engine_model import EngineModel, ModelFactory, load_resident
+from edgeagent.inference.finish import Completer, Finisher
 from edgeagent.inference.model import ResidentModel
 from edgeagent.inference.overflow import answer_within_budget
 from edgeagent.inference.prefix_cache import DEFAULT_LIMIT_BYTES, FixedParts
@@ -232,6 +234,8 @@ class Engine:
                 max_tokens=task.max_tokens,
                 sampler=self._sampler,
                 control=control,
+                confidence=ConfidenceTracker() if task.spec.kind == "action" else None,
+                finisher=Finisher(Completer(model.lltokenizer, model.piece), task.max_tokens),
             )
         return self._finish(task.spec, generation, model)
 
@@ -304,6 +308,8 @@ class Engine:
             prompt_ms=generation.prompt_ms,
             decode_ms=generation.decode_ms,
             n_ctx=model.n_ctx,
+            confidence=generation.confidence,
+            cut_short=generation.cut_short,
         )
 
     def answer_blocking(self, task: Task) -> Answer:

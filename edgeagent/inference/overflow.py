@@ -100,6 +100,8 @@ def answer_within_budget(runner: Runner, task: Task, depth: int = 0) -> Answer:
         decode_ms=sum(a.decode_ms for a in runs),
         truncated=sum(a.truncated for a in runs),
         chunks=len(partials),
+        # confidence: the final run's (it chose the action); cut short if any run was.
+        cut_short=any(a.cut_short for a in runs),
     )
 
 
