@@ -86,6 +86,14 @@ class ModelConfig(_Section):
         ),
         description="First line of the system message of every task.",
     )
+    reason: bool = Field(
+        default=False,
+        description=(
+            'Action answers start with a short "reason" (at most 80 characters) before the '
+            "action: the model explains before it chooses. Sent in the reply's `reason`, "
+            "never in the action message. Costs about 10 answer tokens per task."
+        ),
+    )
 
     @model_validator(mode="after")
     def _batch_fits(self) -> ModelConfig:
@@ -317,6 +325,18 @@ class MetricsConfig(_Section):
     )
 
 
+MAX_EXAMPLES = 8  # per action: they are in every prompt of the catalog (its cached prefix)
+
+
+class ActionExample(_Section):
+    """An example input for an action, with the arguments it should get (optional)."""
+
+    input: str = Field(min_length=1, max_length=300, description="An input the action fits.")
+    args: dict[str, Any] | None = Field(
+        default=None, description="The arguments a right answer to that input has."
+    )
+
+
 class ActionConfig(_Section):
     name: str = Field(pattern=_NAME_RE, description="Action name, also a topic level.")
     description: str = Field(min_length=1, description="What the action does; shown to the model.")
@@ -328,8 +348,76 @@ class ActionConfig(_Section):
         default=False,
         description="Also publish the validated action to <prefix>/<device>/actions/<name>.",
     )
+    when: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=500,
+        description="When to choose the action (and when not); shown to the model.",
+    )
+    examples: list[str | ActionExample] = Field(
+        default_factory=list,
+        max_length=MAX_EXAMPLES,
+        description=(
+            "Example inputs the action fits, shown to the model: texts, or tables "
+            "`{input, args}` with the arguments a right answer has (checked against `schema`)."
+        ),
+    )
+    min_confidence: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "Hold the action (reply `held`, nothing published to actions/<name>) when the "
+            "model's confidence in choosing it is below this, or unknown. "
+            "Default: `[catalog] min_confidence`."
+        ),
+    )
+    nothing_to_do: bool = Field(
+        default=False,
+        description=(
+            'The "nothing to do" action (at most one): the prompt presents it as the default; '
+            "never held."
+        ),
+    )
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _examples_fit(self) -> ActionConfig:
+        # Imported here: jsonschema is only needed when a catalog has example arguments.
+        import jsonschema  # noqa: PLC0415
+
+        for index, example in enumerate(self.examples):
+            if isinstance(example, ActionExample) and example.args is not None:
+                known = self.schema_.get("properties")
+                unknown = sorted(set(example.args) - set(known if isinstance(known, dict) else {}))
+                if unknown:
+                    raise ValueError(f"examples[{index}].args: not in the schema: {unknown}")
+                try:
+                    jsonschema.validate(example.args, self.schema_)
+                except jsonschema.ValidationError as exc:
+                    raise ValueError(
+                        f"examples[{index}].args do not fit the schema: {exc.message}"
+                    ) from exc
+                except jsonschema.SchemaError:
+                    continue  # the schema itself is refused with its own message at compile
+        return self
+
+    def example_texts(self) -> list[tuple[str, dict[str, Any] | None]]:
+        """(input, args or None) of every example, in order."""
+        return [(e, None) if isinstance(e, str) else (e.input, e.args) for e in self.examples]
+
+
+class CatalogConfig(_Section):
+    min_confidence: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "Default `min_confidence` of the actions that set none. Default: none "
+            "(actions are dispatched whatever their confidence)."
+        ),
+    )
 
 
 class Config(_Section):
@@ -343,6 +431,7 @@ class Config(_Section):
     homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     schema_limits: SchemaLimits = Field(default_factory=SchemaLimits)
+    catalog: CatalogConfig = Field(default_factory=CatalogConfig)
     actions: Annotated[list[ActionConfig], Field(default_factory=list)]
 
     @model_validator(mode="after")
@@ -352,6 +441,9 @@ class Config(_Section):
             if action.name in seen:
                 raise ValueError(f"action {action.name!r} is defined twice")
             seen.add(action.name)
+        nothing = [a.name for a in self.actions if a.nothing_to_do]
+        if len(nothing) > 1:
+            raise ValueError(f"at most one action may be nothing_to_do, not {nothing}")
         if self.memory.min_ctx > self.model.n_ctx:
             raise ValueError(
                 f"memory.min_ctx ({self.memory.min_ctx}) exceeds model.n_ctx ({self.model.n_ctx})"
@@ -361,6 +453,10 @@ class Config(_Section):
     def action(self, name: str) -> ActionConfig | None:
         return next((a for a in self.actions if a.name == name), None)
 
+    def min_confidence(self, action: ActionConfig) -> float | None:
+        """The confidence below which `action` is held (None: never held)."""
+        return effective_min_confidence(action, self.catalog)
+
     def reply_policy(self) -> ReplyPolicy:
         """Where this device may send replies (`protocol.reply_policy.check_reply_topic`)."""
         return ReplyPolicy(
@@ -369,3 +465,16 @@ class Config(_Section):
             allowed_prefixes=tuple(self.mqtt.reply_prefixes),
             max_bytes=self.mqtt.reply_topic_max_bytes,
         )
+
+
+def effective_min_confidence(action: ActionConfig, catalog: CatalogConfig) -> float | None:
+    """The action's own `min_confidence`, else the catalog's; None for the "nothing to
+    do" action (holding it would hold nothing)."""
+    if action.nothing_to_do:
+        return None
+    return action.min_confidence if action.min_confidence is not None else catalog.min_confidence
+
+
+def nothing_to_do(actions: list[ActionConfig]) -> ActionConfig | None:
+    """The designated "nothing to do" action of a catalog, if any."""
+    return next((a for a in actions if a.nothing_to_do), None)

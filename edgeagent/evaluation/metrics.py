@@ -77,6 +77,10 @@ class Summary:
     action_and_args: Rate  # action cases: right action with the right arguments
     args_given_action: Rate  # arguments right, where the action was right
     false_actuation: Rate  # acted, over "nothing to do" cases
+    false_dispatch: Rate  # acted and not held (would be dispatched), over the same cases
+    held: Rate  # held, over answers naming an action other than "nothing to do"
+    dispatched_right: Rate  # right, over the answers that would be dispatched
+    right_as_dispatched: Rate  # action cases right once held answers count as nothing done
     missed_action: Rate  # answered "nothing to do", over cases that needed an action
     schema_right: Rate  # schema cases: every expected field right
     by_set: dict[str, Rate]
@@ -102,6 +106,10 @@ class Summary:
             "action_and_args": self.action_and_args.to_dict(),
             "args_given_action": self.args_given_action.to_dict(),
             "false_actuation": self.false_actuation.to_dict(),
+            "false_dispatch": self.false_dispatch.to_dict(),
+            "held": self.held.to_dict(),
+            "dispatched_right": self.dispatched_right.to_dict(),
+            "right_as_dispatched": self.right_as_dispatched.to_dict(),
             "missed_action": self.missed_action.to_dict(),
             "schema_right": self.schema_right.to_dict(),
             "by_set": rates(self.by_set),
@@ -194,6 +202,10 @@ def summarize(
         action_and_args=Rate.of(s.right for s in actions),
         args_given_action=Rate.of(s.right for s in actions if s.action_right),
         false_actuation=Rate.of(s.acted for s in actions if s.noop_expected),
+        false_dispatch=Rate.of(s.dispatched for s in actions if s.noop_expected),
+        held=Rate.of(s.held for s in actions if s.acted),
+        dispatched_right=Rate.of(s.right for s in actions if s.dispatched),
+        right_as_dispatched=Rate.of(s.right_as_dispatched for s in actions),
         missed_action=Rate.of(s.missed for s in actions if s.action_needed),
         schema_right=Rate.of(s.right for s in schemas),
         by_set=_group(scores, lambda s: [s.set_name]),

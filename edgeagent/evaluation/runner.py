@@ -9,6 +9,7 @@ the answerer (a baseline may return answers that do not validate).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +21,7 @@ from edgeagent.evaluation.cases import Case
 from edgeagent.evaluation.suite import EvalSet
 from edgeagent.inference.contract import OutputSpec, action_spec, schema_spec, select_actions
 from edgeagent.inference.task import Task
+from edgeagent.protocol.reply import hold_reason
 
 
 class AnswerLike(Protocol):
@@ -52,6 +54,11 @@ class Outcome:
     completion_tokens: int = 0
     # The answerer's probability for its choice, once answers carry one.
     confidence: float | None = None
+    # The decoder steered the answer to its shortest valid end near max_tokens.
+    cut_short: bool = False
+    # Why the daemon would hold this action answer (not dispatch it), if it would:
+    # "confidence", "confidence_unknown", "cut_short" (protocol.reply.hold_reason).
+    held: str | None = None
 
 
 def confidence_of(answer: object) -> float | None:
@@ -65,12 +72,24 @@ def confidence_of(answer: object) -> float | None:
     return None
 
 
+def cut_short_of(answer: object) -> bool:
+    """`answer.cut_short` when the answer type has it and it is True."""
+    return getattr(answer, "cut_short", False) is True
+
+
+def reason_of(answerer: object) -> bool:
+    """`[model] reason` of an answerer that has a model config (`cfg`), like the Engine
+    and the baseline: the eval builds the contracts the daemon would, reason included."""
+    return getattr(getattr(answerer, "cfg", None), "reason", False) is True
+
+
 class SpecCache:
     """Compiled contracts by allowed actions / schema text: compiling takes milliseconds
     to tens of milliseconds, and a set reuses the same few contracts for every case."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, reason: bool = False) -> None:
         self._specs: dict[str, OutputSpec] = {}
+        self._reason = reason
 
     def for_case(self, case: Case, eval_set: EvalSet) -> OutputSpec:
         if case.expect.kind == "schema":
@@ -82,7 +101,8 @@ class SpecCache:
         names = case.actions
         key = f"actions:{eval_set.name}:{','.join(names) if names else '*'}"
         if key not in self._specs:
-            self._specs[key] = action_spec(select_actions(eval_set.catalog, names))
+            actions = select_actions(eval_set.catalog, names)
+            self._specs[key] = action_spec(actions, reason=self._reason)
         return self._specs[key]
 
 
@@ -108,12 +128,30 @@ def run_case(
         "cached_prompt_tokens": answer.cached_prompt_tokens,
         "completion_tokens": answer.completion_tokens,
         "confidence": confidence_of(answer),
+        "cut_short": cut_short_of(answer),
     }
     try:
         spec.validate(answer.output)
     except EdgeAgentError as exc:
         return Outcome(answer.output, str(exc.code), exc.message, **common)
     return Outcome(answer.output, **common)
+
+
+def with_hold(outcome: Outcome, eval_set: EvalSet) -> Outcome:
+    """The outcome, with the daemon's hold decision for its action answer: from the
+    catalog's `min_confidence` and the answer's confidence and cut_short."""
+    output = outcome.output
+    if outcome.error is not None or not isinstance(output, dict):
+        return outcome
+    action = output.get("action")
+    if not isinstance(action, str) or action == eval_set.no_action:
+        return outcome
+    why = hold_reason(
+        confidence=outcome.confidence,
+        cut_short=outcome.cut_short,
+        min_confidence=eval_set.min_confidence(action),
+    )
+    return outcome if why is None else dataclasses.replace(outcome, held=str(why))
 
 
 Progress = Callable[[EvalSet, int, Case, Outcome], None]
@@ -128,7 +166,7 @@ def run_sets(
     progress: Progress | None = None,
 ) -> Iterator[tuple[EvalSet, Case, Outcome]]:
     """Answer every case of every set, in order, yielding each outcome as it comes."""
-    specs = SpecCache()
+    specs = SpecCache(reason=reason_of(answerer))
     for eval_set in sets:
         for index, case in enumerate(eval_set.cases):
             try:
@@ -140,6 +178,7 @@ def run_sets(
                 outcome = run_case(
                     answerer, case, spec, max_tokens=max_tokens, deadline_s=deadline_s
                 )
+                outcome = with_hold(outcome, eval_set)
             if progress is not None:
                 progress(eval_set, index, case, outcome)
             yield eval_set, case, outcome

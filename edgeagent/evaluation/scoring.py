@@ -7,7 +7,9 @@ else the first with the same action (so its argument mismatches are reported), e
 the first one (it is the row of the confusion matrix).
 
 A case counts for the false-actuation rate when every right answer is the set's
-"nothing to do" action: then any other action is an actuation nobody asked for.
+"nothing to do" action: then any other action is an actuation nobody asked for. The
+rate is reported as chosen (any other action) and as dispatched (the daemon would not
+hold it: `Outcome.held`, from the catalog's `min_confidence`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ class CaseScore:
     acted: bool  # answered an action other than "nothing to do"
     missed: bool  # answered "nothing to do" where an action was needed
     mismatches: tuple[str, ...]
+    # "nothing to do" is among the right answers: holding a wrong action is then right.
+    noop_allowed: bool = False
     # Expected argument (or schema field) names -> matched, for per-argument accuracy;
     # only filled when the action was right, since otherwise the arguments are moot.
     fields: dict[str, bool] = field(default_factory=dict)
@@ -48,6 +52,22 @@ class CaseScore:
     @property
     def answered(self) -> bool:
         return self.outcome.error is None
+
+    @property
+    def held(self) -> bool:
+        """The daemon would hold this action answer (not dispatch it)."""
+        return self.acted and self.outcome.held is not None
+
+    @property
+    def dispatched(self) -> bool:
+        """An action other than "nothing to do" that the daemon would let out."""
+        return self.acted and self.outcome.held is None
+
+    @property
+    def right_as_dispatched(self) -> bool:
+        """Right once holding is applied: a held action means nothing was done, which is
+        right where "nothing to do" is."""
+        return self.noop_allowed if self.held else self.right
 
     @property
     def schema_valid(self) -> bool:
@@ -111,6 +131,7 @@ def score_action(case: Case, outcome: Outcome, set_name: str, no_action: str | N
         acted=acted,
         missed=action_needed and outcome.error is None and predicted == no_action,
         mismatches=tuple(problems),
+        noop_allowed=no_action is not None and any(a.action == no_action for a in alternatives),
         fields={f"{chosen.action}.{k}": v for k, v in fields.items()},
         outcome=outcome,
     )

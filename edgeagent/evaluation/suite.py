@@ -5,7 +5,8 @@ A suite is a TOML manifest naming one or more sets, paths relative to the manife
     [[sets]]
     name = "greenhouse"
     catalog = "catalogs/greenhouse.toml"  # a config file, or a fragment with [[actions]]
-    no_action = "no_action"               # the "nothing to do" action (default: no_action)
+    no_action = "no_action"               # the "nothing to do" action (default: the
+                                          # catalog's nothing_to_do, else no_action)
     cases = "greenhouse.jsonl"
 
     [[sets]]
@@ -21,16 +22,18 @@ fails the load rather than scoring zero.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tomllib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgeagent.config import ActionConfig
+from edgeagent.config.sections import CatalogConfig, effective_min_confidence, nothing_to_do
 from edgeagent.evaluation.cases import Case, CaseError, load_cases
 
 DEFAULT_NO_ACTION = "no_action"
@@ -43,6 +46,12 @@ class EvalSet:
     catalog: list[ActionConfig]
     no_action: str | None  # the designated "nothing to do" action, if the catalog has one
     schema: dict[str, Any] | None = None  # default schema of schema cases
+    settings: CatalogConfig = field(default_factory=CatalogConfig)  # its [catalog] section
+
+    def min_confidence(self, action: str | None) -> float | None:
+        """The `min_confidence` below which the daemon would hold `action`."""
+        found = next((a for a in self.catalog if a.name == action), None)
+        return None if found is None else effective_min_confidence(found, self.settings)
 
 
 class _SetEntry(BaseModel):
@@ -82,7 +91,13 @@ def load_catalog(path: Path) -> list[ActionConfig]:
     Schema paths are resolved relative to the file, as `load_config` does; the other
     sections of a full config are ignored here (the model comes from the command line).
     """
-    raw = _read_toml(path).get("actions")
+    return load_catalog_settings(path)[0]
+
+
+def load_catalog_settings(path: Path) -> tuple[list[ActionConfig], CatalogConfig]:
+    """`load_catalog`, with the file's [catalog] section (the default min_confidence)."""
+    data = _read_toml(path)
+    raw = data.get("actions")
     if not isinstance(raw, list) or not raw:
         raise CaseError(f"{path}: no [[actions]]")
     actions = []
@@ -95,7 +110,14 @@ def load_catalog(path: Path) -> list[ActionConfig]:
             actions.append(ActionConfig.model_validate(item))
         except ValidationError as exc:
             raise CaseError(f"{path}: actions[{index}]: {exc.errors()[0]['msg']}") from exc
-    return actions
+    designated = [a.name for a in actions if a.nothing_to_do]
+    if len(designated) > 1:
+        raise CaseError(f"{path}: at most one action may be nothing_to_do, not {designated}")
+    try:
+        settings = CatalogConfig.model_validate(data.get("catalog", {}))
+    except ValidationError as exc:
+        raise CaseError(f"{path}: catalog: {exc.errors()[0]['msg']}") from exc
+    return actions, settings
 
 
 def check_case(case: Case, catalog: Sequence[ActionConfig], schema: Any, where: str) -> None:
@@ -130,15 +152,27 @@ def make_set(
     no_action: str | None = None,
     schema: dict[str, Any] | None = None,
     where: str = "",
+    settings: CatalogConfig | None = None,
 ) -> EvalSet:
+    """A checked set. The "nothing to do" action is the catalog's `nothing_to_do` one;
+    `no_action` names it for a catalog without one (and must agree with it otherwise);
+    the default is an action called no_action, if any."""
     names = {a.name for a in catalog}
+    designated = nothing_to_do(catalog)
     if no_action is not None and no_action not in names:
         raise CaseError(f"{where or name}: no_action {no_action!r} is not in the catalog")
+    if designated is not None:
+        if no_action is not None and no_action != designated.name:
+            raise CaseError(
+                f"{where or name}: no_action {no_action!r} is not the catalog's "
+                f"nothing_to_do action {designated.name!r}"
+            )
+        no_action = designated.name
     if no_action is None and DEFAULT_NO_ACTION in names:
         no_action = DEFAULT_NO_ACTION
     for case in cases:
         check_case(case, catalog, schema, where or name)
-    return EvalSet(name, cases, catalog, no_action, schema)
+    return EvalSet(name, cases, catalog, no_action, schema, settings or CatalogConfig())
 
 
 def load_suite(path: Path) -> list[EvalSet]:
@@ -152,7 +186,9 @@ def load_suite(path: Path) -> list[EvalSet]:
     base = path.parent
     sets = []
     for entry in manifest.sets:
-        catalog = load_catalog(base / entry.catalog) if entry.catalog else []
+        catalog, settings = (
+            load_catalog_settings(base / entry.catalog) if entry.catalog else ([], None)
+        )
         schema = _read_json(base / entry.schema_) if entry.schema_ else None
         cases = load_cases(base / entry.cases)
         sets.append(
@@ -163,6 +199,7 @@ def load_suite(path: Path) -> list[EvalSet]:
                 no_action=entry.no_action,
                 schema=schema,
                 where=str(base / entry.cases),
+                settings=settings,
             )
         )
     return sets
@@ -177,4 +214,4 @@ def select(sets: list[EvalSet], names: Sequence[str] | None, limit: int | None) 
     chosen = [s for s in sets if names is None or s.name in names]
     if limit is None:
         return chosen
-    return [EvalSet(s.name, s.cases[:limit], s.catalog, s.no_action, s.schema) for s in chosen]
+    return [dataclasses.replace(s, cases=s.cases[:limit]) for s in chosen]

@@ -111,34 +111,76 @@ def select_actions(
     return [a for a in catalog if a.name in wanted]
 
 
-def action_spec(actions: Sequence[ActionConfig]) -> OutputSpec:
+REASON_MAX_CHARS = 80  # `[model] reason`: the reason's bound, in characters
+# Said once for every catalog: the model keeps quantities, in the unit the schema asks for.
+_NUMBERS = (
+    "Copy numbers into the arguments as digits, in the unit the argument asks for: "
+    "numbers written in words become digits (twenty-five = 25, an hour = 60 minutes, "
+    "half = 50 percent)."
+)
+
+
+def _describe(action: ActionConfig, *, default: bool) -> str:
+    """The catalog entry of one action: what it does, when to use it, its arguments and
+    examples. Part of the system message, so of the prefix cached across tasks."""
+    parts = [f"- {action.name}: {action.description}"]
+    if default:
+        parts.append("The default: choose it whenever nothing needs to be done.")
+    if action.when:
+        parts.append(f"Use it when: {action.when}")
+    parts.append(f"Arguments schema: {_compact(action.schema_)}")
+    lines = [" ".join(parts)]
+    no_args = not action.schema_.get("properties")
+    for text, given in action.example_texts():
+        args = {} if given is None and no_args else given
+        shown = "" if args is None else f" -> {_compact({'action': action.name, 'args': args})}"
+        lines.append(f"  Example: {_compact(text)}{shown}")
+    return "\n".join(lines)
+
+
+def action_spec(actions: Sequence[ActionConfig], *, reason: bool = False) -> OutputSpec:
     """Contract for choosing one of `actions` and filling its arguments.
 
     One branch per action, each `{"action": const NAME, "args": ARGS}`, in that key
     order so the model commits to the action before it writes the arguments. The
     grammar has no branch for any other name, so no other action can be produced.
+    With `reason`, each branch starts with a short `"reason"` string: the model says
+    why before it chooses (`[model] reason`; the reply carries it, the action message
+    does not).
     """
+    properties: dict[str, Any] = {}
+    if reason:
+        properties["reason"] = {"type": "string", "minLength": 1, "maxLength": REASON_MAX_CHARS}
     branches = [
         {
             "type": "object",
             "properties": {
+                **properties,
                 "action": {"const": a.name},
                 "args": close_objects(a.schema_),
             },
-            "required": ["action", "args"],
+            "required": [*properties, "action", "args"],
             "additionalProperties": False,
         }
         for a in actions
     ]
     schema: dict[str, Any] = branches[0] if len(branches) == 1 else {"anyOf": branches}
     grammar, validator = _compile(schema)
-    listing = "\n".join(
-        f"- {a.name}: {a.description} Arguments schema: {_compact(a.schema_)}" for a in actions
-    )
+    default = next((a.name for a in actions if a.nothing_to_do), None)
+    listing = "\n".join(_describe(a, default=a.name == default) for a in actions)
+    shape = '{"action": "<name>", "args": {...}}'
+    if reason:
+        shape = '{"reason": "<why, in a few words>", "action": "<name>", "args": {...}}'
+    rules = [_NUMBERS]
+    if default is not None and len(actions) > 1:
+        rules.append(
+            f"If the input reports normal values or nothing needs to be done, answer {default}."
+        )
     instructions = (
         "Choose exactly one of these actions and fill in its arguments:\n"
         f"{listing}\n"
-        'Answer with JSON: {"action": "<name>", "args": {...}}'
+        f"{' '.join(rules)}\n"
+        f"Answer with JSON: {shape}"
     )
     return OutputSpec(
         "action", schema, grammar, validator, instructions, tuple(a.name for a in actions)
@@ -151,14 +193,16 @@ def compile_contract(
     schema: dict[str, Any] | None = None,
     action_names: Iterable[str] | None = None,
     limits: SchemaLimits,
+    reason: bool = False,
 ) -> OutputSpec:
     """The contract of one request: its inline `schema`, else the allowed catalog actions.
 
     Pure and thread-safe (no shared mutable state; the RE2 cache is locked): the daemon
     runs it in a worker thread (`await asyncio.to_thread(compile_contract, ...)`), since
     compiling a caller's schema can take up to about a second. Raises EdgeAgentError
-    (INVALID_REQUEST, SCHEMA_UNSUPPORTED, UNKNOWN_ACTION) and nothing else.
+    (INVALID_REQUEST, SCHEMA_UNSUPPORTED, UNKNOWN_ACTION) and nothing else. `reason`
+    (`[model] reason`) applies to action contracts only.
     """
     if schema is not None:
         return schema_spec(schema, limits)
-    return action_spec(select_actions(catalog, action_names))
+    return action_spec(select_actions(catalog, action_names), reason=reason)

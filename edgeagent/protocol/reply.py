@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from edgeagent.errors import EdgeAgentError, ErrorCode
@@ -102,6 +103,78 @@ class ErrorInfo:
         return body
 
 
+class HoldReason(StrEnum):
+    """Why an action answer was held (not dispatched); docs/protocol.md."""
+
+    CONFIDENCE = "confidence"  # below the action's min_confidence
+    CONFIDENCE_UNKNOWN = "confidence_unknown"  # a min_confidence is set, no confidence known
+    CUT_SHORT = "cut_short"  # the decoder ended the answer at max_tokens
+
+
+def hold_reason(
+    *, confidence: float | None, cut_short: bool, min_confidence: float | None
+) -> HoldReason | None:
+    """Whether an action answer is held, and why (None: it goes out as configured).
+
+    An answer the decoder had to end early is never acted on: its arguments may be cut.
+    With a `min_confidence`, an answer below it is held, and so is one whose confidence
+    is unknown (the operator asked for a floor; nothing says the answer reaches it).
+    """
+    if cut_short:
+        return HoldReason.CUT_SHORT
+    if min_confidence is None:
+        return None
+    if confidence is None:
+        return HoldReason.CONFIDENCE_UNKNOWN
+    if confidence < min_confidence:
+        return HoldReason.CONFIDENCE
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """An action answer that was not dispatched: why, and what confirming it takes."""
+
+    reason: HoldReason
+    confidence: float | None
+    min_confidence: float | None
+    # Where the action message would have gone (a `dispatch = true` action), so a rule
+    # that confirms it can publish `output` there itself; None for reply-only actions.
+    topic: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "reason": str(self.reason),
+            "confidence": self.confidence,
+            "min_confidence": self.min_confidence,
+        }
+        if self.topic is not None:
+            body["topic"] = self.topic
+        return body
+
+
+@dataclass(frozen=True, slots=True)
+class ActionInfo:
+    """What an action reply says besides its output: how sure the model was, whether the
+    action went out, and the model's reason (`[model] reason`)."""
+
+    confidence: float | None  # the model's probability for the chosen action; None: unknown
+    dispatched: bool  # published on <prefix>/<device>/actions/<name>
+    held: Hold | None = None
+    reason: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "confidence": None if self.confidence is None else round(self.confidence, 4),
+            "dispatched": self.dispatched,
+        }
+        if self.held is not None:
+            body["held"] = self.held.to_json()
+        if self.reason is not None:
+            body["reason"] = self.reason
+        return body
+
+
 @dataclass(frozen=True, slots=True)
 class OkReply:
     id: str
@@ -112,16 +185,28 @@ class OkReply:
     context: ContextUse | None = None
     # False while the task store is failing: the reply may be sent again after a restart.
     exactly_once: bool = True
+    action: ActionInfo | None = None  # action tasks only
+    cut_short: bool = False  # the answer was ended early near max_tokens (still valid)
 
     @property
     def ok(self) -> bool:
         return True
+
+    @property
+    def held(self) -> bool:
+        return self.action is not None and self.action.held is not None
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {
             "id": self.id,
             "status": "ok",
             "output": self.output,
+        }
+        if self.action is not None:
+            body |= self.action.to_json()
+        if self.cut_short:
+            body["cut_short"] = True
+        body |= {
             "usage": self.usage.to_json(),
             "timing": self.timing.to_json(),
             "device": self.device,

@@ -3,7 +3,7 @@
 For one task id, in this order:
 
     store the outcome -> publish the reply until the broker confirms (or refuses) it
-    -> mark the reply -> publish the action (dispatch = true) -> mark it
+    -> mark the reply -> publish the action (dispatch = true, not held) -> mark it
     -> acknowledge every delivery of the id that waited for this reply
 
 so a crash at any point leaves the task message unacknowledged and the store knows
@@ -35,7 +35,14 @@ import structlog
 
 from edgeagent.errors import EdgeAgentError, ErrorCode
 from edgeagent.mqtt.link import Incoming, PublishInvalid, PublishRefused
-from edgeagent.protocol.reply import ActionMessage, ErrorReply, Reply, ReplyRoute, encode
+from edgeagent.protocol.reply import (
+    ActionMessage,
+    ErrorReply,
+    OkReply,
+    Reply,
+    ReplyRoute,
+    encode,
+)
 from edgeagent.protocol.topics import Topics
 from edgeagent.service.jobs import InFlight, InFlightRegistry, Waiting
 from edgeagent.service.ports import DeliveryLink
@@ -125,7 +132,14 @@ class Delivery:
         *,
         replayable: bool = True,
     ) -> None:
-        """Record a task's outcome, then deliver it in the background."""
+        """Record a task's outcome, then deliver it in the background.
+
+        A held action (the reply says `held`, service/dispatch.py) has no action message:
+        it is stored without one, so no redelivery or re-send can ever dispatch it.
+        """
+        if action is not None and isinstance(reply, OkReply) and reply.held:
+            log.error("a held action was handed to delivery; not dispatched", task_id=reply.id)
+            action = None
         self._observe(reply)
         degraded_before = self._store.degraded is not None
         stored = dataclasses.replace(reply, exactly_once=False) if degraded_before else reply

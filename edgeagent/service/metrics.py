@@ -98,6 +98,13 @@ class Metrics:
             "Publishes the broker refused (MQTT v5 PUBACK reason code >= 0x80)",
             registry=r,
         )
+        self.held_actions = Counter(
+            "edgeagent_held_actions",
+            "Action answers held instead of dispatched, by action and reason "
+            "(confidence, confidence_unknown, cut_short)",
+            ["action", "reason"],
+            registry=r,
+        )
         self.soc_temperature = Gauge(
             "edgeagent_soc_temperature_celsius", "SoC temperature", registry=r
         )
@@ -135,6 +142,10 @@ class Metrics:
             prompt_s=float(timing.get("prompt_ms", 0.0)) / 1000,
             decode_s=float(timing.get("decode_ms", 0.0)) / 1000,
         )
+        held = body.get("held")
+        if isinstance(held, Mapping):
+            action = _get(body, "output", "action")
+            self.held_actions.labels(action=str(action), reason=str(held.get("reason"))).inc()
 
     # -- per heartbeat ---------------------------------------------------------------
 

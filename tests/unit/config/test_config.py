@@ -145,3 +145,86 @@ def test_configuration_doc_is_current():
     assert (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8") == render(), (
         "docs/configuration.md is stale: python scripts/gen_config_doc.py > docs/configuration.md"
     )
+
+
+# -- the catalog fields of issue 12 ------------------------------------------------------
+
+CATALOG = """
+[catalog]
+min_confidence = 0.8
+
+[[actions]]
+name = "water"
+description = "Water a zone."
+dispatch = true
+when = "a zone is dry or someone asks"
+schema = { type = "object", properties = { zone = { type = "integer", minimum = 1 } }, required = ["zone"] }
+examples = ["Zone 2 is dry.", { input = "Water zone 3.", args = { zone = 3 } }]
+
+[[actions]]
+name = "alarm"
+description = "Sound the alarm."
+min_confidence = 0.95
+schema = { type = "object", properties = {} }
+
+[[actions]]
+name = "idle"
+description = "Nothing to do."
+nothing_to_do = true
+schema = { type = "object", properties = {} }
+"""
+
+
+def test_catalog_fields(tmp_path):
+    cfg = load_config(write(tmp_path, MINIMAL + CATALOG), environ={})
+    water, alarm, idle = cfg.actions
+    assert water.when == "a zone is dry or someone asks"
+    assert water.example_texts() == [("Zone 2 is dry.", None), ("Water zone 3.", {"zone": 3})]
+    assert idle.nothing_to_do
+    assert not water.nothing_to_do
+    assert cfg.model.reason is False
+    # The action's own floor, else the catalog's; never one for "nothing to do".
+    assert cfg.min_confidence(water) == 0.8
+    assert cfg.min_confidence(alarm) == 0.95
+    assert cfg.min_confidence(idle) is None
+
+
+def test_no_floor_by_default(tmp_path):
+    text = MINIMAL + CATALOG.replace("[catalog]\nmin_confidence = 0.8\n", "")
+    cfg = load_config(write(tmp_path, text), environ={})
+    assert cfg.min_confidence(cfg.actions[0]) is None
+
+
+@pytest.mark.parametrize(
+    ("change", "where"),
+    [
+        (("min_confidence = 0.95", "min_confidence = 1.5"), "min_confidence"),
+        (("min_confidence = 0.8", "min_confidence = -0.1"), "min_confidence"),
+        (("args = { zone = 3 }", "args = { zone = 0 }"), "examples[1].args"),
+        (("args = { zone = 3 }", "args = { zone = 3, minutes = 5 }"), "examples[1].args"),
+        (('examples = ["Zone 2 is dry.", ', 'examples = [{ text = "x" }, '), "examples"),
+        (('when = "a zone is dry or someone asks"', 'when = ""'), "when"),
+        (('name = "alarm"', 'name = "alarm"\nnothing_to_do = true'), "at most one"),
+    ],
+)
+def test_catalog_field_errors(tmp_path, change, where):
+    text = MINIMAL + CATALOG.replace(*change)
+    with pytest.raises(EdgeAgentError) as info:
+        load_config(write(tmp_path, text), environ={})
+    assert info.value.code is ErrorCode.CONFIG_INVALID
+    assert where in info.value.message
+
+
+def test_examples_are_bounded(tmp_path):
+    many = ", ".join(f'"example {i}"' for i in range(9))
+    text = MINIMAL + CATALOG.replace(
+        'examples = ["Zone 2 is dry.", { input = "Water zone 3.", args = { zone = 3 } }]',
+        f"examples = [{many}]",
+    )
+    with pytest.raises(EdgeAgentError, match="examples"):
+        load_config(write(tmp_path, text), environ={})
+
+
+def test_model_reason(tmp_path):
+    cfg = load_config(write(tmp_path, MINIMAL + "reason = true\n"), environ={})
+    assert cfg.model.reason is True

@@ -9,6 +9,7 @@ import pytest
 from edgeagent.evaluation.calibration import auroc, calibrate
 from edgeagent.evaluation.cases import parse_cases
 from edgeagent.evaluation.metrics import Rate, percentile, summarize
+from edgeagent.evaluation.report import render_text
 from edgeagent.evaluation.runner import Outcome
 from edgeagent.evaluation.scoring import score
 
@@ -177,3 +178,32 @@ def test_calibration_of_scores_reads_their_confidence():
     ])  # fmt: skip
     assert s.calibration is not None
     assert s.calibration.auroc == 1.0
+
+
+def test_false_actuation_as_chosen_and_as_dispatched():
+    def held(expect, output, why):
+        c = parse_cases([json.dumps({"id": "c", "input": "x", "expect": expect})], "f")[0]
+        outcome = Outcome(output, latency_ms=1.0, completion_tokens=5, confidence=0.3, held=why)
+        return score(c, outcome, "gh", "no_action")
+
+    either = {"any_of": [{"action": "notify"}, {"action": "no_action"}]}
+    scores = [
+        held(NOOP, act("notify", severity="info", message="x"), "confidence"),  # held: harmless
+        held(NOOP, act("notify", severity="info", message="x"), None),  # dispatched: false
+        held(NOOP, act("no_action"), None),
+        held(WATER, act("set_irrigation", zone=3, minutes=20), "confidence"),  # right, held
+        held(WATER, act("set_irrigation", zone=3, minutes=20), None),  # right, dispatched
+        held(WATER, act("set_irrigation", zone=4, minutes=20), None),  # wrong, dispatched
+        held(either, act("set_irrigation", zone=1, minutes=5), "confidence_unknown"),
+    ]
+    s = summarize(scores)
+    assert s.false_actuation == Rate(2, 3)
+    assert s.false_dispatch == Rate(1, 3)
+    assert s.held == Rate(3, 6)
+    assert s.dispatched_right == Rate(1, 3)
+    # Held counts as nothing done: right where "nothing to do" is right.
+    assert s.right_as_dispatched == Rate(4, 7)
+    assert s.to_dict()["false_dispatch"] == {"hits": 1, "total": 3, "rate": 0.3333}
+    text = render_text([("sys", s)])
+    assert "false actuation, dispatched" in text
+    assert "right among dispatched" in text

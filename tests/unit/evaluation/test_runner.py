@@ -141,3 +141,56 @@ def test_confidence_is_read_when_answers_carry_it():
     one = make_set("gh", cases({"id": "a", "input": "vent 40", "expect": VENT}), GREENHOUSE_ACTIONS)
     [(_, _, outcome)] = list(run_sets(engine, [one], max_tokens=10))
     assert outcome.confidence == 0.875
+
+
+def test_the_eval_holds_what_the_daemon_would_hold():
+    from edgeagent.config import ActionConfig  # noqa: PLC0415
+    from edgeagent.config.sections import CatalogConfig  # noqa: PLC0415
+
+    floor = [
+        a.model_copy(update={"min_confidence": 0.9}) if a.name == "open_vent" else a
+        for a in GREENHOUSE_ACTIONS
+    ]
+    idle = ActionConfig(
+        name="idle",
+        description="Idle.",
+        nothing_to_do=True,
+        schema={"type": "object", "properties": {}},
+    )
+    catalog = [*floor, idle]
+    heat = {"action": "start_heater", "args": {}}
+    engine = FakeEngine({
+        "low": WithConfidence(VENT, confidence=0.5),
+        "high": WithConfidence(VENT, confidence=0.95),
+        "unknown": answer(VENT),
+        "cut": answer(heat, cut_short=True),
+        "idle": WithConfidence({"action": "idle", "args": {}}, confidence=0.1),
+        "heat": WithConfidence(heat, confidence=0.5),
+    })  # fmt: skip
+    items = [
+        {"id": k, "input": k, "expect": VENT}
+        for k in ("low", "high", "unknown", "cut", "idle", "heat")
+    ]
+    one = make_set("gh", cases(*items), catalog, settings=CatalogConfig(min_confidence=0.4))
+    held = {case.id: outcome.held for _, case, outcome in run_sets(engine, [one], max_tokens=10)}
+    assert held == {
+        "low": "confidence",
+        "high": None,
+        "unknown": "confidence_unknown",
+        "cut": "cut_short",
+        "idle": None,  # the nothing-to-do action is never held
+        "heat": None,  # 0.5 reaches the catalog's 0.4
+    }
+
+
+def test_the_eval_builds_reason_contracts_for_an_answerer_with_reason_on():
+    from edgeagent.config import ModelConfig  # noqa: PLC0415
+
+    class Reasoning(FakeEngine):
+        cfg = ModelConfig(path="/m.gguf", reason=True)
+
+    engine = Reasoning({"vent 40": answer({"reason": "hot", **VENT})})
+    one = make_set("gh", cases({"id": "a", "input": "vent 40", "expect": VENT}), GREENHOUSE_ACTIONS)
+    [(_, _, outcome)] = list(run_sets(engine, [one], max_tokens=10))
+    assert outcome.error is None
+    assert "reason" in engine.tasks[0].spec.json_schema["anyOf"][0]["properties"]

@@ -154,3 +154,67 @@ def test_the_development_set_loads_and_keeps_its_promises():
     assert tags.count("injection") >= 8
     assert tags.count("number-words") >= 20
     assert len({c.id for _, c in every}) == len(every)
+
+
+DESIGNATED = """
+[catalog]
+min_confidence = 0.7
+
+[[actions]]
+name = "set_fan"
+description = "Fan speed."
+min_confidence = 0.9
+schema = { type = "object", properties = { fan = { enum = ["north", "roof"] }, speed = { type = "integer" } }, required = ["fan", "speed"] }
+
+[[actions]]
+name = "alarm"
+description = "Alarm."
+schema = { type = "object", properties = {} }
+
+[[actions]]
+name = "idle"
+description = "Nothing to do."
+nothing_to_do = true
+schema = { type = "object", properties = {} }
+"""
+
+
+def test_the_catalogs_nothing_to_do_and_floors(tmp_path):
+    (tmp_path / "cat.toml").write_text(DESIGNATED)
+    (tmp_path / "c.jsonl").write_text(
+        '{"id": "f2", "input": "all fine", "expect": {"action": "idle"}}\n'
+    )
+    (tmp_path / "suite.toml").write_text(
+        '[[sets]]\nname = "s"\ncatalog = "cat.toml"\ncases = "c.jsonl"\n'
+    )
+    (s,) = load_suite(tmp_path / "suite.toml")
+    assert s.no_action == "idle"  # from the catalog, not named in the suite
+    assert s.min_confidence("set_fan") == 0.9
+    assert s.min_confidence("alarm") == 0.7  # [catalog] min_confidence
+    assert s.min_confidence("idle") is None
+    assert s.min_confidence("unknown") is None
+    # The suite may name it too, but must agree with the catalog.
+    (tmp_path / "suite.toml").write_text(
+        '[[sets]]\nname = "s"\ncatalog = "cat.toml"\nno_action = "alarm"\ncases = "c.jsonl"\n'
+    )
+    with pytest.raises(CaseError, match="not the catalog's nothing_to_do action 'idle'"):
+        load_suite(tmp_path / "suite.toml")
+    (tmp_path / "suite.toml").write_text(
+        '[[sets]]\nname = "s"\ncatalog = "cat.toml"\nno_action = "idle"\ncases = "c.jsonl"\n'
+    )
+    assert load_suite(tmp_path / "suite.toml")[0].no_action == "idle"
+
+
+def test_two_nothing_to_do_actions_are_refused(tmp_path):
+    (tmp_path / "cat.toml").write_text(
+        DESIGNATED.replace('name = "alarm"', 'name = "alarm"\nnothing_to_do = true')
+    )
+    with pytest.raises(CaseError, match="at most one"):
+        load_catalog(tmp_path / "cat.toml")
+
+
+def test_the_dev_catalogs_designate_their_nothing_to_do_action():
+    sets = {s.name: s for s in load_suite(ROOT / "eval" / "dev" / "suite.toml")}
+    assert sets["home"].no_action == "do_nothing"
+    assert sets["logtriage"].no_action == "ignore"
+    assert sets["greenhouse"].no_action == "no_action"

@@ -10,9 +10,11 @@ import pytest
 from support.catalogs import GREENHOUSE_ACTIONS
 from support.scripted_model import grammar_accepts
 
-from edgeagent.config import SchemaLimits
+from edgeagent.config import ActionConfig, SchemaLimits
+from edgeagent.config.sections import ActionExample
 from edgeagent.errors import EdgeAgentError, ErrorCode
 from edgeagent.inference.contract import (
+    REASON_MAX_CHARS,
     action_spec,
     compile_contract,
     schema_spec,
@@ -108,6 +110,84 @@ def test_action_spec_allows_only_listed_actions():
             spec.validate(bad)
     assert "open_vent" in spec.instructions
     assert "notify" not in spec.instructions
+
+
+# -- catalog text: when, examples, the nothing-to-do default; the reason field -----------
+
+GUIDED = [
+    CATALOG[0].model_copy(
+        update={
+            "when": "the air is too warm",
+            "examples": [
+                "It is 31 degrees in here.",
+                ActionExample(input="Vent to half.", args={"percent": 50}),
+            ],
+        }
+    ),
+    CATALOG[1],
+    ActionConfig(
+        name="idle",
+        description="Nothing to do.",
+        nothing_to_do=True,
+        examples=["All readings normal."],
+        schema={"type": "object", "properties": {}},
+    ),
+]
+
+
+def test_catalog_text_has_when_examples_and_the_default():
+    text = action_spec(GUIDED).instructions
+    assert (
+        "- open_vent: Open the greenhouse roof vent by a percentage. Use it when: the air is too warm"
+        in text
+    )
+    assert '  Example: "It is 31 degrees in here."\n' in text
+    assert '  Example: "Vent to half." -> {"action":"open_vent","args":{"percent":50}}' in text
+    assert (
+        "- idle: Nothing to do. The default: choose it whenever nothing needs to be done." in text
+    )
+    assert '  Example: "All readings normal." -> {"action":"idle","args":{}}' in text
+    assert "nothing needs to be done, answer idle." in text
+    assert "numbers written in words become digits" in text
+    # Without guidance, an entry is one line, as before; no default without a designation.
+    plain = action_spec(CATALOG).instructions
+    assert "Use it when" not in plain
+    assert "Example" not in plain
+    assert "The default" not in plain
+    assert "- notify: Send a short message to the operator. Arguments schema: {" in plain
+
+
+def test_the_catalog_text_is_the_same_for_every_task():
+    # The system message is the cached prefix: it must not depend on anything per task.
+    assert action_spec(GUIDED).instructions == action_spec(list(GUIDED)).instructions
+
+
+def test_reason_comes_before_the_action():
+    spec = action_spec(GUIDED, reason=True)
+    answer = {"reason": "too warm", "action": "open_vent", "args": {"percent": 40}}
+    spec.validate(answer)
+    text = json.dumps(answer, separators=(",", ":"))
+    assert grammar_accepts(spec.grammar, text)
+    # The reason must come first, and is bounded.
+    reordered = '{"action":"open_vent","reason":"too warm","args":{"percent":40}}'
+    assert not grammar_accepts(spec.grammar, reordered)
+    with pytest.raises(EdgeAgentError):
+        spec.validate({**answer, "reason": "x" * (REASON_MAX_CHARS + 1)})
+    with pytest.raises(EdgeAgentError):
+        spec.validate({"action": "open_vent", "args": {"percent": 40}})
+    assert '{"reason": "<why, in a few words>", "action": "<name>"' in spec.instructions
+    # Without the setting, a reason is not part of the answer.
+    with pytest.raises(EdgeAgentError):
+        action_spec(GUIDED).validate(answer)
+
+
+def test_compile_contract_passes_reason():
+    spec = compile_contract(GUIDED, limits=SchemaLimits(), reason=True)
+    spec.validate({"reason": "r", "action": "idle", "args": {}})
+    schema = compile_contract(
+        GUIDED, schema={"type": "integer"}, limits=SchemaLimits(), reason=True
+    )
+    schema.validate(3)
 
 
 # -- limits, patterns, formats, extends forms, compiling off the loop ------------------

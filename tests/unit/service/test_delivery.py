@@ -17,10 +17,20 @@ from support.fake_link import NOT_AUTHORIZED, FakeLink
 from support.service_parts import Parts
 
 from edgeagent.errors import EdgeAgentError, ErrorCode
-from edgeagent.protocol.reply import ErrorReply, ReplyRoute
+from edgeagent.protocol.reply import (
+    ActionInfo,
+    ActionMessage,
+    ErrorReply,
+    Hold,
+    HoldReason,
+    OkReply,
+    ReplyRoute,
+    Timing,
+    Usage,
+)
 from edgeagent.protocol.topics import Topics
 from edgeagent.service.asyncstore import AsyncTaskStore
-from edgeagent.service.delivery import Delivery
+from edgeagent.service.delivery import Delivery, Plan
 from edgeagent.service.jobs import InFlightRegistry, Waiting
 from edgeagent.service.taskstore import Confirmation, TaskStore
 
@@ -394,5 +404,49 @@ def test_a_task_that_aborted_the_process_runs_alone_when_others_are_batched(tmp_
         assert {t.content for t in engine.beside} == {"task b", "task c"}
         assert (await second.record("a")).runs == 2
         await second.crash()
+
+    run(scenario())
+
+
+def test_a_held_action_is_stored_without_its_message_and_never_dispatched(tmp_path):
+    """Even handed an action message, delivery publishes a held reply only: the store has
+    no action for it, so a redelivery after a crash or a re-send cannot dispatch it."""
+    path = tmp_path / "journal.sqlite3"
+    output = {"action": "set_irrigation", "args": {"zone": 3, "minutes": 20}}
+    hold = Hold(HoldReason.CONFIDENCE, 0.41, 0.8, ACTION)
+    reply = OkReply(
+        "t1",
+        output,
+        Usage(100, 10, 0),
+        Timing(0.1, 1.0, 2.0, 3.1),
+        "dev1",
+        action=ActionInfo(0.41, dispatched=False, held=hold),
+    )
+
+    async def scenario():
+        link = FakeLink()
+        link.connected.set()
+        store = AsyncTaskStore(TaskStore(path, max_age_s=60, max_rows=100))
+        inflight = InFlightRegistry()
+        delivery = Delivery(link=link, store=store, inflight=inflight, topics=TOPICS, device="dev1")
+        message = link.message(ACTION_TASK)
+        await store.accept("t1", "fp")
+        entry = inflight.open("t1", "fp", Waiting(message, ReplyRoute(RESULT)))
+        with capture_logs() as logs:
+            await delivery.finish(entry, reply, ActionMessage("t1", "dev1", output))
+            await link.wait_for_acks(1)
+        assert "a held action was handed to delivery; not dispatched" in {e["event"] for e in logs}
+        (published,) = link.on(RESULT)
+        assert published.body["held"]["reason"] == "confidence"
+        assert published.body["dispatched"] is False
+        assert link.on(ACTION) == []
+        record = await store.get("t1")
+        assert record.outcome.action is None
+        assert record.action_state is None  # nothing to dispatch, ever
+        # A redelivery of the same message gets what the store has: no action.
+        plan = Plan.from_record(record, redelivery=True)
+        assert plan.action is None
+        assert plan.action_topic is None
+        store.close()
 
     run(scenario())

@@ -172,6 +172,22 @@ def test_reply_bodies_count_like_finished_tasks():
     assert got[("edgeagent_decode_seconds_total", ())] == pytest.approx(0.1602)
 
 
+def test_held_actions_are_counted_by_action_and_reason():
+    metrics = Metrics("d")
+    output = {"action": "set_irrigation", "args": {"zone": 3, "minutes": 20}}
+    held = {"reason": "confidence", "confidence": 0.41, "min_confidence": 0.8}
+    for body in (
+        {"id": "t1", "status": "ok", "output": output, "dispatched": False, "held": held},
+        {"id": "t2", "status": "ok", "output": output, "dispatched": False, "held": held},
+        {"id": "t3", "status": "ok", "output": output, "confidence": 0.95, "dispatched": True},
+    ):
+        metrics.reply(body)
+    got = samples(metrics.exposition())
+    key = (("action", "set_irrigation"), ("reason", "confidence"))
+    assert got[("edgeagent_held_actions_total", key)] == 2
+    assert got[("edgeagent_tasks_total", (("error_code", ""), ("status", "ok")))] == 3
+
+
 def test_export_as_configured(tmp_path):
     from edgeagent.config import MetricsConfig  # noqa: PLC0415 - only here
 

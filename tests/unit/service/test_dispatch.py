@@ -1,0 +1,140 @@
+"""Safe dispatch: which action answers go out, which are held, and what the reply says."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from support.fake_engine import service_config
+
+from edgeagent.config import ActionConfig
+from edgeagent.inference.task import Answer
+from edgeagent.protocol.reply import HoldReason
+from edgeagent.service.dispatch import settle
+
+EMPTY = {"type": "object", "properties": {}}
+ACTIONS = [
+    ActionConfig(name="water", description="Water.", dispatch=True, schema=EMPTY),
+    ActionConfig(
+        name="careful", description="Careful.", dispatch=True, min_confidence=0.9, schema=EMPTY
+    ),
+    ActionConfig(name="tell", description="Tell.", schema=EMPTY),
+    ActionConfig(name="idle", description="Idle.", nothing_to_do=True, schema=EMPTY),
+]
+
+
+def config(**catalog: Any):
+    actions = [a.model_dump(by_alias=True) for a in ACTIONS]
+    cfg = service_config(catalog=catalog) if catalog else service_config()
+    return cfg.model_copy(update={"actions": [ActionConfig.model_validate(a) for a in actions]})
+
+
+def answer(output: Any, confidence: float | None = None, *, cut_short: bool = False) -> Answer:
+    return Answer(output, 10, 0, 5, 1.0, 2.0, 512, confidence=confidence, cut_short=cut_short)
+
+
+def test_schema_answers_pass_through():
+    settled = settle(config(), "t1", "schema", answer({"reason": "kept"}))
+    assert settled.output == {"reason": "kept"}
+    assert settled.action is None
+    assert settled.message is None
+
+
+def test_no_floor_dispatches_as_before_whatever_the_confidence():
+    for confidence in (None, 0.1, 0.99):
+        settled = settle(
+            config(), "t1", "action", answer({"action": "water", "args": {}}, confidence)
+        )
+        assert settled.message is not None
+        assert settled.message.to_json() == {
+            "id": "t1",
+            "device": "dev1",
+            "action": "water",
+            "args": {},
+        }
+        assert settled.action is not None
+        assert settled.action.dispatched
+        assert settled.action.held is None
+        assert settled.action.confidence == confidence
+
+
+@pytest.mark.parametrize(
+    ("confidence", "held"),
+    [
+        (0.89, HoldReason.CONFIDENCE),
+        (None, HoldReason.CONFIDENCE_UNKNOWN),
+        (0.9, None),
+        (1.0, None),
+    ],
+)
+def test_below_the_action_floor_it_is_held(confidence, held):
+    settled = settle(
+        config(), "t1", "action", answer({"action": "careful", "args": {}}, confidence)
+    )
+    assert settled.action is not None
+    if held is None:
+        assert settled.message is not None
+        assert settled.action.dispatched
+        return
+    assert settled.message is None
+    assert not settled.action.dispatched
+    assert settled.action.held is not None
+    assert settled.action.held.reason is held
+    assert settled.action.held.min_confidence == 0.9
+    assert settled.action.held.topic == "edgeagent/dev1/actions/careful"
+
+
+def test_the_catalog_floor_applies_to_actions_without_their_own():
+    cfg = config(min_confidence=0.5)
+    low = settle(cfg, "t1", "action", answer({"action": "water", "args": {}}, 0.4))
+    assert low.message is None
+    assert low.action is not None
+    assert low.action.held is not None
+    assert low.action.held.min_confidence == 0.5
+    # The action's own floor wins over the catalog's.
+    own = settle(cfg, "t1", "action", answer({"action": "careful", "args": {}}, 0.6))
+    assert own.action is not None
+    assert own.action.held is not None
+    assert own.action.held.min_confidence == 0.9
+
+
+def test_a_reply_only_action_is_held_without_a_topic():
+    settled = settle(
+        config(min_confidence=0.5), "t1", "action", answer({"action": "tell", "args": {}}, 0.2)
+    )
+    assert settled.message is None
+    assert settled.action is not None
+    assert settled.action.held is not None
+    assert settled.action.held.topic is None
+
+
+def test_nothing_to_do_is_never_held():
+    settled = settle(
+        config(min_confidence=0.99),
+        "t1",
+        "action",
+        answer({"action": "idle", "args": {}}, 0.1, cut_short=True),
+    )
+    assert settled.action is not None
+    assert settled.action.held is None
+    assert not settled.action.dispatched  # it has no dispatch either
+
+
+def test_a_cut_short_action_is_held_even_without_a_floor():
+    settled = settle(
+        config(), "t1", "action", answer({"action": "water", "args": {}}, 0.99, cut_short=True)
+    )
+    assert settled.message is None
+    assert settled.action is not None
+    assert settled.action.held is not None
+    assert settled.action.held.reason is HoldReason.CUT_SHORT
+
+
+def test_the_reason_moves_to_the_reply_and_never_into_the_action_message():
+    output = {"reason": "zone is dry", "action": "water", "args": {}}
+    settled = settle(config(), "t1", "action", answer(output, 0.97))
+    assert settled.output == {"action": "water", "args": {}}
+    assert settled.action is not None
+    assert settled.action.reason == "zone is dry"
+    assert settled.message is not None
+    assert "reason" not in settled.message.to_json()
