@@ -26,9 +26,10 @@ from llguidance import LLMatcher, LLTokenizer
 WINDOW = 64  # the last tokens of max_tokens in which chosen tokens are checked
 _MAX_CLOSERS = 4  # longest run of "]}" tried as one token
 
-# Outside strings when nothing closes: complete values first, then separators and
-# value starts. Inside strings when the quote is refused: plain characters.
-_VALUES = ('""', "0", "[]", "{}", ",", '"', "[", "{", "null", "false", "true", "-", ":")
+# Outside strings when nothing closes: a separator (after a value that may end: "," not
+# another digit, when a required key is still missing), complete values, value starts.
+# Inside strings when the quote is refused: plain characters.
+_VALUES = (",", '""', "0", "[]", "{}", '"', "[", "{", "null", "false", "true", "-", ":")
 _FILLERS = tuple("abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ _-.")
 
 

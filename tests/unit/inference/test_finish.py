@@ -60,6 +60,9 @@ def test_the_shortest_completion_closes_strings_arrays_and_objects():
     assert completes(EVENTS, '{"events":[{"msg":"disk full') == '","zone":0}],"ok":false}'
     assert completes(EVENTS, '{"events":[{"msg":"a","zone":12') == '}],"ok":false}'
     assert completes(EVENTS, '{"events":[],"ok":true') == "}"
+    # A number that may end is ended (not made longer) when a required key follows.
+    zone_first = {**EVENT, "properties": {"zone": {"type": "integer"}, "msg": {"type": "string"}}}
+    assert completes(zone_first, '{"zone":2') == ',"msg":""}'
     # A "}" or "]" inside a string is text: the string is closed first.
     assert completes(EVENTS, '{"events":[{"msg":"a}]') == '","zone":0}],"ok":false}'
     # An escape started must be finished.
