@@ -196,6 +196,37 @@ def test_max_tokens_too_small_is_output_invalid(engine):
     assert info.value.code is ErrorCode.OUTPUT_INVALID
 
 
+LOG_EVENT = json.loads((ROOT / "eval" / "dev" / "schemas" / "log_event.json").read_text())
+LOG_LINE = "Nov 29 07:41:12 pi-07 kernel: usb 1-1.3: device descriptor read/64, error -71"
+
+
+def test_an_extraction_cut_by_max_tokens_is_steered_to_a_valid_end(engine):
+    # SmolLM2 writes a long `message` here (used to be OUTPUT_INVALID at 48 tokens).
+    answer = ask(engine, LOG_EVENT, LOG_LINE, max_tokens=48)
+    assert answer.cut_short
+    assert answer.completion_tokens <= 48
+    assert set(answer.output) == {"host", "service", "severity", "code", "message"}
+    assert answer.confidence is None  # schema answers carry none
+
+
+def test_an_answer_that_ends_on_its_own_is_unchanged_at_its_exact_budget(engine):
+    free = ask(engine, LOG_EVENT, LOG_LINE, max_tokens=256)
+    assert not free.cut_short
+    # Every token of this run is checked against the budget (the last 64 are), and
+    # none may change: the model's own answer fits.
+    tight = ask(engine, LOG_EVENT, LOG_LINE, max_tokens=free.completion_tokens)
+    assert tight.output == free.output
+    assert tight.completion_tokens == free.completion_tokens
+    assert not tight.cut_short
+
+
+def test_action_answers_carry_a_probability(engine):
+    answer = ask(engine, action_spec(CATALOG), "Zone 3 is very dry, water it for 20 minutes")
+    assert answer.confidence is not None
+    assert 0.0 < answer.confidence <= 1.0
+    assert not answer.cut_short
+
+
 def test_deadline(engine):
     spec = schema_spec(
         {
