@@ -131,6 +131,10 @@ def hold_reason(
     return None
 
 
+def _rounded(confidence: float | None) -> float | None:
+    return None if confidence is None else round(confidence, 4)
+
+
 @dataclass(frozen=True, slots=True)
 class Hold:
     """An action answer that was not dispatched: why, and what confirming it takes."""
@@ -145,7 +149,7 @@ class Hold:
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {
             "reason": str(self.reason),
-            "confidence": self.confidence,
+            "confidence": _rounded(self.confidence),
             "min_confidence": self.min_confidence,
         }
         if self.topic is not None:
@@ -165,7 +169,7 @@ class ActionInfo:
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {
-            "confidence": None if self.confidence is None else round(self.confidence, 4),
+            "confidence": _rounded(self.confidence),
             "dispatched": self.dispatched,
         }
         if self.held is not None:

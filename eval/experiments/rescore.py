@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""Score the answers of an `edgeagent eval --details` file again, against a suite.
+
+Holding depends only on an answer's confidence and the catalog's `min_confidence`, not
+on the answer itself: so the figures for another floor (or for the catalogs as now
+committed) come from the answers already given, without running the model again. Uses
+the eval's own scoring, holding and report (edgeagent/evaluation).
+
+    .venv/bin/python eval/experiments/rescore.py eval/dev/suite.toml \
+        eval/results/2026-11-30-catalog/fields.details.jsonl [--min-confidence 0.9] [--json F]
+
+`--min-confidence` sets the floor of every action without its own (like a catalog's
+`[catalog] min_confidence`); `--sweep` prints the headline figures for several floors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from edgeagent.config.sections import CatalogConfig
+from edgeagent.evaluation.metrics import summarize
+from edgeagent.evaluation.report import fmt_rate, render_json, render_text
+from edgeagent.evaluation.runner import Outcome, with_hold
+from edgeagent.evaluation.scoring import CaseScore, score
+from edgeagent.evaluation.suite import EvalSet, load_suite
+
+SWEEP = (None, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+
+
+def outcome_of(record: dict[str, object]) -> Outcome:
+    def number(key: str) -> float:
+        value = record.get(key)
+        return float(value) if isinstance(value, (int, float)) else 0.0
+
+    confidence = record.get("confidence")
+    return Outcome(
+        record.get("output"),
+        error=record.get("error") if isinstance(record.get("error"), str) else None,  # type: ignore[arg-type]
+        error_message=None,
+        latency_ms=number("latency_ms"),
+        prompt_tokens=int(number("prompt_tokens")),
+        cached_prompt_tokens=int(number("cached_prompt_tokens")),
+        completion_tokens=int(number("completion_tokens")),
+        confidence=float(confidence) if isinstance(confidence, (int, float)) else None,
+        cut_short=record.get("cut_short") is True,
+    )
+
+
+def rescore(
+    sets: list[EvalSet], records: list[dict[str, object]], floor: float | None
+) -> dict[str, list[CaseScore]]:
+    by_set = {s.name: s for s in sets}
+    if floor is not None:
+        by_set = {
+            k: dataclasses.replace(s, settings=CatalogConfig(min_confidence=floor))
+            for k, s in by_set.items()
+        }
+    scores: dict[str, list[CaseScore]] = {}
+    for record in records:
+        eval_set = by_set[str(record["set"])]
+        case = next(c for c in eval_set.cases if c.id == record["id"])
+        outcome = with_hold(outcome_of(record), eval_set)
+        result = score(case, outcome, eval_set.name, eval_set.no_action)
+        scores.setdefault(str(record["system"]), []).append(result)
+    return scores
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("suite", type=Path)
+    parser.add_argument("details", type=Path)
+    parser.add_argument("--min-confidence", type=float)
+    parser.add_argument("--sweep", action="store_true")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    sets = load_suite(args.suite)
+    no_action = {s.name: s.no_action for s in sets}
+    lines = args.details.read_text(encoding="utf-8").splitlines()
+    records = [json.loads(line) for line in lines if line.strip()]
+    if args.sweep:
+        for floor in SWEEP:
+            for label, scores in rescore(sets, records, floor).items():
+                s = summarize(scores, no_action)
+                sys.stdout.write(
+                    f"{label} floor {floor}: right+args {fmt_rate(s.action_and_args)}, "
+                    f"held=nothing {fmt_rate(s.right_as_dispatched)}, "
+                    f"false actuation {fmt_rate(s.false_actuation)} chosen, "
+                    f"{fmt_rate(s.false_dispatch)} dispatched, held {fmt_rate(s.held)}, "
+                    f"right among dispatched {fmt_rate(s.dispatched_right)}\n"
+                )
+        return 0
+    systems = [
+        (label, summarize(scores, no_action))
+        for label, scores in rescore(sets, records, args.min_confidence).items()
+    ]
+    sys.stdout.write(render_text(systems))
+    if args.json:
+        document = render_json(systems, {"rescored": str(args.details)})
+        args.json.write_text(json.dumps(document, ensure_ascii=False, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
