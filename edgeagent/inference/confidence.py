@@ -33,7 +33,9 @@ def allowed_probability(
 class ConfidenceTracker:
     """Fed every token the loop writes; multiplies the probabilities of the name steps."""
 
-    def __init__(self) -> None:
+    def __init__(self, key: str = KEY) -> None:
+        """key: what stands right before the name's opening quote."""
+        self._key = key
         self._text = ""
         self._name_start = -1  # index in _text where the name starts (-1: not yet)
         self._closed = False
@@ -44,7 +46,7 @@ class ConfidenceTracker:
     def deciding(self) -> bool:
         """Whether the next chosen token can be part of the action name: the key has
         been written (the token may carry the opening quote) and the name is not closed."""
-        return not self._closed and KEY in self._text
+        return not self._closed and self._key in self._text
 
     def weigh(
         self, logits: npt.NDArray[np.float32], allowed: npt.NDArray[np.bool_], token: int
@@ -59,10 +61,10 @@ class ConfidenceTracker:
             return
         self._text += text
         if self._name_start < 0:
-            found = self._text.find(KEY + '"')
+            found = self._text.find(self._key + '"')
             if found < 0:
                 return
-            self._name_start = found + len(KEY) + 1
+            self._name_start = found + len(self._key) + 1
         self._closed = '"' in self._text[self._name_start :]
 
     @property

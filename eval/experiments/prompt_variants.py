@@ -2,11 +2,10 @@
 """Phase-B experiments of issue 12: other prompt formats, and confidence from the logits.
 
 Measured with the eval machinery (same cases, scoring and report as `edgeagent eval`)
-but WITHOUT touching edgeagent/inference: this script drives `ResidentModel` with its
-own small decode loop, which is the engine's greedy constrained loop (argmax first,
-full llguidance mask when refused, forced tokens batched) plus one thing: at the
-steps where the action name is chosen it computes the full mask and records the
-probability of the chosen token among the allowed ones. The product over those
+with its own prompts and grammars: this script drives `ResidentModel` through the
+engine's greedy constrained loop (`generate_constrained`) and its confidence
+(`edgeagent.inference.confidence`): at the steps where the action name is chosen,
+the probability of the chosen token among the allowed ones; the product over those
 steps is the model's probability for the chosen action among the allowed actions
 (names that share first tokens are followed to where they differ).
 
@@ -27,22 +26,21 @@ import argparse
 import copy
 import json
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from llguidance import LLMatcher
 
 from edgeagent.config import ModelConfig
-from edgeagent.errors import EdgeAgentError, ErrorCode
 from edgeagent.evaluation.metrics import summarize
 from edgeagent.evaluation.report import case_record, render_json, render_text
 from edgeagent.evaluation.runner import run_sets
 from edgeagent.evaluation.scoring import score
 from edgeagent.evaluation.suite import load_suite, select
+from edgeagent.inference.confidence import ConfidenceTracker
 from edgeagent.inference.contract import OutputSpec
+from edgeagent.inference.decoding import Sampler, StepControl, generate_constrained
 from edgeagent.inference.model import ResidentModel
 from edgeagent.inference.prompt import build_messages
 from edgeagent.inference.task import Task
@@ -88,7 +86,7 @@ class Scratch:
     def __init__(self, cfg: ModelConfig, variant: str) -> None:
         self.cfg, self.variant = cfg, variant
         self.model: ResidentModel | None = None
-        self._grammars: dict[int, tuple[str, tuple[str, str]]] = {}
+        self._grammars: dict[int, tuple[str, str]] = {}
 
     def load(self) -> None:
         self.model = ResidentModel(
@@ -101,13 +99,14 @@ class Scratch:
 
     # -- prompt and grammar per variant -------------------------------------------
 
-    def _prepare(self, task: Task) -> tuple[list[int], str, tuple[str, str] | None]:
+    def _prepare(self, task: Task) -> tuple[list[int], str, str | None]:
+        """The prompt, the grammar, and what stands before the action name's quote."""
         assert self.model is not None
         spec = task.spec
         if spec.kind != "action" or self.variant == "plain":
             messages = build_messages(self.cfg.system_prompt, spec.instructions, task.content)
-            marks = ('"action":', '"args"') if spec.kind == "action" else None
-            return self.model.render_chat(messages), spec.grammar, marks
+            key = '"action":' if spec.kind == "action" else None
+            return self.model.render_chat(messages), spec.grammar, key
         if self.variant == "reason":
             instructions = spec.instructions.rsplit("\n", 1)[0] + "\n" + REASON_LINE
             messages = build_messages(self.cfg.system_prompt, instructions, task.content)
@@ -119,9 +118,9 @@ class Scratch:
                     b["properties"] = {"reason": reason, **b["properties"]}
                     b["required"] = ["reason", *b["required"]]
                     items.append(b)
-                self._grammars[id(spec)] = (compile_grammar(one_of(items)), ('"action":', '"args"'))
-            grammar, marks = self._grammars[id(spec)]
-            return self.model.render_chat(messages), grammar, marks
+                self._grammars[id(spec)] = (compile_grammar(one_of(items)), '"action":')
+            grammar, key = self._grammars[id(spec)]
+            return self.model.render_chat(messages), grammar, key
         # tools: the chat template's own tool-calling format
         tools, items = [], []
         for b in branches(spec):
@@ -132,14 +131,14 @@ class Scratch:
             items.append({"type": "object", "properties": {"name": {"const": name}, "arguments": args},
                           "required": ["name", "arguments"], "additionalProperties": False})  # fmt: skip
         if id(spec) not in self._grammars:
-            self._grammars[id(spec)] = (compile_grammar(one_of(items), spaced=True), ('"name":', '"arguments"'))  # fmt: skip
-        grammar, marks = self._grammars[id(spec)]
+            self._grammars[id(spec)] = (compile_grammar(one_of(items), spaced=True), '"name": ')  # fmt: skip
+        grammar, key = self._grammars[id(spec)]
         content = task.content
         messages = [{"role": "system", "content": TOOL_SYSTEM}]
         messages += [{"role": "user", "content": content}] if isinstance(content, str) else [
             m for m in content if m["role"] != "system"]  # fmt: skip
         rendered = self.model.chat(messages=messages, tools=tools).prompt + "<tool_call>\n"
-        return self.model.tokenize(rendered, special=True), grammar, marks
+        return self.model.tokenize(rendered, special=True), grammar, key
 
     @staticmethod
     def _description(spec: OutputSpec, name: str) -> str:
@@ -154,50 +153,31 @@ class Scratch:
     def answer_blocking(self, task: Task) -> ScratchAnswer:
         assert self.model is not None
         model = self.model
-        prompt, grammar, marks = self._prepare(task)
-        matcher = LLMatcher(model.lltokenizer, grammar)
-        cached = model.prefill(prompt)
-        started = time.perf_counter()
-        bits = np.zeros(((model.n_vocab + 31) // 32,), dtype=np.int32)
-        out: list[int] = []
-        text = ""
-        confidence: float | None = 1.0 if marks else None
-        while len(out) < task.max_tokens and not matcher.is_stopped():
-            ff = matcher.compute_ff_tokens()[: task.max_tokens - len(out)]
-            if ff:
-                matcher.consume_tokens(ff)
-                out += ff
-                text += "".join(model.piece(t) for t in ff)
-                if not matcher.is_stopped():
-                    model.feed(ff)
-                continue
-            logits = model.logits()
-            deciding = marks is not None and marks[0] in text and marks[1] not in text
-            token = int(np.argmax(logits))
-            if deciding or matcher.validate_tokens([token]) != 1:
-                matcher.unsafe_compute_mask_ptr(bits.ctypes.data, bits.nbytes)
-                allowed = np.unpackbits(bits.view(np.uint8), bitorder="little")[: model.n_vocab]
-                masked = np.where(allowed.astype(bool), logits, -np.inf)
-                token = int(np.argmax(masked))
-                if deciding and confidence is not None:
-                    shifted = np.exp(masked - masked[token])
-                    confidence *= float(1.0 / shifted.sum())
-            if model.is_end_token(token):
-                break
-            matcher.consume_token(token)
-            out.append(token)
-            text += model.piece(token)
-            if not matcher.is_stopped():
-                model.feed([token])
-        decode_ms = (time.perf_counter() - started) * 1000
-        if not matcher.is_stopped() and not matcher.is_accepting():
-            raise EdgeAgentError(ErrorCode.OUTPUT_INVALID, f"not complete after {len(out)} tokens")
-        output = json.loads(model.detokenize(out))
+        prompt, grammar, key = self._prepare(task)
+        # The engine's own loop and confidence (edgeagent.inference.confidence), with
+        # the key that stands before the name in this variant's answer.
+        generation = generate_constrained(
+            model,
+            LLMatcher(model.lltokenizer, grammar),
+            prompt,
+            max_tokens=task.max_tokens,
+            sampler=Sampler(),
+            control=StepControl(),
+            confidence=ConfidenceTracker(key) if key else None,
+        )
+        output = json.loads(model.detokenize(generation.tokens))
         if self.variant == "tools" and task.spec.kind == "action":
             output = {"action": output["name"], "args": output["arguments"]}
         elif self.variant == "reason" and task.spec.kind == "action":
             output.pop("reason", None)
-        return ScratchAnswer(output, len(prompt), cached, len(out), confidence, decode_ms)
+        return ScratchAnswer(
+            output,
+            generation.prompt_tokens,
+            generation.cached_prompt_tokens,
+            generation.completion_tokens,
+            generation.confidence,
+            generation.decode_ms,
+        )
 
 
 def main() -> int:
