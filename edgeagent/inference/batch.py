@@ -82,9 +82,11 @@ class Batcher:
         self._cv = threading.Condition()
         self._slots: list[Slot] = []
         self._order = itertools.count()
+        self._poked = False  # wake() while no sequence is open: the step returns at once
         self.batch_mode = False
         self.steps = 0  # decodes served, for the benchmark
         self.batched_steps = 0  # of them, with more than one sequence
+        self.decode_s = 0.0  # time in decodes of answer tokens (not prompts), likewise
 
     # -- task threads -------------------------------------------------------------
 
@@ -108,8 +110,10 @@ class Batcher:
             self._cv.notify_all()
 
     def wake(self) -> None:
-        """Something changed outside the open sequences (a task ended): look again."""
+        """Something changed outside the open sequences (a task ended, one arrived): a
+        step waiting with no sequence open returns, so its caller can start tasks."""
         with self._cv:
+            self._poked = True
             self._cv.notify_all()
 
     # -- the inference thread -----------------------------------------------------
@@ -117,7 +121,8 @@ class Batcher:
     def step(self, *, wait_s: float = _WAIT_S) -> None:
         """Serve one round of requests (waits up to wait_s for the open sequences)."""
         with self._cv:
-            self._cv.wait_for(lambda: bool(self._slots) and self._all_ready(), wait_s)
+            self._cv.wait_for(self._can_step, wait_s)
+            self._poked = False
             slots = list(self._slots)
         self._expire(slots)
         for slot in slots:
@@ -146,6 +151,11 @@ class Batcher:
                 self._serve_prefill(chosen, slots)
             else:
                 self._serve_feeds([chosen])
+
+    def _can_step(self) -> bool:
+        if not self._slots:
+            return self._poked
+        return self._all_ready()
 
     def _all_ready(self) -> bool:
         return all(pending(s) is not None for s in self._slots)
@@ -231,6 +241,7 @@ class Batcher:
     def _decode(self, group: list[Slot]) -> None:
         kv = self.model.kv
         requests = [s.request for s in group if s.request is not None]
+        started = time.perf_counter()
         try:
             if len(group) == 1 and len(requests[0].tokens) > kv.n_batch:
                 kv.feed(group[0].seq or 0, requests[0].tokens)
@@ -245,6 +256,7 @@ class Batcher:
             for request in requests:
                 request.finish(error=exc)
             return
+        self.decode_s += time.perf_counter() - started
         self.steps += 1
         self.batched_steps += len(group) > 1
         for start, request in zip(starts, requests, strict=True):

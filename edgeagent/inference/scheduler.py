@@ -57,6 +57,9 @@ class TaskScheduler:
         with self._lock:
             heapq.heappush(self._waiting, (-priority, next(self._order), task, future, priority))
         self._kick()
+        # A loop already running may be waiting in a step with no sequence open (the
+        # previous task is finishing): without this the task waited out that step.
+        self.batcher.wake()
         return future
 
     def set_parallel(self, parallel: int) -> None:

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
 from edgeagent.errors import EdgeAgentError, ErrorCode, TaskHandedBack
 from edgeagent.inference.batch import Batcher
+from edgeagent.inference.contract import schema_spec
 from edgeagent.inference.prefix_cache import PrefixCache
+from edgeagent.inference.scheduler import TaskScheduler
+from edgeagent.inference.task import Task
 
 N_VOCAB = 16
 
@@ -276,3 +280,42 @@ def test_not_exact_decodes_as_many_sequences_as_fit():
     assert max(len(d) for d in model.kv.decodes) == 4
     for name, prompt in prompts.items():
         assert results[name] == solo(prompt, 4)
+
+
+def test_a_step_with_no_sequence_open_returns_when_woken():
+    batcher = Batcher(FakeSlotModel())
+    started = time.monotonic()
+    batcher.step(wait_s=0.05)  # nothing open, nobody wakes it: waits it out
+    assert time.monotonic() - started >= 0.04
+    threading.Timer(0.01, batcher.wake).start()
+    started = time.monotonic()
+    batcher.step(wait_s=10)
+    assert time.monotonic() - started < 5
+
+
+class SlowStepBatcher(Batcher):
+    """Steps that wait long for their sequences: a task must never wait one out."""
+
+    def step(self, *, wait_s=10.0):
+        super().step(wait_s=wait_s)
+
+
+def test_tasks_back_to_back_do_not_wait_for_the_step_of_the_previous_one():
+    inference = ThreadPoolExecutor(max_workers=1)
+    scheduler = TaskScheduler(
+        SlowStepBatcher(FakeSlotModel()),
+        run=lambda task: task.content,  # opens no sequence: the loop's step has none
+        on_inference_thread=inference.submit,
+        parallel=2,
+    )
+    spec = schema_spec({"type": "object"})
+    started = time.monotonic()
+    try:
+        for i in range(3):
+            assert scheduler.answer(Task(content=str(i), spec=spec, max_tokens=8)).result(
+                timeout=30
+            ) == str(i)
+        assert time.monotonic() - started < 5
+    finally:
+        scheduler.close()
+        inference.shutdown(wait=True)
