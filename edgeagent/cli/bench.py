@@ -28,7 +28,9 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,7 @@ from llguidance import LLMatcher
 from edgeagent import __version__
 from edgeagent.cli.bench_e2e import rss_figure, task_time_figures
 from edgeagent.cli.bench_e2e import steps as e2e_steps
+from edgeagent.cli.bench_mqtt import mosquitto, mqtt_figure
 from edgeagent.cli.bench_report import figures_markdown
 from edgeagent.cli.bench_throughput import bench_throughput
 from edgeagent.cli.bench_throughput import steps as throughput_steps
@@ -48,6 +51,8 @@ from edgeagent.inference.contract import OutputSpec, schema_spec
 from edgeagent.inference.decoding import Sampler, StepControl, generate_constrained, generate_free
 from edgeagent.inference.model import ResidentModel
 from edgeagent.inference.prompt import build_messages
+
+MQTT_TASKS = 30  # small tasks sent over MQTT with --mqtt
 
 SYSTEM = (
     "You are a precise assistant running on an edge device. "
@@ -277,37 +282,69 @@ def to_markdown(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _throughput(path: Path, *, threads: int, rounds: int) -> dict[str, Any]:
+def _throughput(
+    path: Path, args: argparse.Namespace, save: Callable[[], None], result: dict[str, Any]
+) -> None:
+    """The throughput, end-to-end and memory figures into result["figures"], each stamped
+    with the load average when it was measured; `save` after each group."""
+    threads, rounds = args.threads, args.rounds
+    figures: list[dict[str, Any]] = result.setdefault("figures", [])
+
+    def keep(group: Sequence[dict[str, Any]]) -> None:
+        load = [round(x, 2) for x in os.getloadavg()]
+        figures.extend(fig | {"load_average": load} for fig in group)
+        save()
+
+    broker = mosquitto() if args.mqtt else None
     with Progress(f"bench {path.name}") as progress:
-        total = throughput_steps(rounds) + e2e_steps(rounds)
+        total = throughput_steps(rounds) + e2e_steps(rounds) + (MQTT_TASKS if broker else 0)
         progress.stage(f"bench {path.name}: throughput", total=total)
         tick = progress.advance
-        result = bench_throughput(path, threads=threads, rounds=rounds, tick=tick)
-        result["figures"] += [
-            *task_time_figures(path, threads=threads, rounds=rounds, tick=tick),
-            rss_figure(path, threads=threads, rounds=rounds, tick=tick),
-        ]
-        return result
+        result |= bench_throughput(path, threads=threads, rounds=rounds, tick=tick, keep=keep)
+        keep(task_time_figures(path, threads=threads, rounds=rounds, tick=tick))
+        keep([rss_figure(path, threads=threads, rounds=rounds, tick=tick)])
+        if broker is not None:
+            keep([mqtt_figure(path, tasks=MQTT_TASKS, threads=threads, tick=tick)])
+        elif args.mqtt:
+            progress.write("bench: no mosquitto binary; the MQTT figure is skipped\n")
+
+
+def _save(args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
+    """Write what has been measured so far (a long run keeps it if it is cut short)."""
+    last = results[-1]
+    elapsed = datetime.now(UTC) - datetime.fromisoformat(last["started_utc"])
+    last["minutes"] = round(elapsed.total_seconds() / 60, 1)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2), encoding="utf-8")
 
 
 def run(args: argparse.Namespace) -> int:
-    results = []
+    results: list[dict[str, Any]] = []
     for path in args.model:
-        started = time.monotonic()
-        result = bench_model(
-            path,
-            threads=args.threads,
-            rounds=args.rounds,
-            max_tokens=args.max_tokens,
-            gbnf=not args.no_gbnf,
-        )
-        result |= _throughput(path, threads=args.threads, rounds=args.rounds)
-        result["machine"] = machine()
-        result["minutes"] = round((time.monotonic() - started) / 60, 1)
+        result: dict[str, Any] = {
+            "model": path.name,
+            "threads": args.threads,
+            "rounds": args.rounds,
+            "started_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": machine(),
+        }
         results.append(result)
-        if args.json:  # after each model: a long run keeps what it measured
-            args.json.write_text(json.dumps(results, indent=2), encoding="utf-8")
-    sys.stdout.write(figures_markdown(results) + "\n\n" + to_markdown(results) + "\n")
+        if not args.throughput_only:
+            result |= bench_model(
+                path,
+                threads=args.threads,
+                rounds=args.rounds,
+                max_tokens=args.max_tokens,
+                gbnf=not args.no_gbnf,
+            )
+            _save(args, results)
+        _throughput(path, args, lambda: _save(args, results), result)
+        result["load_average_at_end"] = machine()["load_average"]
+        _save(args, results)
+    sys.stdout.write(figures_markdown(results))
+    if not args.throughput_only:
+        sys.stdout.write("\n\n" + to_markdown(results))
+    sys.stdout.write("\n")
     return 0
 
 

@@ -266,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_status(sub)
 
-    bench = sub.add_parser("bench", help="measure constrained vs unconstrained decode speed")
+    bench = sub.add_parser("bench", help="measure speed figures, each beside its baseline")
     bench.add_argument(
         "--model", type=Path, action="append", required=True, help="GGUF (repeatable)"
     )
@@ -275,6 +275,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--max-tokens", type=int, default=160)
     bench.add_argument("--no-gbnf", action="store_true", help="skip the llama.cpp GBNF comparison")
     bench.add_argument("--json", type=Path, help="also write the results as JSON here")
+    bench.add_argument(
+        "--throughput-only",
+        action="store_true",
+        help="skip constrained vs unconstrained decode speed (throughput, end to end, memory)",
+    )
+    bench.add_argument(
+        "--mqtt", action="store_true", help="also the overhead over MQTT (needs mosquitto)"
+    )
     bench.set_defaults(func=cmd_bench)
 
     eval_command.register(sub)
