@@ -114,6 +114,34 @@ def _matcher_error(matcher: LLMatcher) -> EdgeAgentError:
     return EdgeAgentError(ErrorCode.INTERNAL, f"grammar matcher failed: {matcher.get_error()}")
 
 
+def _forced_tokens(matcher: LLMatcher) -> list[int] | None:
+    """The tokens the grammar forces next; None when the vocabulary cannot write them.
+
+    llguidance tokenizes the forced bytes with the model's tokenizer, which drops bytes
+    no token of the vocabulary holds (SmolLM2 has no token for the UTF-8 lead byte
+    0xF1: a property name with a character in U+40000..U+7FFFF came back without it).
+    The tokens after such a gap are not what the grammar forces: the matcher refuses
+    them, its token mask is no better there (it offers the byte after the gap), and
+    consuming them failed as INTERNAL. The prefix the matcher accepts is taken; when
+    it accepts none of them, the answer cannot be written with this model.
+    """
+    forced = matcher.compute_ff_tokens()
+    if not forced:
+        return forced
+    accepted = matcher.validate_tokens(forced)
+    return forced[:accepted] if accepted else None
+
+
+def _unwritable(model: Decoder, out: Sequence[int]) -> EdgeAgentError:
+    return EdgeAgentError(
+        ErrorCode.OUTPUT_INVALID,
+        "the answer needs text no token of this model can write (e.g. a property name "
+        "with characters outside its vocabulary)",
+        completion_tokens=len(out),
+        partial="".join(model.piece(t) for t in out[:80]),
+    )
+
+
 def generate_constrained(  # noqa: C901, PLR0912, PLR0915 - one loop; splitting it hides the step order
     model: Decoder,
     matcher: LLMatcher,
@@ -157,7 +185,10 @@ def generate_constrained(  # noqa: C901, PLR0912, PLR0915 - one loop; splitting 
         if matcher.is_stopped():
             finished = True
             break
-        ff = matcher.compute_ff_tokens()[: max_tokens - len(out)]
+        ff = _forced_tokens(matcher)
+        if ff is None:
+            raise _unwritable(model, out)
+        ff = ff[: max_tokens - len(out)]
         if ff:
             # Forced tokens: no choice to make, so no sampling; one batched decode.
             if not matcher.consume_tokens(ff):
@@ -177,6 +208,8 @@ def generate_constrained(  # noqa: C901, PLR0912, PLR0915 - one loop; splitting 
         if token < 0 or matcher.validate_tokens([token]) != 1 or guard.refuses(token):
             masked += 1
             allowed = mask.compute(matcher) if allowed is None else allowed
+            if not allowed.any():
+                raise _unwritable(model, out)
             token = sampler.pick(logits, guard.narrow(allowed))
         if confidence is not None and allowed is not None and weigh:
             confidence.weigh(logits, allowed, token)

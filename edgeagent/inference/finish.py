@@ -101,6 +101,7 @@ class Completer:
         out: list[int] = []
         while not (matcher.is_stopped() or matcher.is_accepting()):
             tokens = matcher.compute_ff_tokens()
+            tokens = tokens[: matcher.validate_tokens(tokens)] if tokens else tokens
             if not tokens:
                 token = self._pick(matcher, state)
                 if token is None:

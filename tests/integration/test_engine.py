@@ -227,6 +227,23 @@ def test_action_answers_carry_a_probability(engine):
     assert not answer.cut_short
 
 
+def test_non_ascii_property_names(engine):
+    # Issue 11: forced property names holding multi-byte characters.
+    schema = {
+        "type": "object",
+        "properties": {"température": {"type": "number"}, "湿度": {"type": "integer"}},
+        "required": ["température", "湿度"],
+    }
+    answer = ask(engine, schema, "température 21.5, humidité 40 %", max_tokens=64)
+    assert set(answer.output) == {"température", "湿度"}
+    # SmolLM2's vocabulary has no token for the UTF-8 lead byte 0xF1 (U+40000..U+7FFFF):
+    # that name cannot be written, which is OUTPUT_INVALID, not a matcher failure.
+    name = "\U00067bbbÝ"
+    with pytest.raises(EdgeAgentError) as info:
+        ask(engine, {"type": "object", "properties": {name: {}}, "required": [name]}, "x")
+    assert info.value.code is ErrorCode.OUTPUT_INVALID
+
+
 def test_deadline(engine):
     spec = schema_spec(
         {

@@ -147,3 +147,40 @@ def test_temperature_sampling_only_picks_allowed_tokens():
         assert text.startswith('{"zone":')
         assert text.endswith("}")
         int(text[len('{"zone":') : -1])  # an integer, whatever was sampled
+
+
+class _GappedForcedTokens:
+    """A matcher whose forced tokens miss one byte, as llguidance's are when the model's
+    tokenizer drops a byte no token of its vocabulary holds (SmolLM2 and 0xF1)."""
+
+    def __init__(self, inner, dropped):
+        self._inner = inner
+        self._dropped = dropped
+
+    def compute_ff_tokens(self):
+        return [t for t in self._inner.compute_ff_tokens() if t != self._dropped]
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+def test_forced_tokens_after_a_byte_the_vocabulary_lacks_are_output_invalid_not_internal():
+    schema = {
+        "type": "object",
+        "properties": {"z\u00e9": {"type": "integer"}},
+        "required": ["z\u00e9"],
+    }
+    gapped = _GappedForcedTokens(matcher(schema), dropped="\u00e9".encode()[0])
+    with pytest.raises(EdgeAgentError) as info:
+        generate_constrained(
+            ScriptedModel(text='{"z\u00e9":7}'),
+            gapped,
+            PROMPT,
+            max_tokens=32,
+            sampler=Sampler(),
+            control=StepControl(),
+        )
+    assert info.value.code is ErrorCode.OUTPUT_INVALID
+    assert "no token of this model can write" in info.value.message
+    # The tokens before the gap were taken.
+    assert info.value.details["partial"] == '{"z'
