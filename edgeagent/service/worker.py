@@ -1,7 +1,7 @@
 """Execution: the one worker that takes jobs off the queue and runs them on the engine.
 
 It turns each job into a typed reply (and, for a `dispatch = true` action, an action
-message), writes the canonical `task` log line, and hands the outcome to delivery.
+message unless dispatch.py holds it), writes the canonical `task` log line, and hands the outcome to delivery.
 A job stopped by shutdown (TaskHandedBack) is handed back: no reply, no ack, its
 accept record dropped, so the broker's redelivery after the restart runs it again.
 
@@ -28,7 +28,6 @@ from edgeagent.config import Config
 from edgeagent.errors import EdgeAgentError, ErrorCode, TaskHandedBack
 from edgeagent.inference.task import Answer, Task
 from edgeagent.protocol.reply import (
-    ActionMessage,
     ContextUse,
     ErrorReply,
     OkReply,
@@ -37,6 +36,7 @@ from edgeagent.protocol.reply import (
     Usage,
 )
 from edgeagent.service.delivery import Delivery
+from edgeagent.service.dispatch import Settled, settle
 from edgeagent.service.jobs import InFlightRegistry, Job
 from edgeagent.service.queue import TaskQueue
 from edgeagent.service.telemetry import Telemetry
@@ -192,6 +192,7 @@ class Worker:
         answer: Answer | None = None
         log.debug("task started", task_id=request.id, queue_ms=round(queue_ms, 1))
         reply: Reply
+        settled: Settled | None = None
         try:
             if started > job.deadline:
                 raise EdgeAgentError(ErrorCode.DEADLINE_EXCEEDED, "deadline passed while queued")
@@ -207,7 +208,8 @@ class Worker:
             # Committed before the engine starts: a run that ends the process is counted.
             await self._store.start_run(job.task_id)
             answer = await self._engine.answer(task)
-            reply = self._ok_reply(job, answer, queue_ms)
+            settled = settle(self.cfg, job.task_id, job.spec.kind, answer)
+            reply = self._ok_reply(job, answer, settled, queue_ms)
         except TaskHandedBack:
             await self.hand_back(job)
             return
@@ -219,14 +221,17 @@ class Worker:
             reply = ErrorReply.of(request.id, self.cfg.device.id, error)
         self._account(job, reply, answer, queue_ms)
         replayable = isinstance(reply, OkReply) or not reply.error.code.retryable
-        await self._delivery.finish(
-            job.entry, reply, self._action(job, reply), replayable=replayable
-        )
+        # A held action (dispatch.py) has no message: it is never published, now or on
+        # a redelivery, since the stored reply carries none either.
+        message = settled.message if settled is not None and isinstance(reply, OkReply) else None
+        await self._delivery.finish(job.entry, reply, message, replayable=replayable)
 
-    def _ok_reply(self, job: Job, answer: Answer, queue_ms: float) -> OkReply:
+    def _ok_reply(self, job: Job, answer: Answer, settled: Settled, queue_ms: float) -> OkReply:
         return OkReply(
             id=job.task_id,
-            output=answer.output,
+            output=settled.output,
+            action=settled.action,
+            cut_short=answer.cut_short,
             usage=Usage(
                 prompt_tokens=answer.prompt_tokens,
                 completion_tokens=answer.completion_tokens,
@@ -243,15 +248,6 @@ class Worker:
                 budget=answer.n_ctx, truncated=answer.truncated, chunks=answer.chunks
             ),
         )
-
-    def _action(self, job: Job, reply: Reply) -> ActionMessage | None:
-        """The action message to dispatch, for an answered `dispatch = true` action."""
-        if not isinstance(reply, OkReply) or job.spec.kind != "action":
-            return None
-        action_cfg = self.cfg.action(str(reply.output["action"]))
-        if action_cfg is None or not action_cfg.dispatch:
-            return None
-        return ActionMessage(job.task_id, self.cfg.device.id, reply.output)
 
     def _account(self, job: Job, reply: Reply, answer: Answer | None, queue_ms: float) -> None:
         ok = isinstance(reply, OkReply)

@@ -160,9 +160,6 @@ def test_catalog_task_results_topic_and_dispatch(daemon_factory, probe):
 IRRIGATION_ACTIONS = "edgeagent/dev1/actions/set_irrigation"
 
 
-# Needs the worker to build replies with service/dispatch.settle (issue 12): the wiring in
-# service/worker.py is not in this change; drop the marker with it.
-@pytest.mark.xfail(strict=True, reason="service/worker.py does not use dispatch.settle yet")
 def test_a_held_action_is_answered_and_not_dispatched(daemon_factory, probe):
     # A catalog floor of 1.0: only a certain choice reaches it (one allowed action, its
     # name forced); a choice between two actions stays below it and is held.

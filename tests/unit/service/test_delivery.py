@@ -40,7 +40,6 @@ ACTION = "edgeagent/dev1/actions/set_irrigation"
 ERRORS = "edgeagent/dev1/errors"
 SCHEMA_TASK = {"id": "t1", "input": "Porto, 21 degrees", "schema": SCHEMA}
 ACTION_TASK = {"id": "t1", "input": "Water zone 3", "action": "set_irrigation"}
-NEEDS_WIRING = "service/worker.py does not use service/dispatch.settle yet (issue 12)"
 
 
 def run(coro):
@@ -455,7 +454,6 @@ def test_a_held_action_is_stored_without_its_message_and_never_dispatched(tmp_pa
 
 # Needs the worker to build replies with service/dispatch.settle (issue 12): the wiring in
 # service/worker.py is not in this change; drop the marker with it.
-@pytest.mark.xfail(strict=True, reason=NEEDS_WIRING)
 def test_an_action_below_its_floor_is_answered_held_and_never_dispatched(tmp_path):
     """Through the worker: the fake engine knows no confidence, and a floor is set, so the
     action is held; neither a client's re-send nor a redelivery after a crash sends it."""
@@ -493,7 +491,6 @@ def test_an_action_below_its_floor_is_answered_held_and_never_dispatched(tmp_pat
     run(scenario())
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_WIRING)
 def test_without_a_floor_the_reply_says_dispatched():
     async def scenario():
         parts = await Parts.on().start()
