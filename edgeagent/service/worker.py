@@ -1,7 +1,8 @@
 """Execution: the one worker that takes jobs off the queue and runs them on the engine.
 
 It turns each job into a typed reply (and, for a `dispatch = true` action, an action
-message unless dispatch.py holds it), writes the canonical `task` log line, and hands the outcome to delivery.
+message unless dispatch.py holds it), writes the canonical `task` log line, and hands
+the outcome to delivery.
 A job stopped by shutdown (TaskHandedBack) is handed back: no reply, no ack, its
 accept record dropped, so the broker's redelivery after the restart runs it again.
 
