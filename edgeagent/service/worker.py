@@ -267,6 +267,14 @@ class Worker:
         }
         if answer is not None:
             fields |= answer.usage() | answer.timing() | answer.context()
+        if isinstance(reply, OkReply) and reply.action is not None:
+            # journalctl shows why an action did not go out without reading the reply.
+            info = reply.action
+            fields |= {"confidence": info.to_json()["confidence"], "dispatched": info.dispatched}
+            if info.held is not None:
+                fields["held"] = str(info.held.reason)
+        if isinstance(reply, OkReply) and reply.cut_short:
+            fields["cut_short"] = True
         if isinstance(reply, ErrorReply):
             fields |= {"error_code": str(reply.error.code), "message": reply.error.message}
         (log.info if ok else log.warning)("task", **fields)
