@@ -452,8 +452,6 @@ def test_a_held_action_is_stored_without_its_message_and_never_dispatched(tmp_pa
     run(scenario())
 
 
-# Needs the worker to build replies with service/dispatch.settle (issue 12): the wiring in
-# service/worker.py is not in this change; drop the marker with it.
 def test_an_action_below_its_floor_is_answered_held_and_never_dispatched(tmp_path):
     """Through the worker: the fake engine knows no confidence, and a floor is set, so the
     action is held; neither a client's re-send nor a redelivery after a crash sends it."""
@@ -462,8 +460,11 @@ def test_an_action_below_its_floor_is_answered_held_and_never_dispatched(tmp_pat
 
     async def scenario():
         first = await Parts.on(path, catalog=floor).start()
-        message = first.link.deliver(ACTION_TASK)
-        await first.link.wait_for_acks(1)
+        with capture_logs() as logs:
+            message = first.link.deliver(ACTION_TASK)
+            await first.link.wait_for_acks(1)
+        (line,) = [e for e in logs if e["event"] == "task"]
+        assert (line["dispatched"], line["held"]) == (False, "confidence_unknown")
         (reply,) = first.link.bodies(RESULT)
         assert reply["output"] == {"action": "set_irrigation", "args": {"zone": 3, "minutes": 20}}
         assert reply["confidence"] is None
