@@ -7,7 +7,8 @@ that fits in the tokens left? `Completer.shortest` looks for one on a copy of th
 llguidance matcher (`deep_copy`), greedily: forced tokens, else the token that closes
 the most (the open string, then arrays and objects: `"]}` before `"`), else the
 shortest value or separator the grammar allows (a required key still missing is then
-forced by the grammar), else a filler character (a string's minLength, a pattern).
+forced by the grammar), else a filler character (a string's minLength), else the
+lowest token the mask allows (the rest of a UTF-8 character, a pattern).
 
 When the model's token leaves no completion in the budget, the loop writes the
 completion found from the state before it instead (`Finisher.check`): the answer
@@ -21,6 +22,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Sequence
 
+import numpy as np
 from llguidance import LLMatcher, LLTokenizer
 
 WINDOW = 64  # the last tokens of max_tokens in which chosen tokens are checked
@@ -77,6 +79,7 @@ class Completer:
 
     def __init__(self, tokenizer: LLTokenizer, piece: Callable[[int], str]) -> None:
         self.piece = piece
+        self._tokenizer = tokenizer
         # Longest closing run first: '"]}' closes a string, an array and an object at once.
         self._string_closers = _single_tokens(tokenizer, _closer_runs('"'))
         self._closers = _single_tokens(tokenizer, _closer_runs(""))
@@ -91,7 +94,11 @@ class Completer:
             for token in group:
                 if matcher.validate_tokens([token]) == 1:
                     return token
-        return None
+        # Anything the grammar allows (the rest of a UTF-8 character a token began, a
+        # pattern): the lowest id, a single byte in byte-level vocabularies.
+        bits = np.frombuffer(matcher.compute_bitmask(), dtype=np.uint8)
+        allowed = np.flatnonzero(np.unpackbits(bits, bitorder="little")).tolist()
+        return next((t for t in allowed if not self._tokenizer.is_special_token(t)), None)
 
     def shortest(self, matcher: LLMatcher, state: JsonStringState, limit: int) -> list[int] | None:
         """Tokens (at most `limit`) that bring the matcher to an accepting state, found on

@@ -6,7 +6,7 @@ import json
 
 import pytest
 from llguidance import LLMatcher
-from support.scripted_model import LLTOKENIZER, ScriptedModel, detokenize, tokenize
+from support.scripted_model import LLTOKENIZER, VOCAB, ScriptedModel, detokenize, tokenize
 
 from edgeagent.errors import EdgeAgentError, ErrorCode
 from edgeagent.inference.decoding import Sampler, StepControl, generate_constrained
@@ -68,6 +68,19 @@ def test_the_shortest_completion_closes_strings_arrays_and_objects():
     # An escape started must be finished.
     assert completes(EVENTS, '{"events":[{"msg":"a\\') is not None
     assert completes({"type": "string", "minLength": 3}, '"a') == 'aa"'
+
+
+def test_a_character_a_token_left_unfinished_is_finished_first():
+    m = matcher(EVENTS)
+    written = [*tokenize('{"events":[{"msg":"a'), "\u00e9".encode()[0]]  # half of "é"
+    assert m.consume_tokens(written)
+    state = JsonStringState()
+    state.add(detokenize(written))
+    found = COMPLETER.shortest(m, state, 100)
+    assert found is not None
+    value = json.loads(b"".join(VOCAB[t] for t in [*written, *found]))
+    assert value["events"][0]["msg"][0] == "a"
+    assert len(value["events"][0]["msg"]) == 2
 
 
 def test_a_looping_answer_is_cut_short_and_still_validates():
