@@ -85,8 +85,9 @@ def main() -> int:
         for floor in SWEEP:
             for label, scores in rescore(sets, records, floor).items():
                 s = summarize(scores, no_action)
+                shown = "as in the catalogs" if floor is None else floor
                 sys.stdout.write(
-                    f"{label} floor {floor}: right+args {fmt_rate(s.action_and_args)}, "
+                    f"{label} floor {shown}: right+args {fmt_rate(s.action_and_args)}, "
                     f"held=nothing {fmt_rate(s.right_as_dispatched)}, "
                     f"false actuation {fmt_rate(s.false_actuation)} chosen, "
                     f"{fmt_rate(s.false_dispatch)} dispatched, held {fmt_rate(s.held)}, "
