@@ -24,6 +24,7 @@ class WordRunner:
     n_ctx: int
     answer_words: int = 2
     runs: list[str] = field(default_factory=list)  # the input text of every model run
+    cut_short_runs: tuple[int, ...] = ()  # runs (1-based) whose answer was cut short
     _words: list[str] = field(default_factory=list)
 
     def _id(self, word: str) -> int:
@@ -56,6 +57,8 @@ class WordRunner:
             prompt_ms=1.0,
             decode_ms=2.0,
             n_ctx=self.n_ctx,
+            confidence=n / 10,
+            cut_short=n in self.cut_short_runs,
         )
 
 
@@ -124,6 +127,16 @@ def test_chunk_maps_over_parts_then_combines_them_in_order():
     assert answer.chunks == 4
     assert answer.completion_tokens == 5 * 10  # usage adds up every run
     assert answer.prompt_ms == 5 * 1.0
+
+
+def test_chunk_keeps_the_final_runs_confidence_and_any_cut_short():
+    runner = WordRunner(n_ctx=150, cut_short_runs=(2,))
+    answer = answer_within_budget(runner, task(words(250), OverflowPolicy.CHUNK))
+    assert len(runner.runs) == 5
+    assert answer.confidence == 0.5  # the combining run's
+    assert answer.cut_short  # a partial answer was cut short
+    runner = WordRunner(n_ctx=150)
+    assert not answer_within_budget(runner, task(words(250), OverflowPolicy.CHUNK)).cut_short
 
 
 def test_chunk_combines_again_when_the_partial_answers_do_not_fit_together():
