@@ -7,6 +7,11 @@ so each step first asks llguidance whether the argmax token is acceptable (a che
 check of one token) and computes the full mask only when it is not. Tokens the
 grammar forces (fixed keys, quotes, commas) are fed to the model in one batch
 instead of being sampled one at a time.
+
+Two helpers ride along: the confidence of an action answer also needs the mask at
+the 1-3 steps that choose the action name (confidence.py), and in the last tokens of
+max_tokens each chosen token is checked to leave a valid completion that fits, else
+the shortest one is written instead (finish.py).
 """
 
 from __future__ import annotations
