@@ -28,7 +28,7 @@ from edgeagent.evaluation.metrics import Summary, summarize
 from edgeagent.evaluation.report import case_record, render_json, render_text
 from edgeagent.evaluation.runner import Answerer, run_sets
 from edgeagent.evaluation.scoring import CaseScore, score
-from edgeagent.evaluation.suite import EvalSet, load_catalog, load_suite, make_set, select
+from edgeagent.evaluation.suite import EvalSet, load_catalog_settings, load_suite, make_set, select
 
 EXIT_OK, EXIT_BELOW, EXIT_USAGE = 0, 1, 2
 
@@ -97,16 +97,23 @@ def load_sets(args: argparse.Namespace, cache: dict[str, Config]) -> list[EvalSe
         if path.suffix == ".toml":
             sets.extend(load_suite(path))
             continue
-        catalog = load_catalog(args.catalog) if args.catalog else None
+        catalog, settings = load_catalog_settings(args.catalog) if args.catalog else (None, None)
         if catalog is None and args.schema is None:
-            catalog = list(_config(args, cache).actions)
+            cfg = _config(args, cache)
+            catalog, settings = list(cfg.actions), cfg.catalog
         schema = json.loads(args.schema.read_text(encoding="utf-8")) if args.schema else None
         cases = load_cases(path)
         where = str(path)
         no_action = args.no_action
         sets.append(
             make_set(
-                path.stem, cases, catalog or [], no_action=no_action, schema=schema, where=where
+                path.stem,
+                cases,
+                catalog or [],
+                no_action=no_action,
+                schema=schema,
+                where=where,
+                settings=settings,
             )
         )
     if len({s.name for s in sets}) != len(sets):

@@ -81,7 +81,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
             spec = schema_spec(_read_json_file(args.schema, "schema"))
         else:
             names = None if args.catalog else args.action
-            spec = action_spec(select_actions(cfg.actions, names))
+            spec = action_spec(select_actions(cfg.actions, names), reason=cfg.model.reason)
         text = _read_text(args.text)
         if not text.strip():
             raise EdgeAgentError(ErrorCode.INVALID_REQUEST, "the input text is empty")

@@ -325,7 +325,9 @@ class Admission:
             log.exception("on_queued failed", task_id=request.id)
 
     async def _job_for(self, request: Request, entry: InFlight, aborts: int = 0) -> Job:
-        spec = await self.contracts.spec_for(request, self.cfg.actions, self.cfg.schema_limits)
+        spec = await self.contracts.spec_for(
+            request, self.cfg.actions, self.cfg.schema_limits, reason=self.cfg.model.reason
+        )
         if self._paused is not None:
             raise EdgeAgentError(
                 ErrorCode.BUSY, f"memory is short; try again later ({self._paused})"

@@ -189,7 +189,12 @@ class ContractCache:
         self._generation = 0  # advanced by clear(): compiles in progress are stale
 
     async def spec_for(
-        self, request: Request, catalog: Sequence[ActionConfig], limits: SchemaLimits
+        self,
+        request: Request,
+        catalog: Sequence[ActionConfig],
+        limits: SchemaLimits,
+        *,
+        reason: bool = False,
     ) -> OutputSpec:
         """The request's contract. Raises EdgeAgentError: the contract's refusal, BUSY when
         every compile thread is taken, SCHEMA_UNSUPPORTED when compiling takes too long."""
@@ -205,8 +210,10 @@ class ContractCache:
             actions = select_actions(catalog, request.action_names)
             key = ("actions", *(a.name for a in actions))
 
+            options = {"reason": True} if reason else {}  # `[model] reason`
+
             def build() -> OutputSpec:
-                return self._compile(actions, limits=limits)
+                return self._compile(actions, limits=limits, **options)
 
         cached = self._specs.get(key) if key is not None else None
         if cached is None:
