@@ -194,6 +194,23 @@ def test_a_held_action_is_answered_and_not_dispatched(daemon_factory, probe):
     assert [m.topic for m in probe.messages if "/actions/" in m.topic] == [IRRIGATION_ACTIONS]
 
 
+def test_reason_goes_to_the_reply_not_the_output_or_the_action(daemon_factory, probe):
+    # `[model] reason`: the model writes a short reason before it chooses; the reply
+    # carries it apart, and the action message is the plain {"action", "args"}.
+    daemon_factory(sections={"model": {"reason": True}})
+    probe.subscribe("edgeagent/dev1/results/#")
+    probe.subscribe("edgeagent/dev1/actions/#")
+    task = {"id": "r1", "input": "Zone 3 is dry. Water zone 3 for 20 minutes.", "max_tokens": 96}
+    probe.publish("edgeagent/dev1/tasks", {**task, "action": "set_irrigation"})
+    reply = json.loads(probe.wait_for("edgeagent/dev1/results/r1")[0].payload)
+    assert reply["status"] == "ok", reply
+    assert isinstance(reply["reason"], str)
+    assert 0 < len(reply["reason"]) <= 80
+    assert set(reply["output"]) == {"action", "args"}
+    (message,) = probe.wait_for(IRRIGATION_ACTIONS)
+    assert json.loads(message.payload) == {"id": "r1", "device": "dev1", **reply["output"]}
+
+
 def test_mosquitto_rr_client(daemon_factory, mosquitto):
     daemon_factory()
     request = json.dumps(
