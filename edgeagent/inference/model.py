@@ -37,7 +37,7 @@ from edgeagent.inference.llama_log import (
 from edgeagent.inference.prefix_cache import DEFAULT_LIMIT_BYTES, PrefixCache
 from edgeagent.inference.prefix_cache import prefill as prefill_prompt
 from edgeagent.inference.prompt import Message
-from edgeagent.inference.speculative import MAX_DRAFT
+from edgeagent.inference.speculative import MAX_DRAFT, DraftCosts
 
 _PROBE_CTX = 256  # the invariance probe needs this much context
 
@@ -101,6 +101,8 @@ class ResidentModel:
         self.max_seq = n_seq  # sequences use_streams() may ask for
         self.n_seq = 1  # sequences (KV streams) of the current context
         self.prefix_cache = PrefixCache(prefix_cache_bytes)
+        # What speculative verification costs here, learnt over every answer (speculative.py).
+        self.draft_costs = DraftCosts()
         self._kv: KvContext | None = None
         self.n_ctx = 0
         self.kv_buffer_bytes = 0

@@ -85,6 +85,8 @@ class SeqHandle:
         self._model = model
         self.n_vocab = model.n_vocab
         self.digit_tokens = model.digit_tokens
+        # The model's learnt verification costs, shared by its sequences (speculative.py).
+        self.draft_costs: object = getattr(model, "draft_costs", None)
         self._logits: Logits | None = None
 
     @property

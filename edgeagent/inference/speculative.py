@@ -20,10 +20,16 @@ Drafts are cut to what the grammar accepts (`LLMatcher.validate_tokens`), so a g
 the grammar refuses costs nothing. When nothing matches, a step costs one dictionary
 lookup; a failed guess costs a wider batch, so the draft length adapts to how well
 guesses have been doing in this answer.
+
+Whether a wider batch is cheap depends on the machine (`DraftCosts`, learnt over every
+answer of a model): where arithmetic, not memory traffic, is the limit (a busy x86, see
+docs/benchmarks.md) a batch of n tokens costs about n steps and no draft can pay; drafts
+are then only proposed now and then, to measure again.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -95,6 +101,56 @@ class NgramLookup:
         return []
 
 
+WARM_UP = 4  # verifications measured before the costs decide anything
+MEASURE_EVERY = 16  # while drafts do not pay: one draft in this many is tried anyway
+_EMA = 0.2
+
+
+def _ema(old: float | None, new: float) -> float:
+    return new if old is None else old + _EMA * (new - old)
+
+
+@dataclass(slots=True)
+class DraftCosts:
+    """What verification costs on this machine, learnt over the answers of one model.
+
+    A verification batch of n tokens costs about 1 + row_cost * (n - 1) single steps:
+    near 1 where reading the weights is the limit (a Pi), about n or more where
+    arithmetic is (the output layer is computed for every row). An accepted draft token
+    saves a step and costs a row, so drafting pays while the share of draft tokens
+    accepted (`accepted`) is above row_cost.
+    """
+
+    step_ms: float | None = None  # a single-token step
+    row_cost: float | None = None  # a verification row beyond the first, in steps
+    accepted: float | None = None  # share of draft tokens the loop took
+    verifications: int = 0
+    skipped: int = 0
+
+    def worth_drafting(self) -> bool:
+        if (
+            self.verifications < WARM_UP
+            or self.row_cost is None
+            or self.accepted is None
+            or self.row_cost < self.accepted
+        ):
+            return True
+        self.skipped += 1
+        return self.skipped % MEASURE_EVERY == 0
+
+    def stepped(self, ms: float) -> None:
+        self.step_ms = _ema(self.step_ms, ms)
+
+    def verified(self, ms: float, rows: int) -> None:
+        if self.step_ms is not None and self.step_ms > 0 and rows > 1:
+            self.verifications += 1
+            extra = max(0.0, (ms / self.step_ms - 1) / (rows - 1))
+            self.row_cost = _ema(self.row_cost, extra)
+
+    def resolved(self, used: int, drafted: int) -> None:
+        self.accepted = _ema(self.accepted, used / drafted)
+
+
 @dataclass(slots=True)
 class SpeculationStats:
     drafts: int = 0  # verification batches
@@ -126,6 +182,8 @@ class SpeculativeDecoder:
         self.digit_tokens = target.digit_tokens
         self.lookup = NgramLookup()
         self.stats = SpeculationStats()
+        costs = getattr(target, "draft_costs", None)
+        self.costs: DraftCosts = costs if isinstance(costs, DraftCosts) else DraftCosts()
         self._prompt_len = 0
         self._max_draft = max(0, max_draft)
         self._width = min(START_DRAFT, self._max_draft)
@@ -152,9 +210,14 @@ class SpeculativeDecoder:
         self.lookup.extend(tokens)
         draft = self._propose()
         if not draft:
+            started = time.perf_counter()
             self._target.feed(tokens)
+            if len(tokens) == 1:
+                self.costs.stepped((time.perf_counter() - started) * 1000)
             return
+        started = time.perf_counter()
         rows = self._target.feed_all([*tokens, *draft])
+        self.costs.verified((time.perf_counter() - started) * 1000, len(tokens) + len(draft))
         self._rows = rows[len(tokens) - 1 :]
         self._draft, self._used = draft, 0
         self.stats.drafts += 1
@@ -169,6 +232,8 @@ class SpeculativeDecoder:
         self._used += matched
         self.stats.accepted += matched
         self.lookup.extend(tokens[:matched])
+        if self._used == len(self._draft) or matched < min(len(tokens), len(rest)):
+            self.costs.resolved(self._used, len(self._draft))
         if self._used == len(self._draft):
             # All taken: the model's current logits are those after the last draft token.
             self._width = min(self._max_draft, self._width + 2)
@@ -191,6 +256,8 @@ class SpeculativeDecoder:
         if draft:
             # validate_tokens: how many of them the grammar accepts from here, in order.
             draft = draft[: self._matcher.validate_tokens(draft)]
+        if draft and not self.costs.worth_drafting():
+            return []
         return draft
 
     def is_end_token(self, token: int) -> bool:

@@ -8,6 +8,7 @@ from edgeagent.config import ModelConfig
 from edgeagent.errors import EdgeAgentError
 from edgeagent.inference.contract import schema_spec
 from edgeagent.inference.engine import Engine
+from edgeagent.inference.speculative import DraftCosts
 from edgeagent.inference.task import Task
 
 pytestmark = pytest.mark.model
@@ -115,6 +116,9 @@ def test_speculation_takes_tokens_from_the_input(engine):
         return decoder
 
     engine._decoder = spy
+    # Fresh costs: the answers before may have learnt that drafts do not pay on this
+    # machine (then they are tried only now and then); a first answer always drafts.
+    engine.model.draft_costs = DraftCosts()
     try:
         answer(engine, spec, text, speculate=True)
     finally:

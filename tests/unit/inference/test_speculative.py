@@ -8,7 +8,13 @@ from support.scripted_model import LLTOKENIZER, ScriptedModel, detokenize, token
 
 from edgeagent.inference.contract import schema_spec
 from edgeagent.inference.decoding import Sampler, StepControl, generate_constrained
-from edgeagent.inference.speculative import NgramLookup, SpeculativeDecoder
+from edgeagent.inference.speculative import (
+    MEASURE_EVERY,
+    WARM_UP,
+    DraftCosts,
+    NgramLookup,
+    SpeculativeDecoder,
+)
 
 MESSAGE = schema_spec(
     {"type": "object", "properties": {"message": {"type": "string"}}, "required": ["message"]}
@@ -127,3 +133,35 @@ def test_drafts_stay_within_max_tokens():
     assert decoder.stats.drafts
     # The KV cache never holds more than the prompt and max_tokens (what was reserved).
     assert max(peak) <= len(prompt) + max_tokens
+
+
+def test_where_a_verification_row_costs_a_step_drafts_are_only_tried_now_and_then():
+    costs = DraftCosts()
+    costs.stepped(40.0)
+    for _ in range(WARM_UP):
+        assert costs.worth_drafting()
+        costs.verified(5 * 40.0, rows=5)  # 5 rows cost 5 steps: row_cost 1
+        costs.resolved(used=3, drafted=4)  # 3 of 4 taken: below what a row costs
+    tried = [costs.worth_drafting() for _ in range(4 * MEASURE_EVERY)]
+    assert sum(tried) == 4  # one in MEASURE_EVERY, to measure again
+
+
+def test_where_rows_are_cheap_drafts_go_on():
+    costs = DraftCosts()
+    costs.stepped(80.0)
+    for _ in range(3 * WARM_UP):
+        costs.verified(1.2 * 80.0, rows=5)  # bandwidth-bound: 5 rows cost 1.2 steps
+        costs.resolved(used=2, drafted=4)
+        assert costs.worth_drafting()
+
+
+def test_costs_learnt_on_the_model_are_shared_and_answers_do_not_change():
+    text = '{"message":"device descriptor read error"}'
+    prompt = tokenize("Log: usb 1-1.3: device descriptor read error, port 3. Answer:")
+    plain, _, _ = run(ScriptedModel(text=text), MESSAGE, prompt, speculate=False)
+    model = ScriptedModel(text=text)
+    model.draft_costs = DraftCosts(row_cost=2.0, accepted=0.5, verifications=WARM_UP)
+    fast, _, decoder = run(model, MESSAGE, prompt, speculate=True)
+    assert fast == plain == text
+    assert decoder.costs is model.draft_costs
+    assert decoder.stats.drafts <= 1 + decoder.costs.skipped // MEASURE_EVERY
