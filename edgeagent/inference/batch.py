@@ -42,6 +42,47 @@ from edgeagent.inference.sequence import Kind, Request, SeqHandle, Slot, pending
 
 MIN_BATCH = 4
 _WAIT_S = 0.05  # how long the batcher waits for a slow sequence before it goes on
+WARM_UP = 8  # batched decodes measured before the costs decide anything
+MEASURE_EVERY = 16  # while batches do not pay: one step in this many is batched anyway
+PAYS = 0.95  # a batched token must cost less than this share of a token alone
+_EMA = 0.2
+
+
+class BatchCosts:
+    """What a token costs in a decode alone and in a decode of several sequences, learnt
+    from the decodes served (one token per sequence). Where arithmetic, not reading the
+    weights, is the limit a batched token costs as much as one alone (a busy 2-vCPU
+    x86: docs/benchmarks.md), and sequences are then served one at a time, batched only
+    now and then to measure again."""
+
+    def __init__(self) -> None:
+        self.alone_ms: float | None = None
+        self.batched_ms: float | None = None
+        self.batches = 0
+        self.skipped = 0
+
+    def worth_batching(self) -> bool:
+        if (
+            self.batches < WARM_UP
+            or self.alone_ms is None
+            or self.batched_ms is None
+            or self.batched_ms < PAYS * self.alone_ms
+        ):
+            return True
+        self.skipped += 1
+        return self.skipped % MEASURE_EVERY == 0
+
+    def decoded(self, ms: float, sequences: int) -> None:
+        per_token = ms / sequences
+        if sequences == 1:
+            self.alone_ms = _ema(self.alone_ms, per_token)
+        else:
+            self.batches += 1
+            self.batched_ms = _ema(self.batched_ms, per_token)
+
+
+def _ema(old: float | None, new: float) -> float:
+    return new if old is None else old + _EMA * (new - old)
 
 
 class SlotModel(Protocol):
@@ -83,6 +124,7 @@ class Batcher:
         self._slots: list[Slot] = []
         self._order = itertools.count()
         self._poked = False  # wake() while no sequence is open: the step returns at once
+        self.costs = BatchCosts()
         self.batch_mode = False
         self.steps = 0  # decodes served, for the benchmark
         self.batched_steps = 0  # of them, with more than one sequence
@@ -129,7 +171,7 @@ class Batcher:
             if pending(slot) in (Kind.REWIND, Kind.CLOSE):
                 self._serve_now(slot)
         slots = [s for s in slots if pending(s) is not Kind.CLOSE]
-        self.batch_mode = len(slots) >= self.min_batch
+        self.batch_mode = len(slots) >= self.min_batch and self.costs.worth_batching()
         if self.batch_mode and self.model.n_seq == 1 and self.streams > 1:
             held = [s for s in slots if s.seq is not None]
             # In exact mode no more sequences than tokens one decode may hold: one token
@@ -256,7 +298,10 @@ class Batcher:
             for request in requests:
                 request.finish(error=exc)
             return
-        self.decode_s += time.perf_counter() - started
+        elapsed = time.perf_counter() - started
+        self.decode_s += elapsed
+        if all(len(r.tokens) == 1 for r in requests):
+            self.costs.decoded(elapsed * 1000, len(requests))
         self.steps += 1
         self.batched_steps += len(group) > 1
         for start, request in zip(starts, requests, strict=True):

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from edgeagent.errors import EdgeAgentError, ErrorCode, TaskHandedBack
-from edgeagent.inference.batch import Batcher
+from edgeagent.inference.batch import MEASURE_EVERY, BatchCosts, Batcher
+from edgeagent.inference.batch import WARM_UP as BATCH_WARM_UP
 from edgeagent.inference.contract import schema_spec
 from edgeagent.inference.prefix_cache import PrefixCache
 from edgeagent.inference.scheduler import TaskScheduler
@@ -137,6 +138,18 @@ def open_all(batcher, priorities):
     return {name: batcher.open(reserve=32, priority=p) for name, p in priorities.items()}
 
 
+def run_greedy(batcher, prompts, steps):
+    """Each prompt's greedy answer of `steps` tokens, all at once through the batcher;
+    asserts each is its answer alone."""
+    handles = open_all(batcher, dict.fromkeys(prompts, 0))
+    log = []
+    jobs = {n: (lambda n=n: greedy(handles[n], prompts[n], steps, log, n)) for n in handles}
+    results, errors = run_all(batcher, jobs)
+    assert not errors
+    for name, prompt in prompts.items():
+        assert results[name] == solo(prompt, steps)
+
+
 def test_below_min_batch_tasks_run_one_at_a_time_highest_priority_first():
     model = FakeSlotModel()
     batcher = Batcher(model, min_batch=3)
@@ -156,19 +169,13 @@ def test_from_min_batch_on_sequences_share_decodes_within_the_invariant_size():
     model = FakeSlotModel(max_seq=4, invariant_rows=3)
     batcher = Batcher(model, min_batch=3)
     prompts = {f"t{i}": [i + 1, 2, 3] for i in range(4)}
-    handles = open_all(batcher, dict.fromkeys(prompts, 0))
-    log = []
-    jobs = {n: (lambda n=n: greedy(handles[n], prompts[n], 6, log, n)) for n in handles}
-    results, errors = run_all(batcher, jobs)
-    assert not errors
+    run_greedy(batcher, prompts, 6)
     # One KV stream per sequence, but no more than tokens one exact decode holds (3): the
     # fourth task waits for a stream.
     assert model.streams[0] == (3, {})
     assert any(len(d) > 1 for d in model.kv.decodes)
     # No decode mixes sequences beyond the size whose logits equal single steps.
     assert all(sum(n for _, n in d) <= 3 for d in model.kv.decodes if len(d) > 1)
-    for name, prompt in prompts.items():
-        assert results[name] == solo(prompt, 6)
     assert batcher.batched_steps > 0
 
 
@@ -271,15 +278,9 @@ def test_not_exact_decodes_as_many_sequences_as_fit():
     model = FakeSlotModel(max_seq=4, invariant_rows=1)
     batcher = Batcher(model, min_batch=2, exact=False)
     prompts = {f"t{i}": [i + 1, 5] for i in range(4)}
-    handles = open_all(batcher, dict.fromkeys(prompts, 0))
-    log = []
-    jobs = {n: (lambda n=n: greedy(handles[n], prompts[n], 4, log, n)) for n in handles}
-    results, errors = run_all(batcher, jobs)
-    assert not errors
+    run_greedy(batcher, prompts, 4)
     assert model.streams[0] == (4, {})
     assert max(len(d) for d in model.kv.decodes) == 4
-    for name, prompt in prompts.items():
-        assert results[name] == solo(prompt, 4)
 
 
 def test_a_step_with_no_sequence_open_returns_when_woken():
@@ -319,3 +320,35 @@ def test_tasks_back_to_back_do_not_wait_for_the_step_of_the_previous_one():
     finally:
         scheduler.close()
         inference.shutdown(wait=True)
+
+
+def test_where_a_batched_token_costs_as_much_as_one_alone_batches_are_only_tried_now_and_then():
+    costs = BatchCosts()
+    costs.decoded(40.0, sequences=1)
+    for _ in range(BATCH_WARM_UP):
+        assert costs.worth_batching()
+        costs.decoded(7 * 40.0, sequences=7)  # compute-bound: 7 tokens cost 7 steps
+    tried = [costs.worth_batching() for _ in range(4 * MEASURE_EVERY)]
+    assert sum(tried) == 4
+
+
+def test_where_batched_tokens_are_cheap_batches_go_on():
+    costs = BatchCosts()
+    costs.decoded(80.0, sequences=1)
+    for _ in range(3 * BATCH_WARM_UP):
+        costs.decoded(2 * 80.0, sequences=8)  # bandwidth-bound: 8 tokens cost 2 steps
+        assert costs.worth_batching()
+
+
+def test_when_batches_do_not_pay_sequences_run_one_at_a_time_with_the_same_answers(
+    monkeypatch,
+):
+    monkeypatch.setattr("edgeagent.inference.batch.MEASURE_EVERY", 10**9)  # no re-measuring
+    model = FakeSlotModel(max_seq=4, invariant_rows=3)
+    batcher = Batcher(model, min_batch=3)
+    batcher.costs.alone_ms, batcher.costs.batched_ms = 1.0, 5.0
+    batcher.costs.batches = BATCH_WARM_UP
+    prompts = {f"t{i}": [i + 1, 2, 3] for i in range(3)}
+    run_greedy(batcher, prompts, 3)
+    assert not model.streams  # never switched to a batch context
+    assert all(len(d) == 1 for d in model.kv.decodes)
