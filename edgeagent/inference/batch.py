@@ -6,7 +6,9 @@ own, against a `SeqHandle`: a model whose every call (prefill, feed, rewind) bec
 request to the `Batcher`. The batcher runs on the engine's inference thread — the only
 thread that touches llama.cpp — and serves the requests of all open sequences:
 
-* **batch mode** (at least `min_batch` open sequences): the context is recreated with one
+* **batch mode** (at least `min_batch` open sequences, where batches pay: `BatchCosts`
+  learns from the decodes served whether a batched token costs less than one alone —
+  on a compute-bound CPU it does not): the context is recreated with one
   KV stream per sequence (`ResidentModel.use_streams`; a running sequence's KV moves
   along) and the tokens every sequence wants fed go into one decode. On a CPU a step
   of n sequences costs less than n steps (the weights are read once), but too few
