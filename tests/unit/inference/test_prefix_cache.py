@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import mmap
+
 import numpy as np
 import pytest
 
@@ -75,6 +77,20 @@ def test_cache_is_lru_within_its_byte_limit():
     assert len(cache) == 0
     assert cache.bytes == 0
     assert cache.stats()["hits"] == 2
+
+
+def test_a_kept_state_lives_in_a_mapping_of_its_own_and_keeps_its_bytes():
+    # Off glibc's heap (why: prefix_cache._off_heap): an eviction gives the pages back.
+    saved = np.arange(4096, dtype=np.uint32).view(np.uint8)
+    cache = PrefixCache(limit_bytes=1 << 20)
+    assert cache.put([7], saved)
+    kept = cache.get([7])
+    assert kept is not None
+    assert np.array_equal(kept, saved)
+    assert not np.shares_memory(kept, saved)
+    assert isinstance(kept.base, mmap.mmap) or isinstance(
+        getattr(kept.base, "obj", None), mmap.mmap
+    )
 
 
 def test_prompt_keep_is_clamped_so_the_last_token_is_evaluated():
