@@ -17,8 +17,10 @@ with valid tasks interleaved, go to one daemon. The verdict (support/hostile_liv
   `replies` (a `#` subscriber sees everything; the test publishes only on the task topic,
   and mosquitto's log names the daemon's client on each of its publishes), and the
   device's actions topics carry action messages only;
-* the daemon's RSS grows by at most RSS_GROWTH_MIB over the run, and a long run levels
-  off (its second half adds at most RSS_SECOND_HALF_MIB).
+* the daemon's RSS grows by at most what it declares bounded — the prefix cache's share
+  its memory governor gave out (its log) — plus RSS_GROWTH_MIB over the run, and a long
+  run levels off (the highest RSS of its last quarter is at most RSS_LAST_QUARTER_MIB
+  above the highest before it).
 
 The short version runs in the suite; `pytest -m fuzz tests/integration/test_hostile.py`
 runs the long one (>= 10,000 payloads) and prints its figures.
@@ -42,21 +44,34 @@ from support.mosquitto import Mosquitto
 pytestmark = [pytest.mark.model, pytest.mark.mqtt, pytest.mark.slow]
 
 MAX_PAYLOAD = 256 * 1024  # the default [mqtt] max_payload_bytes
-# What the daemon's RSS may grow by, from its level after the warm-up, while it takes
-# every hostile payload: the engine's prefix cache fills with the KV states of the many
-# contracts hostile schemas bring (bounded at 64 MiB, inference/prefix_cache.py), admission
-# keeps 64 compiled contracts, and what is parsed of the receive window's messages (40 of
-# up to 256 KiB) lives at a time. Measured: +30 MiB over the short run; +108 MiB (peak
-# +122) over 10,645 payloads, flat over the second half.
-RSS_GROWTH_MIB = 160
-# A long run must level off: its second half may add at most this (no leak).
-RSS_SECOND_HALF_MIB = 16
+# The daemon's RSS, from its level after the warm-up, grows while it takes the hostile
+# payloads by what it holds bounded:
+# * the engine's prefix cache fills with the KV states of the many contracts hostile
+#   schemas bring, up to the share the memory governor gives it (128 MiB by default,
+#   inference/prefix_cache.py; its "memory budget" log line): the test reads that share
+#   from the daemon's log and allows it in full (`prefix_cache_share_mib`);
+# * beyond it, at most RSS_GROWTH_MIB: the rest of the heap in use stays flat
+#   (admission's 64 compiled contracts, the receive window's 40 parsed messages). Saved
+#   states live in mappings of their own (prefix_cache._off_heap), so an evicted state is
+#   given back; on glibc's heap its holes stayed resident (free heap 11 -> 72 MiB over
+#   10,653 payloads, docs/security.md, "Hostile input: measured").
+RSS_GROWTH_MIB = 48
+# A long run must level off (no leak): the highest RSS of its last quarter may be at most
+# this above the highest before it. The last quarter, because the cache fills over the
+# first few thousand contracts (~1,600 payloads for 128 MiB); highest readings,
+# because the engine recreates its context with one KV stream when a task runs alone (360
+# MiB less for 8 x 2,048 tokens of SmolLM2) and with 8 again for a batch.
+RSS_LAST_QUARTER_MIB = 16
+_CACHE_SHARE = re.compile(r"([\d.]+) (B|KiB|MiB|GiB) prefix cache")
+_MIB = {"B": 2.0**-20, "KiB": 2.0**-10, "MiB": 1.0, "GiB": 1024.0}
 # Valid tasks first, several at a time (the driver's window): the model's compute buffers
 # and the engine's batch contexts are allocated by them, not by hostile input.
 WARMUP = [valid_case(n) for n in range(3 * len(VALID_TASKS))]
 SECTIONS: dict[str, dict[str, Any]] = {
     "model": {"max_tokens": 32},  # valid tasks stay short on the small model
-    "queue": {"default_deadline_s": 60},
+    # Valid tasks may wait behind several long hostile prompts (650-850 tokens, 10-25 s
+    # each on a loaded 2-core machine); the deadline checks that they end, not speed.
+    "queue": {"default_deadline_s": 120},
 }
 
 
@@ -123,6 +138,8 @@ class Live:
             e["task_id"] for e in self.daemon.events("task") if e.get("error_code") == "INTERNAL"
         ]
         rss = outcome.rss_mib
+        cache = prefix_cache_share_mib(self.daemon)
+        growth = max(r for _, r in rss) - rss[0][1]
         checks = {
             "the daemon exited or restarted": not alive or loads != 1,
             "the daemon reconnected": connects != 1 or bool(self.log.gone),
@@ -139,10 +156,10 @@ class Live:
                 outcome.replies_on_actions
             ),
             f"INTERNAL answers: {internal}": bool(internal),
-            f"RSS grew by more than {RSS_GROWTH_MIB} MiB: {rss}": max(r for _, r in rss) - rss[0][1]
-            > RSS_GROWTH_MIB,
-            f"RSS still grew over the second half: {rss}": len(rss) >= 10
-            and rss[-1][1] - rss[len(rss) // 2][1] > RSS_SECOND_HALF_MIB,
+            f"RSS grew by {growth:.1f} MiB, more than the prefix cache's {cache:.1f} MiB"
+            f" + {RSS_GROWTH_MIB} MiB: {rss}": growth > cache + RSS_GROWTH_MIB,
+            f"RSS still grew over the last quarter: {rss}": last_quarter_growth(rss)
+            > RSS_LAST_QUARTER_MIB,
         }
         valid = [s for s in outcome.sent if "valid" in s.case.tags]
         figures = {
@@ -160,6 +177,7 @@ class Live:
             "rss_mib_before": round(rss[0][1], 1),
             "rss_mib_after": round(rss[-1][1], 1),
             "rss_mib_max": round(max(r for _, r in rss), 1),
+            "rss_mib_allowed_growth": round(cache + RSS_GROWTH_MIB, 1),  # cache share + the rest
             "elapsed_s": round(outcome.elapsed_s, 1),
             "codes": dict(sorted(outcome.codes().items())),
             "failures": [what for what, failed in checks.items() if failed],
@@ -196,6 +214,28 @@ def _body(sent: Any) -> Any:
 def _code(sent: Any) -> str:
     body = _body(sent)
     return "ok" if body["status"] == "ok" else body["error"]["code"]
+
+
+def prefix_cache_share_mib(daemon: DaemonProcess) -> float:
+    """The largest share of memory the daemon's governor gave its prefix cache (MiB): at
+    start ("memory budget", whose reason ends "...; 8 sequences, 128.0 MiB prefix cache")
+    and on every later change ("memory for concurrent tasks"); 0 when it gave none."""
+    shares = [
+        float(m[1]) * _MIB[m[2]]
+        for e in daemon.events("memory budget")
+        if (m := _CACHE_SHARE.search(str(e.get("reason", ""))))
+    ]
+    shares += [float(e["prefix_cache_mb"]) for e in daemon.events("memory for concurrent tasks")]
+    return max(shares, default=0.0)
+
+
+def last_quarter_growth(rss: list[tuple[int, float]]) -> float:
+    """How far the highest reading of a long run's last quarter is above the highest
+    before it (0 for fewer than 12 readings: too short to tell)."""
+    if len(rss) < 12:
+        return 0.0
+    quarter = len(rss) * 3 // 4
+    return max(r for _, r in rss[quarter:]) - max(r for _, r in rss[:quarter])
 
 
 def _own_or_reply(topic: str) -> bool:
