@@ -67,7 +67,9 @@ def test_eval_runs_cases_through_the_engine(tmp_path, model_path):
     assert system["false_actuation"]["total"] == 1
     assert system["schema_right"]["total"] == 1
     assert system["latency"]["median_ms"] > 0
-    assert system["calibration"] is None  # answers carry no confidence yet
+    # Both action answers carry the model's confidence in the chosen action.
+    assert system["calibration"]["n"] == 2
+    assert system["calibration"]["without_confidence"] == 0
     assert [r["id"] for r in records] == ["water", "calm", "event"]
     actions = {"set_irrigation", "set_fan", "set_heater", "notify", "no_action"}
     assert {r["predicted"] for r in records[:2]} <= actions
