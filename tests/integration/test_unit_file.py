@@ -529,7 +529,9 @@ def _boot(tmp: Path) -> Path:
     binds = {
         str(tmp / "bin"): "/opt/edgeagent/venv/bin",
         str(tmp / "test"): "/opt/edgeagent/test",
-        str(ROOT): "/opt/edgeagent/src",
+        # The package, not the checkout: a checkout in a 0700 directory (mktemp -d, /root)
+        # is closed to the service's own user, and the import fails.
+        str(ROOT / "edgeagent"): "/opt/edgeagent/src/edgeagent",
         sysconfig.get_paths()["purelib"]: "/opt/edgeagent/site-packages",
         str(UNIT): "/etc/systemd/system/edgeagent.service",
         str(tmp / "units/test.conf"): "/etc/systemd/system/edgeagent.service.d/test.conf",
