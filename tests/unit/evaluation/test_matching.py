@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from edgeagent.evaluation.matching import check_expected, match
@@ -90,3 +93,35 @@ def test_malformed_expected_values_are_refused(expected, why):
     with pytest.raises(ValueError, match=None) as info:
         check_expected(expected)
     assert why in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "why"),
+    [
+        ("(?=pump)", "needs backtracking"),  # look-around: RE2 cannot, so neither can we
+        (r"(a)\1", "needs backtracking"),  # a back-reference
+        ("a" * 257, "257 characters long, the limit is 256"),
+        (["^pump"], "must be a text"),
+    ],
+)
+def test_regexes_without_a_linear_time_match_are_refused(pattern, why):
+    with pytest.raises(ValueError, match=None) as info:
+        check_expected({"$regex": pattern})
+    assert why in str(info.value)
+
+
+def test_a_catastrophic_regex_runs_in_linear_time():
+    """`(a+)+$` against a's and one mismatch: a backtracking engine tries 2**n splits
+    (Python's re took 3.4 s at 26 characters, and doubles with each one more); RE2
+    answers at once. Run in a child process so a regression ends as a failure, not as
+    a test run that never ends."""
+    code = (
+        "from edgeagent.evaluation.matching import check_expected, match\n"
+        "expected = {'$regex': '^(a+)+$'}\n"
+        "check_expected(expected)\n"
+        "print(match(expected, 'a' * 64 + '!'))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "expected text matching /^(a+)+$/" in done.stdout
