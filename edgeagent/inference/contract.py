@@ -19,7 +19,7 @@ from llguidance import LLMatcher
 
 from edgeagent.config import ActionConfig, SchemaLimits
 from edgeagent.errors import EdgeAgentError, ErrorCode
-from edgeagent.inference.schema_limits import check_schema_limits
+from edgeagent.inference.schema_limits import check_schema_limits, check_self_reference
 from edgeagent.inference.schema_validator import check_patterns, check_schema, final_validator
 from edgeagent.inference.tighten import close_objects
 
@@ -54,6 +54,7 @@ def _compile(schema: dict[str, Any]) -> tuple[str, jsonschema.protocols.Validato
     if not isinstance(schema, dict):
         raise EdgeAgentError(ErrorCode.INVALID_REQUEST, "schema must be a JSON object")
     check_schema(schema)
+    check_self_reference(schema)  # llguidance would compile a rule made only of itself
     try:
         grammar = LLMatcher.grammar_from_json_schema(schema, overrides=_COMPILE_OPTIONS)  # type: ignore[arg-type]
     except ValueError as exc:

@@ -196,6 +196,22 @@ def test_max_tokens_too_small_is_output_invalid(engine):
     assert info.value.code is ErrorCode.OUTPUT_INVALID
 
 
+def test_a_schema_that_only_refers_to_itself_is_refused_and_recursion_still_answers(engine):
+    # {"$ref": "#"} used to run to max_tokens and answer OUTPUT_INVALID.
+    with pytest.raises(EdgeAgentError) as info:
+        ask(engine, {"$ref": "#"}, "Say anything.", max_tokens=32)
+    assert info.value.code is ErrorCode.SCHEMA_UNSUPPORTED
+    # A recursive schema that says what a node is still answers, within max_tokens.
+    tree = {
+        "type": "object",
+        "properties": {"name": {"type": "string", "maxLength": 12}, "child": {"$ref": "#"}},
+        "required": ["name"],
+    }
+    answer = ask(engine, tree, "The folder 'home' holds the folder 'pi'.", max_tokens=48)
+    assert isinstance(answer.output["name"], str)
+    assert answer.completion_tokens <= 48
+
+
 LOG_EVENT = json.loads((ROOT / "eval" / "dev" / "schemas" / "log_event.json").read_text())
 LOG_LINE = "Nov 29 07:41:12 pi-07 kernel: usb 1-1.3: device descriptor read/64, error -71"
 
