@@ -17,6 +17,7 @@ import contextlib
 import json
 import queue
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -25,6 +26,8 @@ from typing import Any, TextIO
 
 import paho.mqtt.client as mqtt
 
+from edgeagent.cli.fleet_heartbeat import Heartbeat, read_heartbeat
+from edgeagent.cli.terminal_text import printable
 from edgeagent.config import Config
 from edgeagent.errors import EdgeAgentError, ErrorCode
 from edgeagent.mqtt.client import new_client
@@ -32,19 +35,26 @@ from edgeagent.mqtt.client import new_client
 # A heartbeat older than this many periods means the device stopped reporting, whatever
 # its retained status says (a hung daemon whose connection stays up).
 STALE_PERIODS = 3
+# Only "online" and "offline" are statuses; anything longer is not worth reading.
+MAX_STATUS_BYTES = 64
+# Pending "change" events beyond this are redundant: one redraw shows them all.
+EVENTS_MAX = 64
 
 
 @dataclass(slots=True)
 class Seen:
-    """What the broker has retained for one device."""
+    """What the broker has retained for one device, as far as it could be read."""
 
     status: str | None = None
-    heartbeat: dict[str, Any] | None = None
+    heartbeat: Heartbeat | None = None
+    problem: str | None = None  # what was wrong with what the device published
     received: float = field(default=0.0)  # time.time() of the last message
 
 
 @dataclass(frozen=True, slots=True)
 class Row:
+    """One device, every text in it safe to print (terminal_text.printable)."""
+
     device: str
     online: bool
     state: str | None
@@ -55,37 +65,32 @@ class Row:
     temp_c: float | None
     last_seen_s: float | None  # age of the heartbeat
     stale: bool
-
-
-def _get(data: Mapping[str, Any] | None, *path: str) -> Any:
-    value: Any = data
-    for key in path:
-        if not isinstance(value, Mapping):
-            return None
-        value = value.get(key)
-    return value
+    problem: str | None = None
 
 
 def make_row(device: str, seen: Seen, *, now: float, heartbeat_s: float) -> Row:
-    beat = seen.heartbeat
-    ts = _get(beat, "ts")
-    age = max(now - ts, 0.0) if isinstance(ts, (int, float)) else None
+    beat = seen.heartbeat or Heartbeat()
+    age = max(now - beat.ts, 0.0) if beat.ts is not None else None
     online = seen.status == "online"
-    depth, capacity = _get(beat, "queue", "depth"), _get(beat, "queue", "capacity")
-    memory = _get(beat, "context", "available_mb")
-    if memory is None:
-        memory = _get(beat, "memory", "host_available_mb")
+    queue_info, context = beat.queue, beat.context
+    depth = queue_info.depth if queue_info else None
+    capacity = queue_info.capacity if queue_info else None
+    memory = context.available_mb if context else None
+    if memory is None and beat.memory is not None:
+        memory = beat.memory.host_available_mb
+    state = printable(beat.state, 24) if beat.state is not None else None
     return Row(
-        device=device,
+        device=printable(device),
         online=online,
-        state=_get(beat, "state") if online else "offline",
+        state=state if online else "offline",
         queue=f"{depth}/{capacity}" if depth is not None and capacity is not None else None,
-        tokens_per_s=_get(beat, "tokens_per_s"),
-        budget=_get(beat, "context", "budget"),
+        tokens_per_s=beat.tokens_per_s,
+        budget=context.budget if context else None,
         memory_mb=memory,
-        temp_c=_get(beat, "board", "temp_c"),
+        temp_c=beat.board.temp_c if beat.board else None,
         last_seen_s=None if age is None else round(age, 1),
         stale=online and (age is None or age > STALE_PERIODS * heartbeat_s),
+        problem=None if seen.problem is None else printable(seen.problem, 120),
     )
 
 
@@ -110,7 +115,9 @@ def _cell(value: Any, fmt: str = "{}") -> str:
     return "-" if value is None else fmt.format(value)
 
 
-COLUMNS = ("DEVICE", "ONLINE", "STATE", "QUEUE", "TOK/S", "BUDGET", "MEM MiB", "TEMP", "LAST SEEN")
+COLUMNS = (
+    "DEVICE", "ONLINE", "STATE", "QUEUE", "TOK/S", "BUDGET", "MEM MiB", "TEMP", "LAST SEEN", "NOTE",
+)  # fmt: skip
 
 
 def render_table(rows: Sequence[Row]) -> str:
@@ -126,6 +133,7 @@ def render_table(rows: Sequence[Row]) -> str:
             _cell(r.memory_mb, "{:.0f}"),
             _cell(r.temp_c, "{:.1f}°C"),
             _age(r.last_seen_s),
+            r.problem or "",
         )
         for r in rows
     ]
@@ -142,24 +150,51 @@ def rows_json(rows: Sequence[Row]) -> str:
 
 
 class FleetWatch:
-    """A subscription to every device's retained status and heartbeat."""
+    """A subscription to every device's retained status and heartbeat.
+
+    paho's network loop runs on a thread of our own, so that its end is known: when it
+    dies (an exception escaped a callback), `failure` says why and the view exits non-zero
+    instead of showing a fleet that silently stopped updating.
+    """
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.prefix = cfg.mqtt.topic_prefix
         self.seen: dict[str, Seen] = {}
-        self.events: queue.Queue[str] = queue.Queue()  # "sync", "change" or "connected"
+        self.failure: str | None = None
+        # Events for the main thread: sync, change, refused:<reason>, died.
+        self.events: queue.Queue[str] = queue.Queue(maxsize=EVENTS_MAX)
+        self._lock = threading.Lock()  # seen: written on the network thread, read on ours
         self._marker = f"{self.prefix}/clients/{uuid.uuid4().hex}/sync"
         self._client = new_client(cfg.mqtt, client_id=f"edgeagent-fleet-{uuid.uuid4().hex[:8]}")
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
+        self._thread = threading.Thread(target=self._network, name="fleet-mqtt", daemon=True)
 
-    # paho's network thread: only parse and hand over.
+    def snapshot(self) -> dict[str, Seen]:
+        with self._lock:
+            return dict(self.seen)
+
+    def _signal(self, event: str) -> None:
+        if event == "change":
+            with contextlib.suppress(queue.Full):  # a redraw is pending anyway
+                self.events.put_nowait(event)
+        else:
+            self.events.put(event)
+
+    def _network(self) -> None:
+        try:
+            self._client.loop_forever()
+        except BaseException as exc:  # whatever ended the loop is reported
+            self.failure = f"{type(exc).__name__}: {exc}"[:200]
+            self._signal("died")
+
+    # The network thread: only parse and hand over.
 
     def _on_connect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         if reason.is_failure:
-            self.events.put(f"refused:{reason}")
+            self._signal(f"refused:{reason}")
             return
         self._client.subscribe(
             [
@@ -174,25 +209,23 @@ class FleetWatch:
 
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
         if msg.topic == self._marker:
-            self.events.put("sync")
+            self._signal("sync")
             return
         device, _, kind = msg.topic[len(self.prefix) + 1 :].rpartition("/")
         if not device or "/" in device:
             return
-        seen = self.seen.setdefault(device, Seen())
-        if kind == "status":
-            seen.status = bytes(msg.payload).decode("utf-8", "replace") or None
-        else:
-            try:
-                beat = json.loads(msg.payload) if msg.payload else None
-            except ValueError:
-                return  # not ours, or damaged: the next heartbeat replaces it
-            seen.heartbeat = beat if isinstance(beat, dict) else None
-        if seen.status is None and seen.heartbeat is None:
-            del self.seen[device]  # both retained messages were cleared
-        else:
-            seen.received = time.time()
-        self.events.put("change")
+        payload = bytes(msg.payload)
+        with self._lock:
+            seen = self.seen.setdefault(device, Seen())
+            if kind == "status":
+                seen.status = payload[:MAX_STATUS_BYTES].decode("utf-8", "replace") or None
+            else:
+                seen.heartbeat, seen.problem = read_heartbeat(payload)
+            if seen.status is None and seen.heartbeat is None and seen.problem is None:
+                del self.seen[device]  # both retained messages were cleared
+            else:
+                seen.received = time.time()
+        self._signal("change")
 
     def start(self, timeout: float) -> None:
         """Connect, subscribe and wait until the retained messages are in."""
@@ -203,7 +236,7 @@ class FleetWatch:
                 ErrorCode.TIMEOUT,
                 f"cannot reach broker {self.cfg.mqtt.host}:{self.cfg.mqtt.port}: {exc}",
             ) from exc
-        self._client.loop_start()
+        self._thread.start()
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -214,12 +247,22 @@ class FleetWatch:
                 return  # connected, but the marker never came back: show what arrived
             if event.startswith("refused:"):
                 raise EdgeAgentError(ErrorCode.INVALID_REQUEST, f"the broker refused: {event[8:]}")
+            self.check_alive()
             if event == "sync":
                 return
 
+    def check_alive(self) -> None:
+        """Raise INTERNAL once the network thread has died: what is shown is stale."""
+        if self.failure is not None or (self._thread.ident and not self._thread.is_alive()):
+            raise EdgeAgentError(
+                ErrorCode.INTERNAL,
+                f"the fleet view lost its MQTT network thread ({self.failure or 'ended'})",
+            )
+
     def stop(self) -> None:
         self._client.disconnect()
-        self._client.loop_stop()
+        if self._thread.ident is not None:
+            self._thread.join(5)
 
 
 def run(
@@ -231,14 +274,19 @@ def run(
     interval: float = 1.0,
     out: TextIO = sys.stdout,
     clock: Callable[[], float] = time.time,
+    fleet: FleetWatch | None = None,
 ) -> int:
-    """Print the fleet once, or (watch) again whenever it changed, until interrupted."""
-    fleet = FleetWatch(cfg)
+    """Print the fleet once, or (watch) again whenever it changed, until interrupted.
+
+    Raises EdgeAgentError (INTERNAL) when the network thread died: the CLI exits non-zero.
+    """
+    fleet = fleet or FleetWatch(cfg)
     heartbeat_s = cfg.mqtt.heartbeat_s
     try:
         fleet.start(timeout)
         while True:
-            rows = make_rows(fleet.seen, now=clock(), heartbeat_s=heartbeat_s)
+            fleet.check_alive()
+            rows = make_rows(fleet.snapshot(), now=clock(), heartbeat_s=heartbeat_s)
             if as_json:
                 out.write(rows_json(rows) + "\n")
             else:

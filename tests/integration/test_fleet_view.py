@@ -18,6 +18,10 @@ import pytest
 from support.daemon import ROOT, write_config
 from support.mosquitto import Mosquitto, MqttProbe
 
+from edgeagent.cli import fleet as fleet_view
+from edgeagent.config import load_config
+from edgeagent.errors import EdgeAgentError, ErrorCode
+
 pytestmark = [pytest.mark.mqtt]
 
 EDGEAGENT = [sys.executable, "-m", "edgeagent"]
@@ -134,3 +138,78 @@ def _watch(watch: subprocess.Popen[str], probe: MqttProbe) -> None:
         if watch.poll() is None:
             watch.kill()
             watch.wait()
+
+
+# -- hostile devices: every other device is untrusted -------------------------------------
+
+# Clear the screen, set the window title, draw a fake row, reverse the text (bidi
+# override), C1 CSI: what a heartbeat's state sent raw to a terminal.
+ESCAPES = "\x1b[2J\x1b[H\x1b]0;owned\x07\u202e\x9b31m"
+FAKE_ROW = "serving\r\npi-z  yes  serving"
+
+
+def _hostile_fleet(probe: MqttProbe) -> None:
+    # Retained first, so that on a view that dies of it the devices after it vanish.
+    probe.publish("edgeagent/pi-0deep/status", "online", retain=True)
+    probe.publish("edgeagent/pi-0deep/heartbeat", "[" * 100_000 + "]" * 100_000, retain=True)
+    probe.publish("edgeagent/pi-1deep/status", "online", retain=True)
+    probe.publish("edgeagent/pi-1deep/heartbeat", "[" * 5_000 + "]" * 5_000, retain=True)
+    _retain(probe, "pi-esc", "online", _beat("pi-esc", state=ESCAPES + FAKE_ROW))
+    _retain(probe, "pi-fast", "online", _beat("pi-fast", tokens_per_s="fast"))
+    _retain(probe, "pi-\u202ebidi", "online", _beat("pi-bidi"))
+    _retain(probe, "pi-ok", "online", _beat("pi-ok"))
+
+
+def _assert_safe(text: str) -> None:
+    shown = {c for c in text if not c.isprintable() and c != "\n"}
+    assert shown == set(), f"raw control/format characters reached stdout: {shown}"
+
+
+def test_hostile_heartbeats_are_shown_escaped_and_marked_and_never_crash_the_view(
+    mosquitto: Mosquitto, tmp_path: Path
+):
+    config = write_config(
+        tmp_path / "cli.toml", model=tmp_path / "unused.gguf", port=mosquitto.port
+    )
+    probe = MqttProbe(mosquitto.port)
+    try:
+        _hostile_fleet(probe)
+        table = _fleet(config, check=False)
+        listing = _fleet(config, "--json", check=False)
+    finally:
+        probe.close()
+    for result in (table, listing):
+        assert result.returncode == 0, result.stderr
+        assert "Traceback" not in result.stderr
+        _assert_safe(result.stdout)
+    rows = {r["device"]: r for r in json.loads(listing.stdout)}
+    assert sorted(rows) == [
+        "pi-0deep", "pi-1deep", "pi-\\u202ebidi", "pi-esc", "pi-fast", "pi-ok",
+    ]  # fmt: skip
+    assert rows["pi-0deep"]["problem"] == "heartbeat of 200000 bytes, over 16384"
+    assert rows["pi-1deep"]["problem"] == "heartbeat nested deeper than 8 levels"
+    assert rows["pi-fast"]["problem"] == "bad heartbeat field: tokens_per_s"
+    assert (rows["pi-fast"]["tokens_per_s"], rows["pi-fast"]["queue"]) == (None, "0/16")
+    assert rows["pi-esc"]["state"].startswith("\\x1b[2J\\x1b[H")  # escaped, and cut
+    assert (rows["pi-ok"]["problem"], rows["pi-ok"]["tokens_per_s"]) == (None, 12.5)
+    lines = table.stdout.splitlines()
+    assert len(lines) == 1 + len(rows)  # no injected row
+    assert sorted(line.split()[0] for line in lines[1:]) == sorted(rows)
+    assert "bad heartbeat field: tokens_per_s" in lines[4]
+
+
+def test_the_view_exits_non_zero_when_its_network_thread_dies(
+    fleet, monkeypatch: pytest.MonkeyPatch
+):
+    """Whatever escapes a callback on paho's thread ends the view with an error instead
+    of a fleet that silently stops updating (and a zero exit)."""
+
+    def broken(_payload: bytes) -> None:
+        raise RuntimeError("a parser bug")
+
+    monkeypatch.setattr(fleet_view, "read_heartbeat", broken)
+    config, _ = fleet
+    with pytest.raises(EdgeAgentError) as info:
+        fleet_view.run(load_config(config), as_json=True, watch=False, timeout=10)
+    assert info.value.code is ErrorCode.INTERNAL
+    assert "RuntimeError: a parser bug" in info.value.message
