@@ -49,23 +49,24 @@ def submit(
     topics = Topics(cfg.mqtt.topic_prefix, device or cfg.device.id, cfg.mqtt.shared_group)
     task_topic = topics.tasks if device is not None else topics.fleet_tasks
     request.setdefault("id", uuid.uuid4().hex)
-    # Below an allowed reply prefix, in the caller's own level (docs/security.md: a device
-    # user reads replies/<user>/#); without one, the results topic of whichever device
-    # answers (the daemon's reply policy refuses any other address).
+    # Below an allowed reply prefix, in the caller's own branch and naming the device
+    # (docs/security.md: the broker lets a device write only replies/<sender>/<its id>/...,
+    # so the topic proves who answered); a fleet task, whose answering device is not known
+    # in advance, and a device without reply prefixes: the results topic of whichever
+    # device answers (the daemon's reply policy refuses any other address).
     me = cfg.mqtt.username or cfg.device.id
+    by_results = device is None or not cfg.mqtt.reply_prefixes
     reply_topic = (
-        f"{cfg.mqtt.reply_prefixes[0]}/{me}/cli-{uuid.uuid4().hex}"
-        if cfg.mqtt.reply_prefixes
-        else f"{cfg.mqtt.topic_prefix}/+/results/{request['id']}"
+        f"{cfg.mqtt.topic_prefix}/+/results/{request['id']}"
+        if by_results
+        else f"{cfg.mqtt.reply_prefixes[0]}/{me}/{device}/cli-{uuid.uuid4().hex}"
     )
     correlation = uuid.uuid4().bytes
     replies: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=16)
     subscribed: queue.Queue[bool] = queue.Queue(maxsize=1)
 
     def on_message(_c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        if not cfg.mqtt.reply_prefixes or (
-            getattr(msg.properties, "CorrelationData", None) == correlation
-        ):
+        if by_results or (getattr(msg.properties, "CorrelationData", None) == correlation):
             replies.put_nowait(json.loads(msg.payload))
 
     client = _client(cfg)
@@ -76,7 +77,7 @@ def submit(
         client.subscribe(reply_topic, qos=1)
         subscribed.get(timeout=timeout)
         props = mqtt_properties(PacketTypes.PUBLISH)
-        if cfg.mqtt.reply_prefixes:
+        if not by_results:
             props.ResponseTopic = reply_topic
             props.CorrelationData = correlation
         client.publish(task_topic, json.dumps(request), qos=1, properties=props).wait_for_publish(

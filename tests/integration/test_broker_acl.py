@@ -7,9 +7,16 @@ with exactly those files. Then, with real MQTT v5 clients and a real daemon:
 
 - every device logs in with its own password only (no anonymous, no shared password);
 - a device receives its own tasks and fleet tasks, never another device's tasks;
-- a device may publish under its own prefix and the reply prefixes, and nothing else:
-  under another device's prefix, on the fleet task topic, anywhere else the broker answers
-  PUBACK "not authorized" (135) and delivers nothing;
+- a device may publish under its own prefix, replies that name it
+  (replies/<sender>/<its id>/...), its own branch of replies and its own discovery
+  sensors, and nothing else: under another device's prefix, on the fleet task topic, a
+  reply in another device's name, a discovery config of another component or object id,
+  anywhere else the broker answers PUBACK "not authorized" (135) and delivers nothing;
+- a device id that is one of the fleet's own topic levels ("fleet") is refused by the
+  playbook before it writes anything;
+- the listener refuses a packet larger than the devices' Maximum Packet Size at its
+  sender (DISCONNECT 0x95) instead of acknowledging it and dropping it, and the real
+  daemon answers everything smaller;
 - the real daemon, with its device's credentials, answers a task under that ACL;
 - a second run of the playbook changes nothing (the password hashes are kept).
 
@@ -46,6 +53,11 @@ DEVICES = ("greenhouse-01", "greenhouse-02")
 CONTROLLER = "controller"
 OBSERVER = "observer"
 NOT_AUTHORIZED = 135
+PACKET_TOO_LARGE = 0x95
+MAX_PAYLOAD = 65536  # the devices' [mqtt] max_payload_bytes in this inventory
+# Their Maximum Packet Size: payload + the longest task topic
+# ($share/edgeagent/edgeagent/fleet/tasks) + reply_topic_max_bytes + 8 KiB headroom.
+MAX_PACKET = MAX_PAYLOAD + 38 + 256 + 8192
 
 
 class Broker:
@@ -81,6 +93,7 @@ class Client:
     def __init__(self, port: int, user: str | None, password: str | None) -> None:
         self.messages: queue.Queue[tuple[str, bytes, Any]] = queue.Queue()
         self.connack: queue.Queue[int] = queue.Queue()
+        self.disconnects: queue.Queue[int] = queue.Queue()
         self.subacks: queue.Queue[list[int]] = queue.Queue()
         self.pubacks: dict[int, int] = {}
         self._acked = threading.Condition()
@@ -99,6 +112,7 @@ class Client:
             [rc.value for rc in rcs]
         )
         self.client.on_publish = self._on_publish
+        self.client.on_disconnect = lambda _c, _u, _f, rc, _p: self.disconnects.put(rc.value)
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
         self.rc = self.connack.get(timeout=10)
@@ -145,7 +159,12 @@ def acl_broker(ansible_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> A
     lines += ["", "[brokers]", "localhost ansible_connection=local"]
     (inventory / "hosts.ini").write_text("\n".join(lines) + "\n")
     (inventory / "group_vars" / "pis.yml").write_text(
-        json.dumps({"edgeagent_mqtt_password_dir": str(credentials)})
+        json.dumps(
+            {
+                "edgeagent_mqtt_password_dir": str(credentials),
+                "edgeagent_config_overrides": {"mqtt": {"max_payload_bytes": MAX_PAYLOAD}},
+            }
+        )
     )
     secrets = {CONTROLLER: uuid.uuid4().hex, OBSERVER: uuid.uuid4().hex}
     extra = {
@@ -165,7 +184,7 @@ def acl_broker(ansible_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> A
                 "password": secrets[CONTROLLER],
                 "description": "sends tasks, reads the replies sent to it",
                 "write": ["edgeagent/+/tasks", "edgeagent/fleet/tasks"],
-                "read": ["replies/controller/#", "edgeagent/+/status"],
+                "read": ["replies/controller/#", "edgeagent/+/status", "edgeagent/+/results/#"],
             },
             {"name": OBSERVER, "password": secrets[OBSERVER], "read": ["#"]},
         ],
@@ -228,7 +247,9 @@ def test_rendered_files(acl_broker: Any) -> None:
     acl = (acl_broker["conf_dir"] / "edgeagent.acl").read_text()
     assert "user greenhouse-01\ntopic read edgeagent/greenhouse-01/tasks\n" in acl
     assert "topic readwrite edgeagent/greenhouse-02/#\n" in acl
-    assert "topic write replies/#\n" in acl
+    assert "topic write replies/+/greenhouse-01/#\ntopic readwrite replies/greenhouse-01/#\n" in acl
+    assert "topic write replies/#\n" not in acl
+    assert "homeassistant/+/" not in acl
     passwd = (acl_broker["workdir"] / "passwd" / "edgeagent.passwd").read_text()
     users = [line.split(":", 1)[0] for line in passwd.splitlines()]
     assert users == [*DEVICES, CONTROLLER, OBSERVER]
@@ -244,6 +265,7 @@ def test_rendered_files(acl_broker: Any) -> None:
     conf = (acl_broker["conf_dir"] / "edgeagent.conf").read_text()
     assert "allow_anonymous false\n" in conf
     assert f"listener {acl_broker['port']} 127.0.0.1\n" in conf
+    assert f"max_packet_size {MAX_PACKET}\n" in conf
 
 
 def test_second_run_changes_nothing(acl_broker: Any) -> None:
@@ -291,11 +313,26 @@ def test_a_device_publishes_only_under_its_prefix_and_reply_prefixes(clients: An
         "edgeagent/greenhouse-01/results/t1",
         "edgeagent/greenhouse-01/status",
         "edgeagent/greenhouse-01/actions/set_irrigation",
-        "replies/someone/1",
-        "homeassistant/sensor/edgeagent_greenhouse-01/temperature/config",
+        "replies/someone/greenhouse-01",  # a reply to "someone", naming the device
+        "replies/homeassistant/greenhouse-01/t1",
+        "replies/greenhouse-01/cli-1",  # its own branch: its own CLI's replies
+        "homeassistant/sensor/edgeagent_greenhouse-01/state/config",
+        "homeassistant/binary_sensor/edgeagent_greenhouse-01/memory_pressure/config",
     ]
     refused = [
-        "homeassistant/sensor/edgeagent_greenhouse-02/temperature/config",
+        # Replies in another device's name, or naming none, in a sender's branch.
+        "replies/homeassistant/greenhouse-02",
+        "replies/homeassistant/greenhouse-02/t1",
+        "replies/homeassistant/t1",
+        "replies/someone/1",
+        "replies/greenhouse-02/cli-1",
+        # Discovery: another device's node, another component (a switch or button has a
+        # command_topic), an object id the daemon does not publish.
+        "homeassistant/sensor/edgeagent_greenhouse-02/state/config",
+        "homeassistant/switch/edgeagent_greenhouse-01/valve/config",
+        "homeassistant/button/edgeagent_greenhouse-01/state/config",
+        "homeassistant/sensor/edgeagent_greenhouse-01/made_up/config",
+        "homeassistant/sensor/edgeagent_greenhouse-01/state/other",
         "edgeagent/greenhouse-02/results/t1",
         "edgeagent/greenhouse-02/actions/set_irrigation",
         "edgeagent/greenhouse-02/status",
@@ -322,30 +359,52 @@ def test_the_daemon_answers_under_the_acl(
         model=model_path,
         port=acl_broker["port"],
         device="greenhouse-01",
-        sections={"mqtt": {"username": "greenhouse-01", "protocol": "5"}},
+        sections={
+            "mqtt": {"username": "greenhouse-01", "protocol": "5", "max_payload_bytes": MAX_PAYLOAD}
+        },
     )
     daemon = DaemonProcess(
         config, tmp_path / "daemon.log", env={"EDGEAGENT_MQTT__PASSWORD_FILE": str(password_file)}
     )
     controller = clients(CONTROLLER)
-    controller.subscribe("replies/controller/#", "edgeagent/greenhouse-01/status")
+    controller.subscribe(
+        "replies/controller/#", "edgeagent/greenhouse-01/status", "edgeagent/+/results/#"
+    )
     log_before = len(acl_broker["broker"].log())
     daemon.start()
     try:
         topic, payload, _ = controller.next_message(timeout=120)
         assert (topic, payload.decode()) == ("edgeagent/greenhouse-01/status", "online")
         props = Properties(PacketTypes.PUBLISH)
-        props.ResponseTopic = "replies/controller/1"
+        props.ResponseTopic = "replies/controller/greenhouse-01/1"
         props.CorrelationData = b"acl-1"
         task = {"id": "acl-1", "input": "Zone 3 soil moisture is 12 %.", "max_tokens": 48}
         task["schema"] = {"type": "object", "properties": {"dry": {"type": "boolean"}}}
         assert controller.publish("edgeagent/greenhouse-01/tasks", json.dumps(task), props) == 0
         topic, payload, properties = controller.next_message(timeout=120)
-        assert topic == "replies/controller/1"
+        assert topic == "replies/controller/greenhouse-01/1"
         assert properties.CorrelationData == b"acl-1"
         reply = json.loads(payload)
         assert reply["status"] == "ok", reply
         assert reply["device"] == "greenhouse-01"
+        # The largest packet the broker takes still reaches the daemon, which answers it.
+        props.CorrelationData = b"acl-2"
+        big = json.dumps({"id": "acl-2", "input": "x" * (MAX_PACKET - 600)})
+        assert controller.publish("edgeagent/greenhouse-01/tasks", big, props) == 0
+        topic, payload, properties = controller.next_message(timeout=120)
+        assert (topic, properties.CorrelationData) == (
+            "replies/controller/greenhouse-01/1",
+            b"acl-2",
+        )
+        assert json.loads(payload)["error"]["code"] == "PAYLOAD_TOO_LARGE"
+        # A fleet task: the answering device is not known in advance, so its reply goes
+        # to that device's results topic, which names it.
+        fleet = {"id": "acl-3", "input": "Zone 3 soil moisture is 12 %.", "max_tokens": 48}
+        fleet["schema"] = task["schema"]
+        assert controller.publish("edgeagent/fleet/tasks", json.dumps(fleet)) == 0
+        topic, payload, _ = controller.next_message(timeout=120)
+        assert topic == "edgeagent/greenhouse-01/results/acl-3"
+        assert json.loads(payload)["status"] == "ok"
     finally:
         daemon.stop()
     # The daemon never needed anything the ACL does not grant.
@@ -353,14 +412,29 @@ def test_the_daemon_answers_under_the_acl(
     assert [line for line in since if "Denied" in line] == []
 
 
-def test_one_shared_user_for_the_fleet_is_refused(
-    acl_broker: Any, ansible_bin: Path, tmp_path: Path
-) -> None:
+def test_a_packet_larger_than_a_device_takes_is_refused_at_its_sender(clients: Any) -> None:
+    """Without the listener's max_packet_size the broker acknowledged such a task (PUBACK
+    0) and then dropped it on its way to the device: an answer that never comes."""
+    controller = clients(CONTROLLER)
+    observer = clients(OBSERVER)
+    observer.subscribe("edgeagent/+/tasks")
+    info = controller.client.publish("edgeagent/greenhouse-01/tasks", "x" * MAX_PACKET, qos=1)
+    assert controller.disconnects.get(timeout=10) == PACKET_TOO_LARGE
+    assert info.mid not in controller.pubacks
+    controller.client.loop_stop()  # paho would send it again on every reconnect
+    controller.client.disconnect()
+    # Delivered in order: the one that fits arrives, the oversized one never did.
+    assert clients(CONTROLLER).publish("edgeagent/greenhouse-01/tasks", "fits") == 0
+    assert observer.next_message()[:2] == ("edgeagent/greenhouse-01/tasks", b"fits")
+
+
+def _refused_play(
+    acl_broker: Any, ansible_bin: Path, tmp_path: Path, pis: list[str]
+) -> subprocess.CompletedProcess[str]:
+    """Run broker.yml for an inventory whose devices are `pis` (its [pis] and [pis:vars]
+    lines); it must fail without writing the ACL."""
     inventory = tmp_path / "hosts.ini"
-    lines = ["[pis]"] + [f"{d} edgeagent_device_id={d}" for d in DEVICES]
-    lines += ["", "[pis:vars]", "edgeagent_mqtt_username=edgeagent"]
-    lines += ["edgeagent_mqtt_password=one-for-all", "", "[brokers]"]
-    lines += ["localhost ansible_connection=local"]
+    lines = [*pis, "", "[brokers]", "localhost ansible_connection=local"]
     inventory.write_text("\n".join(lines) + "\n")
     target = tmp_path / "out" / "edgeagent.acl"
     run = subprocess.run(
@@ -380,7 +454,27 @@ def test_one_shared_user_for_the_fleet_is_refused(
         timeout=300,
         check=False,
     )
-    assert run.returncode != 0
+    assert run.returncode != 0, run.stdout[-3000:]
+    assert not target.exists()
+    return run
+
+
+def test_a_device_id_of_the_fleets_own_topics_is_refused(
+    acl_broker: Any, ansible_bin: Path, tmp_path: Path
+) -> None:
+    """A device "fleet" would be granted readwrite edgeagent/fleet/#: tasks to every device."""
+    pis = ["[pis]", "greenhouse-01", "pi-x edgeagent_device_id=fleet", "", "[pis:vars]"]
+    pis += [f"edgeagent_mqtt_password_dir={tmp_path / 'credentials'}"]
+    run = _refused_play(acl_broker, ansible_bin, tmp_path, pis)
+    assert "device id 'fleet' is reserved" in run.stdout, run.stdout[-3000:]
+
+
+def test_one_shared_user_for_the_fleet_is_refused(
+    acl_broker: Any, ansible_bin: Path, tmp_path: Path
+) -> None:
+    pis = ["[pis]"] + [f"{d} edgeagent_device_id={d}" for d in DEVICES]
+    pis += ["", "[pis:vars]", "edgeagent_mqtt_username=edgeagent"]
+    pis += ["edgeagent_mqtt_password=one-for-all"]
+    run = _refused_play(acl_broker, ansible_bin, tmp_path, pis)
     assert "The broker needs one user per device with its own password" in run.stdout
     assert "one-for-all" not in run.stdout + run.stderr
-    assert not target.exists()
