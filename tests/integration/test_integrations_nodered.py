@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 
+import paho.mqtt.client as mqtt
 from support.daemon import ROOT
 from support.nodered import flow, nodes_by_id, run_function, switch
 
@@ -76,36 +77,65 @@ def test_the_flow_sends_a_valid_task_and_routes_its_replies():
     request = parse_request(json.dumps(task["payload"]).encode(), 256 * 1024)
     assert request.input == inject["payload"]
     assert request.id == task["correlationData"]
-    # Replies come back on the topic the request named.
+    # Replies come back on the topic the request named, which names the device the task
+    # went to (the broker ACL lets a device write only replies/<sender>/<its id>/...).
     replies = next(n for n in by_id.values() if n["type"] == "mqtt in")
-    assert replies["topic"] == task["responseTopic"]
+    assert mqtt.topic_matches_sub(replies["topic"], task["responseTopic"])
+    assert task["responseTopic"] == "replies/node-red/greenhouse-01"
     assert replies["datatype"] == "json"
 
     (match_id,) = replies["wires"][0]
     ok = {
+        "topic": task["responseTopic"],
         "payload": {
             "id": request.id,
             "status": "ok",
+            "device": "greenhouse-01",
             "output": {"action": "set_irrigation", "args": {"zone": 3, "minutes": 20}},
+            "confidence": 0.97,
+            "dispatched": True,
         },
         "correlationData": task["correlationData"],
     }
+    # A reply whose body claims another device than the topic it came on is dropped.
+    forged = {**ok, "payload": {**ok["payload"], "device": "greenhouse-02"}}
+    assert run_function(by_id[match_id], forged, flow)[0] is None
     routed, flow_after = run_function(by_id[match_id], ok, flow)
     assert routed is not None
-    assert routed["topic"] == request.id
+    assert (routed["topic"], routed["device"]) == (request.id, "greenhouse-01")
     assert flow_after.get("pending", {}) == {}  # answered: forgotten
-    status = by_id[by_id[match_id]["wires"][0][0]]
-    action = by_id[switch(status, routed)]
-    assert by_id[switch(action, routed)]["name"] == "irrigate (args)"
-    notify = {"payload": {**ok["payload"], "output": {"action": "notify", "args": {}}}}
-    assert by_id[switch(action, notify)]["name"] == "notify (args)"
-    nothing = {"payload": {**ok["payload"], "output": {"action": "no_action", "args": {}}}}
-    assert by_id[switch(action, nothing)]["name"] == "other / no action"
-    error = {"payload": {"id": request.id, "status": "error", "error": {"code": "BUSY"}}}
-    assert by_id[switch(status, error)]["name"] == "error (code, message)"
+
+    def route(payload):
+        node = by_id[by_id[match_id]["wires"][0][0]]  # the status switch
+        while node["type"] == "switch":
+            node = by_id[switch(node, {"payload": payload})]
+        return node["name"]
+
+    assert route(ok["payload"]) == "irrigate (args)"
+    assert route({**ok["payload"], "output": {"action": "notify", "args": {}}}) == "notify (args)"
+    nothing = {**ok["payload"], "output": {"action": "no_action", "args": {}}}
+    assert route(nothing) == "other / no action"
+    assert route({"id": request.id, "status": "error", "error": {"code": "BUSY"}}) == (
+        "error (code, message)"
+    )
+    # A held action (docs/protocol.md) never reaches the actuator branch: a person decides.
+    held = {
+        **ok["payload"],
+        "confidence": 0.41,
+        "dispatched": False,
+        "held": {
+            "reason": "confidence",
+            "confidence": 0.41,
+            "min_confidence": 0.8,
+            "topic": "edgeagent/greenhouse-01/actions/set_irrigation",
+        },
+    }
+    assert route(held) == "held: ask a person (reason, topic)"
+    cut_short = {**held, "held": {"reason": "cut_short", "confidence": None}}
+    assert route(cut_short) == "held: ask a person (reason, topic)"
 
     # Someone else's reply on the same topic is dropped.
-    stranger = {"payload": {"id": "x", "status": "ok"}, "correlationData": "not-ours"}
+    stranger = {**ok, "payload": {"id": "x", "status": "ok"}, "correlationData": "not-ours"}
     assert run_function(by_id[match_id], stranger, flow)[0] is None
 
 

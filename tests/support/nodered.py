@@ -62,13 +62,24 @@ def run_function(node: dict[str, Any], msg: dict[str, Any], flow: dict[str, Any]
     return data["out"], data["flow"]
 
 
+_MISSING = object()  # JavaScript's undefined: a property the message does not have
+
+# Node-RED's switch rules (nodes/core/function/10-switch.js) the example flow uses.
+_RULES = {
+    "eq": lambda value, rule: value == rule["v"],
+    "null": lambda value, _rule: value is None or value is _MISSING,
+    "nnull": lambda value, _rule: value is not None and value is not _MISSING,
+    "else": lambda _value, _rule: True,
+}
+
+
 def switch(node: dict[str, Any], msg: dict[str, Any]) -> str:
     """Where a switch node sends msg (checkall false: the first matching rule)."""
     value: Any = msg
     for key in node["property"].split("."):
-        value = value.get(key) if isinstance(value, dict) else None
+        value = value.get(key, _MISSING) if isinstance(value, dict) else _MISSING
     for index, rule in enumerate(node["rules"]):
-        if rule["t"] == "else" or (rule["t"] == "eq" and value == rule["v"]):
+        if _RULES[rule["t"]](value, rule):
             (target,) = node["wires"][index]
             return str(target)
     raise AssertionError(f"no rule of {node['name']} matches {value!r}")
