@@ -31,6 +31,7 @@ import os
 import queue
 import shutil
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -405,11 +406,44 @@ def test_the_daemon_answers_under_the_acl(
         topic, payload, _ = controller.next_message(timeout=120)
         assert topic == "edgeagent/greenhouse-01/results/acl-3"
         assert json.loads(payload)["status"] == "ok"
+        # An operator's CLI with the task sender's credentials, to the device and to the fleet.
+        for target in (["--device", "greenhouse-01"], ["--fleet"]):
+            reply = _submit_as_controller(acl_broker, model_path, tmp_path, target)
+            assert (reply["status"], reply["device"]) == ("ok", "greenhouse-01")
     finally:
         daemon.stop()
     # The daemon never needed anything the ACL does not grant.
     since = acl_broker["broker"].log()[log_before:].splitlines()
     assert [line for line in since if "Denied" in line] == []
+
+
+def _submit_as_controller(
+    acl_broker: Any, model_path: Path, tmp_path: Path, target: list[str]
+) -> dict[str, Any]:
+    """`edgeagent submit` as an operator runs it, with the controller user's password."""
+    password_file = tmp_path / "controller_password"
+    password_file.write_text(acl_broker["passwords"][CONTROLLER])
+    config = write_config(
+        tmp_path / "controller.toml",
+        model=model_path,
+        port=acl_broker["port"],
+        device="controller-cli",
+        sections={"mqtt": {"username": CONTROLLER, "protocol": "5"}},
+    )
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps({"type": "object", "properties": {"dry": {"type": "boolean"}}}))
+    task = ["--schema", str(schema), "--max-tokens", "48", "--timeout", "120", "Zone 3: 12 %."]
+    done = subprocess.run(
+        [sys.executable, "-m", "edgeagent", "submit", "--config", str(config), *target, *task],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+        env={**os.environ, "EDGEAGENT_MQTT__PASSWORD_FILE": str(password_file)},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    reply: dict[str, Any] = json.loads(done.stdout)
+    return reply
 
 
 def test_a_packet_larger_than_a_device_takes_is_refused_at_its_sender(clients: Any) -> None:
