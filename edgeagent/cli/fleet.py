@@ -177,11 +177,14 @@ class FleetWatch:
             return dict(self.seen)
 
     def _signal(self, event: str) -> None:
-        if event == "change":
-            with contextlib.suppress(queue.Full):  # a redraw is pending anyway
+        # A full queue holds redraws nobody has taken yet: a "change" adds nothing to them,
+        # and the network thread must never block on a main thread that has stopped
+        # reading (a lost "died" is still seen by check_alive).
+        with contextlib.suppress(queue.Full):
+            if event == "change":
                 self.events.put_nowait(event)
-        else:
-            self.events.put(event)
+            else:
+                self.events.put(event, timeout=5)
 
     def _network(self) -> None:
         try:
