@@ -3,6 +3,9 @@
 One walk over the schema as JSON data, without recursion (a deeply nested schema must
 be refused, not overflow the stack). The keywords are looked at wherever they appear,
 which can only over-count: a property named "enum" has an object, not a list, as value.
+
+Also refused before compiling, whatever the limits: a schema that only refers to itself
+(`check_self_reference`), which bounds nothing and from which no answer can be generated.
 """
 
 from __future__ import annotations
