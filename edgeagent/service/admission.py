@@ -58,6 +58,19 @@ RUNNING_TASKS = 8
 # wait for its reply, messages waiting for admission. With this margin a full queue
 # still answers BUSY at once instead of the broker holding tasks back.
 RECEIVE_MARGIN = 16
+# Deliveries of one task id in flight held unacknowledged at once, each for its own reply
+# address (Response Topic + Correlation Data): copies to a held address are acknowledged
+# at once, so copies can never fill the receive window (see Admission._join).
+COPY_ADDRESSES = 4
+# The crash budget: after CRASH_BUDGET deaths of the process during a run within
+# CRASH_WINDOW_S (the task store's clock, which stands still while no process runs, so a
+# window is never shorter in real time), every task is answered BUSY until the oldest of
+# them leaves the window. A task's first crash cannot be foreseen; this bounds how many
+# restarts any number of such tasks cost: starts in systemd's window <= 1 + CRASH_BUDGET,
+# below the unit's StartLimitBurst=5 in StartLimitIntervalSec=600 (docs/operations.md,
+# "Crash budget"; tests/unit/service/test_admission.py checks the unit file).
+CRASH_BUDGET = 3
+CRASH_WINDOW_S = 600.0
 
 
 def receive_window(cfg: Config) -> int:
@@ -76,6 +89,7 @@ class RecordLookup(Protocol):
 
     async def get(self, task_id: str) -> TaskRecord | None: ...
     async def accept(self, task_id: str, fingerprint: str) -> None: ...
+    def death_ages(self) -> list[float]: ...
 
 
 def derived_id(message: Incoming) -> str:
@@ -211,8 +225,7 @@ class Admission:
             if entry.fingerprint != fingerprint:
                 self._conflict(waiting, request)
             else:
-                entry.waiting.append(waiting)  # acknowledged after the reply in progress
-                log.debug("task already in flight", task_id=request.id, dup=message.dup)
+                self._join(entry, waiting)
             return
         # Only admission opens entries and it handles one message at a time, so the id
         # cannot come in flight during this lookup.
@@ -223,13 +236,55 @@ class Admission:
         if record is not None and self._answerable(record, redelivery=message.dup):
             self._answer_from_store(record, waiting, fingerprint, redelivery=message.dup)
             return
+        await self._run(request, fingerprint, waiting, record)
+
+    async def _run(
+        self, request: Request, fingerprint: str, waiting: Waiting, record: TaskRecord | None
+    ) -> None:
+        """Queue the task, unless it is poison or the crash budget is spent."""
         if record is not None and self._poison(record):
             await self._end_poison(record, waiting, fingerprint)
+            return
+        if (cooldown := self._crash_cooldown()) is not None:
+            self._refuse_untracked(waiting.message, request.id, waiting.route, cooldown)
             return
         # Runs that ended with the process: such a task runs alone (see Worker), so a
         # second abort is its own and not a neighbour's in a batch.
         aborts = record.runs if record is not None and record.state is TaskState.ACCEPTED else 0
         await self._queue_job(request, fingerprint, waiting, aborts)
+
+    def _join(self, entry: InFlight, copy: Waiting) -> None:
+        """Another delivery of a task in flight. Its reply is the one in progress, sent
+        once to each distinct address; but a held copy is an unacknowledged message, and
+        enough of them fill the broker's window: the device hears nothing else until the
+        task ends (up to its deadline). So one delivery per address is held, and only the
+        newest connection's (an ack on a lost connection is void: that one must not be
+        the delivery that waits); a copy for an address already held is acknowledged at
+        once, and addresses beyond COPY_ADDRESSES are answered BUSY.
+
+        Exactly once holds: the held delivery stays unacknowledged until the reply is
+        confirmed, so after a crash the broker delivers it again and the task store
+        answers it."""
+        message = copy.message
+        held = next((i for i, w in enumerate(entry.waiting) if w.route == copy.route), None)
+        if held is not None:
+            kept = entry.waiting[held].message
+            if kept.generation != message.generation:
+                entry.waiting[held] = copy  # the old one's ack could not reach the broker
+            elif kept.mid != message.mid:  # (the same mid on one connection: one message)
+                self._delivery.acknowledge(message)
+            log.debug("task already in flight", task_id=entry.task_id, dup=message.dup)
+            return
+        if len(entry.waiting) < COPY_ADDRESSES:
+            entry.waiting.append(copy)  # acknowledged after the reply in progress
+            log.debug("task already in flight", task_id=entry.task_id, dup=message.dup)
+            return
+        error = EdgeAgentError(
+            ErrorCode.BUSY,
+            f"{len(entry.waiting)} deliveries of task {entry.task_id!r} with different reply "
+            "addresses already wait for its reply",
+        )
+        self._refuse_untracked(message, entry.task_id, copy.route, error)
 
     def _parse(self, message: Incoming) -> Request | None:
         """The request with its id (given, or derived); None when it was refused."""
@@ -264,6 +319,21 @@ class Admission:
     def _poison(self, record: TaskRecord) -> bool:
         """Accepted, and every run it started ended with the process, too often."""
         return record.state is TaskState.ACCEPTED and record.runs >= self.cfg.queue.max_task_aborts
+
+    def _crash_cooldown(self) -> EdgeAgentError | None:
+        """BUSY while the crash budget is spent (CRASH_BUDGET): nothing runs, so no task
+        can cost another restart before an old death leaves the window. Not recorded:
+        an accepted task keeps its run count for when it comes again."""
+        recent = [age for age in self._store.death_ages() if age < CRASH_WINDOW_S]
+        if len(recent) < CRASH_BUDGET:
+            return None
+        wait_s = CRASH_WINDOW_S - sorted(recent)[CRASH_BUDGET - 1]
+        return EdgeAgentError(
+            ErrorCode.BUSY,
+            f"the daemon died during a task {len(recent)} times in the last "
+            f"{CRASH_WINDOW_S:g} s; no task runs for another {wait_s:.0f} s",
+            retry_after_s=round(wait_s),
+        )
 
     async def _end_poison(self, record: TaskRecord, waiting: Waiting, fingerprint: str) -> None:
         log.error(
