@@ -196,7 +196,7 @@ def test_a_reload_that_fails_in_any_way_keeps_the_config_and_sends_ready(tmp_pat
     async def scenario():
         daemon = make_daemon()
         daemon.config_path = tmp_path / "config.toml"
-        daemon._load = broken  # noqa: SLF001 - the loader a reload calls
+        daemon._load = broken  # the loader a reload calls
         notifier = daemon.notifier
         task = await serving(daemon)
         before = daemon.cfg
