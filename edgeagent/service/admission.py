@@ -39,6 +39,7 @@ from edgeagent.protocol.reply import ErrorReply, ReplyRoute, route
 from edgeagent.protocol.reply_policy import ReplyPolicy, check_reply_topic
 from edgeagent.protocol.request import Request, parse_request, salvage
 from edgeagent.protocol.topics import Topics
+from edgeagent.service import crash_budget
 from edgeagent.service.contracts import ContractCache
 from edgeagent.service.delivery import Delivery, Plan
 from edgeagent.service.jobs import InFlight, InFlightRegistry, Job, Waiting
@@ -62,15 +63,6 @@ RECEIVE_MARGIN = 16
 # address (Response Topic + Correlation Data): copies to a held address are acknowledged
 # at once, so copies can never fill the receive window (see Admission._join).
 COPY_ADDRESSES = 4
-# The crash budget: after CRASH_BUDGET deaths of the process during a run within
-# CRASH_WINDOW_S (the task store's clock, which stands still while no process runs, so a
-# window is never shorter in real time), every task is answered BUSY until the oldest of
-# them leaves the window. A task's first crash cannot be foreseen; this bounds how many
-# restarts any number of such tasks cost: starts in systemd's window <= 1 + CRASH_BUDGET,
-# below the unit's StartLimitBurst=5 in StartLimitIntervalSec=600 (docs/operations.md,
-# "Crash budget"; tests/unit/service/test_admission.py checks the unit file).
-CRASH_BUDGET = 3
-CRASH_WINDOW_S = 600.0
 
 
 def receive_window(cfg: Config) -> int:
@@ -241,11 +233,13 @@ class Admission:
     async def _run(
         self, request: Request, fingerprint: str, waiting: Waiting, record: TaskRecord | None
     ) -> None:
-        """Queue the task, unless it is poison or the crash budget is spent."""
+        """Queue the task, unless it is poison or the crash budget (crash_budget.py) is
+        spent: then nothing runs, so no task can cost another restart meanwhile."""
         if record is not None and self._poison(record):
             await self._end_poison(record, waiting, fingerprint)
             return
-        if (cooldown := self._crash_cooldown()) is not None:
+        # Not recorded: an accepted task keeps its run count for when it comes again.
+        if (cooldown := crash_budget.spent(self._store.death_ages())) is not None:
             self._refuse_untracked(waiting.message, request.id, waiting.route, cooldown)
             return
         # Runs that ended with the process: such a task runs alone (see Worker), so a
@@ -319,21 +313,6 @@ class Admission:
     def _poison(self, record: TaskRecord) -> bool:
         """Accepted, and every run it started ended with the process, too often."""
         return record.state is TaskState.ACCEPTED and record.runs >= self.cfg.queue.max_task_aborts
-
-    def _crash_cooldown(self) -> EdgeAgentError | None:
-        """BUSY while the crash budget is spent (CRASH_BUDGET): nothing runs, so no task
-        can cost another restart before an old death leaves the window. Not recorded:
-        an accepted task keeps its run count for when it comes again."""
-        recent = [age for age in self._store.death_ages() if age < CRASH_WINDOW_S]
-        if len(recent) < CRASH_BUDGET:
-            return None
-        wait_s = CRASH_WINDOW_S - sorted(recent)[CRASH_BUDGET - 1]
-        return EdgeAgentError(
-            ErrorCode.BUSY,
-            f"the daemon died during a task {len(recent)} times in the last "
-            f"{CRASH_WINDOW_S:g} s; no task runs for another {wait_s:.0f} s",
-            retry_after_s=round(wait_s),
-        )
 
     async def _end_poison(self, record: TaskRecord, waiting: Waiting, fingerprint: str) -> None:
         log.error(

@@ -21,7 +21,7 @@ without a real-time clock may not have set yet.
 
 This class is synchronous and raises sqlite3.Error; `AsyncTaskStore` runs it on its
 own thread and turns failures into a degraded mode. `open_task_store` handles a file
-that cannot be used at start: a corrupt one is moved aside, an unwritable directory
+that cannot be used at start: one it cannot read is moved aside, an unwritable directory
 gives an in-memory store.
 """
 

@@ -21,14 +21,13 @@ from edgeagent.inference.scheduler import MAX_PARALLEL
 from edgeagent.protocol.request import Request
 from edgeagent.service.admission import (
     COPY_ADDRESSES,
-    CRASH_BUDGET,
-    CRASH_WINDOW_S,
     RUNNING_TASKS,
     derived_id,
     receive_window,
 )
 from edgeagent.service.asyncstore import AsyncTaskStore
 from edgeagent.service.contracts import CompileThreads, ContractCache
+from edgeagent.service.crash_budget import CRASH_BUDGET, CRASH_WINDOW_S
 from edgeagent.service.taskstore import Confirmation, TaskState, TaskStore
 
 RESULTS = "edgeagent/dev1/results"
