@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from support.daemon import ROOT
-from support.mosquitto import Mosquitto
+from support.mosquitto import Mosquitto, MqttProbe
 
 
 @pytest.fixture(scope="session")
@@ -40,3 +40,11 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
     broker.start()
     yield broker
     broker.stop()
+
+
+@pytest.fixture
+def probe(mosquitto: Mosquitto) -> Iterator[MqttProbe]:
+    """An MQTT v5 client on `mosquitto` that records what its subscriptions receive."""
+    client = MqttProbe(mosquitto.port)
+    yield client
+    client.close()

@@ -48,7 +48,7 @@ def _resolve_schema_paths(data: dict[str, Any], base: Path) -> None:
         path = path if path.is_absolute() else base / path
         try:
             action["schema"] = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError) as exc:  # ValueError: not UTF-8, or not JSON
             raise EdgeAgentError(
                 ErrorCode.CONFIG_INVALID, f"actions[{index}].schema: cannot read {path}: {exc}"
             ) from exc
@@ -60,12 +60,25 @@ def load_config(
     """Read, overlay the environment and validate. Raises EdgeAgentError(CONFIG_INVALID)."""
     path = Path(path)
     try:
+        return _load(path, os.environ if environ is None else environ)
+    except (ValueError, TypeError, RecursionError) as exc:
+        # Whatever the file holds, a bad config is CONFIG_INVALID: `run` exits 2 (systemd
+        # does not restart into it) and a reload keeps the running config.
+        raise EdgeAgentError(
+            ErrorCode.CONFIG_INVALID, f"{path}: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _load(path: Path, environ: dict[str, str] | os._Environ[str]) -> Config:
+    try:
         data: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise EdgeAgentError(ErrorCode.CONFIG_INVALID, f"cannot read {path}: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise EdgeAgentError(ErrorCode.CONFIG_INVALID, f"{path}: not UTF-8: {exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise EdgeAgentError(ErrorCode.CONFIG_INVALID, f"{path}: TOML syntax: {exc}") from exc
-    for section, values in _env_overrides(os.environ if environ is None else environ).items():
+    for section, values in _env_overrides(environ).items():
         target = data.setdefault(section, {})
         if not isinstance(target, dict):
             raise EdgeAgentError(

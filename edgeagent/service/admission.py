@@ -39,6 +39,7 @@ from edgeagent.protocol.reply import ErrorReply, ReplyRoute, route
 from edgeagent.protocol.reply_policy import ReplyPolicy, check_reply_topic
 from edgeagent.protocol.request import Request, parse_request, salvage
 from edgeagent.protocol.topics import Topics
+from edgeagent.service import crash_budget
 from edgeagent.service.contracts import ContractCache
 from edgeagent.service.delivery import Delivery, Plan
 from edgeagent.service.jobs import InFlight, InFlightRegistry, Job, Waiting
@@ -58,6 +59,10 @@ RUNNING_TASKS = 8
 # wait for its reply, messages waiting for admission. With this margin a full queue
 # still answers BUSY at once instead of the broker holding tasks back.
 RECEIVE_MARGIN = 16
+# Deliveries of one task id in flight held unacknowledged at once, each for its own reply
+# address (Response Topic + Correlation Data): copies to a held address are acknowledged
+# at once, so copies can never fill the receive window (see Admission._join).
+COPY_ADDRESSES = 4
 
 
 def receive_window(cfg: Config) -> int:
@@ -76,6 +81,7 @@ class RecordLookup(Protocol):
 
     async def get(self, task_id: str) -> TaskRecord | None: ...
     async def accept(self, task_id: str, fingerprint: str) -> None: ...
+    def death_ages(self) -> list[float]: ...
 
 
 def derived_id(message: Incoming) -> str:
@@ -211,8 +217,7 @@ class Admission:
             if entry.fingerprint != fingerprint:
                 self._conflict(waiting, request)
             else:
-                entry.waiting.append(waiting)  # acknowledged after the reply in progress
-                log.debug("task already in flight", task_id=request.id, dup=message.dup)
+                self._join(entry, waiting)
             return
         # Only admission opens entries and it handles one message at a time, so the id
         # cannot come in flight during this lookup.
@@ -223,13 +228,57 @@ class Admission:
         if record is not None and self._answerable(record, redelivery=message.dup):
             self._answer_from_store(record, waiting, fingerprint, redelivery=message.dup)
             return
+        await self._run(request, fingerprint, waiting, record)
+
+    async def _run(
+        self, request: Request, fingerprint: str, waiting: Waiting, record: TaskRecord | None
+    ) -> None:
+        """Queue the task, unless it is poison or the crash budget (crash_budget.py) is
+        spent: then nothing runs, so no task can cost another restart meanwhile."""
         if record is not None and self._poison(record):
             await self._end_poison(record, waiting, fingerprint)
+            return
+        # Not recorded: an accepted task keeps its run count for when it comes again.
+        if (cooldown := crash_budget.spent(self._store.death_ages())) is not None:
+            self._refuse_untracked(waiting.message, request.id, waiting.route, cooldown)
             return
         # Runs that ended with the process: such a task runs alone (see Worker), so a
         # second abort is its own and not a neighbour's in a batch.
         aborts = record.runs if record is not None and record.state is TaskState.ACCEPTED else 0
         await self._queue_job(request, fingerprint, waiting, aborts)
+
+    def _join(self, entry: InFlight, copy: Waiting) -> None:
+        """Another delivery of a task in flight. Its reply is the one in progress, sent
+        once to each distinct address; but a held copy is an unacknowledged message, and
+        enough of them fill the broker's window: the device hears nothing else until the
+        task ends (up to its deadline). So one delivery per address is held, and only the
+        newest connection's (an ack on a lost connection is void: that one must not be
+        the delivery that waits); a copy for an address already held is acknowledged at
+        once, and addresses beyond COPY_ADDRESSES are answered BUSY.
+
+        Exactly once holds: the held delivery stays unacknowledged until the reply is
+        confirmed, so after a crash the broker delivers it again and the task store
+        answers it."""
+        message = copy.message
+        held = next((i for i, w in enumerate(entry.waiting) if w.route == copy.route), None)
+        if held is not None:
+            kept = entry.waiting[held].message
+            if kept.generation != message.generation:
+                entry.waiting[held] = copy  # the old one's ack could not reach the broker
+            elif kept.mid != message.mid:  # (the same mid on one connection: one message)
+                self._delivery.acknowledge(message)
+            log.debug("task already in flight", task_id=entry.task_id, dup=message.dup)
+            return
+        if len(entry.waiting) < COPY_ADDRESSES:
+            entry.waiting.append(copy)  # acknowledged after the reply in progress
+            log.debug("task already in flight", task_id=entry.task_id, dup=message.dup)
+            return
+        error = EdgeAgentError(
+            ErrorCode.BUSY,
+            f"{len(entry.waiting)} deliveries of task {entry.task_id!r} with different reply "
+            "addresses already wait for its reply",
+        )
+        self._refuse_untracked(message, entry.task_id, copy.route, error)
 
     def _parse(self, message: Incoming) -> Request | None:
         """The request with its id (given, or derived); None when it was refused."""

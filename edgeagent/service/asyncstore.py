@@ -7,9 +7,10 @@ the daemon: the call's result is "nothing known", the store is marked degraded f
 the rest of the process (heartbeat and STATUS say so, replies carry
 `"exactly_once": false`), and the tasks keep being answered.
 
-At start, `open_task_store` moves a corrupt file aside (kept for inspection) and
-starts a fresh one; a state directory that cannot be written gives an in-memory
-store, degraded: answer-once then holds within this process only.
+At start, `open_task_store` moves a file it cannot open aside (corrupt, or holding what
+it cannot read; kept for inspection) and starts a fresh one; a state directory that
+cannot be written gives an in-memory store, degraded: answer-once then holds within
+this process only.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from edgeagent.service.taskstore import (
     Outcome,
     TaskRecord,
     TaskStore,
-    is_corruption,
+    is_content_error,
 )
 
 log = structlog.get_logger("edgeagent.service.asyncstore")
@@ -52,34 +53,38 @@ class SyncStore(Protocol):
     def prune(self) -> int: ...
     def count(self) -> int: ...
     def close(self) -> None: ...
+    def death_ages(self) -> list[float]: ...
 
 
 def open_task_store(path: Path, *, max_age_s: float, max_rows: int) -> tuple[TaskStore, str | None]:
     """The store at `path`, and why it is degraded (None when it is not).
 
     Never raises: a daemon that exits here is restarted by systemd into the same error.
+    A file that cannot be reached (permissions, a read-only or full SD card, I/O errors)
+    gives an in-memory store; any other failure to open it (corrupt pages, a schema or
+    values it cannot read: a ValueError as much as an SQLite error) is the file's
+    content, so it is moved aside and a fresh one started.
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         return TaskStore(path, max_age_s=max_age_s, max_rows=max_rows), None
-    except sqlite3.Error as exc:
-        if not is_corruption(exc):
+    except Exception as exc:  # every failure has an answer: see above
+        if not is_content_error(exc):
             return _in_memory(path, max_age_s, max_rows, exc)
-        kept = _move_aside(path)
-        if kept is None:
-            return _in_memory(path, max_age_s, max_rows, exc)
-        log.error(  # noqa: TRY400 - the SQLite error is the whole story, no traceback
-            "task store was corrupt; moved it aside and started a fresh one",
-            path=str(path),
-            kept=str(kept),
-            error=str(exc),
-        )
-        try:
-            return TaskStore(path, max_age_s=max_age_s, max_rows=max_rows), None
-        except (sqlite3.Error, OSError) as again:
-            return _in_memory(path, max_age_s, max_rows, again)
-    except OSError as exc:
-        return _in_memory(path, max_age_s, max_rows, exc)
+        error = exc
+    kept = _move_aside(path)
+    if kept is None:
+        return _in_memory(path, max_age_s, max_rows, error)
+    log.error(
+        "task store was unreadable; moved it aside and started a fresh one",
+        path=str(path),
+        kept=str(kept),
+        error=f"{type(error).__name__}: {error}",
+    )
+    try:
+        return TaskStore(path, max_age_s=max_age_s, max_rows=max_rows), None
+    except Exception as again:  # a fresh file failing: the directory's fault
+        return _in_memory(path, max_age_s, max_rows, again)
 
 
 def _in_memory(
@@ -89,7 +94,7 @@ def _in_memory(
     log.error(
         "task store unusable; keeping tasks in memory, exactly-once holds until restart only",
         path=str(path),
-        error=str(exc),
+        error=f"{type(exc).__name__}: {exc}",
     )
     return TaskStore(MEMORY, max_age_s=max_age_s, max_rows=max_rows), reason
 
@@ -190,6 +195,15 @@ class AsyncTaskStore:
     async def count(self) -> int:
         """Rows in the store (for the metrics); 0 when the store cannot tell."""
         return await self._call("count", self._store.count, 0)
+
+    def death_ages(self) -> list[float]:
+        """Seconds since each death of the process during a run, youngest first (read at
+        open, no call to the store's thread); none when the store cannot tell."""
+        try:
+            return self._store.death_ages()
+        except Exception:  # the crash budget is a safeguard, never a reason to fail a task
+            log.exception("task store cannot tell its deaths")
+            return []
 
     async def keep_pruned(self, every_s: float) -> None:
         """Prune now and then every `every_s` seconds: bounded on a daemon that runs for months."""

@@ -70,11 +70,21 @@ class CompileThreads:
         naming the time limit when fn takes longer."""
         await self._slot()
         call = _Call(asyncio.get_running_loop().create_future())
+        thread = threading.Thread(
+            target=self._body, args=(fn, call), name="edgeagent-compile", daemon=True
+        )
+        try:
+            thread.start()
+        except RuntimeError as exc:
+            # "can't start new thread": the unit's TasksMax (or RLIMIT_NPROC) is reached.
+            # Nothing was counted yet, so the slot stays free for when threads end.
+            raise EdgeAgentError(
+                ErrorCode.BUSY, f"cannot start a schema compile thread ({exc}); try again later"
+            ) from None
+        # Counted only now that the thread runs: _settle, its only way down, is called
+        # from that thread (no await in between, so it cannot come first).
         self.busy += 1
         self.idle.clear()
-        threading.Thread(
-            target=self._body, args=(fn, call), name="edgeagent-compile", daemon=True
-        ).start()
         try:
             async with asyncio.timeout(self.timeout_s):
                 result: T = await call.future

@@ -212,10 +212,18 @@ class Daemon:
             return  # still starting (READY=1 would come too early) or stopping
         self.notifier.reloading()
         try:
-            new = self._load(self.config_path)
+            self._apply_config(self.config_path)
+        except Exception:  # a bug: the running config stays, and systemd hears READY=1
+            log.exception("reload failed; keeping the running config")
+        finally:
+            # Always: without READY=1 systemd keeps the unit "reloading" for good.
+            self.notifier.ready(self.telemetry.status_line())
+
+    def _apply_config(self, path: Path) -> None:
+        try:
+            new = self._load(path)
         except EdgeAgentError as exc:
             log.error("reload failed; keeping the running config", error=exc.message)  # noqa: TRY400 - message is the useful part
-            self.notifier.ready(self.telemetry.status_line())
             return
         fixed = {
             "model": new.model != self.cfg.model,
@@ -236,7 +244,6 @@ class Daemon:
             self.operators.reconfigure(self.cfg)
         configure_logging(self.cfg.log.level, self.cfg.log.format, self.cfg.device.id)
         log.info("configuration reloaded", actions=len(self.cfg.actions))
-        self.notifier.ready(self.telemetry.status_line())
 
     def memory_changed(self, decision: MemoryVerdict) -> None:
         """From the memory control loop, after each decision it applied."""

@@ -12,13 +12,16 @@ again — unless it was interrupted while running too often. `runs` counts the r
 `accepted` task, committed before each one starts, so a task that kills the process
 (a llama.cpp crash, an OOM kill, a wedge the watchdog ends) is seen as such after the
 restart and answered instead of run again (see Admission; `[queue] max_task_aborts`).
+`running` marks a run started and not ended: found set at open, the process died during
+a run, and the store records that death (`death_ages`) for Admission's crash budget,
+which holds restarts within systemd's start limit however many tasks kill the process.
 Rows are pruned by age and count so the file stays small on an SD card; age is
 measured on the store's own clock (see `StoreClock`), never on a wall clock that a Pi
 without a real-time clock may not have set yet.
 
 This class is synchronous and raises sqlite3.Error; `AsyncTaskStore` runs it on its
 own thread and turns failures into a degraded mode. `open_task_store` handles a file
-that cannot be used at start: a corrupt one is moved aside, an unwritable directory
+that cannot be used at start: one it cannot read is moved aside, an unwritable directory
 gives an in-memory store.
 """
 
@@ -39,7 +42,7 @@ from edgeagent.errors import ErrorCode
 
 log = structlog.get_logger("edgeagent.service.taskstore")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
     id           TEXT PRIMARY KEY,
@@ -53,16 +56,31 @@ CREATE TABLE IF NOT EXISTS tasks (
     action_topic TEXT,
     action       TEXT,
     action_state TEXT,
-    runs         INTEGER NOT NULL DEFAULT 0  -- runs started while accepted (poison tasks)
+    runs         INTEGER NOT NULL DEFAULT 0, -- runs started while accepted (poison tasks)
+    running      INTEGER NOT NULL DEFAULT 0  -- a run started and not ended yet
 );
 CREATE INDEX IF NOT EXISTS tasks_updated ON tasks(updated_at);
+-- Process deaths during a run (store clock), newest DEATHS_KEPT: the crash budget.
+CREATE TABLE IF NOT EXISTS deaths (at REAL NOT NULL);
 """
+DEATHS_KEPT = 16
 _COLUMNS = (
     "id, fingerprint, state, reply, replayable, reply_state, action_topic, action, action_state, "
     "runs"
 )
-# SQLite result codes that mean the file is not a usable database (as opposed to I/O).
-_CORRUPT = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
+# SQLite result codes (and their extended codes) that say the file cannot be reached or
+# written, as opposed to what it holds: moving it aside would not help.
+_UNREACHABLE = (
+    "SQLITE_CANTOPEN",
+    "SQLITE_READONLY",
+    "SQLITE_IOERR",
+    "SQLITE_FULL",
+    "SQLITE_PERM",
+    "SQLITE_AUTH",
+    "SQLITE_BUSY",
+    "SQLITE_LOCKED",
+    "SQLITE_NOMEM",
+)
 
 
 class TaskState(StrEnum):
@@ -118,8 +136,15 @@ class StoreClock:
         return self._start + (self._monotonic() - self._opened)
 
 
-def is_corruption(exc: sqlite3.Error) -> bool:
-    return getattr(exc, "sqlite_errorname", "") in _CORRUPT
+def is_content_error(exc: BaseException) -> bool:
+    """Whether opening failed on what the file holds (corrupt, not a database, a schema
+    or values it cannot read), not on reaching it (OSError, I/O, permissions, locks)."""
+    if isinstance(exc, OSError | MemoryError):
+        return False
+    if isinstance(exc, sqlite3.Error):
+        name = getattr(exc, "sqlite_errorname", "") or ""
+        return not name.startswith(_UNREACHABLE)
+    return True  # ValueError, TypeError...: a value the store cannot read
 
 
 class TaskStore:
@@ -145,6 +170,7 @@ class TaskStore:
                 raise sqlite3.DatabaseError(f"quick_check: {check[0] if check else 'no answer'}")
             self._migrate()
             self.clock = StoreClock(self._newest_timestamp())
+            self._deaths = self._count_death()
         except BaseException:
             self._db.close()
             raise
@@ -170,8 +196,38 @@ class TaskStore:
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def _newest_timestamp(self) -> float:
-        row = self._db.execute("SELECT MAX(updated_at) FROM tasks").fetchone()
+        row = self._db.execute(
+            "SELECT MAX(t) FROM (SELECT MAX(updated_at) AS t FROM tasks "
+            "UNION ALL SELECT MAX(at) FROM deaths)"
+        ).fetchone()
         return float(row[0]) if row and row[0] is not None else 0.0
+
+    def _count_death(self) -> list[float]:
+        """Record a death of the last process during a run (a run still marked running);
+        the store-clock times of the deaths kept, newest first.
+
+        Stamped now, at open: the store clock stood still while no process ran, so the
+        death is at most this long ago in its time, and never longer ago than in real
+        time (the budget counts it for at least as long as systemd's start limit does).
+        """
+        with self._transaction():
+            died = self._db.execute("SELECT 1 FROM tasks WHERE running != 0 LIMIT 1").fetchone()
+            if died is not None:
+                self._db.execute("INSERT INTO deaths (at) VALUES (?)", (self.clock.now(),))
+                self._db.execute("UPDATE tasks SET running = 0 WHERE running != 0")
+            self._db.execute(
+                "DELETE FROM deaths WHERE rowid NOT IN "
+                "(SELECT rowid FROM deaths ORDER BY at DESC LIMIT ?)",
+                (DEATHS_KEPT,),
+            )
+        rows = self._db.execute("SELECT at FROM deaths ORDER BY at DESC").fetchall()
+        return [float(at) for (at,) in rows]
+
+    def death_ages(self) -> list[float]:
+        """Seconds of store time since each process death during a run, youngest first.
+        No SQL (deaths only happen between processes): safe to call from any thread."""
+        now = self.clock.now()
+        return [now - at for at in self._deaths]
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -237,7 +293,8 @@ class TaskStore:
         """Count a run of an accepted task, before it starts (committed: it must outlive
         the process if the run ends it)."""
         self._db.execute(
-            "UPDATE tasks SET runs = runs + 1, updated_at = ? WHERE id = ? AND state = ?",
+            "UPDATE tasks SET runs = runs + 1, running = 1, updated_at = ? "
+            "WHERE id = ? AND state = ?",
             (self.clock.now(), task_id, TaskState.ACCEPTED),
         )
 
@@ -251,7 +308,7 @@ class TaskStore:
             "state = excluded.state, reply = excluded.reply, replayable = excluded.replayable, "
             "reply_state = excluded.reply_state, action_topic = excluded.action_topic, "
             "action = excluded.action, action_state = excluded.action_state, "
-            "updated_at = excluded.updated_at",
+            "running = 0, updated_at = excluded.updated_at",
             (
                 task_id,
                 fingerprint,
@@ -307,7 +364,7 @@ class TaskStore:
 
 
 def _add_columns(db: sqlite3.Connection) -> None:
-    """Columns later schemas added (v2: replayable to action_state; v3: runs)."""
+    """Columns later schemas added (v2: replayable to action_state; v3: runs; v4: running)."""
     have = {row[1] for row in db.execute("PRAGMA table_info(tasks)")}
     for column, kind in (
         ("replayable", "INTEGER NOT NULL DEFAULT 1"),
@@ -316,6 +373,7 @@ def _add_columns(db: sqlite3.Connection) -> None:
         ("action", "TEXT"),
         ("action_state", "TEXT"),
         ("runs", "INTEGER NOT NULL DEFAULT 0"),
+        ("running", "INTEGER NOT NULL DEFAULT 0"),
     ):
         if column not in have:
             db.execute(f"ALTER TABLE tasks ADD COLUMN {column} {kind}")

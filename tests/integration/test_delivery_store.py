@@ -130,7 +130,7 @@ def test_a_corrupt_store_at_start_is_moved_aside(tmp_path, start_daemon, probe):
     state.mkdir()
     (state / STORE).write_bytes(b"not a database " * 1000)
     daemon = start_daemon(state)
-    moved = daemon.wait_event("task store was corrupt; moved it aside and started a fresh one")
+    moved = daemon.wait_event("task store was unreadable; moved it aside and started a fresh one")
     assert moved["level"] == "error"
     kept = Path(moved["kept"])
     assert kept.read_bytes().startswith(b"not a database")
@@ -161,7 +161,7 @@ def test_a_store_corrupted_during_service_degrades_then_is_replaced_at_restart(
     daemon.signal(signal.SIGTERM)
     assert daemon.wait() == 0
     revived = start_daemon(state, name="revived")
-    assert revived.events("task store was corrupt; moved it aside and started a fresh one")
+    assert revived.events("task store was unreadable; moved it aside and started a fresh one")
     assert "exactly_once" not in ask(probe, "d3")
 
 

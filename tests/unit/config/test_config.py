@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -228,3 +229,30 @@ def test_examples_are_bounded(tmp_path):
 def test_model_reason(tmp_path):
     cfg = load_config(write(tmp_path, MINIMAL + "reason = true\n"), environ={})
     assert cfg.model.reason is True
+
+
+@pytest.mark.parametrize(
+    ("content", "schema_file", "where"),
+    [
+        pytest.param(b'[device]\nid = "caf\xe9"\n', None, "not UTF-8", id="config not UTF-8"),
+        pytest.param(
+            MINIMAL.encode() + b'[[actions]]\nname = "v"\ndescription = "d"\nschema = "s.json"\n',
+            b'{"title": "caf\xe9"}',
+            "actions[0].schema",
+            id="schema file not UTF-8",
+        ),
+        pytest.param(
+            b"actions = 5\n" + MINIMAL.encode(), None, "TypeError", id="actions not a list"
+        ),
+    ],
+)
+def test_every_unreadable_config_is_config_invalid(tmp_path, content, schema_file, where):
+    """Not a ValueError or TypeError escaping: `run` exits 2 on CONFIG_INVALID and a
+    reload keeps the running config."""
+    path = tmp_path / "config.toml"
+    path.write_bytes(content)
+    if schema_file is not None:
+        (tmp_path / "s.json").write_bytes(schema_file)
+    with pytest.raises(EdgeAgentError, match=re.escape(where)) as info:
+        load_config(path, environ={})
+    assert info.value.code is ErrorCode.CONFIG_INVALID

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import configparser
 import dataclasses
 import threading
+from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
@@ -12,19 +14,27 @@ from support.fake_engine import SCHEMA, service_config
 from support.fake_link import FakeLink
 from support.service_parts import Parts
 
-from edgeagent.config import SchemaLimits
+from edgeagent.config import QueueConfig, SchemaLimits
 from edgeagent.errors import EdgeAgentError, ErrorCode
 from edgeagent.inference.contract import compile_contract as real_compile
 from edgeagent.inference.scheduler import MAX_PARALLEL
 from edgeagent.protocol.request import Request
-from edgeagent.service.admission import RUNNING_TASKS, derived_id, receive_window
+from edgeagent.service.admission import (
+    COPY_ADDRESSES,
+    RUNNING_TASKS,
+    derived_id,
+    receive_window,
+)
+from edgeagent.service.asyncstore import AsyncTaskStore
 from edgeagent.service.contracts import CompileThreads, ContractCache
-from edgeagent.service.taskstore import Confirmation, TaskState
+from edgeagent.service.crash_budget import CRASH_BUDGET, CRASH_WINDOW_S
+from edgeagent.service.taskstore import Confirmation, TaskState, TaskStore
 
 RESULTS = "edgeagent/dev1/results"
 ERRORS = "edgeagent/dev1/errors"
 TASK = {"id": "t1", "input": "Porto, 21 degrees", "schema": SCHEMA}
 LIMITS = SchemaLimits()
+UNIT_FILE = Path(__file__).resolve().parents[3] / "systemd" / "edgeagent.service"
 
 
 def run(coro):
@@ -101,7 +111,7 @@ def test_a_task_without_id_gets_one_derived_from_payload_and_reply_address():
         parts.engine.release()
         await parts.link.wait_until(lambda: len(parts.engine.tasks) == 2)
         parts.engine.release()
-        await parts.link.wait_for_acks(3)
+        await parts.link.wait_for_acks(2)  # the same packet twice is acknowledged once
         ids = [p.body["id"] for p in parts.link.on("replies/a")]
         assert ids == [derived_id(message), derived_id(other)]
         assert len(ids[0]) == 32
@@ -117,16 +127,100 @@ def test_a_duplicate_id_in_flight_is_answered_once_and_every_delivery_acked_once
         parts.engine.hold = True
         first = parts.link.deliver(TASK)
         await parts.engine.running.wait()
-        again = redelivery(first)
+        again = redelivery(first)  # the same packet (mid) on the same connection
         await parts.admit(again)
         resent = parts.link.message(TASK)  # a client re-sending the same task
         await parts.admit(resent)
-        assert parts.link.ack_attempts == []  # nobody is acked before the reply
+        # The copy for an address already waiting is acknowledged at once (its reply is
+        # the one in progress); the first delivery only after the reply.
+        assert parts.link.ack_attempts == [resent]
         parts.engine.release()
-        await parts.link.wait_for_acks(3)
-        assert sorted(m.mid for m in parts.link.acked) == sorted([first.mid, again.mid, resent.mid])
+        await parts.link.wait_for_acks(2)
+        assert parts.link.acked == [resent, first]  # the same packet is acked once
         assert len(parts.link.on(f"{RESULTS}/t1")) == 1  # one address, one reply
         assert len(parts.engine.tasks) == 1
+        await parts.crash()
+
+    run(scenario())
+
+
+def test_copies_of_a_task_in_flight_do_not_hold_back_other_messages():
+    """45 copies of a running task id: each is acknowledged at once, so they cannot fill
+    the broker's window of unacknowledged messages, and a refusal sent after them is
+    answered while the task still runs. The task's reply goes out once."""
+
+    async def scenario():
+        parts = await started()
+        parts.engine.hold = True
+        first = parts.link.deliver(TASK)
+        await parts.engine.running.wait()
+        copies = [parts.link.deliver(TASK) for _ in range(45)]
+        with capture_logs():
+            invalid = parts.link.deliver({"id": "bad", "input": 5})
+            await parts.link.wait_for_acks(46)
+        assert parts.link.acked == [*copies, invalid]
+        assert parts.link.bodies(f"{RESULTS}/bad")[0]["error"]["code"] == "INVALID_REQUEST"
+        assert parts.engine.tasks  # still running
+        assert first not in parts.link.ack_attempts
+        parts.engine.release()
+        await parts.link.wait_for_acks(47)
+        assert parts.link.acked[-1] == first
+        assert len(parts.link.on(f"{RESULTS}/t1")) == 1
+        assert len(parts.engine.tasks) == 1
+        await parts.crash()
+
+    run(scenario())
+
+
+def test_copies_with_their_own_reply_addresses_are_bounded():
+    """A copy for another reply address waits for the reply (it gets it on its own
+    address), up to COPY_ADDRESSES addresses; further ones are answered BUSY at once."""
+
+    async def scenario():
+        parts = await started()
+        parts.engine.hold = True
+        parts.link.deliver(TASK, response_topic="replies/a", correlation_data=bytes([0]))
+        await parts.engine.running.wait()
+        for n in range(1, COPY_ADDRESSES + 2):
+            parts.link.deliver(TASK, response_topic="replies/a", correlation_data=bytes([n]))
+        with capture_logs():
+            await parts.link.wait_for_acks(2)
+        busy = [p for p in parts.link.on("replies/a") if p.body["status"] == "error"]
+        assert [p.correlation_data for p in busy] == [bytes([4]), bytes([5])]
+        assert busy[0].body["error"]["code"] == "BUSY"
+        assert busy[0].body["id"] == "t1"
+        parts.engine.release()
+        await parts.link.wait_for_acks(2 + COPY_ADDRESSES)
+        answered = [
+            p.correlation_data for p in parts.link.on("replies/a") if p.body["status"] == "ok"
+        ]
+        assert sorted(answered) == [bytes([n]) for n in range(COPY_ADDRESSES)]
+        assert len(parts.engine.tasks) == 1
+        await parts.crash()
+
+    run(scenario())
+
+
+def test_a_copy_on_a_new_connection_is_the_one_acknowledged_after_the_reply():
+    """After a reconnect the first delivery's ack is void (its connection is gone): the
+    broker's redelivery takes its place, and is acknowledged only after the reply, so
+    a crash before the reply still finds it unacknowledged."""
+
+    async def scenario():
+        parts = await started()
+        parts.engine.hold = True
+        first = parts.link.deliver(TASK)
+        await parts.engine.running.wait()
+        parts.link.reconnect()
+        again = parts.link.redeliver(first)
+        resent = parts.link.deliver(TASK)
+        await parts.link.wait_for_acks(1)
+        assert parts.link.acked == [resent]
+        parts.engine.release()
+        await parts.link.wait_for_acks(2)
+        assert parts.link.acked == [resent, again]
+        assert first not in parts.link.ack_attempts
+        assert len(parts.link.on(f"{RESULTS}/t1")) == 1
         await parts.crash()
 
     run(scenario())
@@ -439,6 +533,45 @@ def test_jobs_keep_their_arrival_order_when_contracts_compile_out_of_it():
     run(scenario())
 
 
+def test_a_compile_thread_that_cannot_start_answers_busy_and_takes_no_slot(monkeypatch):
+    """The unit's TasksMax reached: Thread.start raises. The task is answered BUSY, and
+    the slot is not lost: once threads can start again, contracts compile (also after a
+    reload), instead of every new contract being BUSY for good."""
+    refusals = {"left": 3}
+    real_start = threading.Thread.start
+
+    def start(thread: threading.Thread) -> None:
+        if thread.name == "edgeagent-compile" and refusals["left"] > 0:
+            refusals["left"] -= 1
+            raise RuntimeError("can't start new thread")
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+
+    async def scenario():
+        threads = CompileThreads(size=2, timeout_s=5)
+        parts = await started(contracts=ContractCache(threads=threads))
+        with capture_logs():
+            for n in range(3):
+                parts.link.deliver({**TASK, "id": f"s{n}", "schema": {**SCHEMA, "title": f"{n}"}})
+            await parts.link.wait_for_acks(3)
+            refused = [parts.link.bodies(f"{RESULTS}/s{n}")[0]["error"] for n in range(3)]
+            assert [e["code"] for e in refused] == ["BUSY"] * 3
+            assert "cannot start a schema compile thread" in refused[0]["message"]
+            assert threads.busy == 0
+            parts.daemon.admission.reconfigure(parts.daemon.cfg)  # what SIGHUP does
+            parts.link.deliver({**TASK, "id": "later", "schema": {**SCHEMA, "title": "0"}})
+            parts.link.deliver({"id": "a1", "input": "x", "action": "notify"})
+            await parts.link.wait_for_acks(5)
+        assert parts.link.bodies(f"{RESULTS}/later")[0]["status"] == "ok"
+        assert parts.link.bodies(f"{RESULTS}/a1")[0]["status"] == "ok"
+        await threads.idle.wait()
+        assert threads.busy == 0
+        await parts.crash()
+
+    run(scenario())
+
+
 def test_a_compile_that_takes_too_long_is_refused_and_busy_threads_refuse_more():
     release = threading.Event()
     started_compiles: list[object] = []
@@ -741,3 +874,44 @@ def test_a_refusal_that_cannot_be_recorded_still_ends_in_the_ack(monkeypatch):
         await parts.crash()
 
     run(scenario())
+
+
+def test_a_spent_crash_budget_answers_busy_and_runs_nothing():
+    """CRASH_BUDGET deaths during runs within CRASH_WINDOW_S: every new task is answered
+    BUSY (and acknowledged), none runs, until the oldest death leaves the window."""
+    ages = [10.0, 30.0, 200.0, 5000.0]
+    store = AsyncTaskStore(TaskStore(":memory:", max_age_s=3600, max_rows=100))
+    store.death_ages = lambda: list(ages)  # type: ignore[method-assign]
+
+    async def scenario():
+        parts = await Parts.on(store=store).start()
+        with capture_logs():
+            parts.link.deliver(TASK)
+            await parts.link.wait_for_acks(1)
+        (busy,) = parts.link.bodies(f"{RESULTS}/t1")
+        assert busy["error"]["code"] == "BUSY"
+        assert busy["error"]["details"] == {"retry_after_s": CRASH_WINDOW_S - 200}
+        assert "died during a task 3 times" in busy["error"]["message"]
+        assert parts.engine.tasks == []
+        assert await parts.record("t1") is None  # not recorded: a re-send runs later
+        ages[2] = CRASH_WINDOW_S  # the third death leaves the window
+        parts.link.deliver(TASK)
+        await parts.link.wait_for_acks(2)
+        assert parts.link.bodies(f"{RESULTS}/t1")[1]["status"] == "ok"
+        await parts.crash()
+
+    run(scenario())
+
+
+def test_the_crash_budget_fits_the_units_start_limit():
+    """Starts within systemd's window <= 1 + deaths in it <= 1 + CRASH_BUDGET: below
+    StartLimitBurst with one start to spare for a death no task caused, and the budget's
+    window at least as long as StartLimitIntervalSec (docs/operations.md)."""
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.read_string(UNIT_FILE.read_text(encoding="utf-8"))
+    burst = unit.getint("Unit", "StartLimitBurst")
+    interval = unit.getfloat("Unit", "StartLimitIntervalSec")
+    assert burst >= 1 + CRASH_BUDGET + 1
+    assert interval <= CRASH_WINDOW_S
+    # One poison task alone stays within the budget: it is answered, nothing cools down.
+    assert QueueConfig().max_task_aborts < CRASH_BUDGET

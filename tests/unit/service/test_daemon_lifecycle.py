@@ -186,6 +186,31 @@ def test_reload_applies_the_new_catalog_without_a_restart(tmp_path):
     run(scenario())
 
 
+def test_a_reload_that_fails_in_any_way_keeps_the_config_and_sends_ready(tmp_path):
+    """A config error, or a bug while reading it: the running config stays and systemd
+    hears READY=1 after RELOADING=1 (else the unit stays "reloading" for good)."""
+
+    def broken(_path):
+        raise UnicodeDecodeError("utf-8", b"\xe9", 0, 1, "invalid continuation byte")
+
+    async def scenario():
+        daemon = make_daemon()
+        daemon.config_path = tmp_path / "config.toml"
+        daemon._load = broken  # the loader a reload calls
+        notifier = daemon.notifier
+        task = await serving(daemon)
+        before = daemon.cfg
+        with capture_logs() as logs:
+            daemon.reload()
+        assert notifier.sent[-3:-1] == ["RELOADING=1", "READY=1"]
+        assert daemon.cfg is before
+        assert [e["event"] for e in logs] == ["reload failed; keeping the running config"]
+        daemon.request_stop()
+        await task
+
+    run(scenario())
+
+
 def test_a_crashed_loop_ends_the_daemon_with_exit_code_1():
     async def scenario():
         memory = FakeMemory()
