@@ -116,6 +116,7 @@ class Daemon:
             topics=self.topics,
             device=cfg.device.id,
             on_reply=operators.replied if operators else None,
+            on_dispatched=operators.dispatched if operators else None,
         )
         self.admission = Admission(
             cfg,
