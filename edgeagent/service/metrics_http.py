@@ -168,8 +168,7 @@ class MetricsServer:
             await self._stopping.wait()
         connections = list(self._connections.values())
         for connection in connections:
-            connection.transport.abort()
-            connection.task.cancel()
+            connection.transport.abort()  # each task then returns by itself
         await asyncio.gather(*(c.task for c in connections), return_exceptions=True)
 
     def _admit(self, task: asyncio.Task[None], transport: asyncio.WriteTransport) -> bool:
@@ -179,8 +178,9 @@ class MetricsServer:
             if waiting is None:
                 return False
             self.evicted += 1
+            # Aborted, not cancelled: its read ends with IncompleteReadError and the task
+            # returns (asyncio's streams log a cancelled connection task as an error).
             waiting.transport.abort()
-            waiting.task.cancel()
             self._connections.pop(waiting.task, None)
         self._connections[task] = _Connection(task, transport)
         return True
