@@ -116,6 +116,7 @@ class Daemon:
             topics=self.topics,
             device=cfg.device.id,
             on_reply=operators.replied if operators else None,
+            on_dispatched=operators.dispatched if operators else None,
         )
         self.admission = Admission(
             cfg,
@@ -158,6 +159,9 @@ class Daemon:
 
     async def serve(self) -> int:
         self._set_state(State.LOADING)
+        # Connected while the model loads, so the heartbeat says `loading` meanwhile; tasks
+        # that arrive wait, unacknowledged, in admission's bounded intake until it runs.
+        self.link.start(self.admission.offer, self._on_connect)
         started = time.perf_counter()
         # Load at the smallest useful context; the memory governor sizes it right after.
         await self.engine.start(n_ctx=self.cfg.memory.min_ctx)
@@ -168,7 +172,6 @@ class Daemon:
             n_ctx_train=self.engine.n_ctx_train,
         )
         await self.memory.start()
-        self.link.start(self.admission.offer, self._on_connect)
         if self.operators is not None:
             self.operators.start()
         self._set_state(State.SERVING)
@@ -269,9 +272,10 @@ class Daemon:
 
     def _set_state(self, state: State) -> None:
         self.state = state
-        self.telemetry.refresh_status()
+        self.telemetry.state_changed()
 
     def _on_connect(self) -> None:
+        self.telemetry.publish_heartbeat()  # this run's, before `online` shows old values
         future = self.link.publish(self.topics.status, "online", retain=True)
         future.add_done_callback(_ignore_result)
         if self.operators is not None:
@@ -298,6 +302,8 @@ class Daemon:
         if not await self.delivery.wait_idle(within_s=FINAL_PUBLISH_TIMEOUT_S):
             log.warning("replies still unconfirmed at exit; the broker will redeliver their tasks")
         self.delivery.cancel_all()
+        # Stopped serving: the retained heartbeat says so before `offline` and the disconnect.
+        self._set_state(State.STOPPED)
         if self.link.connected.is_set():
             with contextlib.suppress(EdgeAgentError, PublishRefused):
                 await with_timeout(
@@ -314,7 +320,6 @@ class Daemon:
             self.abandoned_inference = True
             log.error("the inference thread does not respond; exiting without it")
         self.store.close()
-        self._set_state(State.STOPPED)
         counters = self.telemetry.counters
         log.info("stopped", done=counters.done, failed=counters.failed)
 

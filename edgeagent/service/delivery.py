@@ -2,12 +2,16 @@
 
 For one task id, in this order:
 
-    store the outcome -> publish the reply until the broker confirms (or refuses) it
-    -> mark the reply -> publish the action (dispatch = true, not held) -> mark it
+    store the outcome -> publish the action (dispatch = true, not held) until the
+    broker confirms (or refuses) it -> mark it -> publish the reply -> mark it
     -> acknowledge every delivery of the id that waited for this reply
 
 so a crash at any point leaves the task message unacknowledged and the store knows
 exactly what the broker already has: the redelivery publishes only what is missing.
+The action goes first so that the reply tells what the broker answered: `dispatched`
+stays true only when it confirmed the action message; when it refused it, the reply
+says `"dispatched": false` and `dispatch_refused` (`refused_dispatch`, the same bytes
+on a redelivery or re-send, derived from the stored reply and the action's state).
 A refusal (PUBACK reason code >= 0x80) is final: logged with its reason, reported on
 the errors topic, recorded in the store, and the task is acknowledged (sending the
 same message again would be refused again).
@@ -27,9 +31,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 
@@ -52,6 +57,24 @@ log = structlog.get_logger("edgeagent.service.delivery")
 
 UNCONFIRMED_LOG_S = 30.0  # how often a publish still waiting for its PUBACK is logged
 QUEUE_FULL_BACKOFF_S = 1.0  # paho's outgoing queue is full: try again after this
+
+
+def refused_dispatch(reply: str, topic: str) -> str:
+    """The reply of a task whose action message the broker (or the link) refused:
+    `"dispatched": false`, then `"dispatch_refused": {"topic": ...}`, every other key as
+    it was. A function of the stored reply alone, so a redelivery sends the same bytes;
+    the reason code is on the errors topic (REPLY_REFUSED) and in the log."""
+    body: dict[str, Any] = {}
+    for key, value in json.loads(reply).items():
+        body[key] = False if key == "dispatched" else value
+        if key == "dispatched":
+            body["dispatch_refused"] = {"topic": topic}
+    text = json.dumps(body, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: escaped, as protocol.reply.encode does
+        return json.dumps(body, ensure_ascii=True)
+    return text
 
 
 class OutcomeStore(Protocol):
@@ -79,14 +102,18 @@ class Plan:
     @classmethod
     def from_record(cls, record: TaskRecord, *, redelivery: bool) -> Plan:
         """From the store. A broker redelivery gets what the broker does not have yet; a
-        client's re-send gets the reply again. An action is never dispatched twice."""
+        client's re-send gets the reply again, saying `dispatch_refused` if the broker
+        refused the action. An action is never dispatched twice."""
         outcome = record.outcome
         assert outcome is not None
         confirmed = record.reply_state is Confirmation.CONFIRMED
         pending_action = record.action_state is Confirmation.PENDING
+        reply = outcome.reply
+        if record.action_state is Confirmation.REFUSED and outcome.action_topic is not None:
+            reply = refused_dispatch(reply, outcome.action_topic)
         return cls(
             record.id,
-            outcome.reply,
+            reply,
             send_reply=not (redelivery and confirmed),
             action_topic=outcome.action_topic if pending_action else None,
             action=outcome.action if pending_action else None,
@@ -109,6 +136,7 @@ class Delivery:
         unconfirmed_log_s: float = UNCONFIRMED_LOG_S,
         queue_full_backoff_s: float = QUEUE_FULL_BACKOFF_S,
         on_reply: Callable[[Reply], None] | None = None,
+        on_dispatched: Callable[[str, str], None] | None = None,
     ) -> None:
         self._link = link
         self._store = store
@@ -119,6 +147,9 @@ class Delivery:
         self._queue_full_backoff_s = queue_full_backoff_s
         # Every task's end passes here once (answered, failed or refused): the metrics.
         self._on_reply = on_reply
+        # Every action message the broker confirmed: (task id, its payload), for the
+        # retained last_action (service/operators.py).
+        self._on_dispatched = on_dispatched
         # Bounded by the broker's window of unacknowledged task messages.
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -196,6 +227,14 @@ class Delivery:
         except Exception:  # the metrics must never cost a task its reply or its ack
             log.exception("reply observer failed", task_id=reply.id)
 
+    def _dispatched(self, task_id: str, action: str) -> None:
+        if self._on_dispatched is None:
+            return
+        try:
+            self._on_dispatched(task_id, action)
+        except Exception:  # Home Assistant's view must never cost a task its reply
+            log.exception("dispatch observer failed", task_id=task_id)
+
     def _ack(self, message: Incoming) -> None:
         try:
             self._link.ack(message)
@@ -229,18 +268,24 @@ class Delivery:
 
     async def _deliver_steps(self, entry: InFlight, plan: Plan) -> None:
         task_id = entry.task_id
-        sent: set[ReplyRoute] = set() if plan.send_reply else set(entry.routes())
-        if plan.send_reply:
-            refused = await self._send_reply(entry, plan.reply, sent)
-            state = Confirmation.REFUSED if refused else Confirmation.CONFIRMED
-            await self._store.mark_reply(task_id, state)
+        reply = plan.reply
         if plan.action_topic is not None and plan.action is not None:
+            # Before the reply, which then says what the broker answered.
             refused = await self._publish(task_id, plan.action_topic, plan.action, None, "action")
             state = Confirmation.REFUSED if refused else Confirmation.CONFIRMED
             await self._store.mark_action(task_id, state)
+            if refused:
+                reply = refused_dispatch(reply, plan.action_topic)
+            else:
+                self._dispatched(task_id, plan.action)
+        sent: set[ReplyRoute] = set() if plan.send_reply else set(entry.routes())
+        if plan.send_reply:
+            refused = await self._send_reply(entry, reply, sent)
+            state = Confirmation.REFUSED if refused else Confirmation.CONFIRMED
+            await self._store.mark_reply(task_id, state)
         # Deliveries with a new reply address that joined meanwhile get the reply too;
         # no await between the last check and closing the entry, so none is missed.
-        await self._send_reply(entry, plan.reply, sent)
+        await self._send_reply(entry, reply, sent)
         for waiting in self._inflight.close(entry):
             self._ack(waiting.message)
 

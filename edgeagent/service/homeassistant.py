@@ -34,6 +34,9 @@ log = structlog.get_logger("edgeagent.service.homeassistant")
 
 # The daemon's lifecycle states (service.daemon.State), the options of the enum sensor.
 STATES = ("starting", "loading", "serving", "paused", "draining", "stopped")
+# The oldest Home Assistant that honours a discovered sensor's `options` (older ones
+# ignore them and show the state sensor as free text); docs/integrations.md names it.
+MIN_HOME_ASSISTANT = "2024.9"
 # HA: node and object ids are [a-zA-Z0-9_-] (homeassistant/components/mqtt/discovery.py).
 _UNSAFE_ID = re.compile(r"[^a-zA-Z0-9_-]")
 # Heartbeat-fed values count as stale after this many missed heartbeats (a daemon whose
@@ -158,8 +161,10 @@ ENTITIES: tuple[Entity, ...] = (
         {
             "state_class": "measurement",
             "unit_of_measurement": "tokens",
-            # The governor's fields are absent until its first reading.
-            "value_template": "{{ value_json.context.budget | default(None) }}",
+            # The governor's fields are absent until its first reading. Every template
+            # reads optional keys with .get(): HA logs a warning for each heartbeat in
+            # which a template touches a missing key (the .get() renders None: unknown).
+            "value_template": "{{ value_json.get('context', {}).get('budget') }}",
             "icon": "mdi:memory",
         },
     ),
@@ -174,8 +179,8 @@ ENTITIES: tuple[Entity, ...] = (
             "suggested_display_precision": 0,
             # The governor's reading is the tighter of host and cgroup memory.
             "value_template": (
-                "{{ value_json.context.available_mb"
-                " | default(value_json.memory.host_available_mb) }}"
+                "{{ value_json.get('context', {}).get('available_mb',"
+                " value_json.get('memory', {}).get('host_available_mb')) }}"
             ),
             "entity_category": "diagnostic",
         },
@@ -208,8 +213,9 @@ TEMPERATURE = Entity(
         "state_class": "measurement",
         "unit_of_measurement": "°C",
         "suggested_display_precision": 1,
-        # service/board.py's reading; this entity exists only where it knows the temperature.
-        "value_template": "{{ (value_json.board or {}).temp_c | default(None) }}",
+        # service/board.py's reading; this entity exists only where it knows the
+        # temperature, and a heartbeat leaves `board` out when it has nothing to say.
+        "value_template": "{{ value_json.get('board', {}).get('temp_c') }}",
         "entity_category": "diagnostic",
     },
 )

@@ -44,6 +44,29 @@ class _AddDeviceId:
         return event_dict
 
 
+# stderr (or stdout) through a descriptor of our own, one per process (see _own_descriptor).
+_OWN_STREAMS: dict[int, TextIO] = {}
+
+
+def _own_descriptor(stream: TextIO) -> TextIO:
+    """The process's stderr through a duplicate of its descriptor. llama-cpp-python points
+    descriptors 1 and 2 at /dev/null while it creates a model or a context (its
+    suppress_stdout_stderr): lines other threads log meanwhile (MQTT, deliveries, the
+    event loop, while the model loads or the governor resizes the context) would vanish.
+    Any other stream (a file, a test's StringIO) is used as it is."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return stream
+    if fd not in (1, 2):
+        return stream
+    if fd not in _OWN_STREAMS:
+        _OWN_STREAMS[fd] = os.fdopen(  # kept open for the process's life
+            os.dup(fd), "w", buffering=1, encoding="utf-8", errors="backslashreplace"
+        )
+    return _OWN_STREAMS[fd]
+
+
 def _is_socket(path: str) -> bool:
     try:
         return stat.S_ISSOCK(Path(path).stat().st_mode)
@@ -144,6 +167,7 @@ def configure_logging(
         raise ValueError(f"unknown log level {level!r}") from None
     chosen = resolve_format(fmt, stream=stream, environ=env, journal_socket=journal_socket)
     wanted_journal = fmt == "journal" or (fmt == "auto" and _stream_is_journal(stream, env))
+    stream = _own_descriptor(stream)
 
     processors: list[Processor] = [
         structlog.contextvars.merge_contextvars,

@@ -4,8 +4,8 @@ The telemetry calls `task_finished` for every task that ends (answered, failed o
 and `observe` with every heartbeat it builds, so the gauges here say exactly what the
 retained heartbeat says. Two ways out, both optional ([metrics] in the config):
 
-* `HttpEndpoint`: prometheus_client's HTTP server on a local port (127.0.0.1 by default),
-  for a Prometheus that scrapes the Pi directly;
+* `HttpEndpoint`: an HTTP endpoint on a local port (127.0.0.1 by default) for a local
+  agent or a reverse proxy, bounded in threads, connections and time (metrics_http.py);
 * `TextfileWriter`: `edgeagent.prom` in node_exporter's textfile-collector directory,
   replaced atomically with every heartbeat - the usual choice on a Pi that already runs
   node_exporter.
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,10 @@ from typing import Any
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Info, generate_latest
 from prometheus_client import Enum as EnumMetric
-from prometheus_client.exposition import start_http_server
 
 from edgeagent import __version__
 from edgeagent.config import MetricsConfig
+from edgeagent.service.metrics_http import MetricsServer
 
 log = structlog.get_logger("edgeagent.service.metrics")
 
@@ -202,18 +203,31 @@ class TextfileWriter:
         self.metrics = metrics
 
     def write(self) -> None:
-        """Replace the file in one rename, so node_exporter never reads half of it. The
-        temporary name does not end in .prom, which the collector ignores."""
-        tmp = self.path.with_name(f".{TEXTFILE_NAME}.{os.getpid()}.tmp")
-        # 0644 despite the service's UMask=0077: node_exporter runs as another user.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        """Replace the file in one rename, so node_exporter never reads half of it.
+
+        The temporary file gets an unpredictable name, created by mkstemp with
+        O_CREAT|O_EXCL|O_NOFOLLOW: whoever can write to the collector's directory cannot
+        plant a link there that this write would follow into another file (a fixed name
+        did, and made a 0600 file 0644 metrics text). The rename replaces a link at
+        `edgeagent.prom` itself, never the file it points to. The temporary name does
+        not end in .prom, which the collector ignores.
+        """
+        fd, name = tempfile.mkstemp(
+            dir=self.path.parent, prefix=f".{TEXTFILE_NAME}.", suffix=".tmp"
+        )
+        tmp = Path(name)
         try:
+            # 0644 despite the service's UMask=0077: node_exporter runs as another user.
             os.fchmod(fd, 0o644)
-            with os.fdopen(fd, "wb", closefd=False) as out:
+            with os.fdopen(fd, "wb") as out:
+                fd = -1  # closed by the file object from here on
                 out.write(self.metrics.exposition())
-        finally:
-            os.close(fd)
-        tmp.replace(self.path)
+            tmp.replace(self.path)
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
 
     def remove(self) -> None:
         """At shutdown: stale numbers are worse than none (node_exporter's own
@@ -222,25 +236,25 @@ class TextfileWriter:
 
 
 class HttpEndpoint:
-    """prometheus_client's HTTP server (its own thread) serving this daemon's metrics."""
+    """This daemon's metrics over HTTP, bounded in threads, connections and time
+    (service/metrics_http.py)."""
 
     def __init__(self, metrics: Metrics, address: str, port: int) -> None:
         self.metrics = metrics
         self.address = address
         self.port = port
-        self._server: Any = None
+        self._server: MetricsServer | None = None
 
     def start(self) -> None:
-        self._server, _thread = start_http_server(
-            self.port, addr=self.address, registry=self.metrics.registry
-        )
-        self.port = int(self._server.server_port)  # the real one when 0 was asked for
+        server = MetricsServer(self.metrics.registry, self.address, self.port)
+        server.start()
+        self._server = server
+        self.port = server.port  # the real one when 0 was asked for
         log.info("metrics endpoint", address=self.address, port=self.port)
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.stop()
             self._server = None
 
 

@@ -1,7 +1,8 @@
 """Where operators look: Prometheus metrics and Home Assistant, fed from the service's hooks.
 
 The daemon calls `connected` on every MQTT connection (discovery configs), `replied` at
-every task's end (counters by status, the retained last_action) and `heartbeat_taken`
+every task's end (counters by status), `dispatched` when the broker confirmed an action
+message (with reply-only action answers: the retained last_action) and `heartbeat_taken`
 with every heartbeat (gauges). None of it may slow or fail a task: publishes are fire and
 forget, store reads go through the store's thread, and failures are logged.
 """
@@ -9,6 +10,7 @@ forget, store reads go through the store's thread, and failures are logged.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Coroutine
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -54,7 +56,7 @@ class OperatorViews:
         self._background: set[asyncio.Task[None]] = set()
 
     def reconfigure(self, cfg: Config) -> None:
-        self.cfg = cfg  # the catalog decides what counts as a last action
+        self.cfg = cfg  # the running config, after a reload
 
     def start(self) -> None:
         self.metrics.start()
@@ -68,18 +70,28 @@ class OperatorViews:
         self._spawn(self._sync_discovery())
 
     def replied(self, reply: Reply) -> None:
-        """Every task's end: count it; an answered catalog action is the last action."""
+        """Every task's end: count it. A reply-only action answer (not held: something the
+        caller carries out) is the last action; a dispatched one waits for `dispatched`."""
         self.metrics.metrics.reply(reply.to_json())
-        if (
-            isinstance(reply, OkReply)
-            and isinstance(reply.output, dict)
-            and set(reply.output) == {"action", "args"}
-            and self.cfg.action(str(reply.output["action"])) is not None
-        ):
-            topic, payload = homeassistant.last_action_message(
-                self._topics, reply.id, reply.output, datetime.now(UTC)
-            )
-            self._link.publish(topic, payload, retain=True).add_done_callback(_ignore_result)
+        # `reply.action` exists only for action tasks (service/dispatch.py): a schema
+        # task's output, whatever it looks like, never is an action.
+        if not isinstance(reply, OkReply) or reply.action is None:
+            return
+        if reply.action.held is None and not reply.action.dispatched:
+            self._publish_last_action(reply.id, reply.output)
+
+    def dispatched(self, task_id: str, action: str) -> None:
+        """An action message the broker confirmed (service/delivery.py): the last action."""
+        message = json.loads(action)  # the daemon's own ActionMessage
+        self._publish_last_action(task_id, {"action": message["action"], "args": message["args"]})
+
+    def _publish_last_action(self, task_id: str, output: Any) -> None:
+        if not isinstance(output, dict):
+            return
+        topic, payload = homeassistant.last_action_message(
+            self._topics, task_id, output, datetime.now(UTC)
+        )
+        self._link.publish(topic, payload, retain=True).add_done_callback(_ignore_result)
 
     def heartbeat_taken(self, beat: dict[str, Any]) -> None:
         self._spawn(self._refresh_metrics(beat))

@@ -156,7 +156,17 @@ class Telemetry:
     def refresh_status(self) -> None:
         self._notifier.status(self.status_line())
 
+    def state_changed(self) -> None:
+        """A lifecycle transition: systemd's STATUS= and the heartbeat say it at once, so
+        Home Assistant and the fleet view see `draining` (and the rest) when it happens,
+        not up to a heartbeat period later, or never: `stopped` goes out before the
+        daemon's `offline` and its disconnect."""
+        self.publish_heartbeat()
+        self.refresh_status()
+
     def publish_heartbeat(self) -> None:
+        """Retained, while connected. Also on every connect (the daemon's hook), so the
+        counters of the previous run are replaced at once."""
         beat = self.heartbeat()
         if self._on_heartbeat is not None:
             self._on_heartbeat(beat)  # connected or not: the metrics stay current

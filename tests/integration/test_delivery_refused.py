@@ -3,7 +3,8 @@
 Real mosquitto with an acl_file, real model, `edgeagent run` as a process. The reply
 or action is refused, the daemon says so on its errors topic and in its log, the task
 store records it as refused (not replied), and the task is acknowledged: sending the
-same message again would only be refused again.
+same message again would only be refused again. The reply of a task whose action was
+refused says `"dispatched": false`: it is sent after the broker answered the action.
 """
 
 from __future__ import annotations
@@ -124,18 +125,35 @@ def test_a_refused_reply_is_reported_and_recorded_as_refused(tmp_path, daemon, p
     assert len(probe.wait_for(ERRORS)) == 1
 
 
-def test_a_refused_action_is_reported_and_the_reply_still_goes_out(tmp_path, daemon, probe):
+def test_a_refused_action_is_reported_and_the_reply_says_it_was_not_dispatched(
+    tmp_path, daemon, probe
+):
+    """The ACL denies the action topic: mosquitto answers the action's PUBACK with 135, and
+    the reply, sent after that answer, says `dispatched: false` - also to a re-send."""
     probe.subscribe(ERRORS)
     probe.subscribe("replies/#")
     probe.subscribe("edgeagent/dev1/actions/#")
     task = {"id": "a1", "input": "Zone 3 is dry: water it 20 minutes.", "action": "set_irrigation"}
     request(probe, task, "replies/ok/a")
-    (reply,) = [json.loads(m.payload) for m in probe.wait_for("replies/ok/a", timeout=120)]
+    (message,) = probe.wait_for("replies/ok/a", timeout=120)
+    reply = json.loads(message.payload)
     assert reply["status"] == "ok", reply
+    assert reply["output"]["action"] == "set_irrigation"
+    assert reply["dispatched"] is False
+    assert reply["dispatch_refused"] == {"topic": "edgeagent/dev1/actions/set_irrigation"}
     (report,) = [json.loads(m.payload) for m in probe.wait_for(ERRORS)]
     assert report["error"]["code"] == "REPLY_REFUSED"
-    assert report["error"]["details"]["topic"] == "edgeagent/dev1/actions/set_irrigation"
+    assert report["error"]["details"] == {
+        "topic": "edgeagent/dev1/actions/set_irrigation",
+        "reason_code": 135,
+    }
     assert daemon.wait_event("broker refused a publish", task_id="a1")["what"] == "action"
+    # A client's re-send: the stored reply, the same bytes, and no second dispatch attempt.
+    request(probe, task, "replies/ok/a")
+    first, again = probe.wait_for("replies/ok/a", count=2, timeout=30)
+    assert again.payload == first.payload
+    assert len(daemon.events("broker refused a publish")) == 1
+    assert not [m for m in probe.messages if m.topic.startswith("edgeagent/dev1/actions/")]
     daemon.signal(signal.SIGTERM)
     assert daemon.wait() == 0
     assert stored(tmp_path, "a1") == ("confirmed", "refused")

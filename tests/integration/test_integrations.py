@@ -10,6 +10,8 @@ textfile turned on answers the task the Node-RED example flow builds. Then:
 * the metrics endpoint, scraped over HTTP and parsed with prometheus_client's parser,
   counts the task, and the textfile holds the same families;
 * `edgeagent status --fleet --json` shows the device online and serving;
+* stopped, its retained heartbeat says `stopped`; started again, its first heartbeat
+  (sent on connect, before the model is loaded) says `loading`;
 * restarted with discovery off, the daemon empties every config it published: a new
   subscriber finds none retained.
 """
@@ -199,10 +201,17 @@ def test_home_assistant_prometheus_and_fleet_view_with_the_real_daemon(
         # Discovery off: every config published before is emptied.
         daemon.stop()
         assert not textfile.exists()  # no stale numbers after a stop
+        # The last heartbeat, before `offline`, says stopped: Home Assistant's State shows it.
+        probe.subscribe(f"{BASE}/heartbeat")
+        (last,) = probe.wait_for(f"{BASE}/heartbeat")
+        assert (last.retain, json.loads(last.payload)["state"]) == (True, "stopped")
         probe.subscribe(f"{PREFIX}/#")
         daemon = DaemonProcess(config(discovery=False), tmp_path / "daemon-off.log")
         daemon.start()
         daemon.wait_event("home assistant discovery", removed=entities)
+        # Connected before the model loads: the first heartbeat of the new run says so.
+        first = probe.wait_for(f"{BASE}/heartbeat", count=2)[1]
+        assert json.loads(first.payload)["state"] == "loading"
         assert _retained(mosquitto.port, f"{PREFIX}/#") == {}
         emptied = {m.topic for m in probe.messages if m.topic in configs and not m.payload}
         assert emptied == set(configs)

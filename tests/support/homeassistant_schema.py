@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 TOPIC_MATCHER = re.compile(
@@ -269,13 +270,41 @@ def validate(prefix: str, topic: str, payload: bytes | str) -> tuple[str, dict[s
     return component, config
 
 
+def _warning_undefined(warnings: list[str]) -> type[jinja2.Undefined]:
+    """HA's LoggingUndefined (helpers/template.py): printing, iterating or testing a
+    missing value logs `Template variable warning: ...` - on every message received."""
+
+    class WarningUndefined(jinja2.Undefined):
+        def _warn(self) -> None:
+            warnings.append(self._undefined_message)
+
+        def __str__(self) -> str:
+            self._warn()
+            return super().__str__()
+
+        def __iter__(self) -> Any:
+            self._warn()
+            return super().__iter__()
+
+        def __bool__(self) -> bool:
+            self._warn()
+            return super().__bool__()
+
+    return WarningUndefined
+
+
 def render(config: Mapping[str, Any], key: str, payload: bytes | str) -> str:
     """A template of the config rendered against a payload, as HA's MQTT entities do:
-    `value_json` is the parsed JSON, and the result is taken as a string."""
-    env = ImmutableSandboxedEnvironment()
+    `value_json` is the parsed JSON, and the result is taken as a string. A template
+    that would make HA log a template variable warning is Invalid."""
+    warnings: list[str] = []
+    env = ImmutableSandboxedEnvironment(undefined=_warning_undefined(warnings))
     env.filters["tojson"] = lambda value: json.dumps(value, ensure_ascii=False)
     text = payload.decode("utf-8") if isinstance(payload, bytes) else payload
-    return str(env.from_string(config[key]).render(value=text, value_json=json.loads(text)))
+    state = str(env.from_string(config[key]).render(value=text, value_json=json.loads(text)))
+    if warnings:
+        raise Invalid(f"Template variable warning: {'; '.join(warnings)} ({config[key]})")
+    return state
 
 
 def check_state(component: str, config: Mapping[str, Any], state: str) -> None:

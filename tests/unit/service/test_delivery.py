@@ -62,17 +62,27 @@ def test_ack_only_after_a_successful_puback():
     run(scenario())
 
 
-def test_reply_then_action_then_ack_in_that_order():
+def test_action_then_reply_then_ack_in_that_order():
+    """The reply waits for the action's PUBACK: its `dispatched` says what the broker did."""
+
     async def scenario():
         parts = await Parts.on(link=FakeLink(auto_confirm=False)).start()
         parts.link.deliver(ACTION_TASK)
-        (reply,) = await parts.link.wait_for_publish(RESULT)
-        assert parts.link.on(ACTION) == []  # the action waits for the reply's PUBACK
-        parts.link.confirm(reply)
         (action,) = await parts.link.wait_for_publish(ACTION)
-        assert action.body == {"id": "t1", "device": "dev1", **reply.body["output"]}
-        assert parts.link.acked == []
+        assert action.body == {
+            "id": "t1",
+            "device": "dev1",
+            "action": "set_irrigation",
+            "args": {"zone": 3, "minutes": 20},
+        }
+        await asyncio.sleep(0.05)
+        assert parts.link.on(RESULT) == []  # the reply waits for the action's PUBACK
         parts.link.confirm(action)
+        (reply,) = await parts.link.wait_for_publish(RESULT)
+        assert reply.body["dispatched"] is True
+        assert reply.body["output"] == {k: action.body[k] for k in ("action", "args")}
+        assert parts.link.acked == []
+        parts.link.confirm(reply)
         await parts.link.wait_for_acks(1)
         record = await parts.record("t1")
         assert (record.reply_state, record.action_state) == (
@@ -105,7 +115,7 @@ def test_a_refused_reply_is_reported_and_never_marked_replied():
     run(scenario())
 
 
-def test_a_refused_action_is_recorded_and_reported():
+def test_a_refused_action_is_recorded_reported_and_the_reply_says_not_dispatched():
     async def scenario():
         parts = await Parts.on().start()
         parts.link.refuse[ACTION] = NOT_AUTHORIZED
@@ -118,7 +128,43 @@ def test_a_refused_action_is_recorded_and_reported():
             Confirmation.REFUSED,
         )
         assert parts.link.bodies(ERRORS)[0]["error"]["details"]["topic"] == ACTION
+        (reply,) = parts.link.bodies(RESULT)
+        assert reply["status"] == "ok"
+        assert reply["dispatched"] is False
+        assert reply["dispatch_refused"] == {"topic": ACTION}
+        assert list(reply)[:5] == ["id", "status", "output", "confidence", "dispatched"]
+        # A client's re-send: the same reply, byte for byte, and no second dispatch.
+        parts.link.deliver(ACTION_TASK)
+        await parts.link.wait_for_acks(2)
+        first, again = parts.link.on(RESULT)
+        assert again.payload == first.payload
+        assert len(parts.link.on(ACTION)) == 1
         await parts.crash()
+
+    run(scenario())
+
+
+def test_a_redelivery_after_a_refused_action_sends_the_same_refused_reply(tmp_path):
+    """Crash after the broker refused the action, before the reply's PUBACK."""
+    path = tmp_path / "journal.sqlite3"
+
+    async def scenario():
+        first = await Parts.on(path, link=FakeLink(auto_confirm=False)).start()
+        message = first.link.deliver(ACTION_TASK)
+        (action,) = await first.link.wait_for_publish(ACTION)
+        with capture_logs():
+            first.link.refuse_publish(action)
+            (reply,) = await first.link.wait_for_publish(RESULT)
+        await first.crash()
+        second = await Parts.on(path).start()
+        second.link.redeliver(message)
+        await second.link.wait_for_acks(1)
+        (again,) = second.link.on(RESULT)
+        assert again.payload == reply.payload
+        assert again.body["dispatch_refused"] == {"topic": ACTION}
+        assert second.link.on(ACTION) == []  # refused once, not dispatched again
+        assert second.engine.tasks == []
+        await second.crash()
 
     run(scenario())
 
@@ -140,11 +186,11 @@ def test_disconnect_between_reply_and_ack_leaves_the_task_to_the_broker():
     async def scenario():
         parts = await Parts.on(link=FakeLink(auto_confirm=False)).start()
         message = parts.link.deliver(ACTION_TASK)
-        (reply,) = await parts.link.wait_for_publish(RESULT)
-        parts.link.confirm(reply)
         (action,) = await parts.link.wait_for_publish(ACTION)
+        parts.link.confirm(action)
+        (reply,) = await parts.link.wait_for_publish(RESULT)
         parts.link.disconnect()
-        parts.link.confirm(action)  # paho resent it on the new connection
+        parts.link.confirm(reply)  # paho resent it on the new connection
         await parts.link.wait_until(lambda: len(parts.link.ack_attempts) == 1)
         assert parts.link.acked == []  # that packet id belongs to the dropped connection
         parts.link.reconnect()
@@ -161,8 +207,8 @@ def test_disconnect_between_reply_and_ack_leaves_the_task_to_the_broker():
 @pytest.mark.parametrize(
     ("confirmed_before_crash", "published_after"),
     [
-        (0, {RESULT: 1, ACTION: 1}),  # crash before the reply's PUBACK: both again
-        (1, {RESULT: 0, ACTION: 1}),  # reply confirmed, action not: only the action
+        (0, {RESULT: 1, ACTION: 1}),  # crash before the action's PUBACK: both again
+        (1, {RESULT: 1, ACTION: 0}),  # action confirmed, reply not: only the reply
         (2, {RESULT: 0, ACTION: 0}),  # both confirmed, ack lost: only the ack
     ],
 )
@@ -172,11 +218,11 @@ def test_redelivery_after_a_crash_at_each_step(tmp_path, confirmed_before_crash,
     async def scenario():
         first = await Parts.on(path, link=FakeLink(auto_confirm=False)).start()
         message = first.link.deliver(ACTION_TASK)
-        for topic in (RESULT, ACTION)[:confirmed_before_crash]:
+        for topic in (ACTION, RESULT)[:confirmed_before_crash]:
             (published,) = await first.link.wait_for_publish(topic)
             first.link.confirm(published)
         if confirmed_before_crash < 2:
-            await first.link.wait_for_publish((RESULT, ACTION)[confirmed_before_crash])
+            await first.link.wait_for_publish((ACTION, RESULT)[confirmed_before_crash])
         else:
             await first.link.wait_until(lambda: len(first.link.ack_attempts) == 1)
         await first.crash()
@@ -187,7 +233,7 @@ def test_redelivery_after_a_crash_at_each_step(tmp_path, confirmed_before_crash,
         published = {t: len(second.link.on(t)) for t in (RESULT, ACTION)}
         assert published == published_after
         assert second.engine.tasks == []  # answered from the store, never run again
-        if published[RESULT]:
+        if published[RESULT] and first.link.on(RESULT):
             assert second.link.on(RESULT)[0].payload == first.link.on(RESULT)[0].payload
         await second.crash()
 

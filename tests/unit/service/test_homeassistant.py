@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
+import jinja2
 import pytest
 from support import homeassistant_schema as ha
 
 from edgeagent.config import HomeAssistantConfig
 from edgeagent.protocol.topics import Topics
 from edgeagent.service.homeassistant import (
+    MIN_HOME_ASSISTANT,
     STATES,
     DeviceInfo,
     Discovery,
@@ -21,6 +24,7 @@ from edgeagent.service.homeassistant import (
     plan,
 )
 
+ROOT = Path(__file__).resolve().parents[3]
 TOPICS = Topics("edgeagent", "greenhouse-01", "edgeagent")
 INFO = DeviceInfo("greenhouse-01", "SmolLM2.gguf", heartbeat_s=10, temperature_known=True)
 ON = HomeAssistantConfig(discovery=True)
@@ -35,6 +39,7 @@ HEARTBEAT = {
     "memory": {"rss_mb": 612.3, "host_available_mb": 2210.0},
     "board": {"temp_c": 51.2},
 }
+HEARTBEAT_NO_BOARD = {k: v for k, v in HEARTBEAT.items() if k != "board"}
 LAST_ACTION = {"name": "set_irrigation", "at": "2026-01-05T10:00:00+00:00", "task_id": "t1"}
 
 
@@ -129,6 +134,38 @@ def test_early_heartbeat_values_are_unknown_not_errors():
         "memory_available": "2210.0",
         "memory_pressure": "ON",
     }
+
+
+def test_templates_render_without_a_warning_when_optional_keys_are_missing():
+    """A heartbeat without `board` (nothing known this time) and before the governor's
+    first reading: HA would log a template variable warning with each one."""
+    beat = {k: v for k, v in HEARTBEAT.items() if k != "board"} | {"context": {"n_ctx": 512}}
+    configs = _by_key(discovery_configs(ON, TOPICS, INFO))
+    states = {}
+    for key, (topic, config) in configs.items():
+        payload = LAST_ACTION if config["state_topic"].endswith("last_action") else beat
+        states[key] = ha.render(config, "value_template", json.dumps(payload))
+        ha.check_state(topic.split("/")[1], config, states[key])
+    assert states["soc_temperature"] == "None"  # unknown, as HA shows it
+    assert states["context_budget"] == "None"
+    assert states["memory_available"] == "2210.0"
+
+
+def test_the_template_check_catches_what_home_assistant_warns_about():
+    for template in (
+        "{{ value_json.board.temp_c | default(None) }}",  # undefined.temp_c: an error
+        "{{ (value_json.board or {}).temp_c }}",  # testing an undefined: a warning
+        "{{ value_json.board }}",  # printing one: a warning
+    ):
+        with pytest.raises((ha.Invalid, jinja2.UndefinedError)):
+            ha.render(
+                {"value_template": template}, "value_template", json.dumps(HEARTBEAT_NO_BOARD)
+            )
+
+
+def test_the_docs_name_the_oldest_home_assistant_that_honours_the_state_options():
+    text = (ROOT / "docs" / "integrations.md").read_text(encoding="utf-8")
+    assert f"Home Assistant {MIN_HOME_ASSISTANT} or later" in text
 
 
 def test_state_options_are_the_daemon_states():

@@ -384,3 +384,26 @@ def test_redaction_with_capture_logs():
         structlog.get_logger().debug("task", prompt="secret prompt")
     assert logs[0]["prompt"] == "[REDACTED 13 chars]"
     assert logs[1]["prompt"] == "secret prompt"
+
+
+def test_lines_logged_while_llama_cpp_silences_stderr_still_arrive():
+    """llama-cpp-python points descriptors 1 and 2 at /dev/null while it creates a model
+    or a context; the daemon stays connected meanwhile (the model loads while the MQTT
+    link runs), and what other threads log then must not vanish."""
+    import subprocess  # noqa: PLC0415 - only here
+    import sys  # noqa: PLC0415 - only here
+
+    script = (
+        "from llama_cpp._utils import suppress_stdout_stderr\n"
+        "import structlog\n"
+        "from edgeagent.service.logsetup import configure_logging\n"
+        "configure_logging('info', 'json', 'd')\n"
+        "with suppress_stdout_stderr(disable=False):\n"
+        "    structlog.get_logger().info('while the model loads')\n"
+        "structlog.get_logger().info('after')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    events = [json.loads(line)["event"] for line in done.stderr.splitlines()]
+    assert events == ["while the model loads", "after"]

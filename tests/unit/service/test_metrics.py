@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import stat
+import threading
+import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -18,6 +22,7 @@ from edgeagent.service.metrics import (
     MetricsExport,
     TextfileWriter,
 )
+from edgeagent.service.metrics_http import MetricsServer
 
 HEARTBEAT = {
     "device": "greenhouse-01",
@@ -134,6 +139,35 @@ def test_textfile_is_replaced_whole_and_readable_by_node_exporter(tmp_path):
     assert not writer.path.exists()
 
 
+def test_textfile_writer_follows_no_planted_link(tmp_path):
+    """Whoever can write to the collector's directory plants links at the temporary name
+    an older writer used (`.edgeagent.prom.<pid>.tmp`) and at the file itself: the files
+    they point to keep their bytes and their mode."""
+    collector = tmp_path / "collector"
+    collector.mkdir()
+    victims = {name: tmp_path / name for name in ("secret-a", "secret-b")}
+    for victim in victims.values():
+        victim.write_text("private\n", encoding="utf-8")
+        victim.chmod(0o600)
+    planted_tmp = collector / f".edgeagent.prom.{os.getpid()}.tmp"
+    planted_tmp.symlink_to(victims["secret-a"])
+    (collector / "edgeagent.prom").symlink_to(victims["secret-b"])
+    metrics = Metrics("d")
+    metrics.observe(HEARTBEAT)
+    writer = TextfileWriter(collector, metrics)
+    writer.write()
+    writer.write()
+    for victim in victims.values():
+        assert victim.read_text(encoding="utf-8") == "private\n"
+        assert stat.S_IMODE(victim.stat().st_mode) == 0o600
+    assert not writer.path.is_symlink()  # the rename replaced the link, not its target
+    assert samples(writer.path.read_text())[("edgeagent_queue_depth", ())] == 3
+    assert planted_tmp.is_symlink()  # left alone, not written through
+    assert sorted(p.name for p in collector.iterdir()) == sorted(
+        ["edgeagent.prom", planted_tmp.name]
+    )
+
+
 def test_http_endpoint_serves_the_registry():
     metrics = Metrics("d")
     metrics.observe(HEARTBEAT)
@@ -145,6 +179,92 @@ def test_http_endpoint_serves_the_registry():
     finally:
         endpoint.stop()
     assert samples(body)[("edgeagent_queue_depth", ())] == 3
+
+
+def _scrape(port: int) -> bytes:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return bytes(response.read())
+
+
+def test_slow_clients_neither_multiply_threads_nor_starve_a_scrape(caplog):
+    """300 connections that send nothing: prometheus_client's server made a thread for
+    each (307 threads); this one keeps its one thread, a scrape still answers, and the
+    connections closed to make room log nothing (no error per client to flood the log)."""
+    metrics = Metrics("d")
+    metrics.observe(HEARTBEAT)
+    endpoint = HttpEndpoint(metrics, "127.0.0.1", 0)
+    endpoint.start()
+    threads = threading.active_count()  # the endpoint's own thread included
+    silent: list[socket.socket] = []
+    try:
+        silent.extend(
+            socket.create_connection(("127.0.0.1", endpoint.port), timeout=5) for _ in range(300)
+        )
+        time.sleep(0.5)  # every connection accepted (or closed to make room)
+        assert threading.active_count() <= threads
+        assert samples(_scrape(endpoint.port))[("edgeagent_queue_depth", ())] == 3
+        assert threading.active_count() <= threads
+    finally:
+        for sock in silent:
+            sock.close()
+        endpoint.stop()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def _closed_by_server(sock: socket.socket, within_s: float) -> bool:
+    sock.settimeout(within_s)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_connections_are_capped_and_a_silent_one_makes_room():
+    metrics = Metrics("d")
+    metrics.observe(HEARTBEAT)
+    server = MetricsServer(metrics.registry, "127.0.0.1", 0, max_connections=2)
+    server.start()
+    try:
+        first, second = (socket.create_connection(("127.0.0.1", server.port)) for _ in "ab")
+        with first, second:
+            time.sleep(0.2)
+            assert server.open_connections == 2
+            assert samples(_scrape(server.port))[("edgeagent_queue_depth", ())] == 3
+            assert _closed_by_server(first, within_s=2)  # the oldest silent one went
+            assert not _closed_by_server(second, within_s=0.2)
+            assert server.evicted == 1
+    finally:
+        server.stop()
+
+
+def _status(request: urllib.request.Request | str) -> int:
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code
+
+
+def test_a_connection_that_sends_nothing_is_closed_after_the_request_timeout():
+    server = MetricsServer(Metrics("d").registry, "127.0.0.1", 0, request_timeout_s=0.3)
+    server.start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            started = time.monotonic()
+            assert _closed_by_server(sock, within_s=5)
+            assert time.monotonic() - started < 2
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            sock.sendall(b"GET /metrics HTTP/1.1\r\n" + b"X: " + b"a" * 10_000 + b"\r\n\r\n")
+            assert _closed_by_server(sock, within_s=5)  # a head over the limit: closed
+        request = urllib.request.Request(f"http://127.0.0.1:{server.port}/metrics", method="DELETE")
+        assert _status(request) == 405
+        assert _status(f"http://127.0.0.1:{server.port}/other") == 404
+    finally:
+        server.stop()
+    assert not [t for t in threading.enumerate() if t.name == "metrics-http"]
 
 
 def test_reply_bodies_count_like_finished_tasks():

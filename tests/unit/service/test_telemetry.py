@@ -5,6 +5,7 @@ import json
 
 from support.fake_engine import FakeDecision, FakeEngine, FakeMemory, FakeNotifier
 from support.fake_link import FakeLink
+from support.service_parts import make_daemon
 
 from edgeagent.protocol.topics import Topics
 from edgeagent.service.queue import TaskQueue
@@ -118,3 +119,71 @@ def test_the_loop_publishes_and_updates_the_status():
         assert h.notifier.statuses
 
     asyncio.run(scenario())
+
+
+STATUS = "edgeagent/dev1/status"
+
+
+class SlowLoad(FakeEngine):
+    """A model that takes until `loaded` is set to load."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loaded = asyncio.Event()
+
+    async def start(self, n_ctx: int | None = None) -> None:
+        await self.loaded.wait()
+        await super().start(n_ctx)
+
+
+def _position(link: FakeLink, topic: str, predicate) -> int:
+    return next(i for i, p in enumerate(link.published) if p.topic == topic and predicate(p))
+
+
+def test_the_heartbeat_says_loading_serving_draining_and_stopped_when_they_happen():
+    """Home Assistant's State entity sees every transition: connected while the model
+    loads, a heartbeat on each change, `stopped` before `offline` and the disconnect."""
+
+    async def scenario():
+        engine = SlowLoad()
+        daemon = make_daemon(engine=engine)
+        link = daemon.link
+        serving = asyncio.create_task(daemon.serve())
+        (first,) = await link.wait_for_publish(HEARTBEAT)
+        assert (first.body["state"], first.retain) == ("loading", True)
+        # The heartbeat of this run goes out before `online` makes the old one look live.
+        assert _position(link, HEARTBEAT, lambda _: True) < _position(
+            link, STATUS, lambda p: p.payload == "online"
+        )
+        engine.loaded.set()
+        await link.wait_until(lambda: "serving" in [b["state"] for b in link.bodies(HEARTBEAT)])
+        daemon.request_stop()
+        assert await serving == 0
+        states = [b["state"] for b in link.bodies(HEARTBEAT)]
+        assert states[0] == "loading"
+        assert states.index("serving") < states.index("draining") < states.index("stopped")
+        assert states[-1] == "stopped"
+        last_beat = _position(link, HEARTBEAT, lambda p: p.body["state"] == "stopped")
+        assert last_beat < _position(link, STATUS, lambda p: p.payload == "offline")
+
+    asyncio.run(asyncio.wait_for(scenario(), 10))
+
+
+def test_a_heartbeat_goes_out_on_every_connect():
+    """After a (re)connect Home Assistant gets this run's counters at once, not the
+    previous run's until the next period (an hour here)."""
+
+    async def scenario():
+        daemon = make_daemon()
+        link = daemon.link
+        serving = asyncio.create_task(daemon.serve())
+        await link.wait_until(lambda: "serving" in [b["state"] for b in link.bodies(HEARTBEAT)])
+        beats = len(link.on(HEARTBEAT))
+        link.disconnect()
+        link.reconnect()
+        assert len(link.on(HEARTBEAT)) == beats + 1
+        assert link.on(HEARTBEAT)[-1].body["state"] == "serving"
+        daemon.request_stop()
+        assert await serving == 0
+
+    asyncio.run(asyncio.wait_for(scenario(), 10))
