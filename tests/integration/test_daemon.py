@@ -138,7 +138,9 @@ def test_schema_task_with_response_topic_and_heartbeat(daemon_factory, probe):
 
 
 def test_catalog_task_results_topic_and_dispatch(daemon_factory, probe):
-    daemon_factory()
+    # The argument check off: SmolLM2 often writes minutes the input does not hold,
+    # which the gate would hold (test_naming_the_action_... below).
+    daemon_factory(sections={"catalog": {"unsupported_arguments": "allow"}})
     probe.subscribe("edgeagent/dev1/results/#")
     probe.subscribe("edgeagent/dev1/actions/#")
     probe.publish(
