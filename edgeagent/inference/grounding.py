@@ -46,7 +46,22 @@ _TENS = {
 # Words that stand for a number or a unit the model converts into one.
 _SPECIAL = {
     **dict.fromkeys(
-        ["half", "halb", "halbe", "halben", "demi", "demie", "media", "medio", "mezza", "mezzo"],
+        [
+            "half",
+            "halfway",
+            "moitié",
+            "mitad",
+            "metà",
+            "halb",
+            "halbe",
+            "halben",
+            "demi",
+            "demie",
+            "media",
+            "medio",
+            "mezza",
+            "mezzo",
+        ],
         0.5,
     ),
     **dict.fromkeys(["quarter", "viertel", "quart", "cuarto", "quarto"], 0.25),
@@ -58,6 +73,11 @@ _SPECIAL = {
         [
             "full",
             "fully",
+            "completely",
+            "ganz",
+            "complètement",
+            "completamente",
+            "totalmente",
             "max",
             "maximum",
             "voll",

@@ -243,7 +243,9 @@ def test_the_confidence_floor_alone_holds_a_named_action(daemon_factory, probe):
 def test_reason_goes_to_the_reply_not_the_output_or_the_action(daemon_factory, probe):
     # `[model] reason`: the model writes a short reason before it chooses; the reply
     # carries it apart, and the action message is the plain {"action", "args"}.
-    daemon_factory(sections={"model": {"reason": True}})
+    # The argument check off: the action message is what this test looks at.
+    catalog = {"unsupported_arguments": "allow"}
+    daemon_factory(sections={"model": {"reason": True}, "catalog": catalog})
     probe.subscribe("edgeagent/dev1/results/#")
     probe.subscribe("edgeagent/dev1/actions/#")
     task = {"id": "r1", "input": "Zone 3 is dry. Water zone 3 for 20 minutes.", "max_tokens": 96}
