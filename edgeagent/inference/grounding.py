@@ -149,6 +149,7 @@ def numbers_in(text: str) -> set[float]:
         word = match.group()
         if word in _WORDS:
             found.add(_WORDS[word])
+            continue
         # Compounds (twenty-five, vingt-deux, dreiundzwanzig): each part, and their sum.
         parts = [_WORDS[p] for p in re.split(r"-|und", word) if p in _WORDS]
         found.update(parts)
