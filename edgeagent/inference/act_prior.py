@@ -12,6 +12,7 @@ a device serves.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
@@ -33,6 +34,7 @@ class ActPriors:
     def __init__(self, size: int = PRIORS_KEPT) -> None:
         self._size = size
         self._priors: OrderedDict[tuple[str, str], float | None] = OrderedDict()
+        self._lock = threading.Lock()
 
     def get(self, spec: OutputSpec, compute: Callable[[], float | None]) -> float | None:
         """The prior of spec's catalog (None for schemas or a catalog without a
@@ -40,13 +42,15 @@ class ActPriors:
         if spec.kind != "action" or spec.no_action is None or spec.gate_grammar is None:
             return None
         key = (spec.instructions, spec.gate_grammar)
-        if key in self._priors:
-            self._priors.move_to_end(key)
-            return self._priors[key]
-        prior = compute()
-        self._priors[key] = prior
-        if len(self._priors) > self._size:
-            self._priors.popitem(last=False)
+        with self._lock:  # tasks of the batcher ask from their own threads
+            if key in self._priors:
+                self._priors.move_to_end(key)
+                return self._priors[key]
+        prior = compute()  # outside the lock: two first tasks may both compute it
+        with self._lock:
+            self._priors[key] = prior
+            if len(self._priors) > self._size:
+                self._priors.popitem(last=False)
         return prior
 
 

@@ -11,6 +11,7 @@ from llguidance import LLMatcher
 from support.scripted_model import LLTOKENIZER, ScriptedFactory, ScriptedModel, detokenize, tokenize
 
 from edgeagent.config import ActionConfig, ModelConfig, SchemaLimits
+from edgeagent.inference.act_prior import ActPriors
 from edgeagent.inference.confidence import ConfidenceTracker, allowed_probability, tracker_for
 from edgeagent.inference.contract import compile_contract, schema_spec
 from edgeagent.inference.decoding import Sampler, StepControl, generate_constrained
@@ -176,3 +177,22 @@ def test_a_forced_name_is_fed_alone_only_where_the_catalog_leaves_a_choice():
     assert detokenize(generation.tokens) == '{"action":"water","args":{}}'
     assert tracker.steps == 1  # "w": the rest of the name is forced in the catalog too
     assert [detokenize(batch) for batch in model.fed][:2] == ['{"action":"', "w"]
+
+
+def test_the_content_free_prior_is_computed_once_per_catalog_prompt():
+    priors = ActPriors(size=1)
+    water = compile_contract(GATE_CATALOG, action_names=["water"], limits=SchemaLimits())
+    free = compile_contract(GATE_CATALOG, limits=SchemaLimits())
+    calls: list[str] = []
+
+    def compute(name: str) -> float:
+        calls.append(name)
+        return 0.25
+
+    # A restricted request has the whole catalog's prompt: the same prior.
+    assert priors.get(free, lambda: compute("free")) == 0.25
+    assert priors.get(water, lambda: compute("water")) == 0.25
+    assert calls == ["free"]
+    schema = schema_spec({"type": "object"})
+    assert priors.get(schema, lambda: compute("schema")) is None
+    assert calls == ["free"]
