@@ -24,6 +24,7 @@ from typing import Any, Protocol, TextIO
 from edgeagent.config import DEFAULT_CONFIG_PATH, Config, ModelConfig, load_config
 from edgeagent.errors import EdgeAgentError, ErrorCode
 from edgeagent.evaluation.cases import CaseError, load_cases
+from edgeagent.evaluation.floors import TARGET_FALSE_ACTUATION, propose
 from edgeagent.evaluation.metrics import Summary, summarize
 from edgeagent.evaluation.report import case_record, render_json, render_text
 from edgeagent.evaluation.runner import Answerer, run_sets
@@ -81,6 +82,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=float,
         metavar="RATE",
         help="exit 1 if a system's share of right answers is below RATE (0-1)",
+    )
+    p.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="propose min_confidence / min_act_confidence floors for each catalog (TOML)",
+    )
+    p.add_argument(
+        "--target-false-actuation",
+        type=float,
+        default=TARGET_FALSE_ACTUATION,
+        metavar="RATE",
+        help="--calibrate: the share of no-op cases that may dispatch an action (default 0.03)",
     )
     p.set_defaults(func=run)
 
@@ -217,6 +230,18 @@ def _meta(
     }
 
 
+def _floors(all_scores: dict[str, Sequence[CaseScore]], sets: list[EvalSet], target: float) -> str:
+    """--calibrate: the proposed floors of every catalog, per system, as TOML."""
+    parts = []
+    for label, scores in all_scores.items():
+        parts.append(f"\n# Proposed gate floors for {label} (false actuation <= {target:.0%})\n")
+        for eval_set in sets:
+            mine = [s for s in scores if s.set_name == eval_set.name and s.kind == "action"]
+            if mine:
+                parts.append(propose(eval_set.name, mine, target).toml() + "\n")
+    return "".join(parts)
+
+
 def run(args: argparse.Namespace) -> int:
     cache: dict[str, Config] = {}
     try:
@@ -246,6 +271,8 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(document, ensure_ascii=False, indent=1) + "\n")
     else:
         sys.stdout.write(render_text(results, all_scores if args.failures else None))
+    if args.calibrate:
+        sys.stdout.write(_floors(all_scores, sets, args.target_false_actuation))
     floor = args.fail_under
     below = [s for _, s in results if floor is not None and (s.right.value or 0) < floor]
     return EXIT_BELOW if below else EXIT_OK

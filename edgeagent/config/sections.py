@@ -418,6 +418,25 @@ class CatalogConfig(_Section):
             "(actions are dispatched whatever their confidence)."
         ),
     )
+    min_act_confidence: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "Act-or-not floor: an action (any but the nothing-to-do one) is held when the "
+            "model's calibrated probability of acting at all (the reply's "
+            "`act_confidence`) is below it. Default: none."
+        ),
+    )
+    unsupported_arguments: Literal["hold", "lower", "allow"] = Field(
+        default="hold",
+        description=(
+            "An action whose arguments hold a number that neither the input (in digits "
+            "or words) nor the action's examples support: `hold` it (reason "
+            "`unsupported_argument`), `lower` its confidence (halved) so "
+            "`min_confidence` decides, or `allow` it."
+        ),
+    )
 
 
 class Config(_Section):

@@ -20,8 +20,8 @@ from edgeagent.errors import EdgeAgentError
 from edgeagent.evaluation.cases import Case
 from edgeagent.evaluation.suite import EvalSet
 from edgeagent.inference.contract import OutputSpec, action_spec, schema_spec, select_actions
+from edgeagent.inference.gate import judge
 from edgeagent.inference.task import Task
-from edgeagent.protocol.reply import hold_reason
 
 
 class AnswerLike(Protocol):
@@ -56,9 +56,15 @@ class Outcome:
     confidence: float | None = None
     # The decoder steered the answer to its shortest valid end near max_tokens.
     cut_short: bool = False
-    # Why the daemon would hold this action answer (not dispatch it), if it would:
-    # "confidence", "confidence_unknown", "cut_short" (protocol.reply.hold_reason).
+    # Why the daemon would hold this action answer (not dispatch it), if it would
+    # (inference/gate.py: protocol.reply.HoldReason).
     held: str | None = None
+    # P(any action but "nothing to do") over the whole catalog, its content-free prior
+    # and the calibrated act score the gate compares with min_act_confidence.
+    act: float | None = None
+    act_prior: float | None = None
+    act_confidence: float | None = None
+    unsupported: bool = False  # the arguments hold a number the input does not support
 
 
 def confidence_of(answer: object) -> float | None:
@@ -67,6 +73,13 @@ def confidence_of(answer: object) -> float | None:
     Read by name so the eval works before and after answers gain the field.
     """
     value = getattr(answer, "confidence", None)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def _number_of(answer: object, name: str) -> float | None:
+    value = getattr(answer, name, None)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     return None
@@ -102,7 +115,7 @@ class SpecCache:
         key = f"actions:{eval_set.name}:{','.join(names) if names else '*'}"
         if key not in self._specs:
             actions = select_actions(eval_set.catalog, names)
-            self._specs[key] = action_spec(actions, reason=self._reason)
+            self._specs[key] = action_spec(actions, reason=self._reason, catalog=eval_set.catalog)
         return self._specs[key]
 
 
@@ -129,6 +142,8 @@ def run_case(
         "completion_tokens": answer.completion_tokens,
         "confidence": confidence_of(answer),
         "cut_short": cut_short_of(answer),
+        "act": _number_of(answer, "act"),
+        "act_prior": _number_of(answer, "act_prior"),
     }
     try:
         spec.validate(answer.output)
@@ -137,21 +152,35 @@ def run_case(
     return Outcome(answer.output, **common)
 
 
-def with_hold(outcome: Outcome, eval_set: EvalSet) -> Outcome:
-    """The outcome, with the daemon's hold decision for its action answer: from the
-    catalog's `min_confidence` and the answer's confidence and cut_short."""
+def with_hold(outcome: Outcome, eval_set: EvalSet, case: Case) -> Outcome:
+    """The outcome, with the daemon's gate verdict on its action answer (inference/gate.py:
+    the catalog's floors, the answer's confidence, act score and cut_short, and whether
+    the case's input supports the arguments' numbers)."""
     output = outcome.output
     if outcome.error is not None or not isinstance(output, dict):
         return outcome
-    action = output.get("action")
-    if not isinstance(action, str) or action == eval_set.no_action:
+    name = output.get("action")
+    action = next((a for a in eval_set.catalog if a.name == name), None)
+    if action is None:
         return outcome
-    why = hold_reason(
+    verdict = judge(
+        eval_set.settings,
+        action,
+        output.get("args"),
+        case.content,
         confidence=outcome.confidence,
+        act=outcome.act,
+        act_prior=outcome.act_prior,
         cut_short=outcome.cut_short,
-        min_confidence=eval_set.min_confidence(action),
     )
-    return outcome if why is None else dataclasses.replace(outcome, held=str(why))
+    held = None if verdict.held is None or name == eval_set.no_action else str(verdict.held)
+    return dataclasses.replace(
+        outcome,
+        held=held,
+        confidence=verdict.confidence,
+        act_confidence=verdict.act_confidence,
+        unsupported=bool(verdict.unsupported),
+    )
 
 
 Progress = Callable[[EvalSet, int, Case, Outcome], None]
@@ -178,7 +207,7 @@ def run_sets(
                 outcome = run_case(
                     answerer, case, spec, max_tokens=max_tokens, deadline_s=deadline_s
                 )
-                outcome = with_hold(outcome, eval_set)
+                outcome = with_hold(outcome, eval_set, case)
             if progress is not None:
                 progress(eval_set, index, case, outcome)
             yield eval_set, case, outcome

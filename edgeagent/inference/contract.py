@@ -38,6 +38,12 @@ class OutputSpec:
     validator: jsonschema.protocols.Validator
     instructions: str
     allowed_actions: tuple[str, ...] = ()
+    # Action contracts: the grammar of the whole catalog's choice, whatever subset the
+    # request allows. The gate weighs the name against it (confidence.py), so narrowing
+    # what may be answered never narrows what the confidence compares against.
+    gate_grammar: str | None = None
+    catalog_actions: tuple[str, ...] = ()  # every name of the catalog, in order
+    no_action: str | None = None  # the catalog's "nothing to do" action, if it has one
 
     def validate(self, value: Any) -> None:
         """Raise OUTPUT_INVALID unless value satisfies the contract."""
@@ -139,16 +145,7 @@ def _describe(action: ActionConfig, *, default: bool) -> str:
     return "\n".join(lines)
 
 
-def action_spec(actions: Sequence[ActionConfig], *, reason: bool = False) -> OutputSpec:
-    """Contract for choosing one of `actions` and filling its arguments.
-
-    One branch per action, each `{"action": const NAME, "args": ARGS}`, in that key
-    order so the model commits to the action before it writes the arguments. The
-    grammar has no branch for any other name, so no other action can be produced.
-    With `reason`, each branch starts with a short `"reason"` string: the model says
-    why before it chooses (`[model] reason`; the reply carries it, the action message
-    does not).
-    """
+def _action_schema(actions: Sequence[ActionConfig], *, reason: bool) -> dict[str, Any]:
     properties: dict[str, Any] = {}
     if reason:
         properties["reason"] = {"type": "string", "minLength": 1, "maxLength": REASON_MAX_CHARS}
@@ -165,15 +162,41 @@ def action_spec(actions: Sequence[ActionConfig], *, reason: bool = False) -> Out
         }
         for a in actions
     ]
-    schema: dict[str, Any] = branches[0] if len(branches) == 1 else {"anyOf": branches}
+    return branches[0] if len(branches) == 1 else {"anyOf": branches}
+
+
+def action_spec(
+    actions: Sequence[ActionConfig],
+    *,
+    reason: bool = False,
+    catalog: Sequence[ActionConfig] | None = None,
+) -> OutputSpec:
+    """Contract for choosing one of `actions` (of the whole `catalog`, default: the same
+    actions) and filling its arguments.
+
+    One branch per action, each `{"action": const NAME, "args": ARGS}`, in that key
+    order so the model commits to the action before it writes the arguments. The
+    grammar has no branch for any other name, so no other action can be produced.
+    With `reason`, each branch starts with a short `"reason"` string: the model says
+    why before it chooses (`[model] reason`; the reply carries it, the action message
+    does not).
+
+    The prompt lists the whole catalog whatever the request allows: the model sees the
+    same choice (and the same cached prefix) as for an unrestricted request, and the
+    gate weighs the chosen name against every name of the catalog (`gate_grammar`).
+    """
+    catalog = list(catalog) if catalog is not None else list(actions)
+    schema = _action_schema(actions, reason=reason)
     grammar, validator = _compile(schema)
-    default = next((a.name for a in actions if a.nothing_to_do), None)
-    listing = "\n".join(_describe(a, default=a.name == default) for a in actions)
+    same = [a.name for a in actions] == [a.name for a in catalog]
+    gate_grammar = grammar if same else _compile(_action_schema(catalog, reason=reason))[0]
+    default = next((a.name for a in catalog if a.nothing_to_do), None)
+    listing = "\n".join(_describe(a, default=a.name == default) for a in catalog)
     shape = '{"action": "<name>", "args": {...}}'
     if reason:
         shape = '{"reason": "<why, in a few words>", "action": "<name>", "args": {...}}'
     rules = [_NUMBERS]
-    if default is not None and len(actions) > 1:
+    if default is not None and len(catalog) > 1:
         rules.append(
             f"If the input reports normal values or nothing needs to be done, answer {default}."
         )
@@ -184,7 +207,15 @@ def action_spec(actions: Sequence[ActionConfig], *, reason: bool = False) -> Out
         f"Answer with JSON: {shape}"
     )
     return OutputSpec(
-        "action", schema, grammar, validator, instructions, tuple(a.name for a in actions)
+        "action",
+        schema,
+        grammar,
+        validator,
+        instructions,
+        tuple(a.name for a in actions),
+        gate_grammar=gate_grammar,
+        catalog_actions=tuple(a.name for a in catalog),
+        no_action=default,
     )
 
 
@@ -206,4 +237,5 @@ def compile_contract(
     """
     if schema is not None:
         return schema_spec(schema, limits)
-    return action_spec(select_actions(catalog, action_names), reason=reason)
+    selected = select_actions(catalog, action_names)
+    return action_spec(selected, reason=reason, catalog=catalog)

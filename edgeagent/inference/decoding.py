@@ -8,10 +8,11 @@ check of one token) and computes the full mask only when it is not. Tokens the
 grammar forces (fixed keys, quotes, commas) are fed to the model in one batch
 instead of being sampled one at a time.
 
-Two helpers ride along: the confidence of an action answer also needs the mask at
-the 1-3 steps that choose the action name (confidence.py), and in the last tokens of
-max_tokens each chosen token is checked to leave a valid completion that fits, else
-the shortest one is written instead (finish.py).
+Two helpers ride along: the confidence of an action answer also needs the whole
+catalog's mask at the 1-3 steps that write the action name, and the logits of the
+name tokens a narrower grammar forces, then fed one at a time (confidence.py); and
+in the last tokens of max_tokens each chosen token is checked to leave a valid
+completion that fits, else the shortest one is written instead (finish.py).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import numpy.typing as npt
 from llguidance import LLMatcher
 
 from edgeagent.errors import EdgeAgentError, ErrorCode, TaskHandedBack
-from edgeagent.inference.confidence import ConfidenceTracker
+from edgeagent.inference.confidence import ConfidenceTracker, TokenMask
 from edgeagent.inference.finish import Finisher
 from edgeagent.inference.repetition import RepetitionGuard
 
@@ -54,7 +55,8 @@ class Generation:
     prompt_ms: float
     decode_ms: float
     masked_steps: int = 0  # steps where the model's first choice was refused
-    confidence: float | None = None  # action answers: P(chosen name | allowed names)
+    confidence: float | None = None  # action answers: P(chosen name | catalog's names)
+    act: float | None = None  # action answers: P(any action but "nothing to do")
     cut_short: bool = False  # steered to the shortest completion near max_tokens
 
     @property
@@ -102,19 +104,6 @@ class Sampler:
         return int(self._rng.choice(len(probs), p=probs))
 
 
-class _Mask:
-    """The llguidance bitmask as a reusable buffer, unpacked to booleans on demand."""
-
-    def __init__(self, n_vocab: int) -> None:
-        self.n_vocab = n_vocab
-        self.bits = np.zeros(((n_vocab + 31) // 32,), dtype=np.int32)
-
-    def compute(self, matcher: LLMatcher) -> npt.NDArray[np.bool_]:
-        matcher.unsafe_compute_mask_ptr(self.bits.ctypes.data, self.bits.nbytes)
-        allowed = np.unpackbits(self.bits.view(np.uint8), bitorder="little")[: self.n_vocab]
-        return allowed.astype(np.bool_)
-
-
 def _matcher_error(matcher: LLMatcher) -> EdgeAgentError:
     return EdgeAgentError(ErrorCode.INTERNAL, f"grammar matcher failed: {matcher.get_error()}")
 
@@ -157,11 +146,14 @@ def generate_constrained(  # noqa: C901, PLR0912, PLR0915 - one loop; splitting 
     control: StepControl,
     confidence: ConfidenceTracker | None = None,
     finisher: Finisher | None = None,
+    until_named: bool = False,
 ) -> Generation:
     """Generate until the grammar is complete. Raises OUTPUT_INVALID if max_tokens cuts it.
 
-    confidence: weighs the steps that choose the action name (confidence.py).
+    confidence: weighs the steps that write the action name (confidence.py).
     finisher: near max_tokens, steers to the shortest valid completion (finish.py).
+    until_named: stop once the action name is written (a content-free run that only
+    wants the name's probabilities, act_prior.py).
     """
     if matcher.is_error():
         raise _matcher_error(matcher)
@@ -169,7 +161,7 @@ def generate_constrained(  # noqa: C901, PLR0912, PLR0915 - one loop; splitting 
     control.check()
     cached = model.prefill(prompt)
     prompt_done = time.perf_counter()
-    mask = _Mask(model.n_vocab)
+    mask = TokenMask(model.n_vocab)
     guard = RepetitionGuard(model.digit_tokens)
     out: list[int] = []
     forced = 0
@@ -181,19 +173,27 @@ def generate_constrained(  # noqa: C901, PLR0912, PLR0915 - one loop; splitting 
         out.extend(tokens)
         guard.add(tokens, text)
         if confidence is not None:
-            confidence.add(text)
+            confidence.add(tokens, text)
         if finisher is not None:
             finisher.add(tokens, text)
 
     while len(out) < max_tokens:
         control.check()
-        if matcher.is_stopped():
+        if matcher.is_stopped() or (until_named and confidence is not None and confidence.named):
             finished = True
             break
         ff = _forced_tokens(matcher)
         if ff is None:
             raise _unwritable(model, out)
         ff = ff[: max_tokens - len(out)]
+        if ff and confidence is not None:
+            weighed = ff[0]
+            ff = ff[: confidence.unweighed(ff)]
+            if not ff:
+                # A name token this grammar forces but the whole catalog does not: the
+                # gate weighs it with its own logits (confidence.py), so it is fed alone.
+                confidence.weigh(model.logits(), None, weighed)
+                ff = [weighed]
         if ff:
             # Forced tokens: no choice to make, so no sampling; one batched decode.
             if not matcher.consume_tokens(ff):
@@ -208,7 +208,8 @@ def generate_constrained(  # noqa: C901, PLR0912, PLR0915 - one loop; splitting 
         logits = model.logits()
         # The action name's steps need the mask anyway (its probability mass).
         weigh = confidence is not None and confidence.deciding
-        allowed = mask.compute(matcher) if weigh else None
+        own = confidence is not None and confidence.own_mask  # it masks the whole catalog
+        allowed = mask.compute(matcher) if weigh and not own else None
         token = int(np.argmax(logits)) if sampler.temperature <= 0.0 else -1
         if token < 0 or matcher.validate_tokens([token]) != 1 or guard.refuses(token):
             masked += 1
@@ -216,7 +217,7 @@ def generate_constrained(  # noqa: C901, PLR0912, PLR0915 - one loop; splitting 
             if not allowed.any():
                 raise _unwritable(model, out)
             token = sampler.pick(logits, guard.narrow(allowed))
-        if confidence is not None and allowed is not None and weigh:
+        if confidence is not None and weigh:
             confidence.weigh(logits, allowed, token)
         if model.is_end_token(token):
             # The mask only allows an end token where the grammar may end.
@@ -256,6 +257,7 @@ def generate_constrained(  # noqa: C901, PLR0912, PLR0915 - one loop; splitting 
         decode_ms=(done - prompt_done) * 1000,
         masked_steps=masked,
         confidence=confidence.value if confidence is not None else None,
+        act=confidence.act if confidence is not None else None,
         cut_short=finisher.cut_short if finisher is not None else False,
     )
 

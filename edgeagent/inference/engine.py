@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import json
 import time
@@ -20,8 +21,9 @@ from llguidance import LLMatcher
 
 from edgeagent.config import ModelConfig
 from edgeagent.errors import EdgeAgentError, ErrorCode
+from edgeagent.inference.act_prior import CONTENT_FREE, ActPriors, content_free_act
 from edgeagent.inference.batch import MIN_BATCH, Batcher
-from edgeagent.inference.confidence import ConfidenceTracker
+from edgeagent.inference.confidence import tracker_for
 from edgeagent.inference.contract import OutputSpec
 from edgeagent.inference.decoding import (
     Decoder,
@@ -69,6 +71,7 @@ class Engine:
         self._model: EngineModel | None = None
         self._sampler = Sampler(cfg.temperature, cfg.seed)
         self._fixed_parts = FixedParts()
+        self._act_priors = ActPriors()  # per catalog prompt (act_prior.py)
         # Monotonic time of the last sign of life of the inference thread (a decode
         # step, or the end of a call); read by the systemd watchdog.
         self.last_progress = time.monotonic()
@@ -227,6 +230,12 @@ class Engine:
         matcher = LLMatcher(model.lltokenizer, task.spec.grammar)
         control = StepControl(deadline=task.deadline, cancel=task.cancel, on_step=self._touch)
         with self._sequence(task) as sequence:
+            prior = self._act_priors.get(
+                task.spec,
+                lambda: content_free_act(
+                    sequence, model, task.spec, self.prompt_tokens(task.spec, CONTENT_FREE), control
+                ),
+            )
             generation = generate_constrained(
                 self._decoder(sequence, matcher, task.max_tokens),
                 matcher,
@@ -234,10 +243,10 @@ class Engine:
                 max_tokens=task.max_tokens,
                 sampler=self._sampler,
                 control=control,
-                confidence=ConfidenceTracker() if task.spec.kind == "action" else None,
+                confidence=tracker_for(task.spec, model),
                 finisher=Finisher(Completer(model.lltokenizer, model.piece), task.max_tokens),
             )
-        return self._finish(task.spec, generation, model)
+        return dataclasses.replace(self._finish(task.spec, generation, model), act_prior=prior)
 
     @contextlib.contextmanager
     def _sequence(self, task: Task) -> Iterator[Decoder]:
@@ -309,6 +318,7 @@ class Engine:
             decode_ms=generation.decode_ms,
             n_ctx=model.n_ctx,
             confidence=generation.confidence,
+            act=generation.act,
             cut_short=generation.cut_short,
         )
 

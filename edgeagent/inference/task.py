@@ -37,9 +37,15 @@ class Answer:
     n_ctx: int
     truncated: int = 0  # input tokens dropped to fit the budget
     chunks: int = 1  # model runs over parts of the input (map-reduce), 1 when it fit
-    # Action answers: the model's probability for the chosen action among the allowed
-    # ones, read from the logits at the steps that chose the name (None for schema answers).
+    # Action answers: the model's probability for the chosen action among every action
+    # of the catalog, read from the logits at the steps that wrote the name (None for
+    # schema answers; inference/confidence.py).
     confidence: float | None = None
+    # Action answers: P(any action but "nothing to do") from the same steps, and what the
+    # same catalog prompt gives a content-free input (act_prior.py); None without a
+    # "nothing to do" action.
+    act: float | None = None
+    act_prior: float | None = None
     # The decoder was steered to the shortest valid completion near max_tokens: the
     # answer validates but the model had more to say (the reply says so).
     cut_short: bool = False

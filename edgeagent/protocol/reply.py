@@ -109,25 +109,42 @@ class HoldReason(StrEnum):
     CONFIDENCE = "confidence"  # below the action's min_confidence
     CONFIDENCE_UNKNOWN = "confidence_unknown"  # a min_confidence is set, no confidence known
     CUT_SHORT = "cut_short"  # the decoder ended the answer at max_tokens
+    ACT_CONFIDENCE = "act_confidence"  # acting at all is below [catalog] min_act_confidence
+    UNSUPPORTED_ARGUMENT = "unsupported_argument"  # a number the input does not support
 
 
 def hold_reason(
-    *, confidence: float | None, cut_short: bool, min_confidence: float | None
+    *,
+    confidence: float | None,
+    cut_short: bool,
+    min_confidence: float | None,
+    act: float | None = None,
+    min_act_confidence: float | None = None,
+    unsupported: bool = False,
 ) -> HoldReason | None:
     """Whether an action answer is held, and why (None: it goes out as configured).
 
-    An answer the decoder had to end early is never acted on: its arguments may be cut.
-    With a `min_confidence`, an answer below it is held, and so is one whose confidence
-    is unknown (the operator asked for a floor; nothing says the answer reaches it).
+    An answer the decoder had to end early is never acted on: its arguments may be cut;
+    nor one whose arguments hold a number the input does not support (`unsupported`,
+    when `[catalog] unsupported_arguments = "hold"`). With a `min_confidence`, an answer
+    below it is held, and so is one whose confidence is unknown (the operator asked for
+    a floor; nothing says the answer reaches it); the same for the act-or-not score
+    (`act`) and `min_act_confidence`.
     """
     if cut_short:
         return HoldReason.CUT_SHORT
-    if min_confidence is None:
-        return None
-    if confidence is None:
-        return HoldReason.CONFIDENCE_UNKNOWN
-    if confidence < min_confidence:
-        return HoldReason.CONFIDENCE
+    if unsupported:
+        return HoldReason.UNSUPPORTED_ARGUMENT
+    for value, floor, below in (
+        (confidence, min_confidence, HoldReason.CONFIDENCE),
+        (act, min_act_confidence, HoldReason.ACT_CONFIDENCE),
+    ):
+        if floor is None:
+            continue
+        if value is None:
+            return HoldReason.CONFIDENCE_UNKNOWN
+        if value < floor:
+            return below
     return None
 
 
@@ -166,12 +183,17 @@ class ActionInfo:
     dispatched: bool  # published on <prefix>/<device>/actions/<name>
     held: Hold | None = None
     reason: str | None = None
+    # Calibrated P(act at all) over the whole catalog (inference/gate.py); None when
+    # the catalog has no "nothing to do" action.
+    act_confidence: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {
             "confidence": _rounded(self.confidence),
             "dispatched": self.dispatched,
         }
+        if self.act_confidence is not None:  # the catalog has a "nothing to do" action
+            body["act_confidence"] = _rounded(self.act_confidence)
         if self.held is not None:
             body["held"] = self.held.to_json()
         if self.reason is not None:

@@ -223,7 +223,10 @@ class ContractCache:
             options = {"reason": True} if reason else {}  # `[model] reason`
 
             def build() -> OutputSpec:
-                return self._compile(actions, limits=limits, **options)
+                # The whole catalog goes along: the prompt and the gate's confidence
+                # are the catalog's whatever subset the request allows (contract.py).
+                names = [a.name for a in actions]
+                return self._compile(catalog, action_names=names, limits=limits, **options)
 
         cached = self._specs.get(key) if key is not None else None
         if cached is None:

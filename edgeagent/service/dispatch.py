@@ -1,11 +1,13 @@
 """Safe dispatch: what an answered action task replies, and whether its action goes out.
 
 An action answer is dispatched (published on <prefix>/<device>/actions/<name>) when its
-action has `dispatch = true` and it is not *held*. It is held, and the reply says why
-(docs/protocol.md), when the decoder had to end it early (`cut_short`: its arguments may
-be cut), or when the action has a `min_confidence` (its own, else `[catalog]`) and the
-model's confidence in the choice is below it or unknown. The "nothing to do" action is
-never held. A held action is stored as a reply without an action message, so no
+action has `dispatch = true` and it is not *held*. The gate (inference/gate.py) holds
+it, and the reply says why (docs/protocol.md), when the decoder had to end it early,
+when its arguments hold a number the input does not support, when the model's
+confidence in the choice (weighed against the whole catalog, whatever the request
+allowed) is below the action's `min_confidence` or unknown, or when its calibrated
+probability of acting at all is below `[catalog] min_act_confidence`. The "nothing to
+do" action is never held. A held action is stored as a reply without an action message, so no
 redelivery or re-send can dispatch it (service/delivery.py, service/taskstore.py).
 
 With `[model] reason` the model writes a short reason before the action; it moves from
@@ -19,8 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgeagent.config import Config
+from edgeagent.inference.gate import judge
 from edgeagent.inference.task import Answer
-from edgeagent.protocol.reply import ActionInfo, ActionMessage, Hold, hold_reason
+from edgeagent.protocol.reply import ActionInfo, ActionMessage, Hold
 from edgeagent.protocol.topics import Topics
 
 
@@ -33,31 +36,44 @@ class Settled:
     message: ActionMessage | None  # what to publish on actions/<name>; None: nothing
 
 
-def settle(cfg: Config, task_id: str, kind: str, answer: Answer) -> Settled:
-    """The reply's output and action fields, and the action message if it is dispatched."""
+def settle(cfg: Config, task_id: str, kind: str, answer: Answer, content: Any = "") -> Settled:
+    """The reply's output and action fields, and the action message if it is dispatched.
+    `content`: the task's input, which the arguments' numbers must be supported by."""
     output = answer.output
     if kind != "action" or not isinstance(output, dict):
         return Settled(output, None, None)
     reason = output.get("reason")
     output = {k: v for k, v in output.items() if k != "reason"}
     action_cfg = cfg.action(str(output.get("action")))
-    floor = cfg.min_confidence(action_cfg) if action_cfg is not None else None
-    why = None
-    if action_cfg is not None and not action_cfg.nothing_to_do:
-        why = hold_reason(
-            confidence=answer.confidence, cut_short=answer.cut_short, min_confidence=floor
-        )
-    dispatch = action_cfg is not None and action_cfg.dispatch
+    if action_cfg is None:  # the contract only lets catalog actions out
+        return Settled(output, ActionInfo(answer.confidence, dispatched=False), None)
+    verdict = judge(
+        cfg.catalog,
+        action_cfg,
+        output.get("args"),
+        content,
+        confidence=answer.confidence,
+        act=answer.act,
+        act_prior=answer.act_prior,
+        cut_short=answer.cut_short,
+    )
     held = None
-    if why is not None:
+    if verdict.held is not None:
         topics = Topics(cfg.mqtt.topic_prefix, cfg.device.id, cfg.mqtt.shared_group)
         topic = topics.action(str(output["action"]))
-        held = Hold(why, answer.confidence, floor, topic if dispatch else None)
-    message = ActionMessage(task_id, cfg.device.id, output) if dispatch and held is None else None
+        held = Hold(
+            verdict.held,
+            verdict.confidence,
+            verdict.min_confidence,
+            topic if action_cfg.dispatch else None,
+        )
+    dispatch = action_cfg.dispatch and held is None
+    message = ActionMessage(task_id, cfg.device.id, output) if dispatch else None
     info = ActionInfo(
-        confidence=answer.confidence,
+        confidence=verdict.confidence,
         dispatched=message is not None,
         held=held,
         reason=reason if isinstance(reason, str) else None,
+        act_confidence=verdict.act_confidence,
     )
     return Settled(output, info, message)

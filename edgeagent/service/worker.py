@@ -209,7 +209,7 @@ class Worker:
             # Committed before the engine starts: a run that ends the process is counted.
             await self._store.start_run(job.task_id)
             answer = await self._engine.answer(task)
-            settled = settle(self.cfg, job.task_id, job.spec.kind, answer)
+            settled = settle(self.cfg, job.task_id, job.spec.kind, answer, request.content)
             reply = self._ok_reply(job, answer, settled, queue_ms)
         except TaskHandedBack:
             await self.hand_back(job)

@@ -138,7 +138,9 @@ def test_schema_task_with_response_topic_and_heartbeat(daemon_factory, probe):
 
 
 def test_catalog_task_results_topic_and_dispatch(daemon_factory, probe):
-    daemon_factory()
+    # The argument check off: SmolLM2 often writes minutes the input does not hold,
+    # which the gate would hold (test_naming_the_action_... below).
+    daemon_factory(sections={"catalog": {"unsupported_arguments": "allow"}})
     probe.subscribe("edgeagent/dev1/results/#")
     probe.subscribe("edgeagent/dev1/actions/#")
     probe.publish(
@@ -161,9 +163,9 @@ IRRIGATION_ACTIONS = "edgeagent/dev1/actions/set_irrigation"
 
 
 def test_a_held_action_is_answered_and_not_dispatched(daemon_factory, probe):
-    # A catalog floor of 1.0: only a certain choice reaches it (one allowed action, its
-    # name forced); a choice between two actions stays below it and is held.
-    daemon_factory(sections={"catalog": {"min_confidence": 1.0}})
+    # A catalog floor of 1.0: no choice among the catalog's three actions reaches it
+    # (the argument check off: SmolLM2 often writes numbers the input does not hold).
+    daemon_factory(sections={"catalog": {"min_confidence": 1.0, "unsupported_arguments": "allow"}})
     probe.subscribe("edgeagent/dev1/results/#")
     probe.subscribe("edgeagent/dev1/actions/#")
     task = {"input": "Zone 3 is dry. Water zone 3 for 20 minutes.", "max_tokens": 64}
@@ -180,24 +182,70 @@ def test_a_held_action_is_answered_and_not_dispatched(daemon_factory, probe):
         "min_confidence": 1.0,
         **({"topic": IRRIGATION_ACTIONS} if held["output"]["action"] == "set_irrigation" else {}),
     }
-    # A task whose choice is certain (one allowed action) is dispatched: its action
-    # message is the only one, so the held one was never published (same order: reply,
-    # then action, per task, one task after the other).
-    probe.publish("edgeagent/dev1/tasks", {"id": "d1", **task, "action": "set_irrigation"})
-    sent = json.loads(probe.wait_for("edgeagent/dev1/results/d1")[0].payload)
-    assert sent["status"] == "ok", sent
-    assert sent["confidence"] == 1.0
-    assert sent["dispatched"] is True
-    assert "held" not in sent
-    (message,) = probe.wait_for(IRRIGATION_ACTIONS)
-    assert json.loads(message.payload) == {"id": "d1", "device": "dev1", **sent["output"]}
-    assert [m.topic for m in probe.messages if "/actions/" in m.topic] == [IRRIGATION_ACTIONS]
+    assert not [m for m in probe.messages if "/actions/" in m.topic]
+
+
+NICE_WEATHER = {"input": "The weather is nice today.", "max_tokens": 64}
+
+
+@pytest.mark.parametrize(
+    "allowed",
+    [
+        {"action": "set_irrigation"},
+        {"actions": ["set_irrigation"]},
+        {"actions": ["set_irrigation", "notify"]},
+    ],
+    ids=["action", "actions-one", "actions-two"],
+)
+def test_naming_the_action_does_not_raise_its_confidence_past_the_floor(
+    daemon_factory, probe, allowed
+):
+    # A request that allows only set_irrigation gets it answered, but the gate weighs
+    # the name against the whole catalog (notify, no_action): nothing in the input asks
+    # for water, so the confidence stays under the floor and the action is held.
+    daemon_factory(sections={"catalog": {"min_confidence": 0.99}})
+    probe.subscribe("edgeagent/dev1/results/#")
+    probe.subscribe("edgeagent/dev1/actions/#")
+    probe.publish("edgeagent/dev1/tasks", {"id": "w1", **NICE_WEATHER, **allowed})
+    reply = json.loads(probe.wait_for("edgeagent/dev1/results/w1")[0].payload)
+    assert reply["status"] == "ok", reply
+    assert reply["output"]["action"] in {"set_irrigation", "notify"}
+    assert reply["confidence"] < 0.99
+    assert reply["dispatched"] is False
+    assert reply["held"]["reason"] in {"confidence", "unsupported_argument"}
+    # A task after it is answered too: had the held action been published, it would
+    # have been before this reply (per task: reply, then action, one after the other).
+    probe.publish("edgeagent/dev1/tasks", {"id": "w2", **NICE_WEATHER, "action": "notify"})
+    probe.wait_for("edgeagent/dev1/results/w2")
+    assert not [m for m in probe.messages if m.topic == IRRIGATION_ACTIONS]
+
+
+def test_the_confidence_floor_alone_holds_a_named_action(daemon_factory, probe):
+    # The same with the argument check off: the confidence floor alone holds it.
+    catalog = {"min_confidence": 0.99, "unsupported_arguments": "allow"}
+    daemon_factory(sections={"catalog": catalog})
+    probe.subscribe("edgeagent/dev1/results/#")
+    probe.subscribe("edgeagent/dev1/actions/#")
+    probe.publish("edgeagent/dev1/tasks", {"id": "w1", **NICE_WEATHER, "action": "set_irrigation"})
+    reply = json.loads(probe.wait_for("edgeagent/dev1/results/w1")[0].payload)
+    assert reply["status"] == "ok", reply
+    assert reply["held"] == {
+        "reason": "confidence",
+        "confidence": reply["confidence"],
+        "min_confidence": 0.99,
+        "topic": IRRIGATION_ACTIONS,
+    }
+    probe.publish("edgeagent/dev1/tasks", {"id": "w2", **NICE_WEATHER, "action": "notify"})
+    probe.wait_for("edgeagent/dev1/results/w2")
+    assert not [m for m in probe.messages if m.topic == IRRIGATION_ACTIONS]
 
 
 def test_reason_goes_to_the_reply_not_the_output_or_the_action(daemon_factory, probe):
     # `[model] reason`: the model writes a short reason before it chooses; the reply
     # carries it apart, and the action message is the plain {"action", "args"}.
-    daemon_factory(sections={"model": {"reason": True}})
+    # The argument check off: the action message is what this test looks at.
+    catalog = {"unsupported_arguments": "allow"}
+    daemon_factory(sections={"model": {"reason": True}, "catalog": catalog})
     probe.subscribe("edgeagent/dev1/results/#")
     probe.subscribe("edgeagent/dev1/actions/#")
     task = {"id": "r1", "input": "Zone 3 is dry. Water zone 3 for 20 minutes.", "max_tokens": 96}

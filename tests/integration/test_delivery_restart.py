@@ -47,6 +47,9 @@ def start_daemon(tmp_path: Path, model_path: Path, mosquitto: Mosquitto):
         port=mosquitto.port,
         state_dir=tmp_path / "state",
         log_level="debug",
+        # The argument check off: the action must go out; SmolLM2's minutes may not be
+        # the input's, which the gate would hold.
+        sections={"catalog": {"unsupported_arguments": "allow"}},
     )
     started: list[DaemonProcess] = []
 

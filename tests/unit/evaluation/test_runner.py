@@ -171,7 +171,8 @@ def test_the_eval_holds_what_the_daemon_would_hold():
         {"id": k, "input": k, "expect": VENT}
         for k in ("low", "high", "unknown", "cut", "idle", "heat")
     ]
-    one = make_set("gh", cases(*items), catalog, settings=CatalogConfig(min_confidence=0.4))
+    settings = CatalogConfig(min_confidence=0.4, unsupported_arguments="allow")
+    one = make_set("gh", cases(*items), catalog, settings=settings)
     held = {case.id: outcome.held for _, case, outcome in run_sets(engine, [one], max_tokens=10)}
     assert held == {
         "low": "confidence",

@@ -10,15 +10,17 @@ import pytest
 from llguidance import LLMatcher
 from support.scripted_model import LLTOKENIZER, ScriptedFactory, ScriptedModel, detokenize, tokenize
 
-from edgeagent.config import ModelConfig
-from edgeagent.inference.confidence import ConfidenceTracker, allowed_probability
-from edgeagent.inference.contract import schema_spec
+from edgeagent.config import ActionConfig, ModelConfig, SchemaLimits
+from edgeagent.inference.act_prior import ActPriors
+from edgeagent.inference.confidence import ConfidenceTracker, allowed_probability, tracker_for
+from edgeagent.inference.contract import compile_contract, schema_spec
 from edgeagent.inference.decoding import Sampler, StepControl, generate_constrained
 from edgeagent.inference.engine import Engine
-from edgeagent.inference.task import Task
+from edgeagent.inference.task import Answer, Task
 
 PROMPT = tokenize("<|im_start|>user\nwhat now?<|im_end|>\n", special=True)
 E = math.e
+EMPTY_ARGS = {"type": "object", "properties": {}}
 
 
 def actions(*names: str, reason: bool = False) -> dict:
@@ -120,3 +122,77 @@ def test_schema_answers_have_no_confidence_and_action_answers_carry_it():
         assert answer.cut_short is False
     finally:
         engine.close(timeout=5)
+
+
+GATE_CATALOG = [
+    ActionConfig(name="water", description="Water.", dispatch=True, schema=EMPTY_ARGS),
+    ActionConfig(name="idle", description="Idle.", nothing_to_do=True, schema=EMPTY_ARGS),
+]
+
+
+def gate_answer(names: list[str] | None) -> Answer:
+    """The scripted model wants "idle" (nothing to do); `names` restricts the request."""
+    cfg = ModelConfig(path=Path("/nonexistent/model.gguf"), threads=1, n_ctx=1024, n_batch=64)
+    engine = Engine(cfg, factory=ScriptedFactory(text='{"action":"idle","args":{}}'))
+    engine.load()
+    try:
+        spec = compile_contract(GATE_CATALOG, action_names=names, limits=SchemaLimits())
+        return engine.answer_blocking(Task(content="all fine", spec=spec, max_tokens=40))
+    finally:
+        engine.close()
+
+
+def test_narrowing_the_allowed_actions_does_not_raise_the_confidence():
+    # After '"' the whole catalog allows "w" (water) and "i" (idle); the model prefers
+    # "i" (logit 1, the rest 0): P(water) = 1 / (1 + e).
+    free = gate_answer(None)
+    assert free.output == {"action": "idle", "args": {}}
+    narrowed = gate_answer(["water"])
+    assert narrowed.output == {"action": "water", "args": {}}
+    # Forced by the request's own grammar, the name is still weighed against the
+    # whole catalog: the confidence is the one the unrestricted request gives "water".
+    assert narrowed.confidence == pytest.approx(1 / (1 + E))
+    assert free.confidence == pytest.approx(1 - narrowed.confidence)
+    # The act-or-not score is the same whatever the request allows.
+    assert narrowed.act == pytest.approx(1 / (1 + E))
+    assert free.act == pytest.approx(narrowed.act)
+    # The scripted model answers the content-free input the same way: calibrated 0.5.
+    assert narrowed.act_prior == pytest.approx(narrowed.act)
+
+
+def test_a_forced_name_is_fed_alone_only_where_the_catalog_leaves_a_choice():
+    model = ScriptedModel(text='{"action":"idle","args":{}}')
+    spec = compile_contract(GATE_CATALOG, action_names=["water"], limits=SchemaLimits())
+    tracker = tracker_for(spec, model)
+    assert tracker is not None
+    generation = generate_constrained(
+        model,
+        LLMatcher(LLTOKENIZER, spec.grammar),
+        PROMPT,
+        max_tokens=40,
+        sampler=Sampler(),
+        control=StepControl(),
+        confidence=tracker,
+    )
+    assert detokenize(generation.tokens) == '{"action":"water","args":{}}'
+    assert tracker.steps == 1  # "w": the rest of the name is forced in the catalog too
+    assert [detokenize(batch) for batch in model.fed][:2] == ['{"action":"', "w"]
+
+
+def test_the_content_free_prior_is_computed_once_per_catalog_prompt():
+    priors = ActPriors(size=1)
+    water = compile_contract(GATE_CATALOG, action_names=["water"], limits=SchemaLimits())
+    free = compile_contract(GATE_CATALOG, limits=SchemaLimits())
+    calls: list[str] = []
+
+    def compute(name: str) -> float:
+        calls.append(name)
+        return 0.25
+
+    # A restricted request has the whole catalog's prompt: the same prior.
+    assert priors.get(free, lambda: compute("free")) == 0.25
+    assert priors.get(water, lambda: compute("water")) == 0.25
+    assert calls == ["free"]
+    schema = schema_spec({"type": "object"})
+    assert priors.get(schema, lambda: compute("schema")) is None
+    assert calls == ["free"]

@@ -39,7 +39,7 @@ RESULT = "edgeagent/dev1/results/t1"
 ACTION = "edgeagent/dev1/actions/set_irrigation"
 ERRORS = "edgeagent/dev1/errors"
 SCHEMA_TASK = {"id": "t1", "input": "Porto, 21 degrees", "schema": SCHEMA}
-ACTION_TASK = {"id": "t1", "input": "Water zone 3", "action": "set_irrigation"}
+ACTION_TASK = {"id": "t1", "input": "Water zone 3 for 20 minutes", "action": "set_irrigation"}
 
 
 def run(coro):
