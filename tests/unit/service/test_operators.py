@@ -81,7 +81,9 @@ def test_a_schema_task_shaped_like_an_action_never_becomes_the_last_action():
 def test_a_dispatched_action_is_the_last_action_once_the_broker_confirmed_it():
     async def scenario():
         parts = await with_operators(FakeLink(auto_confirm=False)).start()
-        parts.link.deliver({"id": "a1", "input": "Water zone 3", "action": "set_irrigation"})
+        parts.link.deliver(
+            {"id": "a1", "input": "Water zone 3 for 20 minutes", "action": "set_irrigation"}
+        )
         (action,) = await parts.link.wait_for_publish(ACTION)
         await asyncio.sleep(0.05)
         assert parts.link.on(LAST_ACTION) == []  # not before the broker took it
