@@ -35,7 +35,7 @@ system-deps:
 	scripts/install-system-deps.sh
 
 # DEMO_MODEL=qwen-coder-1.5b: the 4 GB boards' model (1.1 GB download, slower answers).
-DEMO_MODEL ?= qwen-coder
+DEMO_MODEL ?= $(or $(EDGEAGENT_DEMO_MODEL),qwen-coder)
 demo: venv system-deps
 	PATH="$(abspath $(BIN)):$$PATH" EDGEAGENT_DEMO_MODEL=$(DEMO_MODEL) scripts/demo.sh
 
