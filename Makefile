@@ -8,7 +8,7 @@ PROFILE ?= $(if $(filter aarch64,$(shell uname -m)),pi4,x86-64-v3)
 # The llama-cpp-python version the wheelhouse is built for (scripts/build-wheelhouse.sh).
 LLAMA_CPP_PYTHON_VERSION ?= 0.3.36
 
-.PHONY: venv model demo test test-unit test-fast lint typecheck system-deps clean bench pre-commit
+.PHONY: venv model models demo test test-unit test-fast lint typecheck system-deps clean bench pre-commit
 
 venv: $(VENV)/.installed
 
@@ -24,12 +24,20 @@ $(VENV)/.installed: pyproject.toml scripts/build-wheelhouse.sh
 model: venv
 	$(BIN)/python scripts/fetch_model.py smollm2
 
+# The production models by tier (docs/models.md), where the Ansible role copies them from:
+# Qwen2.5-Coder-1.5B for boards with >= 4 GB, Qwen2.5-Coder-0.5B below.
+models:
+	$(PYTHON) scripts/fetch_model.py qwen-coder-1.5b
+	$(PYTHON) scripts/fetch_model.py qwen-coder
+
 # Installs what the tests and the demo start for real (mosquitto, container tools).
 system-deps:
 	scripts/install-system-deps.sh
 
+# DEMO_MODEL=qwen-coder-1.5b: the 4 GB boards' model (1.1 GB download, slower answers).
+DEMO_MODEL ?= $(or $(EDGEAGENT_DEMO_MODEL),qwen-coder)
 demo: venv system-deps
-	PATH="$(abspath $(BIN)):$$PATH" scripts/demo.sh
+	PATH="$(abspath $(BIN)):$$PATH" EDGEAGENT_DEMO_MODEL=$(DEMO_MODEL) scripts/demo.sh
 
 lint: venv
 	$(BIN)/ruff check edgeagent tests scripts
@@ -54,8 +62,10 @@ test-fast: venv system-deps
 	EDGEAGENT_TEST_MODEL=$$($(BIN)/python scripts/fetch_model.py smollm2) \
 		$(BIN)/pytest -m "not container and not cgroup and not slow"
 
+# BENCH_MODELS="smollm2 qwen-coder qwen-coder-1.5b" adds the 1.5B tier (minutes more).
+BENCH_MODELS ?= smollm2 qwen-coder
 bench: venv
-	$(BIN)/edgeagent bench --json bench.json --model $$($(BIN)/python scripts/fetch_model.py smollm2) --model $$($(BIN)/python scripts/fetch_model.py qwen-coder)
+	$(BIN)/edgeagent bench --json bench.json $(foreach m,$(BENCH_MODELS),--model $$($(BIN)/python scripts/fetch_model.py $(m)))
 
 # Installs the git hook of .pre-commit-config.yaml (ruff, mypy, unit tests from .venv).
 pre-commit: venv

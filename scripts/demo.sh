@@ -4,8 +4,9 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 python="${PYTHON:-python}"
-# The Qwen-vocabulary model (491 MB from PyPI, sha256-checked): SmolLM2-135M, which the
-# fast tests use, misreads the zone of this very example (it answered zone 2).
+# The small production tier, Qwen2.5-Coder-0.5B (491 MB, sha256-checked): SmolLM2-135M,
+# which the fast tests use, misreads the zone of this very example (it answered zone 2).
+# EDGEAGENT_DEMO_MODEL=qwen-coder-1.5b runs the 4 GB boards' model (docs/models.md).
 model="$("$python" "$here/scripts/fetch_model.py" "${EDGEAGENT_DEMO_MODEL:-qwen-coder}")"
 work="$(mktemp -d)"
 port="$("$python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
