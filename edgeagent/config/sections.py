@@ -81,6 +81,15 @@ class ModelConfig(_Section):
             "loads: 8 where a batched token costs less than one alone, else 1."
         ),
     )
+    share_schemas: bool = Field(
+        default=False,
+        description=(
+            "Reuse a caller's schema from the prompt cache for every caller. Schema tasks "
+            "then skip reading it again (about 2.5x less prompt time for a short input), "
+            "but a caller can tell from cached_prompt_tokens whether a guessed schema was "
+            "another caller's. Only when every task sender is trusted."
+        ),
+    )
     max_tokens: int = Field(
         default=512, ge=1, le=8192, description="Default answer length limit in tokens."
     )

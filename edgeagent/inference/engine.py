@@ -208,9 +208,11 @@ class Engine:
     def prompt_tokens(self, spec: OutputSpec, content: str | Sequence[Message]) -> list[int]:
         """Tokens of the full prompt for this content: a `Prompt` that knows where the
         part the device wrote, the same for every caller, ends (prefix_cache.FixedParts).
-        A schema is the caller's text: only an action catalog's instructions are ours."""
+        A schema is the caller's text (shared only with `[model] share_schemas`); an
+        action catalog's instructions are the device's."""
         messages = build_messages(self.cfg.system_prompt, spec.instructions, content)
-        owned = spec.instructions if spec.kind == "action" else ""
+        shared = spec.kind == "action" or self.cfg.share_schemas
+        owned = spec.instructions if shared else ""
         return self._fixed_parts.prompt(
             self.model.render_chat,
             messages,

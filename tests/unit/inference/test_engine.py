@@ -47,6 +47,7 @@ def test_answer_runs_on_the_inference_thread(engine, factory):
 
 
 SECRET = "The door code is 4711."
+USER = [{"role": "user", "content": "Is it open?"}]
 
 
 def fixed_text(engine, spec, content):
@@ -89,6 +90,18 @@ def test_a_callers_schema_is_not_shared_a_catalogs_instructions_are(engine):
     assert "Choose exactly one of these actions" in fixed
     assert "start_heater" in fixed  # the catalog's last entry: the listing is shared
     assert SECRET not in fixed
+
+
+def test_share_schemas_puts_the_schema_into_the_shared_part(factory):
+    engine = Engine(CFG.model_copy(update={"share_schemas": True}), factory=factory)
+    engine.load()
+    try:
+        spec = schema_spec({"type": "object", "properties": {"code_4711": {"type": "boolean"}}})
+        fixed, _ = fixed_text(engine, spec, [{"role": "system", "content": SECRET}, *USER])
+        assert "code_4711" in fixed
+        assert SECRET not in fixed
+    finally:
+        engine.close(timeout=5)
 
 
 def test_the_engine_exposes_what_the_memory_loop_needs(engine):
