@@ -5,10 +5,10 @@ decodes of one: true where reading the weights from memory is the limit, false w
 arithmetic is (a busy 2-vCPU x86: a batched token cost 0.98-1.02 tokens alone,
 docs/benchmarks.md). Two measurements answer it:
 
-* `probe_batch_costs`, once when the model loads, in a small context of its own (a few
-  MiB, freed at once): decides `[model] parallel = "auto"` — whether the engine holds
-  sequences beyond the first at all (each is a KV stream of n_ctx tokens, tens to
-  hundreds of MiB);
+* `probe_batch_costs`, once when the model loads, in a small context of its own (256
+  cells per sequence: 21 MiB for Qwen2.5-0.5B, 46 MiB for SmolLM2, freed at once):
+  decides `[model] parallel = "auto"` — whether the engine holds sequences beyond the
+  first at all (each is a KV stream of n_ctx tokens, tens to hundreds of MiB);
 * `BatchCosts` then keeps learning from the decodes the batcher serves, and serves
   sequences one at a time while a batched token costs as much as one alone.
 """
@@ -29,7 +29,7 @@ MEASURE_EVERY = 16  # while batches do not pay: one step in this many is batched
 PAYS = 0.95  # a batched token must cost less than this share of a token alone
 _EMA = 0.2
 PROBE_CONTEXT = 16  # prompt tokens each probe sequence holds before the timed decodes
-PROBE_CTX = 64  # KV cells per sequence of the probe context
+PROBE_CTX = 256  # KV cells per sequence of the probe context (llama.cpp pads to 256)
 PROBE_REPEATS = 3  # alone/batched pairs; the median of each side counts
 
 

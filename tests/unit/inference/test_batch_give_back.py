@@ -171,7 +171,7 @@ def test_the_load_time_probe_says_whether_a_batched_token_is_cheaper(alone_s, pe
     assert costs.pays is pays
     assert costs.batches == WARM_UP  # decides at once: no burst of batches to learn it
     assert costs.worth_batching() is pays or costs.skipped == 1
-    assert model.opened == [(64, 4)]
+    assert model.opened == [(256, 4)]
     assert model.closed == 1
 
 
