@@ -96,12 +96,16 @@ def _bare(cfg: ModelConfig, idle_s: float, rss: RssSampler) -> dict[str, Any]:
         baseline.load()
     with rss.phase(out, "one at a time"):
         out["failed"] = _answer_all(baseline.answer_blocking)
-    with rss.phase(out, "burst"):
+    with rss.phase(out, "burst"):  # a Llama holds one sequence: one at a time again
         out["failed"] += _answer_all(baseline.answer_blocking)
-    with rss.phase(out, "idle"):
-        time.sleep(idle_s)
+    _idle(out, idle_s, rss)
     baseline.close()
     return out
+
+
+def _idle(out: dict[str, Any], idle_s: float, rss: RssSampler) -> None:
+    with rss.phase(out, "idle"):
+        time.sleep(idle_s)
 
 
 def _engine(cfg: ModelConfig, idle_s: float, rss: RssSampler) -> dict[str, Any]:
@@ -109,8 +113,8 @@ def _engine(cfg: ModelConfig, idle_s: float, rss: RssSampler) -> dict[str, Any]:
     engine = Engine(cfg)
     with rss.phase(out, "loaded"):
         engine.load()
-    probe = engine.batch_probe
-    if probe is not None:
+    if engine.batch_probe is not None:
+        probe = engine.batch_probe
         out["probe_ms"] = {"alone": probe.alone_ms, "batched, per token": probe.batched_ms}
     out["max_parallel"] = engine.max_parallel
     with rss.phase(out, "one at a time"):
@@ -123,8 +127,7 @@ def _engine(cfg: ModelConfig, idle_s: float, rss: RssSampler) -> dict[str, Any]:
         results = asyncio.run(burst())
         out["streams after the burst"] = engine.sequences_held()[0]
     out["failed"] += sum(isinstance(r, BaseException) for r in results)
-    with rss.phase(out, "idle"):
-        time.sleep(idle_s)
+    _idle(out, idle_s, rss)
     streams, cache = engine.sequences_held()
     out["streams after idle"], out["prefix cache MiB"] = streams, _mib(cache)
     engine.close()
