@@ -7,8 +7,8 @@ request to the `Batcher`. The batcher runs on the engine's inference thread — 
 thread that touches llama.cpp — and serves the requests of all open sequences:
 
 * **batch mode** (at least `min_batch` open sequences, where batches pay: `BatchCosts`
-  learns from the decodes served whether a batched token costs less than one alone —
-  on a compute-bound CPU it does not): the context is recreated with one
+  (batch_costs.py) learns from the decodes served whether a batched token costs less
+  than one alone — on a compute-bound CPU it does not): the context is recreated with one
   KV stream per sequence (`ResidentModel.use_streams`; a running sequence's KV moves
   along) and the tokens every sequence wants fed go into one decode. On a CPU a step
   of n sequences costs less than n steps (the weights are read once), but too few
@@ -16,6 +16,10 @@ thread that touches llama.cpp — and serves the requests of all open sequences:
   0.85x the tokens/s of one.
 * **serial mode** (fewer): one sequence at a time, the highest priority first (then the
   oldest), to its end — a task alone runs in a one-sequence context as it always did.
+
+The streams of a batch are n_ctx KV tokens each: the scheduler has them given back
+(`give_back`) once no task has run for a while, and `[model] parallel` decides whether
+the engine batches at all (docs/memory.md).
 
 Identical answers: every sequence has its own stream, from cell 0, as a task alone has;
 its prompt is evaluated on its own, in the same batches; and a decode holds at most
@@ -37,6 +41,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edgeagent.errors import EdgeAgentError, ErrorCode, TaskHandedBack
+from edgeagent.inference.batch_costs import BatchCosts
 from edgeagent.inference.kvcache import KvContext
 from edgeagent.inference.prefix_cache import PrefixCache, fixed_length
 from edgeagent.inference.prefix_cache import prefill as prefill_prompt
@@ -44,47 +49,6 @@ from edgeagent.inference.sequence import Kind, Request, SeqHandle, Slot, pending
 
 MIN_BATCH = 4
 _WAIT_S = 0.05  # how long the batcher waits for a slow sequence before it goes on
-WARM_UP = 8  # batched decodes measured before the costs decide anything
-MEASURE_EVERY = 16  # while batches do not pay: one step in this many is batched anyway
-PAYS = 0.95  # a batched token must cost less than this share of a token alone
-_EMA = 0.2
-
-
-class BatchCosts:
-    """What a token costs in a decode alone and in a decode of several sequences, learnt
-    from the decodes served (one token per sequence). Where arithmetic, not reading the
-    weights, is the limit a batched token costs as much as one alone (a busy 2-vCPU
-    x86: docs/benchmarks.md), and sequences are then served one at a time, batched only
-    now and then to measure again."""
-
-    def __init__(self) -> None:
-        self.alone_ms: float | None = None
-        self.batched_ms: float | None = None
-        self.batches = 0
-        self.skipped = 0
-
-    def worth_batching(self) -> bool:
-        if (
-            self.batches < WARM_UP
-            or self.alone_ms is None
-            or self.batched_ms is None
-            or self.batched_ms < PAYS * self.alone_ms
-        ):
-            return True
-        self.skipped += 1
-        return self.skipped % MEASURE_EVERY == 0
-
-    def decoded(self, ms: float, sequences: int) -> None:
-        per_token = ms / sequences
-        if sequences == 1:
-            self.alone_ms = _ema(self.alone_ms, per_token)
-        else:
-            self.batches += 1
-            self.batched_ms = _ema(self.batched_ms, per_token)
-
-
-def _ema(old: float | None, new: float) -> float:
-    return new if old is None else old + _EMA * (new - old)
 
 
 class SlotModel(Protocol):
@@ -115,9 +79,11 @@ class Batcher:
         min_batch: int = MIN_BATCH,
         streams: int | None = None,
         exact: bool = True,
+        costs: BatchCosts | None = None,
     ) -> None:
         """exact: decodes of at most model.invariant_rows tokens (batched answers are the
-        answers alone); False: as many as fit n_batch."""
+        answers alone); False: as many as fit n_batch. costs: what was measured when the
+        model loaded (batch_costs.probe_batch_costs), else learnt from the first batches."""
         self.model = model
         self.min_batch = min_batch
         self.exact = exact
@@ -126,7 +92,7 @@ class Batcher:
         self._slots: list[Slot] = []
         self._order = itertools.count()
         self._poked = False  # wake() while no sequence is open: the step returns at once
-        self.costs = BatchCosts()
+        self.costs = costs or BatchCosts()
         self.batch_mode = False
         self.steps = 0  # decodes served, for the benchmark
         self.batched_steps = 0  # of them, with more than one sequence
@@ -161,6 +127,18 @@ class Batcher:
             self._cv.notify_all()
 
     # -- the inference thread -----------------------------------------------------
+
+    def give_back(self) -> bool:
+        """Back to a context of one sequence when none is open (after a batch): the other
+        KV streams (n_ctx tokens each) go back to the system. Sequence 0 keeps its KV,
+        so the next task alone reuses its fixed prompt part. True if streams were freed."""
+        with self._cv:
+            if self._slots or self.model.n_seq == 1:
+                return False
+        kv = self.model.kv
+        self.model.use_streams(1, {0: 0} if kv.tokens[0] else {})
+        self.batch_mode = False
+        return True
 
     def step(self, *, wait_s: float = _WAIT_S) -> None:
         """Serve one round of requests (waits up to wait_s for the open sequences)."""

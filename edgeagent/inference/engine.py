@@ -23,6 +23,7 @@ from edgeagent.config import ModelConfig
 from edgeagent.errors import EdgeAgentError, ErrorCode
 from edgeagent.inference.act_prior import CONTENT_FREE, ActPriors, content_free_act
 from edgeagent.inference.batch import MIN_BATCH, Batcher
+from edgeagent.inference.batch_costs import BatchCosts, sequences_that_pay
 from edgeagent.inference.confidence import tracker_for
 from edgeagent.inference.contract import OutputSpec
 from edgeagent.inference.decoding import (
@@ -66,6 +67,10 @@ class Engine:
         self.min_batch = min_batch
         # Several tasks at once, for models that hold several sequences (ResidentModel).
         self._scheduler: TaskScheduler | None = None
+        self._max_parallel = 1  # sequences the model may hold (batch_costs.sequences_that_pay)
+        # What a batched token cost against one alone when the model loaded
+        # (`[model] parallel = "auto"`); None when not measured.
+        self.batch_probe: BatchCosts | None = None
         self._factory = factory
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgeagent-inference")
         self._model: EngineModel | None = None
@@ -125,13 +130,19 @@ class Engine:
         cfg = self.cfg if n_ctx is None else self.cfg.model_copy(update={"n_ctx": n_ctx})
         self._model = self._factory(cfg)
         self._model.on_progress = self._touch
-        if isinstance(self._model, ResidentModel) and self._model.max_seq > 1:
-            batcher = Batcher(self._model, min_batch=self.min_batch, exact=self.exact)
+        if isinstance(self._model, ResidentModel):
+            self._max_parallel, self.batch_probe = sequences_that_pay(
+                self._model, cfg.parallel, exact=self.exact
+            )
+        if isinstance(self._model, ResidentModel) and self._max_parallel > 1:
+            batcher = Batcher(
+                self._model, min_batch=self.min_batch, exact=self.exact, costs=self.batch_probe
+            )
             self._scheduler = TaskScheduler(
                 batcher,
                 run=self._answer,
                 on_inference_thread=self.submit,
-                parallel=self._model.max_seq,
+                parallel=self._max_parallel,
             )
 
     @property
@@ -143,7 +154,7 @@ class Engine:
 
     @property
     def max_parallel(self) -> int:
-        return self._model.max_seq if isinstance(self._model, ResidentModel) else 1
+        return self._max_parallel
 
     @property
     def prefix_cache_max(self) -> int:
@@ -199,9 +210,17 @@ class Engine:
 
     def prompt_tokens(self, spec: OutputSpec, content: str | Sequence[Message]) -> list[int]:
         """Tokens of the full prompt for this content: a `Prompt` that knows where the
-        part that is the same for every input ends (prefix_cache.FixedParts)."""
+        part the device wrote, the same for every caller, ends (prefix_cache.FixedParts).
+        A schema is the caller's text (shared only with `[model] share_schemas`); an
+        action catalog's instructions are the device's."""
         messages = build_messages(self.cfg.system_prompt, spec.instructions, content)
-        return self._fixed_parts.prompt(self.model.render_chat, messages)
+        shared = spec.kind == "action" or self.cfg.share_schemas
+        owned = spec.instructions if shared else ""
+        return self._fixed_parts.prompt(
+            self.model.render_chat,
+            messages,
+            functools.partial(build_messages, self.cfg.system_prompt, owned),
+        )
 
     def tokenize(self, text: str) -> list[int]:
         return self.model.tokenize(text)

@@ -53,6 +53,6 @@ def load_resident(cfg: ModelConfig, *, exact: bool = True) -> EngineModel:
         threads=cfg.threads,
         n_ctx=cfg.n_ctx,
         n_batch=cfg.n_batch,
-        n_seq=MAX_PARALLEL,
+        n_seq=MAX_PARALLEL if cfg.parallel == "auto" else cfg.parallel,
         repack=not exact,
     )

@@ -12,9 +12,10 @@ need our own sampling step to apply the llguidance token mask.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -164,28 +165,43 @@ class ResidentModel:
         self._free_context()
         forget_buffer_sizes()
         try:
-            self._kv = KvContext(
-                self._model,
-                n_ctx=n_ctx,
-                n_batch=self.n_batch,
-                n_seq=n_seq,
-                threads=self.threads,
-                n_vocab=self.n_vocab,
-            )
+            self._kv = self._new_context(n_ctx, n_seq)
         except ValueError as exc:
             self.n_ctx, self.n_seq = 0, 1
             raise EdgeAgentError(
                 ErrorCode.CONTEXT_BUDGET, f"cannot allocate {n_seq} x {n_ctx} context tokens"
             ) from exc
-        self._kv.on_progress = self._on_progress
         self.n_ctx, self.n_seq = n_ctx, n_seq
         # What llama.cpp reported allocating for this context (bytes).
         self.kv_buffer_bytes, self.compute_buffer_bytes = buffer_sizes()
 
+    def _new_context(self, n_ctx: int, n_seq: int) -> KvContext:
+        kv = KvContext(
+            self._model,
+            n_ctx=n_ctx,
+            n_batch=self.n_batch,
+            n_seq=n_seq,
+            threads=self.threads,
+            n_vocab=self.n_vocab,
+        )
+        kv.on_progress = self._on_progress
+        return kv
+
+    @contextlib.contextmanager
+    def scratch_context(self, n_ctx: int, n_seq: int) -> Iterator[KvContext]:
+        """A small context of its own beside the current one (load-time probes), freed
+        and its memory given back on leaving."""
+        kv = self._new_context(n_ctx, n_seq)
+        try:
+            yield kv
+        finally:
+            kv.close()
+            return_freed_memory()
+
     def release(self) -> None:
         """Free the context (memory pressure); the weights stay. resize() brings it back."""
         self._free_context()
-        self.n_ctx = 0
+        self.n_ctx, self.n_seq = 0, 1
 
     def _free_context(self) -> None:
         if self._kv is not None:

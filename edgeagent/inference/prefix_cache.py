@@ -62,28 +62,41 @@ def fixed_length(prompt: Sequence[int]) -> int:
 
 
 class FixedParts:
-    """Where the fixed part of a chat prompt ends, by system message.
+    """Where the fixed part of a chat prompt ends: only text the device wrote.
 
-    The fixed part is what two prompts with different inputs share: the chat template
-    and our system message are tokenized apart from the caller's text
-    (inference/chat.py), so it ends exactly where the input begins. Found once per
-    system message by rendering two probe inputs; remembered for the last 64.
+    The fixed part is what every prompt of one output contract shares, whoever sends
+    it: the chat template around our system message, the configured system prompt and
+    the catalog's instructions (`owned`). A caller's own text — its system message, its
+    messages, its schema — is never part of it. Cached and reused prompt parts cross
+    from one caller's task to another's; if they held caller text, a reply's
+    `cached_prompt_tokens` (or its prompt time) would tell a second caller whether a
+    guessed text was the first one's (docs/security.md). The fixed part is found by
+    rendering the device-owned messages around two probe inputs (inference/chat.py
+    tokenizes contents apart from the template, so it ends where they differ), once per
+    device system message, remembered for the last 64; a prompt's fixed part is the
+    longest prefix it shares with that.
     """
 
     def __init__(self, size: int = 64) -> None:
         self._size = size
-        self._known: OrderedDict[str, list[int]] = OrderedDict()
+        self._known: OrderedDict[tuple[str, ...], list[int]] = OrderedDict()
 
     def prompt(
-        self, render: Callable[[Sequence[Message]], list[int]], messages: Sequence[Message]
+        self,
+        render: Callable[[Sequence[Message]], list[int]],
+        messages: Sequence[Message],
+        owned: Callable[[str], Sequence[Message]],
     ) -> Prompt:
+        """messages: the task's prompt; owned(text): the messages of a task whose whole
+        input is `text`, beside nothing but the device's own text."""
         tokens = render(messages)
-        system = messages[0]["content"]
-        fixed = self._known.get(system)
+        a, b = owned("A"), owned("B")
+        key = tuple(m["content"] for m in a[:-1])
+        fixed = self._known.get(key)
         if fixed is None:
-            a, b = (render([messages[0], {"role": "user", "content": x}]) for x in ("A", "B"))
-            fixed = a[: _common(a, b)]
-            self._known[system] = fixed
+            first, second = render(a), render(b)
+            fixed = first[: _common(first, second)]
+            self._known[key] = fixed
             if len(self._known) > self._size:
                 self._known.popitem(last=False)
         return Prompt(tokens, _common(fixed, tokens))
@@ -189,15 +202,18 @@ class PrefixCache:
 def prefill(kv: KvContext, seq: int, prompt: Sequence[int], cache: PrefixCache | None) -> int:
     """Put prompt into sequence `seq`'s KV; returns how many prompt tokens were reused.
 
-    Without a fixed part (`keep` 0) the longest prefix the sequence already holds is
-    reused (the behaviour before prefixes were cached). The last prompt token is always
-    evaluated: its logits are what the answer starts from.
+    A `Prompt` reuses at most its fixed part: what the sequence holds beyond it is
+    another task's input, maybe another caller's (FixedParts). A plain token list (no
+    caller: benchmarks, probes) reuses the longest prefix the sequence holds. The last
+    prompt token is always evaluated: its logits are what the answer starts from.
     """
     keep = fixed_length(prompt)
     held = kv.tokens[seq]
     if keep < MIN_PREFIX_TOKENS:
         reuse = 0
         limit = min(len(prompt) - 1, len(held))
+        if isinstance(prompt, Prompt):
+            limit = min(limit, keep)
         while reuse < limit and held[reuse] == prompt[reuse]:
             reuse += 1
         kv.remove(seq, reuse)

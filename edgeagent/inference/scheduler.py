@@ -7,10 +7,15 @@ thread of its own that runs the engine's usual path (prompt, overflow policy, to
 loop) against a `SeqHandle`. Meanwhile the inference thread runs `Batcher.step` in a
 loop, until no task is left. A resize of the context (the memory governor) first lets
 the running tasks finish and starts no new one.
+
+When the loop has had nothing to do for `idle_s` seconds, the batcher gives back the
+KV streams a batch allocated (`Batcher.give_back`): a burst must not leave n_ctx tokens
+of KV per extra sequence resident for good (docs/memory.md).
 """
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import threading
@@ -23,6 +28,7 @@ from edgeagent.inference.batch import Batcher
 from edgeagent.inference.task import Answer, Task
 
 MAX_PARALLEL = 8
+IDLE_S = 5.0  # without a task for this long, the streams of a batch are given back
 
 
 class TaskScheduler:
@@ -33,6 +39,7 @@ class TaskScheduler:
         run: Callable[[Task], Answer],
         on_inference_thread: Callable[[Callable[[], None]], Future[None]],
         parallel: int = MAX_PARALLEL,
+        idle_s: float = IDLE_S,
     ) -> None:
         self.batcher = batcher
         self._run = run
@@ -44,6 +51,10 @@ class TaskScheduler:
         self._running = 0
         self._looping = False
         self._draining = False
+        self._closed = False
+        self._idle_s = idle_s
+        self._idle_timer: threading.Timer | None = None
+        self._loops = 0  # loops started: a give-back armed before a later loop is stale
         self._threads = ThreadPoolExecutor(
             max_workers=parallel, thread_name_prefix="edgeagent-task"
         )
@@ -92,8 +103,10 @@ class TaskScheduler:
     def close(self) -> None:
         """Hand back the tasks that have not started; let the running ones end."""
         with self._lock:
-            self._draining = True
+            self._draining = self._closed = True
             waiting, self._waiting = self._waiting, []
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
         for _, _, _, future, _ in waiting:
             future.set_exception(TaskHandedBack("the engine is closing"))
         self._threads.shutdown(wait=False)
@@ -103,7 +116,35 @@ class TaskScheduler:
             if self._looping or self._draining or not self._waiting:
                 return
             self._looping = True
+            self._loops += 1
         self._on_inference_thread(self._loop)
+
+    def _arm_give_back(self) -> None:
+        """After idle_s without a loop, give back the batch's streams (lock held)."""
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        if self._closed:
+            return
+        give_back = functools.partial(self._give_back, self._loops)
+        self._idle_timer = threading.Timer(self._idle_s, self._submit_give_back, (give_back,))
+        self._idle_timer.daemon = True
+        self._idle_timer.start()
+
+    def _submit_give_back(self, give_back: Callable[[], None]) -> None:
+        with self._lock:
+            if self._closed:
+                return
+        try:
+            self._on_inference_thread(give_back)
+        except RuntimeError:  # the inference thread shut down meanwhile
+            return
+
+    def _give_back(self, loop: int) -> None:
+        """On the inference thread: unless a loop started since the timer was armed."""
+        with self._lock:
+            if self._looping or self._loops != loop or self._closed:
+                return
+        self.batcher.give_back()
 
     # -- the inference thread -----------------------------------------------------
 
@@ -114,6 +155,7 @@ class TaskScheduler:
                 with self._lock:
                     if self._running == 0 and (self._draining or not self._waiting):
                         self._looping = False
+                        self._arm_give_back()
                         return
                 self.batcher.step()
         except BaseException:

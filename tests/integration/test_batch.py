@@ -11,8 +11,10 @@ from support.catalogs import GREENHOUSE_ACTIONS as CATALOG
 
 from edgeagent.config import ModelConfig
 from edgeagent.errors import EdgeAgentError, ErrorCode
+from edgeagent.inference.batch_costs import BatchCosts
 from edgeagent.inference.contract import action_spec, schema_spec, select_actions
 from edgeagent.inference.engine import Engine
+from edgeagent.inference.scheduler import IDLE_S
 from edgeagent.inference.task import Task
 
 pytestmark = pytest.mark.model
@@ -43,7 +45,11 @@ INPUTS = [
 
 @pytest.fixture(scope="module")
 def engine(model_path):
-    eng = Engine(ModelConfig(path=model_path, threads=1, n_ctx=1024, n_batch=256, max_tokens=80))
+    # parallel = 8: batches whether or not they pay on this machine ("auto" measures it).
+    cfg = ModelConfig(
+        path=model_path, threads=1, n_ctx=1024, n_batch=256, max_tokens=80, parallel=8
+    )
+    eng = Engine(cfg)
     eng.load()
     yield eng
     eng.close()
@@ -109,3 +115,57 @@ def test_deadlines_hold_in_a_batch(engine):
     assert isinstance(results[5], EdgeAgentError)
     assert results[5].code is ErrorCode.DEADLINE_EXCEEDED
     assert sum(not isinstance(r, BaseException) for r in results) >= 6
+
+
+def test_after_a_burst_the_extra_sequences_are_given_back(engine):
+    tasks = [Task(content=text, spec=spec, max_tokens=80) for spec, text in INPUTS]
+    engine.answer_blocking(tasks[0])  # alone: a context of one sequence
+    one_stream, _ = engine.buffer_bytes()
+    assert engine.sequences_held()[0] == 1
+    engine._scheduler.batcher.costs = BatchCosts()  # learn afresh: the burst batches
+    asyncio.run(burst(engine, tasks))
+    streams, _ = engine.sequences_held()
+    assert streams > 1  # the burst held a KV stream per sequence ...
+    assert engine.buffer_bytes()[0] >= streams * one_stream
+    deadline = time.monotonic() + IDLE_S + 30
+    while engine.sequences_held()[0] > 1:  # ... and gives them back once idle
+        assert time.monotonic() < deadline, "the batch's streams were kept"
+        time.sleep(0.2)
+    assert engine.buffer_bytes()[0] == one_stream
+    # The next task alone reuses sequence 0's fixed part and answers as before.
+    again = engine.answer_blocking(tasks[1])
+    assert again.output is not None
+
+
+def test_auto_holds_extra_sequences_only_where_the_board_measured_that_they_pay(model_path):
+    eng = Engine(ModelConfig(path=model_path, threads=1, n_ctx=1024, n_batch=256, max_tokens=80))
+    eng.load()
+    try:
+        probe = eng.batch_probe
+        assert probe is not None
+        assert probe.alone_ms
+        assert probe.batched_ms
+        assert eng.max_parallel == (8 if probe.pays else 1)
+        assert eng.parallel == eng.max_parallel
+        tasks = [Task(content=text, spec=spec, max_tokens=80) for spec, text in INPUTS[:4]]
+        asyncio.run(burst(eng, tasks))
+        if not probe.pays:
+            assert eng.sequences_held()[0] == 1  # never more than one sequence
+    finally:
+        eng.close()
+
+
+def test_parallel_1_never_holds_a_second_sequence(model_path):
+    cfg = ModelConfig(
+        path=model_path, threads=1, n_ctx=1024, n_batch=256, max_tokens=80, parallel=1
+    )
+    eng = Engine(cfg)
+    eng.load()
+    try:
+        assert (eng.parallel, eng.max_parallel, eng.batch_probe) == (1, 1, None)
+        tasks = [Task(content=text, spec=spec, max_tokens=80) for spec, text in INPUTS[:4]]
+        asyncio.run(burst(eng, tasks))
+        assert eng.sequences_held()[0] == 1
+        assert eng.model.max_seq == 1
+    finally:
+        eng.close()

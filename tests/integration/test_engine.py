@@ -164,11 +164,11 @@ def test_messages_input(engine):
 
 
 def test_prompt_prefix_is_reused(engine):
-    spec = schema_spec(
-        {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
-    )
-    ask(engine, spec, "Count: 3")
-    second = ask(engine, spec, "Count: 4")
+    # The catalog's instructions are the device's text: reused by the next task. A
+    # caller's schema is not (tests/integration/test_prefix_cache.py).
+    spec = action_spec(select_actions(CATALOG, None))
+    ask(engine, spec, "Zone 3 is dry.")
+    second = ask(engine, spec, "It is 41 C under the roof.")
     assert second.cached_prompt_tokens > second.prompt_tokens // 2
 
 

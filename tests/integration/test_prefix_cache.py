@@ -12,39 +12,22 @@ from edgeagent.inference.task import Task
 
 pytestmark = pytest.mark.model
 
+# Action contracts: their fixed part (the catalog's instructions) is the device's own
+# text, shared across callers. A caller's schema is not (test_prefix_oracle below).
 CONTRACTS = [
-    action_spec(select_actions(CATALOG, None)),
-    schema_spec(
-        {
-            "type": "object",
-            "properties": {
-                "severity": {"enum": ["info", "warning", "error"]},
-                "message": {"type": "string", "maxLength": 80},
-            },
-            "required": ["severity", "message"],
-        }
-    ),
-    schema_spec(
-        {
-            "type": "object",
-            "properties": {
-                "zone": {"type": "integer", "minimum": 1, "maximum": 8},
-                "celsius": {"type": "number"},
-            },
-            "required": ["zone", "celsius"],
-        }
-    ),
-    schema_spec(
-        {
-            "type": "object",
-            "properties": {
-                "title": {"type": "string", "maxLength": 40},
-                "urgent": {"type": "boolean"},
-            },
-            "required": ["title", "urgent"],
-        }
-    ),
+    action_spec(select_actions(CATALOG, names))
+    for names in (None, ["open_vent", "notify"], ["notify", "start_heater"], ["open_vent"])
 ]
+EVENT = schema_spec(
+    {
+        "type": "object",
+        "properties": {
+            "severity": {"enum": ["info", "warning", "error"]},
+            "message": {"type": "string", "maxLength": 80},
+        },
+        "required": ["severity", "message"],
+    }
+)
 INPUTS = [
     "Zone 3 is very dry, the soil sensor reads 12 %.",
     "Nov 29 07:41:12 pi-07 kernel: usb 1-1.3: device descriptor read/64, error -71",
@@ -109,3 +92,47 @@ def test_cached_prefix_bytes_are_bounded(engine):
     # Evicted prefixes are computed again: the answers do not change.
     task = Task(content=INPUTS[0], spec=CONTRACTS[1], max_tokens=96)
     assert engine.answer_blocking(task).output == uncached(engine, task).output
+
+
+SECRET_SYSTEM = "You work for Fenwick Farms. The greenhouse door code is 4711."
+WRONG_GUESS = "You work for Fenwick Farms. The greenhouse door code is 1234."
+
+
+def cached_after(engine, victim, guess):
+    """cached_prompt_tokens of the guess, right after the victim's task."""
+    engine.answer_blocking(victim)
+    return engine.answer_blocking(guess).cached_prompt_tokens
+
+
+def chat(system, text):
+    return [{"role": "system", "content": system}, {"role": "user", "content": text}]
+
+
+@pytest.mark.parametrize("spec", [CONTRACTS[0], EVENT], ids=["catalog", "schema"])
+def test_a_guessed_system_message_cannot_be_told_from_a_wrong_one(engine, spec):
+    """Caller A's system text must not be served to caller B from the cache: B's
+    right guess gets exactly the cached tokens of a wrong one (the device's prefix)."""
+    victim = Task(content=chat(SECRET_SYSTEM, INPUTS[0]), spec=spec, max_tokens=96)
+    right = Task(content=chat(SECRET_SYSTEM, INPUTS[1]), spec=spec, max_tokens=96)
+    wrong = Task(content=chat(WRONG_GUESS, INPUTS[1]), spec=spec, max_tokens=96)
+    on_right = cached_after(engine, victim, right)
+    on_wrong = cached_after(engine, victim, wrong)
+    assert on_right == on_wrong
+    # What is reused is at most the device's own prefix (still cached for catalogs).
+    device = engine.submit(lambda: engine.prompt_tokens(spec, INPUTS[1])).result()
+    assert on_right <= device.keep
+    if spec.kind == "action":
+        assert on_right >= 32
+
+
+def test_a_guessed_schema_cannot_be_told_from_a_wrong_one(engine):
+    guessed = schema_spec(
+        {"type": "object", "properties": {"door_code": {"enum": ["4711"]}}, "required": []}
+    )
+    other = schema_spec(
+        {"type": "object", "properties": {"door_code": {"enum": ["1234"]}}, "required": []}
+    )
+    victim = Task(content=INPUTS[0], spec=guessed, max_tokens=32)
+    on_right = cached_after(engine, victim, Task(content=INPUTS[1], spec=guessed, max_tokens=32))
+    on_wrong = cached_after(engine, victim, Task(content=INPUTS[1], spec=other, max_tokens=32))
+    assert on_right == on_wrong

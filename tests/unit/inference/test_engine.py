@@ -7,11 +7,12 @@ import threading
 from pathlib import Path
 
 import pytest
+from support.catalogs import GREENHOUSE_ACTIONS
 from support.scripted_model import KV_BYTES_PER_TOKEN, METADATA, ScriptedFactory
 
 from edgeagent.config import ModelConfig
 from edgeagent.errors import EdgeAgentError, ErrorCode
-from edgeagent.inference.contract import schema_spec
+from edgeagent.inference.contract import action_spec, schema_spec, select_actions
 from edgeagent.inference.engine import Engine
 from edgeagent.inference.task import Task
 
@@ -43,6 +44,64 @@ def test_answer_runs_on_the_inference_thread(engine, factory):
     (model,) = factory.models
     # The prompt is the chat template around our system message and the caller's text.
     assert "Is it fine?" in model.detokenize(model.prefills[0])
+
+
+SECRET = "The door code is 4711."
+USER = [{"role": "user", "content": "Is it open?"}]
+
+
+def fixed_text(engine, spec, content):
+    """The text of the prompt part that may be reused across callers."""
+    prompt = engine.submit(lambda: engine.prompt_tokens(spec, content)).result()
+    return engine.detokenize(prompt[: prompt.keep]), engine.detokenize(prompt)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        [{"role": "system", "content": SECRET}, {"role": "user", "content": "Open up."}],
+        SECRET,
+        [
+            {"role": "user", "content": SECRET},
+            {"role": "assistant", "content": "{}"},
+            {"role": "user", "content": "Again."},
+        ],
+    ],
+    ids=["system message", "input", "earlier turn"],
+)
+def test_no_caller_text_is_in_the_part_shared_across_callers(engine, content):
+    fixed, whole = fixed_text(engine, SPEC, content)
+    assert SECRET in whole
+    assert SECRET not in fixed
+    assert CFG.system_prompt in fixed
+
+
+def test_a_callers_schema_is_not_shared_a_catalogs_instructions_are(engine):
+    secret_schema = schema_spec(
+        {"type": "object", "properties": {"code_4711": {"type": "boolean"}}}
+    )
+    fixed, whole = fixed_text(engine, secret_schema, "Is it open?")
+    assert "code_4711" in whole
+    assert "code_4711" not in fixed
+    catalog = action_spec(select_actions(GREENHOUSE_ACTIONS, None))
+    fixed, _ = fixed_text(
+        engine, catalog, [{"role": "system", "content": SECRET}, {"role": "user", "content": "x"}]
+    )
+    assert "Choose exactly one of these actions" in fixed
+    assert "start_heater" in fixed  # the catalog's last entry: the listing is shared
+    assert SECRET not in fixed
+
+
+def test_share_schemas_puts_the_schema_into_the_shared_part(factory):
+    engine = Engine(CFG.model_copy(update={"share_schemas": True}), factory=factory)
+    engine.load()
+    try:
+        spec = schema_spec({"type": "object", "properties": {"code_4711": {"type": "boolean"}}})
+        fixed, _ = fixed_text(engine, spec, [{"role": "system", "content": SECRET}, *USER])
+        assert "code_4711" in fixed
+        assert SECRET not in fixed
+    finally:
+        engine.close(timeout=5)
 
 
 def test_the_engine_exposes_what_the_memory_loop_needs(engine):

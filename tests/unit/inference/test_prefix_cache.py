@@ -107,6 +107,20 @@ def test_without_a_fixed_part_the_longest_held_prefix_is_reused():
     assert prefill(kv, 0, [1, 2, 9], None) == 2  # the last token is always evaluated
 
 
+def test_a_prompt_reuses_no_more_than_its_fixed_part():
+    # What the sequence holds beyond the fixed part is the last task's input, perhaps
+    # another caller's: reusing it would tell this caller how much of it they guessed.
+    kv = FakeKv()
+    prefill(kv, 0, [1, 2, 3, 4, 5, 6], None)
+    assert prefill(kv, 0, Prompt([1, 2, 3, 4, 5, 9], keep=2), None) == 2
+    assert kv.tokens[0] == [1, 2, 3, 4, 5, 9]
+    assert prefill(kv, 0, Prompt([1, 2, 3, 4, 5, 9, 9], keep=0), None) == 0
+    # A fixed part long enough to be cached: likewise no further than it.
+    kv = FakeKv()
+    prefill(kv, 0, prompt(1, [5, 6, 7]), None)
+    assert prefill(kv, 0, prompt(1, [5, 6, 8]), None) == 40
+
+
 def test_a_fixed_part_is_computed_on_its_own_then_saved_then_reused_in_place():
     kv, cache = FakeKv(), PrefixCache()
     first = prompt(1, [11, 12])
