@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Phase-B experiments of issue 12: other prompt formats, and confidence from the logits.
+"""Phase-B experiments of the decision work: other prompt formats, and confidence from the logits.
 
 Measured with the eval machinery (same cases, scoring and report as `edgeagent eval`)
 with its own prompts and grammars: this script drives `ResidentModel` through the

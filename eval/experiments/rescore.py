@@ -7,7 +7,7 @@ committed) come from the answers already given, without running the model again.
 the eval's own scoring, holding and report (edgeagent/evaluation).
 
     .venv/bin/python eval/experiments/rescore.py eval/dev/suite.toml \
-        eval/results/2026-11-30-catalog/fields.details.jsonl [--min-confidence 0.9] [--json F]
+        DETAILS.jsonl [--min-confidence 0.9] [--json F]   # from edgeagent eval --details
 
 `--min-confidence` sets the floor of every action without its own (like a catalog's
 `[catalog] min_confidence`); `--sweep` prints the headline figures for several floors.

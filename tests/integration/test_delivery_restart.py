@@ -1,7 +1,7 @@
 """Exactly once across broker restarts and daemon restarts: real mosquitto, real model.
 
 * A dispatch action finished while the broker was away is published after the
-  daemon's restart, once, together with its reply from the store (issue 10, item 3).
+  daemon's restart, once, together with its reply from the store.
 * Tasks sent without an id keep their identity across a broker restart: each is run
   and answered once (item 2).
 """

@@ -244,7 +244,7 @@ def test_action_answers_carry_a_probability(engine):
 
 
 def test_non_ascii_property_names(engine):
-    # Issue 11: forced property names holding multi-byte characters.
+    # Forced property names holding multi-byte characters.
     schema = {
         "type": "object",
         "properties": {"température": {"type": "number"}, "湿度": {"type": "integer"}},

@@ -1,5 +1,5 @@
 """The memory governor under real pressure: a real v1 memory cgroup, the real daemon
-inside it, and a memory hog in the same cgroup (issue 4, "Tests: Real").
+inside it, and a memory hog in the same cgroup.
 
 The daemon runs with SmolLM2 (trained for 8192 tokens) at `model.n_ctx = 8192`. Once it
 serves, the cgroup gets a limit a little above what it uses (its usage U0 + the

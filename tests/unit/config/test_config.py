@@ -148,7 +148,7 @@ def test_configuration_doc_is_current():
     )
 
 
-# -- the catalog fields of issue 12 ------------------------------------------------------
+# -- the catalog fields (when, examples, nothing_to_do) ------------------------------------------------------
 
 CATALOG = """
 [catalog]
