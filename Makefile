@@ -61,7 +61,7 @@ test: system-deps prebuild venv lint typecheck
 # llama.cpp build so the two overlap; the tests wait for them through their file locks.
 # Stdlib Python only; nothing to do when they are cached, or where the fleet cannot run.
 prebuild: system-deps
-	mkdir -p $(ARTIFACTS)
+	mkdir -p $(ARTIFACTS) && rm -f $(ARTIFACTS)/ansible-timings.json
 	PYTHONPATH=tests nohup $(PYTHON) -m support.prebuild prebuild >$(ARTIFACTS)/prebuild.log 2>&1 &
 
 # tests/unit only: no model, no broker, no root, a few seconds. The few unit tests that

@@ -105,10 +105,14 @@ _TIMINGS_LOCK = threading.Lock()  # the background builds report too
 
 def report_timing(what: str, seconds: float) -> None:
     artifacts = Path(os.environ.get("EDGEAGENT_TEST_ARTIFACTS", CACHE / "test-artifacts"))
-    with _TIMINGS_LOCK:
+    target = artifacts / "ansible-timings.json"
+    # make test runs two sessions (and a prebuild process) that all report here: merged.
+    with _TIMINGS_LOCK, _locked(artifacts / ".ansible-timings.lock"):
         _TIMINGS[what] = round(seconds, 1)
-        artifacts.mkdir(parents=True, exist_ok=True)
-        (artifacts / "ansible-timings.json").write_text(json.dumps(_TIMINGS, indent=2) + "\n")
+        merged: dict[str, float] = {}
+        with contextlib.suppress(OSError, ValueError):
+            merged = json.loads(target.read_text())
+        target.write_text(json.dumps(merged | _TIMINGS, indent=2) + "\n")
         if sys.__stderr__ is not None:
             sys.__stderr__.write(f"\n[ansible timing] {what}: {seconds:.1f} s\n")
 
