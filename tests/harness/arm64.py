@@ -346,7 +346,8 @@ def _download_boot_packages(workdir: Path) -> tuple[Path, str]:
     """Debian's arm64 kernel and busybox-static, unpacked into workdir/unpacked."""
     options = _apt_arm64(workdir / "apt")
     _run(["apt-get", *options, "-q", "update"], timeout=900)
-    depends = _run(["apt-cache", *options, "depends", "linux-image-arm64"]).stdout
+    # apt-cache builds its package cache first: over a minute on a loaded machine.
+    depends = _run(["apt-cache", *options, "depends", "linux-image-arm64"], timeout=900).stdout
     found = re.search(r"Depends:\s*(linux-image-\S+-arm64)\b", depends)
     if found is None:
         raise RootfsError(f"cannot tell the arm64 kernel package from:\n{depends}")
