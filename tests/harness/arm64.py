@@ -661,7 +661,7 @@ def _prepare_files(rootfs: Path, pubkey: str) -> None:
     # an interrupted build is thrown away), and openssh-server's host keys, made here
     # by the machine's ssh-keygen (its postinst keeps keys that exist).
     write(DPKG_BUILD_CONF, "force-unsafe-io\n")
-    _run(["ssh-keygen", "-A", "-f", rootfs])
+    _run(["ssh-keygen", "-A", "-f", rootfs], timeout=600)  # RSA 3072: seconds, more when starved
     masked = [*_hosts.MASKED_UNITS, "serial-getty@ttyAMA0.service"]
     script = (
         PREPARE_SCRIPT.replace("@USER@", ANSIBLE_USER)
