@@ -519,6 +519,7 @@ def _build_image(build: Path, stamp: dict[str, Any], pubkey: str) -> None:
         text = log_path.read_text(errors="replace")
         raise RootfsError(f"debootstrap (first stage) exited {proc.returncode}:\n{_tail(text)}")
     _prepare_files(rootfs, pubkey)
+    _trim_package_index(rootfs)
     first_stage = time.monotonic() - started
     # 3. The second stage and the preparation, arm64 code run by qemu-user in a chroot.
     log.info("arm64 first stage done in %.0f s; second stage with qemu-user", first_stage)
@@ -564,6 +565,21 @@ def _build_image(build: Path, stamp: dict[str, Any], pubkey: str) -> None:
     }
     (build / "stamp.json").write_text(json.dumps(stamp_file, indent=2, sort_keys=True))
     log.info("arm64 image built in %.0f s (kernel %s)", seconds, version)
+
+
+def _trim_package_index(rootfs: Path) -> None:
+    """Keep only the packages debootstrap installs in the index its second stage reads.
+
+    The second stage looks packages up in the mirror's Packages index (~50 MB) with Perl and
+    grep, both emulated: minutes per pass. The first stage has already chosen and fetched
+    every package (/debootstrap/debpaths); the preparation deletes the lists anyway.
+    """
+    debpaths = (rootfs / "debootstrap" / "debpaths").read_text().splitlines()
+    wanted = {line.split()[0] for line in debpaths if line.strip()}
+    for index in (rootfs / "var" / "lib" / "apt" / "lists").glob("*_Packages"):
+        stanzas = index.read_text(errors="replace").split("\n\n")
+        kept = [s for s in stanzas if (m := re.match(r"Package: (\S+)", s)) and m[1] in wanted]
+        index.write_text("\n\n".join(kept) + "\n\n")
 
 
 def _run_logged(cmd: Sequence[str], out: IO[str], *, env: dict[str, str], timeout: float) -> int:
