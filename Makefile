@@ -3,12 +3,14 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-WHEELHOUSE ?= $(or $(EDGEAGENT_WHEELHOUSE),$(HOME)/.cache/edgeagent/wheelhouse)
+CACHE := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/edgeagent
+WHEELHOUSE ?= $(or $(EDGEAGENT_WHEELHOUSE),$(CACHE)/wheelhouse)
+ARTIFACTS ?= $(or $(EDGEAGENT_TEST_ARTIFACTS),$(CACHE)/test-artifacts)
 PROFILE ?= $(if $(filter aarch64,$(shell uname -m)),pi4,x86-64-v3)
 # The llama-cpp-python version the wheelhouse is built for (scripts/build-wheelhouse.sh).
 LLAMA_CPP_PYTHON_VERSION ?= 0.3.36
 
-.PHONY: venv model models demo test test-unit test-fast lint typecheck system-deps clean bench pre-commit
+.PHONY: venv model models demo test test-unit test-fast lint typecheck system-deps prebuild clean bench pre-commit
 
 venv: $(VENV)/.installed
 
@@ -46,8 +48,29 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-test: venv system-deps lint typecheck
-	EDGEAGENT_TEST_MODEL=$$($(BIN)/python scripts/fetch_model.py smollm2) $(BIN)/pytest
+# Two pytest sessions side by side: the fleet test (tests/integration/test_ansible.py: its
+# builds, then one rollout after another, mostly waiting for the emulated Pi; its output is
+# shown when it is done, and kept in ARTIFACTS/pytest-fleet.log) and every other test. Cold,
+# `prebuild` has already started the fleet test's builds. Measured: docs/testing-hosts.md.
+FLEET_TEST := tests/integration/test_ansible.py
+test: system-deps prebuild venv lint typecheck
+	@export EDGEAGENT_TEST_MODEL=$$($(BIN)/python scripts/fetch_model.py smollm2) || exit 1; \
+	mkdir -p $(ARTIFACTS); \
+	$(BIN)/pytest $(FLEET_TEST) >$(ARTIFACTS)/pytest-fleet.log 2>&1 & fleet=$$!; \
+	trap 'kill $$fleet 2>/dev/null' INT TERM; \
+	$(BIN)/pytest --ignore=$(FLEET_TEST); rest=$$?; \
+	echo "waiting for the fleet test ($(ARTIFACTS)/pytest-fleet.log)"; \
+	wait $$fleet; fleet_rc=$$?; cat $(ARTIFACTS)/pytest-fleet.log; \
+	echo "pytest: fleet test exit $$fleet_rc, other tests exit $$rest"; \
+	[ $$rest -eq 0 ] && [ $$fleet_rc -eq 0 ]
+
+# The fleet test's builds not made with the venv (pi4 cross build, emulated Pi image, nspawn
+# root, ansible venv, apt packages), started in the background before the venv's own
+# llama.cpp build so the two overlap; the tests wait for them through their file locks.
+# Stdlib Python only; nothing to do when they are cached, or where the fleet cannot run.
+prebuild: system-deps
+	mkdir -p $(ARTIFACTS) && rm -f $(ARTIFACTS)/ansible-timings.json
+	PYTHONPATH=tests nohup $(PYTHON) -m support.prebuild prebuild >$(ARTIFACTS)/prebuild.log 2>&1 &
 
 # tests/unit only: no model, no broker, no root, a few seconds. The few unit tests that
 # need a real resource carry its marker (cgroup: root and a writable cgroup hierarchy) and

@@ -90,7 +90,7 @@ __all__ = [
 
 log = logging.getLogger("edgeagent.testhosts.arm64")
 
-DEFAULT_ARM64_CACHE = Path("/var/cache/edgeagent/arm64")
+DEFAULT_ARM64_CACHE = _hosts.CACHE_BASE / "arm64"
 SUITE = "bookworm"
 # What the emulated Pi has before Ansible comes: the nspawn hosts' packages minus the MQTT
 # clients, plus libgomp1 (llama.cpp's OpenMP runtime): the role then needs no apt mirror.
@@ -346,7 +346,8 @@ def _download_boot_packages(workdir: Path) -> tuple[Path, str]:
     """Debian's arm64 kernel and busybox-static, unpacked into workdir/unpacked."""
     options = _apt_arm64(workdir / "apt")
     _run(["apt-get", *options, "-q", "update"], timeout=900)
-    depends = _run(["apt-cache", *options, "depends", "linux-image-arm64"]).stdout
+    # apt-cache builds its package cache first: over a minute on a loaded machine.
+    depends = _run(["apt-cache", *options, "depends", "linux-image-arm64"], timeout=900).stdout
     found = re.search(r"Depends:\s*(linux-image-\S+-arm64)\b", depends)
     if found is None:
         raise RootfsError(f"cannot tell the arm64 kernel package from:\n{depends}")
@@ -426,6 +427,8 @@ mount --move /dev /newroot/dev
 exec switch_root /newroot /sbin/init
 """
 
+# dpkg options of the image build only (removed by the preparation script).
+DPKG_BUILD_CONF = "etc/dpkg/dpkg.cfg.d/edgeagent-image-build"
 PREPARE_SCRIPT = r"""#!/bin/sh
 # Runs once inside the emulated machine after debootstrap's second stage (image build).
 set -eu
@@ -445,7 +448,7 @@ systemctl mask @MASKED@
 rm -f /var/lib/dbus/machine-id
 ln -s /etc/machine-id /var/lib/dbus/machine-id
 apt-get clean
-rm -rf /var/lib/apt/lists/* /var/log/*.log /debootstrap
+rm -rf /var/lib/apt/lists/* /var/log/*.log /debootstrap @DPKG_BUILD_CONF@
 """
 
 
@@ -516,6 +519,7 @@ def _build_image(build: Path, stamp: dict[str, Any], pubkey: str) -> None:
         text = log_path.read_text(errors="replace")
         raise RootfsError(f"debootstrap (first stage) exited {proc.returncode}:\n{_tail(text)}")
     _prepare_files(rootfs, pubkey)
+    _trim_package_index(rootfs)
     first_stage = time.monotonic() - started
     # 3. The second stage and the preparation, arm64 code run by qemu-user in a chroot.
     log.info("arm64 first stage done in %.0f s; second stage with qemu-user", first_stage)
@@ -526,19 +530,12 @@ def _build_image(build: Path, stamp: dict[str, Any], pubkey: str) -> None:
             ["/debootstrap/debootstrap", "--second-stage"],
             ["/bin/sh", "/edgeagent-prepare.sh"],
         ):
-            proc = subprocess.run(
-                ["chroot", str(rootfs), *step],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                timeout=3600,
-                check=False,
-            )
-            if proc.returncode != 0:
+            returncode = _run_logged(["chroot", str(rootfs), *step], out, env=env, timeout=3600)
+            if returncode != 0:
                 _hosts._unmount_under(rootfs)
                 text = log_path.read_text(errors="replace")
                 raise RootfsError(
-                    f"{' '.join(step)} in the arm64 root exited {proc.returncode}:\n{_tail(text)}"
+                    f"{' '.join(step)} in the arm64 root exited {returncode}:\n{_tail(text)}"
                 )
     _hosts._unmount_under(rootfs)  # debootstrap's /proc, should it have left it
     second_stage = time.monotonic() - second_started
@@ -570,8 +567,47 @@ def _build_image(build: Path, stamp: dict[str, Any], pubkey: str) -> None:
     log.info("arm64 image built in %.0f s (kernel %s)", seconds, version)
 
 
+def _trim_package_index(rootfs: Path) -> None:
+    """Keep only the packages debootstrap installs in the index its second stage reads.
+
+    The second stage looks packages up in the mirror's Packages index (~50 MB) with Perl and
+    grep, both emulated: minutes per pass. The first stage has already chosen and fetched
+    every package (/debootstrap/debpaths); the preparation deletes the lists anyway.
+    """
+    debpaths = (rootfs / "debootstrap" / "debpaths").read_text().splitlines()
+    wanted = {line.split()[0] for line in debpaths if line.strip()}
+    for index in (rootfs / "var" / "lib" / "apt" / "lists").glob("*_Packages"):
+        stanzas = index.read_text(errors="replace").split("\n\n")
+        kept = [s for s in stanzas if (m := re.match(r"Package: (\S+)", s)) and m[1] in wanted]
+        index.write_text("\n\n".join(kept) + "\n\n")
+
+
+def _run_logged(cmd: Sequence[str], out: IO[str], *, env: dict[str, str], timeout: float) -> int:
+    """Run cmd with its output in out, each line prefixed with the seconds since the start.
+
+    The second stage's log then shows where its minutes go (one "Configuring ..." line per
+    package).
+    """
+    started = time.monotonic()
+    with subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True, errors="replace"
+    ) as proc:
+        assert proc.stdout is not None
+        timer = threading.Timer(timeout, proc.kill)
+        timer.start()
+        try:
+            for line in proc.stdout:
+                out.write(f"[{time.monotonic() - started:7.1f}] {line}")
+                out.flush()  # readable while the build runs
+        finally:
+            timer.cancel()
+        return proc.wait()
+
+
 BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
-BINFMT_NAME = "edgeagent-aarch64"
+# One entry per building process (edgeagent-aarch64-PID): two builds on the machine never
+# remove each other's entry; entries of dead processes are removed by the next build.
+BINFMT_PREFIX = "edgeagent-aarch64"
 BINFMT_CONF = Path("/usr/lib/binfmt.d/qemu-aarch64.conf")  # from qemu-user-static
 
 
@@ -579,21 +615,26 @@ BINFMT_CONF = Path("/usr/lib/binfmt.d/qemu-aarch64.conf")  # from qemu-user-stat
 def _aarch64_binfmt() -> Iterator[None]:
     """Run aarch64 binaries with qemu-user while the block runs (a binfmt_misc entry of ours).
 
-    The entry is Debian's qemu-aarch64 one under another name (flag F: the interpreter is
-    opened now, so it works inside a chroot), removed again afterwards, and binfmt_misc is
-    unmounted again if it was not mounted before. A stale entry of a killed build is
-    replaced.
+    The entry is Debian's qemu-aarch64 one under a name of this process (flag F: the
+    interpreter is opened now, so it works inside a chroot), removed again afterwards, and
+    binfmt_misc is unmounted again if it was not mounted before. Entries left by killed
+    builds (their process is gone) are removed.
     """
     fields = BINFMT_CONF.read_text().strip().split(":")
     # :name:type:offset:magic:mask:interpreter:flags
     if len(fields) != 8 or fields[2] != "M":
         raise RootfsError(f"unexpected binfmt entry in {BINFMT_CONF}: {fields}")
-    fields[1] = BINFMT_NAME
+    fields[1] = f"{BINFMT_PREFIX}-{os.getpid()}"
     mounted = False
     if not (BINFMT_DIR / "register").exists():
         _run(["mount", "-t", "binfmt_misc", "binfmt_misc", BINFMT_DIR])
         mounted = True
-    entry = BINFMT_DIR / BINFMT_NAME
+    for stale in BINFMT_DIR.glob(f"{BINFMT_PREFIX}-*"):
+        owner = stale.name.removeprefix(f"{BINFMT_PREFIX}-")
+        if owner.isdigit() and not Path(f"/proc/{owner}").exists():
+            with contextlib.suppress(OSError):
+                stale.write_text("-1")
+    entry = BINFMT_DIR / fields[1]
     try:
         if entry.exists():
             entry.write_text("-1")
@@ -602,7 +643,7 @@ def _aarch64_binfmt() -> Iterator[None]:
     finally:
         if entry.exists():
             entry.write_text("-1")
-        if mounted:
+        if mounted and not any(BINFMT_DIR.glob(f"{BINFMT_PREFIX}-*")):
             _run(["umount", BINFMT_DIR], check=False)
 
 
@@ -631,8 +672,18 @@ def _prepare_files(rootfs: Path, pubkey: str) -> None:
     )
     write("etc/hostname", "testhost\n")
     (rootfs / "boot/firmware").mkdir(parents=True, exist_ok=True)
+    # Work the emulated second stage need not do (it runs arm64 code ~20x slower):
+    # dpkg's fsync of every unpacked file (the image is made from the tree afterwards,
+    # an interrupted build is thrown away), and openssh-server's host keys, made here
+    # by the machine's ssh-keygen (its postinst keeps keys that exist).
+    write(DPKG_BUILD_CONF, "force-unsafe-io\n")
+    _run(["ssh-keygen", "-A", "-f", rootfs], timeout=600)  # RSA 3072: seconds, more when starved
     masked = [*_hosts.MASKED_UNITS, "serial-getty@ttyAMA0.service"]
-    script = PREPARE_SCRIPT.replace("@USER@", ANSIBLE_USER).replace("@MASKED@", " ".join(masked))
+    script = (
+        PREPARE_SCRIPT.replace("@USER@", ANSIBLE_USER)
+        .replace("@MASKED@", " ".join(masked))
+        .replace("@DPKG_BUILD_CONF@", "/" + DPKG_BUILD_CONF)
+    )
     write("edgeagent-prepare.sh", script, 0o755)
 
 

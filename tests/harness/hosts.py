@@ -68,7 +68,10 @@ __all__ = [
 
 log = logging.getLogger("edgeagent.testhosts")
 
-DEFAULT_CACHE_DIR = Path("/var/cache/edgeagent/rootfs")
+# EDGEAGENT_TESTHOSTS_CACHE moves the built roots (this one and arm64.py's image) elsewhere,
+# e.g. to measure a cold run without touching the machine's cache.
+CACHE_BASE = Path(os.environ.get("EDGEAGENT_TESTHOSTS_CACHE", "/var/cache/edgeagent"))
+DEFAULT_CACHE_DIR = CACHE_BASE / "rootfs"
 # A running harness describes itself here (for `scripts/testhosts ssh` and `down`).
 STATE_DIR = Path("/run/edgeagent-testhosts")
 

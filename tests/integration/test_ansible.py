@@ -38,7 +38,6 @@ import secrets
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -49,6 +48,7 @@ from typing import Any
 import pytest
 from support.fleet import ANSIBLE_DIR, ARM64_ENABLED, ansible_env, arm64_harness, report_timing
 from support.mosquitto import Mosquitto
+from support.prebuild import hosts_harness, hosts_unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgeagent"
@@ -278,24 +278,11 @@ def _diagnostics(fleet: Fleet, run: PlaybookRun) -> str:
     return "\n".join(parts)
 
 
-def _harness() -> Any:
-    sys.path.insert(0, str(ROOT / "tests"))
-    from harness import hosts  # noqa: PLC0415 - imported only where containers are wanted
-
-    return hosts
-
-
 @pytest.fixture(scope="session")
 def container_support() -> None:
     """Skip (before anything is built) where the test hosts cannot run."""
-    if os.geteuid() != 0:
-        pytest.skip("the fleet tests boot systemd-nspawn containers: they need root")
-    if shutil.which("systemd-nspawn") is None and shutil.which("apt-get") is None:
-        pytest.skip("systemd-nspawn is missing (apt-get install systemd-container)")
-    if (reason := _harness().probe()) is not None:
+    if (reason := hosts_unavailable()) is not None:
         pytest.skip(reason)
-    if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
-        pytest.skip("mosquitto is not installed (scripts/install-system-deps.sh)")
 
 
 @pytest.fixture(scope="module")
@@ -317,7 +304,7 @@ def fleet(
     model_path: Path,
     debian_mirror: Path,
 ) -> Iterator[Fleet]:
-    harness = _harness()
+    harness = hosts_harness()
     workdir = tmp_path_factory.mktemp("fleet")
     model_sha256 = hashlib.sha256(model_path.read_bytes()).hexdigest()
     password = secrets.token_urlsafe(16)
