@@ -84,6 +84,8 @@ def reaches(address, port):
         return False
 print(*(reaches(a, p) for a, p in zip(sys.argv[1::2], sys.argv[2::2], strict=True)))
 """
+# The fleet's model tiers (name, min_memtotal_mb), largest first, like the role's defaults.
+TEST_TIERS = (("test-large", 3072), ("test-small", 0))
 DPHYS_CONF = "# /etc/dphys-swapfile\nCONF_SWAPSIZE=100\n#CONF_MAXSWAP=2048\n"
 DPHYS_UNIT = "[Unit]\nDescription=stand-in for dphys-swapfile\n[Service]\nType=oneshot\nExecStart=/bin/true\nRemainAfterExit=yes\n"
 
@@ -347,8 +349,19 @@ def fleet(
                     "edgeagent_mqtt_password": password,
                     "edgeagent_mqtt_heartbeat_s": 2,
                     "edgeagent_wheelhouse_dir": str(fleet_wheelhouse),
-                    "edgeagent_model_src": str(model_path),
-                    "edgeagent_model_sha256": model_sha256,
+                    # The model by tier, as in production (defaults/main.yml): two tiers
+                    # of the one test model, told apart by name, chosen from each host's
+                    # memory (the nspawn hosts see this machine's, the emulated Pi 2 GB).
+                    "edgeagent_model_tiers": [
+                        {
+                            "name": tier_name,
+                            "min_memtotal_mb": min_mb,
+                            "filename": model_path.name,
+                            "sha256": model_sha256,
+                        }
+                        for tier_name, min_mb in TEST_TIERS
+                    ],
+                    "edgeagent_model_tier_src_dir": str(model_path.parent),
                     "edgeagent_model_threads": 1,
                     "edgeagent_model_n_ctx": 2048,
                     "edgeagent_model_max_tokens": 128,
@@ -518,6 +531,14 @@ def test_first_deployment(fleet: Fleet, request: pytest.FixtureRequest) -> None:
         model = re.search(r'^path = "(.+)"$', config, re.MULTILINE)
         assert model is not None
         assert fleet.on(name, "sha256sum", model.group(1)).stdout.split()[0] == fleet.model_sha256
+        # The tier follows the host's memory (MemTotal in MB, as Ansible's fact has it).
+        meminfo = fleet.on(name, "cat", "/proc/meminfo").stdout
+        memtotal = re.search(r"^MemTotal:\s+(\d+) kB", meminfo, re.MULTILINE)
+        assert memtotal is not None
+        tier = next(t for t, min_mb in TEST_TIERS if int(memtotal.group(1)) // 1024 >= min_mb)
+        assert f"# Model: {Path(model.group(1)).name}, tier {tier} (from the memory)." in config, (
+            name
+        )
         assert fleet.on(name, "id", "-u", "edgeagent").returncode == 0
         shell = fleet.on(name, "getent", "passwd", "edgeagent").stdout.strip().split(":")[-1]
         assert shell == "/usr/sbin/nologin"
