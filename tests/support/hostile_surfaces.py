@@ -164,6 +164,8 @@ def hold_problems(sent: list[Sent], seen: list[Seen]) -> tuple[list[str], dict[s
         "held": sum(1 for _, r in replies.values() if "held" in r),
         "restricted_requests": sum(1 for s in sent if _restricted(s)),
     }
+    if counts["restricted_requests"] and not counts["held"]:  # the checks above saw no hold
+        problems.append("no answer was held, though tasks asked for the floored action")
     return problems, counts
 
 
