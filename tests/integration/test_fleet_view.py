@@ -10,12 +10,17 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-from support.daemon import ROOT, write_config
+from support.daemon import EDGEAGENT, ROOT, write_config
+from support.heartbeats import (
+    assert_printable,
+    beat,
+    hostile_fleet,
+    retain,
+    run_fleet_view,
+)
 from support.mosquitto import Mosquitto, MqttProbe
 
 from edgeagent.cli import fleet as fleet_view
@@ -24,26 +29,11 @@ from edgeagent.errors import EdgeAgentError, ErrorCode
 
 pytestmark = [pytest.mark.mqtt]
 
-EDGEAGENT = [sys.executable, "-m", "edgeagent"]
 
-
-def _beat(device: str, state: str = "serving", **extra):
-    return {
-        "device": device,
-        "state": state,
-        "ts": round(time.time(), 3),
-        "queue": {"depth": 0, "capacity": 16},
-        "tasks": {"done": 1, "failed": 0, "busy": 0},
-        "tokens_per_s": 12.5,
-        "context": {"n_ctx": 2048, "budget": 2048, "available_mb": 900.0},
-        "memory": {"rss_mb": 300.0, "host_available_mb": 1800.0},
-        **extra,
-    }
-
-
-def _retain(probe: MqttProbe, device: str, status: str, beat) -> None:
-    probe.publish(f"edgeagent/{device}/status", status, retain=True)
-    probe.publish(f"edgeagent/{device}/heartbeat", beat, retain=True)
+def _retain(probe: MqttProbe, device: str, status: str, heartbeat) -> None:
+    retain(
+        lambda topic, payload: probe.publish(topic, payload, retain=True), device, status, heartbeat
+    )
 
 
 @pytest.fixture
@@ -52,22 +42,15 @@ def fleet(mosquitto: Mosquitto, tmp_path: Path):
         tmp_path / "cli.toml", model=tmp_path / "unused.gguf", port=mosquitto.port
     )
     probe = MqttProbe(mosquitto.port)
-    _retain(probe, "pi-b", "online", _beat("pi-b", board={"temp_c": 55.5}))
-    _retain(probe, "pi-a", "online", _beat("pi-a", state="paused"))
-    _retain(probe, "pi-c", "offline", _beat("pi-c", state="stopped"))
+    _retain(probe, "pi-b", "online", beat("pi-b", board={"temp_c": 55.5}))
+    _retain(probe, "pi-a", "online", beat("pi-a", state="paused"))
+    _retain(probe, "pi-c", "offline", beat("pi-c", state="stopped"))
     yield config, probe
     probe.close()
 
 
 def _fleet(config: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*EDGEAGENT, "status", "--fleet", "--config", str(config), *extra],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=ROOT,
-        check=check,
-    )
+    return run_fleet_view(config, *extra, check=check)
 
 
 def test_json_has_one_sorted_row_per_device(fleet):
@@ -118,7 +101,7 @@ def _watch(watch: subprocess.Popen[str], probe: MqttProbe) -> None:
         assert watch.stdout is not None
         first = json.loads(watch.stdout.readline())
         assert [r["device"] for r in first] == ["pi-a", "pi-b", "pi-c"]
-        _retain(probe, "pi-0", "online", _beat("pi-0"))
+        _retain(probe, "pi-0", "online", beat("pi-0"))
         # Each change prints a new list; read until the new device shows up.
         while True:
             line = watch.stdout.readline()
@@ -142,28 +125,6 @@ def _watch(watch: subprocess.Popen[str], probe: MqttProbe) -> None:
 
 # -- hostile devices: every other device is untrusted -------------------------------------
 
-# Clear the screen, set the window title, draw a fake row, reverse the text (bidi
-# override), C1 CSI: what a heartbeat's state sent raw to a terminal.
-ESCAPES = "\x1b[2J\x1b[H\x1b]0;owned\x07\u202e\x9b31m"
-FAKE_ROW = "serving\r\npi-z  yes  serving"
-
-
-def _hostile_fleet(probe: MqttProbe) -> None:
-    # Retained first, so that on a view that dies of it the devices after it vanish.
-    probe.publish("edgeagent/pi-0deep/status", "online", retain=True)
-    probe.publish("edgeagent/pi-0deep/heartbeat", "[" * 100_000 + "]" * 100_000, retain=True)
-    probe.publish("edgeagent/pi-1deep/status", "online", retain=True)
-    probe.publish("edgeagent/pi-1deep/heartbeat", "[" * 5_000 + "]" * 5_000, retain=True)
-    _retain(probe, "pi-esc", "online", _beat("pi-esc", state=ESCAPES + FAKE_ROW))
-    _retain(probe, "pi-fast", "online", _beat("pi-fast", tokens_per_s="fast"))
-    _retain(probe, "pi-\u202ebidi", "online", _beat("pi-bidi"))
-    _retain(probe, "pi-ok", "online", _beat("pi-ok"))
-
-
-def _assert_safe(text: str) -> None:
-    shown = {c for c in text if not c.isprintable() and c != "\n"}
-    assert shown == set(), f"raw control/format characters reached stdout: {shown}"
-
 
 def test_hostile_heartbeats_are_shown_escaped_and_marked_and_never_crash_the_view(
     mosquitto: Mosquitto, tmp_path: Path
@@ -173,7 +134,7 @@ def test_hostile_heartbeats_are_shown_escaped_and_marked_and_never_crash_the_vie
     )
     probe = MqttProbe(mosquitto.port)
     try:
-        _hostile_fleet(probe)
+        hostile_fleet(lambda topic, payload: probe.publish(topic, payload, retain=True))
         table = _fleet(config, check=False)
         listing = _fleet(config, "--json", check=False)
     finally:
@@ -181,7 +142,7 @@ def test_hostile_heartbeats_are_shown_escaped_and_marked_and_never_crash_the_vie
     for result in (table, listing):
         assert result.returncode == 0, result.stderr
         assert "Traceback" not in result.stderr
-        _assert_safe(result.stdout)
+        assert_printable(result.stdout)
     rows = {r["device"]: r for r in json.loads(listing.stdout)}
     assert sorted(rows) == [
         "pi-0deep", "pi-1deep", "pi-\\u202ebidi", "pi-esc", "pi-fast", "pi-ok",

@@ -17,18 +17,28 @@ with valid tasks interleaved, go to one daemon. The verdict (support/hostile_liv
   `replies` (a `#` subscriber sees everything; the test publishes only on the task topic,
   and mosquitto's log names the daemon's client on each of its publishes), and the
   device's actions topics carry action messages only;
+* beside it, hostile devices (support/hostile_devices.py) retain hostile heartbeats and
+  statuses, and the real `edgeagent status --fleet` runs a few times during the run: exit
+  0, no traceback, no raw control character, the real device listed with its real state;
+* the daemon runs with Home Assistant discovery: its discovery configs stay exactly its
+  own, and only real action answers move the retained `last_action`; the catalog has a
+  floored action and dispatched ones: a held action is never published, and requests
+  naming one action are not dispatched under the whole catalog's confidence
+  (support/hostile_surfaces.py);
 * the daemon's RSS grows by at most what it declares bounded — the prefix cache's share
   its memory governor gave out (its log) — plus RSS_GROWTH_MIB over the run, and a long
   run levels off (the highest RSS of its last quarter is at most RSS_LAST_QUARTER_MIB
   above the highest before it).
 
 The short version runs in the suite; `pytest -m fuzz tests/integration/test_hostile.py`
-runs the long one (>= 10,000 payloads) and prints its figures.
+runs the long one (>= 10,000 payloads; EDGEAGENT_HOSTILE_PAYLOADS=N runs N instead) and
+prints its figures.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,9 +47,23 @@ from typing import Any
 import pytest
 from support.daemon import DaemonProcess, write_config
 from support.hostile import VALID_TASKS, Case, corpus, interleave, valid_case
+from support.hostile_devices import HostileFleet, heartbeat_states
 from support.hostile_fuzz import draw_cases
 from support.hostile_live import DAEMON_CLIENT, BrokerLog, Driver, Outcome, Watcher
+from support.hostile_surfaces import (
+    CATALOG_TOML,
+    discovery_problems,
+    expected_discovery,
+    forgery_cases,
+    hold_cases,
+    hold_problems,
+    last_action_problems,
+    retained,
+    spread,
+)
 from support.mosquitto import Mosquitto
+
+from edgeagent.config import load_config
 
 pytestmark = [pytest.mark.model, pytest.mark.mqtt, pytest.mark.slow]
 
@@ -72,7 +96,11 @@ SECTIONS: dict[str, dict[str, Any]] = {
     # Valid tasks may wait behind several long hostile prompts (650-850 tokens, 10-25 s
     # each on a loaded 2-core machine); the deadline checks that they end, not speed.
     "queue": {"default_deadline_s": 120},
+    "homeassistant": {"discovery": True},
 }
+# The long run's size: 10,000 payloads, or EDGEAGENT_HOSTILE_PAYLOADS (a shorter run when
+# the machine cannot give it the time).
+LONG_PAYLOADS = int(os.environ.get("EDGEAGENT_HOSTILE_PAYLOADS", "10000"))
 
 
 @pytest.fixture
@@ -95,8 +123,14 @@ class Live:
             tmp_path / "hostile.toml",
             model=model_path,
             port=broker.port,
+            catalog=False,
             sections={**SECTIONS, "mqtt": protocol},
         )
+        with cfg.open("a", encoding="utf-8") as toml:
+            toml.write(CATALOG_TOML)  # a floored action, dispatched ones
+        self.discovery = expected_discovery(load_config(cfg))
+        self.fleet = HostileFleet(broker.port, cfg, "dev1")
+        self.fleet.publish_round()  # retained before the daemon's own
         self.daemon = DaemonProcess(cfg, tmp_path / "hostile.log")
         self.daemon.start()
         self.daemon.wait_event("mqtt connected")
@@ -104,8 +138,9 @@ class Live:
         self.pid = self.daemon.proc.pid
         self.log = BrokerLog(broker.workdir / "mosquitto.log", DAEMON_CLIENT)
 
-    def run(self, cases: list[Case], *, window: int = 8) -> Outcome:
-        """`cases` after a warm-up of valid tasks (the RSS baseline)."""
+    def run(self, cases: list[Case], *, window: int = 8, views: int = 0) -> Outcome:
+        """`cases` after a warm-up of valid tasks (the RSS baseline); the fleet view runs
+        `views` times during the run, evenly spread, and once after it."""
         driver = Driver(
             self.broker.port,
             self.watcher,
@@ -114,14 +149,31 @@ class Live:
             max_payload_bytes=MAX_PAYLOAD,
             window=window,
         )
+        checkpoints = {len(WARMUP) + k * len(cases) // views for k in range(views)}
         try:
-            return driver.run([*WARMUP, *cases], warmup=len(WARMUP))
+            outcome = driver.run(
+                [*WARMUP, *cases],
+                warmup=len(WARMUP),
+                checkpoints=checkpoints,
+                at_checkpoint=self._view,
+            )
         finally:
             driver.close()
+        if views:
+            self._view()
+        return outcome
+
+    def _seen(self) -> list[Any]:
+        with self.watcher.arrived:
+            return list(self.watcher.seen)
+
+    def _view(self) -> None:
+        self.fleet.check_view(lambda: heartbeat_states(self._seen(), "dev1"))
 
     def close(self) -> None:
         self.daemon.stop()
         self.watcher.close()
+        self.fleet.close()
 
     def verdict(self, outcome: Outcome, out: Path) -> dict[str, Any]:
         """The figures of the run, and under "failures" everything the module docstring
@@ -133,7 +185,15 @@ class Live:
         problems = [p for s in outcome.sent if (p := self._problem(s)) is not None]
         over = [s for s in outcome.sent if s.case.over_packet_size]
         anonymous = 0 if self.v5 else sum(s.anonymous for s in outcome.sent)
-        by_daemon = sorted(t for t in self.log.published if not _own_or_reply(t))
+        by_daemon = sorted(
+            t for t in self.log.published if not _own_or_reply(t) and t not in self.discovery
+        )
+        seen = self._seen()
+        strays = [t for t in outcome.strays if t not in self.discovery and not self.fleet.owns(t)]
+        holds, hold_counts = hold_problems(outcome.sent, seen)
+        last_action, moves = last_action_problems(outcome.sent, seen)
+        at_end = retained(self.broker.port, "homeassistant/#", len(self.discovery))
+        discovery = discovery_problems(self.discovery, self.log.published, seen, at_end)
         internal = [
             e["task_id"] for e in self.daemon.events("task") if e.get("error_code") == "INTERNAL"
         ]
@@ -149,9 +209,11 @@ class Live:
             and self.log.dropped != len(over),
             f"unexpected anonymous replies: {len(outcome.anonymous)}": len(outcome.anonymous)
             != anonymous,
-            f"published outside its topics: {outcome.strays} {by_daemon}": bool(
-                outcome.strays or by_daemon
-            ),
+            f"published outside its topics: {strays} {by_daemon}": bool(strays or by_daemon),
+            f"the fleet view: {self.fleet.problems}": bool(self.fleet.problems),
+            f"held or dispatched actions: {holds}": bool(holds),
+            f"last_action moved by something else: {last_action}": bool(last_action),
+            f"discovery configs: {discovery}": bool(discovery),
             f"replies on actions topics: {outcome.replies_on_actions}": bool(
                 outcome.replies_on_actions
             ),
@@ -172,7 +234,12 @@ class Live:
             "messages_unacked": len(unacked),
             "restarts": loads - 1,
             "reconnects": connects - 1,
-            "stray_publishes": len(outcome.strays) + len(by_daemon),
+            "stray_publishes": len(strays) + len(by_daemon),
+            "fleet_views": len(self.fleet.views),
+            "hostile_heartbeat_rounds": self.fleet.rounds,
+            **hold_counts,
+            "last_action_moves": moves,
+            "discovery_configs": len(at_end),
             "rss_mib_loaded": round(outcome.rss_mib_loaded, 1),
             "rss_mib_before": round(rss[0][1], 1),
             "rss_mib_after": round(rss[-1][1], 1),
@@ -243,10 +310,12 @@ def _own_or_reply(topic: str) -> bool:
     return topic.startswith(("edgeagent/dev1/", "replies/")) or topic == "replies"
 
 
-def v5_cases(fuzz: int, *, seed: int, every: int) -> list[Case]:
+def v5_cases(fuzz: int, *, seed: int, every: int, holds: list[int]) -> list[Case]:
+    """The corpus, `fuzz` mutations and, spread among them, the hold cases of `holds`
+    (indexes of support/hostile_surfaces.HOLD_INPUTS), a valid task after every `every`."""
     hostile = [c for c in corpus(MAX_PAYLOAD) if c.broker_forwards]
     hostile += draw_cases(fuzz, seed=seed, broker_safe=True)
-    return interleave(hostile, every=every)
+    return interleave(spread(hostile, [*forgery_cases(), *hold_cases(holds)]), every=every)
 
 
 def report(name: str, figures: dict[str, Any], record_property: Any) -> None:
@@ -259,7 +328,7 @@ def report(name: str, figures: dict[str, Any], record_property: Any) -> None:
 def test_hostile_input_short_v5(tmp_path, model_path, broker, record_property):
     live = Live(tmp_path, model_path, broker, v5=True)
     try:
-        outcome = live.run(v5_cases(120, seed=11, every=15))
+        outcome = live.run(v5_cases(120, seed=11, every=15, holds=[0, 1]), views=2)
         report("hostile", live.verdict(outcome, tmp_path / "figures.json"), record_property)
     finally:
         live.close()
@@ -292,9 +361,11 @@ def test_hostile_input_long(request, tmp_path, model_path, broker, record_proper
         pytest.skip("the long fuzz run runs only when selected: pytest -m fuzz")
     live = Live(tmp_path, model_path, broker, v5=True)
     try:
-        outcome = live.run(v5_cases(10_000, seed=2024, every=20), window=12)
+        holds = list(range(max(LONG_PAYLOADS // 250, 2)))  # 120 hold cases in 10,000
+        cases = v5_cases(LONG_PAYLOADS, seed=2024, every=20, holds=holds)
+        outcome = live.run(cases, window=12, views=max(LONG_PAYLOADS // 1000, 3))
         figures = live.verdict(outcome, tmp_path / "figures.json")
         report("hostile long", figures, record_property)
-        assert figures["payloads"] >= 10_000
+        assert figures["payloads"] >= LONG_PAYLOADS
     finally:
         live.close()

@@ -105,6 +105,7 @@ BAD_REPLY_TOPICS: tuple[tuple[str, str, bool], ...] = (
     ("own tasks", "edgeagent/dev1/tasks", True),
     ("own errors", "edgeagent/dev1/errors", True),
     ("own last_action", "edgeagent/dev1/last_action", True),
+    ("own discovery config", "homeassistant/sensor/edgeagent_dev1/state/config", True),
     ("other actuator", "edgeagent/dev2/actions/set_irrigation", True),
     ("other status", "edgeagent/dev2/status", True),
     ("other heartbeat", "edgeagent/dev2/heartbeat", True),

@@ -23,6 +23,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -245,10 +246,20 @@ class Driver:
     def close(self) -> None:
         self.publisher.close()
 
-    def run(self, cases: list[Case], *, warmup: int = 0, timeout_s: float = 300) -> Outcome:
+    def run(
+        self,
+        cases: list[Case],
+        *,
+        warmup: int = 0,
+        timeout_s: float = 300,
+        checkpoints: Collection[int] = (),
+        at_checkpoint: Callable[[], None] | None = None,
+    ) -> Outcome:
         """Send them all; `timeout_s` is how long the daemon may stay silent. The RSS
         baseline is taken once the first `warmup` cases are answered (the model's compute
-        buffers and caches are allocated by the first tasks, not by hostile input)."""
+        buffers and caches are allocated by the first tasks, not by hostile input).
+        `at_checkpoint` runs before the cases numbered in `checkpoints` are sent, while
+        earlier ones may still be in the daemon's hands."""
         started = time.monotonic()
         loaded = rss_mib(self.pid)
         rss: list[tuple[int, float]] = []
@@ -256,6 +267,8 @@ class Driver:
             if n == warmup:
                 self._wait(lambda: self._pending + self._pending_anonymous == 0, timeout_s)
                 rss.append((n, rss_mib(self.pid)))
+            if n in checkpoints and at_checkpoint is not None:
+                at_checkpoint()
             self._wait(lambda: self._pending + self._pending_anonymous < self.window, timeout_s)
             self._send(n, case)
             if n > warmup and (n - warmup) % 200 == 0:
