@@ -256,17 +256,24 @@ class Driver:
         at_checkpoint: Callable[[], None] | None = None,
     ) -> Outcome:
         """Send them all; `timeout_s` is how long the daemon may stay silent. The RSS
-        baseline is taken once the first `warmup` cases are answered (the model's compute
-        buffers and caches are allocated by the first tasks, not by hostile input).
+        baseline is the highest reading until the first `warmup` cases are answered (the
+        model's compute buffers, caches and batch streams are allocated by the first
+        tasks, not by hostile input).
         `at_checkpoint` runs before the cases numbered in `checkpoints` are sent, while
         earlier ones may still be in the daemon's hands."""
         started = time.monotonic()
         loaded = rss_mib(self.pid)
         rss: list[tuple[int, float]] = []
+        # The highest reading while the warm-up runs: its batches allocate the engine's
+        # extra KV streams, which are given back once it is idle (a few seconds), so a
+        # single reading at its end may see one stream where the run will use several.
+        warmup_high = loaded
         for n, case in enumerate(cases):
+            if n < warmup:
+                warmup_high = max(warmup_high, rss_mib(self.pid))
             if n == warmup:
                 self._wait(lambda: self._pending + self._pending_anonymous == 0, timeout_s)
-                rss.append((n, rss_mib(self.pid)))
+                rss.append((n, max(warmup_high, rss_mib(self.pid))))
             if n in checkpoints and at_checkpoint is not None:
                 at_checkpoint()
             self._wait(lambda: self._pending + self._pending_anonymous < self.window, timeout_s)
