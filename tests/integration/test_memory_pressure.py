@@ -423,6 +423,15 @@ def session(tmp_path: Path, model_path: Path, mosquitto: Any, memory_cgroup: Mem
         probe.subscribe(HEARTBEAT)
         daemon.start()
         daemon.wait_event("mqtt connected", timeout=60)
+        # The daemon connects while the model loads; the scenarios start from a daemon
+        # that serves, its memory budget taken and the context sized.
+        serving = time.monotonic() + 120
+        while not any(
+            m.topic == HEARTBEAT and json.loads(m.payload).get("state") == "serving"
+            for m in list(probe.messages)
+        ):
+            assert time.monotonic() < serving, f"not serving: {daemon.log()[-4000:]}"
+            time.sleep(0.1)
         assert daemon.proc is not None
         assert daemon.proc.pid in memory_cgroup.pids()
         yield Session(daemon, probe, memory_cgroup)
