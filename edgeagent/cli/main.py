@@ -121,7 +121,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import asyncio  # noqa: PLC0415
 
     from edgeagent.service.assembly import build_daemon  # noqa: PLC0415
-    from edgeagent.service.logsetup import configure_logging  # noqa: PLC0415
+    from edgeagent.service.system.logsetup import configure_logging  # noqa: PLC0415
 
     try:
         cfg = load_config(args.config)

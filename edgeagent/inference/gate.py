@@ -1,6 +1,6 @@
 """The gate's verdict on an action answer: the one place that decides whether it is held.
 
-The daemon (service/dispatch.py) and the eval (evaluation/runner.py) both ask it, so
+The daemon (service/pipeline/dispatch.py) and the eval (evaluation/runner.py) both ask it, so
 the eval measures the gate the device runs. What it weighs:
 
 * `confidence`: the model's probability for the chosen name among the whole catalog's

@@ -14,11 +14,11 @@ from edgeagent.inference.engine import Engine
 from edgeagent.memory.control import MemoryControlLoop
 from edgeagent.mqtt.link import MqttLink
 from edgeagent.protocol.topics import Topics
-from edgeagent.service import sdnotify
-from edgeagent.service.admission import receive_window
-from edgeagent.service.asyncstore import AsyncTaskStore
 from edgeagent.service.daemon import Daemon
-from edgeagent.service.operators import OperatorViews
+from edgeagent.service.pipeline.admission import receive_window
+from edgeagent.service.pipeline.asyncstore import AsyncTaskStore
+from edgeagent.service.system import sdnotify
+from edgeagent.service.views.operators import OperatorViews
 
 STORE_FILE = "journal.sqlite3"
 

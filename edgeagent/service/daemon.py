@@ -26,14 +26,12 @@ from edgeagent.config import Config, load_config
 from edgeagent.errors import EdgeAgentError
 from edgeagent.mqtt.link import PublishRefused, with_timeout
 from edgeagent.protocol.topics import Topics
-from edgeagent.service import sdnotify
-from edgeagent.service.admission import Admission
-from edgeagent.service.asyncstore import AsyncTaskStore
-from edgeagent.service.board import read_board
-from edgeagent.service.delivery import Delivery
-from edgeagent.service.jobs import InFlightRegistry, Job
-from edgeagent.service.logsetup import configure_logging
-from edgeagent.service.operators import OperatorViews
+from edgeagent.service.pipeline.admission import Admission
+from edgeagent.service.pipeline.asyncstore import AsyncTaskStore
+from edgeagent.service.pipeline.delivery import Delivery
+from edgeagent.service.pipeline.jobs import InFlightRegistry, Job
+from edgeagent.service.pipeline.queue import TaskQueue
+from edgeagent.service.pipeline.worker import Worker
 from edgeagent.service.ports import (
     InferenceEngine,
     MemoryLoop,
@@ -41,9 +39,11 @@ from edgeagent.service.ports import (
     ServiceLink,
     StatusNotifier,
 )
-from edgeagent.service.queue import TaskQueue
-from edgeagent.service.telemetry import Telemetry
-from edgeagent.service.worker import Worker
+from edgeagent.service.system import sdnotify
+from edgeagent.service.system.board import read_board
+from edgeagent.service.system.logsetup import configure_logging
+from edgeagent.service.views.operators import OperatorViews
+from edgeagent.service.views.telemetry import Telemetry
 
 log = structlog.get_logger("edgeagent.service.daemon")
 

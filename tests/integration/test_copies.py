@@ -17,7 +17,7 @@ import pytest
 from support.daemon import DaemonProcess, write_config
 
 from edgeagent.config import QueueConfig
-from edgeagent.service.admission import RECEIVE_MARGIN, RUNNING_TASKS
+from edgeagent.service.pipeline.admission import RECEIVE_MARGIN, RUNNING_TASKS
 
 pytestmark = [pytest.mark.model, pytest.mark.mqtt]
 

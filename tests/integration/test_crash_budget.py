@@ -21,7 +21,7 @@ import pytest
 from support.daemon import DaemonProcess, write_config
 from support.store_files import write_v3_store
 
-from edgeagent.service.crash_budget import CRASH_BUDGET
+from edgeagent.service.pipeline.crash_budget import CRASH_BUDGET
 
 pytestmark = [pytest.mark.model, pytest.mark.mqtt]
 

@@ -36,7 +36,7 @@ from support.daemon import ROOT, DaemonProcess, write_config
 from support.mosquitto import Mosquitto, MqttProbe, free_port
 from support.nodered import flow_task
 
-from edgeagent.service.board import read_board
+from edgeagent.service.system.board import read_board
 
 pytestmark = [pytest.mark.model, pytest.mark.mqtt]
 

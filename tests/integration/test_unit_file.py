@@ -4,7 +4,7 @@
 
 The boot test starts this machine's own OS in a volatile systemd-nspawn container
 (root is a tmpfs, /usr comes from the host), installs the unit unchanged with a
-stand-in `edgeagent` (edgeagent.service.sdnotify + edgeagent.service.logsetup) and a drop-in with short
+stand-in `edgeagent` (edgeagent.service.system.sdnotify + edgeagent.service.system.logsetup) and a drop-in with short
 test timings, and checks under the unit's full sandbox: READY, STATUS, reload,
 watchdog pings and a watchdog kill with restart, journald fields, credentials, and
 what the sandbox allows (state dir, model mmap, network, /proc/meminfo, ctypes
@@ -233,8 +233,8 @@ from pathlib import Path
 
 sys.path[:0] = ["/opt/edgeagent/src", "/opt/edgeagent/site-packages"]
 import structlog
-from edgeagent.service.logsetup import configure_logging
-from edgeagent.service.sdnotify import Notifier, Watchdog, stall_probe
+from edgeagent.service.system.logsetup import configure_logging
+from edgeagent.service.system.sdnotify import Notifier, Watchdog, stall_probe
 
 assert sys.argv[1:] == ["run", "--config", "/etc/edgeagent/config.toml"], sys.argv
 if Path("/etc/edgeagent/exit2").exists():

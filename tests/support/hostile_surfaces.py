@@ -17,7 +17,7 @@ Assistant discovery (tests/integration/test_hostile.py).
   a task whose ok reply is an action answer, not held, with that output (a dispatched one
   after its action message). A schema task's output shaped `{action, args}` never does.
 * Discovery. The device publishes exactly its own discovery configs (the ones
-  service/homeassistant.py derives from its config), once per connection, and what the
+  service/views/homeassistant.py derives from its config), once per connection, and what the
   broker retains under them at the end is unchanged by any task.
 """
 
@@ -30,8 +30,8 @@ from typing import Any
 
 from edgeagent.config import Config
 from edgeagent.protocol.topics import Topics
-from edgeagent.service import homeassistant
-from edgeagent.service.board import read_board
+from edgeagent.service.system.board import read_board
+from edgeagent.service.views import homeassistant
 from support.hostile import ID, MODEL_OUTCOMES, Case
 from support.hostile_live import OWN, Client, Seen, Sent
 
@@ -223,7 +223,7 @@ def last_action_problems(sent: list[Sent], seen: list[Seen]) -> tuple[list[str],
 
 
 def expected_discovery(cfg: Config) -> dict[str, dict[str, Any]]:
-    """The discovery configs the daemon of `cfg` publishes (service/homeassistant.py)."""
+    """The discovery configs the daemon of `cfg` publishes (service/views/homeassistant.py)."""
     topics = Topics(cfg.mqtt.topic_prefix, cfg.device.id, cfg.mqtt.shared_group)
     info = homeassistant.DeviceInfo(
         cfg.device.id,

@@ -13,9 +13,9 @@ from typing import Any
 
 from edgeagent.config import Config
 from edgeagent.mqtt.link import Incoming
-from edgeagent.service.asyncstore import AsyncTaskStore
 from edgeagent.service.daemon import Daemon
-from edgeagent.service.taskstore import TaskStore
+from edgeagent.service.pipeline.asyncstore import AsyncTaskStore
+from edgeagent.service.pipeline.taskstore import TaskStore
 from support.fake_engine import FakeEngine, FakeMemory, FakeNotifier, service_config
 from support.fake_link import FakeLink
 

@@ -29,7 +29,7 @@ from edgeagent.errors import EdgeAgentError
 from edgeagent.inference.engine import Engine, EngineModel
 from edgeagent.inference.model import ResidentModel
 from edgeagent.service.assembly import build_daemon
-from edgeagent.service.logsetup import configure_logging
+from edgeagent.service.system.logsetup import configure_logging
 
 
 def wedging_model(cfg: ModelConfig) -> EngineModel:

@@ -17,7 +17,7 @@ import pytest
 from edgeagent.config import HomeAssistantConfig, MqttConfig
 from edgeagent.mqtt.link import PACKET_HEADROOM_BYTES, maximum_packet_size
 from edgeagent.protocol.topics import Topics
-from edgeagent.service.homeassistant import DeviceInfo, discovery_configs
+from edgeagent.service.views.homeassistant import DeviceInfo, discovery_configs
 
 PLUGIN = (
     Path(__file__).parents[3]

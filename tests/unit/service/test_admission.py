@@ -19,16 +19,16 @@ from edgeagent.errors import EdgeAgentError, ErrorCode
 from edgeagent.inference.contract import compile_contract as real_compile
 from edgeagent.inference.scheduler import MAX_PARALLEL
 from edgeagent.protocol.request import Request
-from edgeagent.service.admission import (
+from edgeagent.service.pipeline.admission import (
     COPY_ADDRESSES,
     RUNNING_TASKS,
     derived_id,
     receive_window,
 )
-from edgeagent.service.asyncstore import AsyncTaskStore
-from edgeagent.service.contracts import CompileThreads, ContractCache
-from edgeagent.service.crash_budget import CRASH_BUDGET, CRASH_WINDOW_S
-from edgeagent.service.taskstore import Confirmation, TaskState, TaskStore
+from edgeagent.service.pipeline.asyncstore import AsyncTaskStore
+from edgeagent.service.pipeline.contracts import CompileThreads, ContractCache
+from edgeagent.service.pipeline.crash_budget import CRASH_BUDGET, CRASH_WINDOW_S
+from edgeagent.service.pipeline.taskstore import Confirmation, TaskState, TaskStore
 
 RESULTS = "edgeagent/dev1/results"
 ERRORS = "edgeagent/dev1/errors"
@@ -689,8 +689,8 @@ def test_a_payload_dropped_by_the_link_is_answered_without_being_read(monkeypatc
     def never(*_args):
         raise AssertionError("an oversized payload was read")
 
-    monkeypatch.setattr("edgeagent.service.admission.parse_request", never)
-    monkeypatch.setattr("edgeagent.service.admission.salvage", never)
+    monkeypatch.setattr("edgeagent.service.pipeline.admission.parse_request", never)
+    monkeypatch.setattr("edgeagent.service.pipeline.admission.salvage", never)
 
     async def scenario():
         parts = await started(link=FakeLink(max_payload_bytes=1024))
@@ -775,7 +775,7 @@ def test_a_bug_before_any_entry_is_answered_internal_and_acked(monkeypatch):
             await parts.link.wait_for_acks(1)
             assert parts.link.bodies("replies/r")[0]["error"]["code"] == "INTERNAL"
             # Even the last resort failing leaves the ack.
-            monkeypatch.setattr("edgeagent.service.admission.salvage", broken)
+            monkeypatch.setattr("edgeagent.service.pipeline.admission.salvage", broken)
             parts.link.deliver(TASK)
             await parts.link.wait_for_acks(2)
         assert len(parts.link.published) == 1

@@ -14,9 +14,9 @@ from support.fake_engine import FakeEngine, FakeMemory, FakeNotifier
 from support.fake_link import FakeLink
 
 from edgeagent.protocol.topics import Topics
-from edgeagent.service.board import BoardReading, ThrottleWatch, read_board
-from edgeagent.service.queue import TaskQueue
-from edgeagent.service.telemetry import Telemetry
+from edgeagent.service.pipeline.queue import TaskQueue
+from edgeagent.service.system.board import BoardReading, ThrottleWatch, read_board
+from edgeagent.service.views.telemetry import Telemetry
 
 if TYPE_CHECKING:
     from pathlib import Path

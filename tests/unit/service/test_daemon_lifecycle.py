@@ -17,9 +17,9 @@ from support.fake_link import FakeLink
 from support.service_parts import make_daemon
 
 from edgeagent.config import ActionConfig
-from edgeagent.service.asyncstore import AsyncTaskStore
 from edgeagent.service.daemon import Daemon, State
-from edgeagent.service.taskstore import TaskStore
+from edgeagent.service.pipeline.asyncstore import AsyncTaskStore
+from edgeagent.service.pipeline.taskstore import TaskStore
 
 STATUS = "edgeagent/dev1/status"
 TASK = {"id": "t1", "input": "Porto, 21 degrees", "schema": SCHEMA}

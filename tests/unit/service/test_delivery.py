@@ -29,10 +29,10 @@ from edgeagent.protocol.reply import (
     Usage,
 )
 from edgeagent.protocol.topics import Topics
-from edgeagent.service.asyncstore import AsyncTaskStore
-from edgeagent.service.delivery import Delivery, Plan
-from edgeagent.service.jobs import InFlightRegistry, Waiting
-from edgeagent.service.taskstore import Confirmation, TaskStore
+from edgeagent.service.pipeline.asyncstore import AsyncTaskStore
+from edgeagent.service.pipeline.delivery import Delivery, Plan
+from edgeagent.service.pipeline.jobs import InFlightRegistry, Waiting
+from edgeagent.service.pipeline.taskstore import Confirmation, TaskStore
 
 TOPICS = Topics("edgeagent", "dev1", "edgeagent")
 RESULT = "edgeagent/dev1/results/t1"

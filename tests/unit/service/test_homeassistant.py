@@ -12,7 +12,7 @@ from support import homeassistant_schema as ha
 
 from edgeagent.config import HomeAssistantConfig
 from edgeagent.protocol.topics import Topics
-from edgeagent.service.homeassistant import (
+from edgeagent.service.views.homeassistant import (
     MIN_HOME_ASSISTANT,
     STATES,
     DeviceInfo,

@@ -18,15 +18,15 @@ import structlog
 from structlog.testing import capture_logs
 
 from edgeagent.errors import ErrorCode
-from edgeagent.service.journald import (
+from edgeagent.service.system.journald import (
     JournaldLoggerFactory,
     encode_journal,
     journal_field_name,
     journal_message,
     journal_priority,
 )
-from edgeagent.service.logsetup import _StdlibToStructlog, configure_logging, resolve_format
-from edgeagent.service.redaction import redact_sensitive
+from edgeagent.service.system.logsetup import _StdlibToStructlog, configure_logging, resolve_format
+from edgeagent.service.system.redaction import redact_sensitive
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -396,7 +396,7 @@ def test_lines_logged_while_llama_cpp_silences_stderr_still_arrive():
     script = (
         "from llama_cpp._utils import suppress_stdout_stderr\n"
         "import structlog\n"
-        "from edgeagent.service.logsetup import configure_logging\n"
+        "from edgeagent.service.system.logsetup import configure_logging\n"
         "configure_logging('info', 'json', 'd')\n"
         "with suppress_stdout_stderr(disable=False):\n"
         "    structlog.get_logger().info('while the model loads')\n"

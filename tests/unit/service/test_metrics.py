@@ -15,14 +15,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from edgeagent import __version__
-from edgeagent.service.metrics import (
+from edgeagent.service.views.prometheus import (
     STATES,
     HttpEndpoint,
     Metrics,
     MetricsExport,
     TextfileWriter,
 )
-from edgeagent.service.metrics_http import MetricsServer
+from edgeagent.service.views.prometheus_http import MetricsServer
 
 HEARTBEAT = {
     "device": "greenhouse-01",

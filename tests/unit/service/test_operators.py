@@ -16,10 +16,10 @@ from support.service_parts import Parts
 
 from edgeagent.inference.task import Task
 from edgeagent.protocol.topics import Topics
-from edgeagent.service.asyncstore import AsyncTaskStore
 from edgeagent.service.daemon import Daemon
-from edgeagent.service.operators import OperatorViews
-from edgeagent.service.taskstore import TaskStore
+from edgeagent.service.pipeline.asyncstore import AsyncTaskStore
+from edgeagent.service.pipeline.taskstore import TaskStore
+from edgeagent.service.views.operators import OperatorViews
 
 LAST_ACTION = "edgeagent/dev1/last_action"
 ACTION = "edgeagent/dev1/actions/set_irrigation"

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import pytest
 from structlog.testing import capture_logs
 
-from edgeagent.service.sdnotify import Notifier, Watchdog, stall_probe, watchdog_interval
+from edgeagent.service.system.sdnotify import Notifier, Watchdog, stall_probe, watchdog_interval
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator

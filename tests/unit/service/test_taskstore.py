@@ -8,9 +8,9 @@ import pytest
 from structlog.testing import capture_logs
 from support.store_files import write_v3_store
 
-from edgeagent.service.asyncstore import AsyncTaskStore, open_task_store
-from edgeagent.service.queue import TaskQueue
-from edgeagent.service.taskstore import (
+from edgeagent.service.pipeline.asyncstore import AsyncTaskStore, open_task_store
+from edgeagent.service.pipeline.queue import TaskQueue
+from edgeagent.service.pipeline.taskstore import (
     DEATHS_KEPT,
     Confirmation,
     Outcome,

@@ -8,8 +8,8 @@ from support.fake_link import FakeLink
 from support.service_parts import make_daemon
 
 from edgeagent.protocol.topics import Topics
-from edgeagent.service.queue import TaskQueue
-from edgeagent.service.telemetry import Counters, Telemetry
+from edgeagent.service.pipeline.queue import TaskQueue
+from edgeagent.service.views.telemetry import Counters, Telemetry
 
 HEARTBEAT = "edgeagent/dev1/heartbeat"
 

@@ -19,7 +19,7 @@ render an ACL for (two entries sharing a name, a reserved or unsafe device id).
 daemon asks for; the listener's ``max_packet_size`` is the smallest of them.
 
 ``mosquitto_discovery_topics(prefix, device_id)`` is every Home Assistant discovery
-config topic the daemon publishes for a device (``edgeagent.service.homeassistant``; a
+config topic the daemon publishes for a device (``edgeagent.service.views.homeassistant``; a
 unit test keeps the two in step): the ACL grants exactly these, so a device cannot
 create an entity of another component (a ``switch`` or ``button`` with a
 ``command_topic`` pointed at another device's tasks) or under another device's node.

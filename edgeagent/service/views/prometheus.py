@@ -26,9 +26,9 @@ from prometheus_client import Enum as EnumMetric
 
 from edgeagent import __version__
 from edgeagent.config import MetricsConfig
-from edgeagent.service.metrics_http import MetricsServer
+from edgeagent.service.views.prometheus_http import MetricsServer
 
-log = structlog.get_logger("edgeagent.service.metrics")
+log = structlog.get_logger("edgeagent.service.views.prometheus")
 
 MIB = 2**20
 TEXTFILE_NAME = "edgeagent.prom"
@@ -171,7 +171,7 @@ class Metrics:
             self.n_ctx: _get(heartbeat, "context", "n_ctx"),
             self.context_budget: _get(heartbeat, "context", "budget"),
             self.tokens_per_second: heartbeat.get("tokens_per_s"),
-            self.soc_temperature: _get(heartbeat, "board", "temp_c"),  # service/board.py
+            self.soc_temperature: _get(heartbeat, "board", "temp_c"),  # service/system/board.py
             self.journal_rows: journal_rows,
         }
         available_mb = _get(heartbeat, "context", "available_mb")
@@ -237,7 +237,7 @@ class TextfileWriter:
 
 class HttpEndpoint:
     """This daemon's metrics over HTTP, bounded in threads, connections and time
-    (service/metrics_http.py)."""
+    (service/views/prometheus_http.py)."""
 
     def __init__(self, metrics: Metrics, address: str, port: int) -> None:
         self.metrics = metrics

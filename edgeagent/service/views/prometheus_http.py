@@ -34,7 +34,7 @@ import structlog
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-log = structlog.get_logger("edgeagent.service.metrics_http")
+log = structlog.get_logger("edgeagent.service.views.prometheus_http")
 
 MAX_CONNECTIONS = 16
 REQUEST_TIMEOUT_S = 5.0

@@ -8,7 +8,7 @@ confidence in the choice (weighed against the whole catalog, whatever the reques
 allowed) is below the action's `min_confidence` or unknown, or when its calibrated
 probability of acting at all is below `[catalog] min_act_confidence`. The "nothing to
 do" action is never held. A held action is stored as a reply without an action message, so no
-redelivery or re-send can dispatch it (service/delivery.py, service/taskstore.py).
+redelivery or re-send can dispatch it (service/pipeline/delivery.py, service/pipeline/taskstore.py).
 
 With `[model] reason` the model writes a short reason before the action; it moves from
 the output to the reply's `reason`, so `output` stays `{"action", "args"}` and the

@@ -20,8 +20,12 @@ import structlog
 if TYPE_CHECKING:
     from structlog.typing import EventDict, Processor, WrappedLogger
 
-from edgeagent.service.journald import JOURNAL_SOCKET, JournaldLoggerFactory, JournaldRenderer
-from edgeagent.service.redaction import redact_sensitive
+from edgeagent.service.system.journald import (
+    JOURNAL_SOCKET,
+    JournaldLoggerFactory,
+    JournaldRenderer,
+)
+from edgeagent.service.system.redaction import redact_sensitive
 
 LEVELS: Mapping[str, int] = {
     "debug": logging.DEBUG,

@@ -39,15 +39,15 @@ from edgeagent.protocol.reply import ErrorReply, ReplyRoute, route
 from edgeagent.protocol.reply_policy import ReplyPolicy, check_reply_topic
 from edgeagent.protocol.request import Request, parse_request, salvage
 from edgeagent.protocol.topics import Topics
-from edgeagent.service import crash_budget
-from edgeagent.service.contracts import ContractCache
-from edgeagent.service.delivery import Delivery, Plan
-from edgeagent.service.jobs import InFlight, InFlightRegistry, Job, Waiting
-from edgeagent.service.queue import TaskQueue
-from edgeagent.service.taskstore import TaskRecord, TaskState
-from edgeagent.service.telemetry import Counters
+from edgeagent.service.pipeline import crash_budget
+from edgeagent.service.pipeline.contracts import ContractCache
+from edgeagent.service.pipeline.delivery import Delivery, Plan
+from edgeagent.service.pipeline.jobs import InFlight, InFlightRegistry, Job, Waiting
+from edgeagent.service.pipeline.queue import TaskQueue
+from edgeagent.service.pipeline.taskstore import TaskRecord, TaskState
+from edgeagent.service.views.telemetry import Counters
 
-log = structlog.get_logger("edgeagent.service.admission")
+log = structlog.get_logger("edgeagent.service.pipeline.admission")
 T = TypeVar("T")
 
 # Tasks running at once: the worker hands the engine up to Engine.parallel queued jobs

@@ -30,7 +30,7 @@ from edgeagent import __version__
 from edgeagent.config import HomeAssistantConfig
 from edgeagent.protocol.topics import Topics
 
-log = structlog.get_logger("edgeagent.service.homeassistant")
+log = structlog.get_logger("edgeagent.service.views.homeassistant")
 
 # The daemon's lifecycle states (service.daemon.State), the options of the enum sensor.
 STATES = ("starting", "loading", "serving", "paused", "draining", "stopped")
@@ -213,7 +213,7 @@ TEMPERATURE = Entity(
         "state_class": "measurement",
         "unit_of_measurement": "°C",
         "suggested_display_precision": 1,
-        # service/board.py's reading; this entity exists only where it knows the
+        # service/system/board.py's reading; this entity exists only where it knows the
         # temperature, and a heartbeat leaves `board` out when it has nothing to say.
         "value_template": "{{ value_json.get('board', {}).get('temp_c') }}",
         "entity_category": "diagnostic",

@@ -22,12 +22,12 @@ from edgeagent.errors import EdgeAgentError
 from edgeagent.mqtt.link import PublishRefused
 from edgeagent.protocol.reply import OkReply, Reply
 from edgeagent.protocol.topics import Topics
-from edgeagent.service import homeassistant
-from edgeagent.service.board import read_board
-from edgeagent.service.metrics import MetricsExport
 from edgeagent.service.ports import Publisher
+from edgeagent.service.system.board import read_board
+from edgeagent.service.views import homeassistant
+from edgeagent.service.views.prometheus import MetricsExport
 
-log = structlog.get_logger("edgeagent.service.operators")
+log = structlog.get_logger("edgeagent.service.views.operators")
 
 
 class RowCount(Protocol):
@@ -73,7 +73,7 @@ class OperatorViews:
         """Every task's end: count it. A reply-only action answer (not held: something the
         caller carries out) is the last action; a dispatched one waits for `dispatched`."""
         self.metrics.metrics.reply(reply.to_json())
-        # `reply.action` exists only for action tasks (service/dispatch.py): a schema
+        # `reply.action` exists only for action tasks (service/pipeline/dispatch.py): a schema
         # task's output, whatever it looks like, never is an action.
         if not isinstance(reply, OkReply) or reply.action is None:
             return
@@ -81,7 +81,7 @@ class OperatorViews:
             self._publish_last_action(reply.id, reply.output)
 
     def dispatched(self, task_id: str, action: str) -> None:
-        """An action message the broker confirmed (service/delivery.py): the last action."""
+        """An action message the broker confirmed (pipeline/delivery.py): the last action."""
         message = json.loads(action)  # the daemon's own ActionMessage
         self._publish_last_action(task_id, {"action": message["action"], "args": message["args"]})
 

@@ -49,11 +49,11 @@ from edgeagent.protocol.reply import (
     encode,
 )
 from edgeagent.protocol.topics import Topics
-from edgeagent.service.jobs import InFlight, InFlightRegistry, Waiting
+from edgeagent.service.pipeline.jobs import InFlight, InFlightRegistry, Waiting
+from edgeagent.service.pipeline.taskstore import Confirmation, Outcome, TaskRecord
 from edgeagent.service.ports import DeliveryLink
-from edgeagent.service.taskstore import Confirmation, Outcome, TaskRecord
 
-log = structlog.get_logger("edgeagent.service.delivery")
+log = structlog.get_logger("edgeagent.service.pipeline.delivery")
 
 UNCONFIRMED_LOG_S = 30.0  # how often a publish still waiting for its PUBACK is logged
 QUEUE_FULL_BACKOFF_S = 1.0  # paho's outgoing queue is full: try again after this
@@ -148,7 +148,7 @@ class Delivery:
         # Every task's end passes here once (answered, failed or refused): the metrics.
         self._on_reply = on_reply
         # Every action message the broker confirmed: (task id, its payload), for the
-        # retained last_action (service/operators.py).
+        # retained last_action (service/views/operators.py).
         self._on_dispatched = on_dispatched
         # Bounded by the broker's window of unacknowledged task messages.
         self._tasks: set[asyncio.Task[None]] = set()
@@ -165,7 +165,7 @@ class Delivery:
     ) -> None:
         """Record a task's outcome, then deliver it in the background.
 
-        A held action (the reply says `held`, service/dispatch.py) has no action message:
+        A held action (the reply says `held`, service/pipeline/dispatch.py) has no action message:
         it is stored without one, so no redelivery or re-send can ever dispatch it.
         """
         if action is not None and isinstance(reply, OkReply) and reply.held:

@@ -36,13 +36,13 @@ from edgeagent.protocol.reply import (
     Timing,
     Usage,
 )
-from edgeagent.service.delivery import Delivery
-from edgeagent.service.dispatch import Settled, settle
-from edgeagent.service.jobs import InFlightRegistry, Job
-from edgeagent.service.queue import TaskQueue
-from edgeagent.service.telemetry import Telemetry
+from edgeagent.service.pipeline.delivery import Delivery
+from edgeagent.service.pipeline.dispatch import Settled, settle
+from edgeagent.service.pipeline.jobs import InFlightRegistry, Job
+from edgeagent.service.pipeline.queue import TaskQueue
+from edgeagent.service.views.telemetry import Telemetry
 
-log = structlog.get_logger("edgeagent.service.worker")
+log = structlog.get_logger("edgeagent.service.pipeline.worker")
 _BATCH_POLL_S = 0.05  # how often a running batch looks for queued jobs to take along
 
 

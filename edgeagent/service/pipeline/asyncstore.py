@@ -25,7 +25,7 @@ from typing import Protocol, TypeVar
 
 import structlog
 
-from edgeagent.service.taskstore import (
+from edgeagent.service.pipeline.taskstore import (
     Confirmation,
     Outcome,
     TaskRecord,
@@ -33,7 +33,7 @@ from edgeagent.service.taskstore import (
     is_content_error,
 )
 
-log = structlog.get_logger("edgeagent.service.asyncstore")
+log = structlog.get_logger("edgeagent.service.pipeline.asyncstore")
 T = TypeVar("T")
 
 STORE_CALL_TIMEOUT_S = 10.0  # an SD card that takes longer is failing

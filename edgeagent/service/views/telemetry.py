@@ -14,10 +14,10 @@ import psutil
 import structlog
 
 from edgeagent.protocol.topics import Topics
-from edgeagent.service.board import BoardReading, ThrottleWatch
 from edgeagent.service.ports import HeartbeatLink, MemoryLoop, StatusNotifier
+from edgeagent.service.system.board import BoardReading, ThrottleWatch
 
-log = structlog.get_logger("edgeagent.service.telemetry")
+log = structlog.get_logger("edgeagent.service.views.telemetry")
 MIB = 2**20
 
 
@@ -92,7 +92,7 @@ class Telemetry:
         self._wall_clock = wall_clock
         self._memory_usage = memory_usage
         self._on_heartbeat = on_heartbeat  # the metrics: gauges from the same numbers
-        self._board = board  # service/board.py: SoC temperature, throttling (what is known)
+        self._board = board  # service/system/board.py: SoC temperature, throttling (what is known)
         self._board_now = BoardReading()
         self._throttle = ThrottleWatch()
 

@@ -40,7 +40,7 @@ import structlog
 
 from edgeagent.errors import ErrorCode
 
-log = structlog.get_logger("edgeagent.service.taskstore")
+log = structlog.get_logger("edgeagent.service.pipeline.taskstore")
 
 SCHEMA_VERSION = 4
 _SCHEMA = """

@@ -1,0 +1,1 @@
+"""Glue to the system: systemd notify, journald, logging and redaction, the board."""

@@ -1,0 +1,1 @@
+"""What operators see: the heartbeat, Prometheus metrics, Home Assistant discovery."""
