@@ -51,7 +51,7 @@ log = structlog.get_logger("edgeagent.service.pipeline.admission")
 T = TypeVar("T")
 
 # Tasks running at once: the worker hands the engine up to Engine.parallel queued jobs
-# together, at most inference.scheduler.MAX_PARALLEL (tests/unit/service/test_admission.py
+# together, at most inference.scheduler.MAX_PARALLEL (tests/unit/service/pipeline/test_admission.py
 # keeps the two in step).
 RUNNING_TASKS = 8
 # Unacknowledged messages beyond the queue and the running tasks: replies waiting for

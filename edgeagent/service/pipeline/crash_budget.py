@@ -11,7 +11,7 @@ at most 1 + the deaths in it (every start but the first follows one) <= 1 + CRAS
 below StartLimitBurst with one start to spare for a death no task caused. The window is
 measured on the task store's clock, which stands still while no process runs: CRASH_WINDOW_S
 of it are never less than as much real time (docs/operations.md, "Crash budget";
-tests/unit/service/test_admission.py checks the unit file).
+tests/unit/service/pipeline/test_admission.py checks the unit file).
 """
 
 from __future__ import annotations
