@@ -34,7 +34,7 @@ RESULTS = "edgeagent/dev1/results"
 ERRORS = "edgeagent/dev1/errors"
 TASK = {"id": "t1", "input": "Porto, 21 degrees", "schema": SCHEMA}
 LIMITS = SchemaLimits()
-UNIT_FILE = Path(__file__).resolve().parents[3] / "systemd" / "edgeagent.service"
+UNIT_FILE = Path(__file__).resolve().parents[4] / "systemd" / "edgeagent.service"
 
 
 def run(coro):

@@ -24,7 +24,7 @@ from edgeagent.service.views.homeassistant import (
     plan,
 )
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[4]
 TOPICS = Topics("edgeagent", "greenhouse-01", "edgeagent")
 INFO = DeviceInfo("greenhouse-01", "SmolLM2.gguf", heartbeat_s=10, temperature_known=True)
 ON = HomeAssistantConfig(discovery=True)
