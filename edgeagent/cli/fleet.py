@@ -2,7 +2,9 @@
 
 Every daemon keeps a retained `status` (online/offline, the last will says offline when
 it dies) and a retained JSON heartbeat under `<prefix>/<device>/`, so one subscription
-to `<prefix>/+/status` and `<prefix>/+/heartbeat` shows the whole fleet at once.
+to `<prefix>/+/status` and `<prefix>/+/heartbeat` shows the whole fleet at once. On a
+central broker of sites (docs/deploy.md, "Sites") a site's devices live one level deeper,
+under `<prefix>/<site>/`: they are read as well and shown as `<site>/<device>`.
 
 When have all retained messages arrived? MQTT has no end marker. The broker sends the
 retained messages of a subscription before it handles the client's next packet, so the
@@ -39,6 +41,10 @@ STALE_PERIODS = 3
 MAX_STATUS_BYTES = 64
 # Pending "change" events beyond this are redundant: one redraw shows them all.
 EVENTS_MAX = 64
+# Levels below a device where a caller or the catalog names the next level
+# (`results/<task id>`, `actions/<name>`): `<prefix>/<device>/results/status` is a reply,
+# not a site's device.
+NOT_A_SITE_DEVICE = frozenset({"results", "actions"})
 
 
 @dataclass(slots=True)
@@ -66,6 +72,14 @@ class Row:
     last_seen_s: float | None  # age of the heartbeat
     stale: bool
     problem: str | None = None
+
+
+def device_key_ok(key: str) -> bool:
+    """`<device>`, or `<site>/<device>` on a central broker of sites."""
+    levels = key.split("/")
+    if len(levels) == 1:
+        return bool(key)
+    return len(levels) == 2 and all(levels) and levels[1] not in NOT_A_SITE_DEVICE
 
 
 def make_row(device: str, seen: Seen, *, now: float, heartbeat_s: float) -> Row:
@@ -203,6 +217,8 @@ class FleetWatch:
             [
                 (f"{self.prefix}/+/status", 1),
                 (f"{self.prefix}/+/heartbeat", 1),
+                (f"{self.prefix}/+/+/status", 1),
+                (f"{self.prefix}/+/+/heartbeat", 1),
                 (self._marker, 1),
             ]
         )
@@ -215,7 +231,7 @@ class FleetWatch:
             self._signal("sync")
             return
         device, _, kind = msg.topic[len(self.prefix) + 1 :].rpartition("/")
-        if not device or "/" in device:
+        if not device_key_ok(device):
             return
         payload = bytes(msg.payload)
         with self._lock:
