@@ -103,7 +103,14 @@ class MqttProbe:
     off), so replies published while the broker restarts still reach it.
     """
 
-    def __init__(self, port: int, *, protocol: int = mqtt.MQTTv5) -> None:
+    def __init__(
+        self,
+        port: int,
+        *,
+        protocol: int = mqtt.MQTTv5,
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
         self.messages: list[mqtt.MQTTMessage] = []
         v5 = protocol == mqtt.MQTTv5
         self.client = mqtt.Client(
@@ -114,6 +121,8 @@ class MqttProbe:
         )
         self.client.on_message = lambda _c, _u, msg: self.messages.append(msg)
         self.client.reconnect_delay_set(min_delay=1, max_delay=2)
+        if username is not None:
+            self.client.username_pw_set(username, password)
         props = None
         if v5:
             props = Properties(PacketTypes.CONNECT)

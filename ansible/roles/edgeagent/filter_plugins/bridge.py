@@ -60,6 +60,13 @@ def edgeagent_bridge_settings(bridge: dict[str, Any]) -> dict[str, Any]:
         "homeassistant_prefix": str(bridge.get("homeassistant_prefix", "")),
         "restart_timeout": str(bridge.get("restart_timeout", "5 60")),
         "keepalive_s": int(bridge.get("keepalive_s", 60)),
+        # MQTT 3.1.1: mosquitto 2.0 (Debian 12) keeps a 3.1.1 bridge's session on the
+        # central broker across a cut, but ends a v5 bridge's at once (no session expiry
+        # before mosquitto 2.1's bridge_session_expiry_interval): tasks sent during a cut
+        # would be lost. The price: v5 properties (Response Topic) do not cross; callers
+        # on the central broker name their reply address with `reply_to`.
+        "protocol": str(bridge.get("protocol", "mqttv311")),
+        "session_expiry_s": int(bridge.get("session_expiry_s", 86400)),
     }
     settings["clientid"] = str(bridge.get("clientid", settings["username"]))
     settings["notification_topic"] = f"{settings['prefix']}/{site}/{NOTIFICATION_LEAF}"
@@ -79,6 +86,8 @@ def edgeagent_bridge_problems(bridge: dict[str, Any], devices: list[dict[str, An
         )
     if not settings["address"]:
         problems.append("address (the central broker) is required")
+    if settings["protocol"] not in ("mqttv311", "mqttv50"):
+        problems.append(f"protocol {settings['protocol']!r} is not mqttv311 or mqttv50")
     if bool(settings["certfile"]) != bool(settings["keyfile"]):
         problems.append("certfile and keyfile go together")
     if settings["certfile"] and not settings["cafile"]:
