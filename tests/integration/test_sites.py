@@ -263,7 +263,9 @@ def wait_answers(central: MqttProbe, task_id: str, count: int, timeout: float = 
         if len(found := answers(central, task_id)) >= count:
             return found
         time.sleep(0.05)
-    pytest.fail(f"{count} answer(s) to {task_id} not seen within {timeout} s: {answers(central, task_id)}")
+    pytest.fail(
+        f"{count} answer(s) to {task_id} not seen within {timeout} s: {answers(central, task_id)}"
+    )
 
 
 def bridge_state(central: MqttProbe, site: str) -> bytes | None:
