@@ -115,6 +115,7 @@ def test_a_device_id_in_two_sites_and_a_reserved_site_are_refused(rules):
         ({"site": "s"}, [], "address (the central broker) is required"),
         ({"site": "s", "address": "c", "certfile": "x"}, [], "certfile and keyfile go together"),
         ({"site": "s", "address": "c", "adress": "typo"}, [], "unknown setting 'adress'"),
+        ({"site": "s", "address": "c", "password": "a b"}, [], "password must not contain"),
         (
             {"site": "s", "address": "c"},
             [{"device": "d", "host": "h", "prefix": "edgeagent"}],

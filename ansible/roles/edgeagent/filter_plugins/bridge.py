@@ -84,6 +84,12 @@ def edgeagent_bridge_problems(bridge: dict[str, Any], devices: list[dict[str, An
             f"site {site!r} must be one topic level of letters, digits, '.', '_', '-'"
             f" (at most 64, not {', '.join(RESERVED_SITES)})"
         )
+    # mosquitto's configuration splits values at whitespace.
+    problems.extend(
+        f"{key} must not contain whitespace"
+        for key in ("address", "username", "password", "cafile", "certfile", "keyfile")
+        if re.search(r"\s", settings[key])
+    )
     if not settings["address"]:
         problems.append("address (the central broker) is required")
     if settings["protocol"] not in ("mqttv311", "mqttv50"):
