@@ -14,6 +14,7 @@ from pydantic import Field, field_validator, model_validator
 
 from edgeagent.config.base import TOPIC_LEVEL_RE, Section, topic_prefix
 from edgeagent.protocol.overflow import OverflowPolicy
+from edgeagent.protocol.topics import RESERVED_DEVICE_IDS
 
 
 class DeviceConfig(Section):
@@ -27,6 +28,10 @@ class DeviceConfig(Section):
     def _topic_safe(cls, value: str) -> str:
         if not TOPIC_LEVEL_RE.match(value):
             raise ValueError("must be one MQTT topic level (no '/', '+', '#')")
+        if value in RESERVED_DEVICE_IDS:
+            raise ValueError(
+                f"{value!r} is reserved: <prefix>/{value}/ is the fleet's own topic branch"
+            )
         return value
 
 
