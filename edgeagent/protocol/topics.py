@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Second topic levels under the fleet's prefix that are not a device's: `fleet` holds the
+# fleet's task topic, `clients` the CLI's own topics (cli/fleet.py). A device with one of
+# these ids would read every fleet task as its own. (The Ansible role checks the same
+# list on the controller, which has no edgeagent installed: filter_plugins/mosquitto.py.)
+RESERVED_DEVICE_IDS = ("fleet", "clients")
+
 
 @dataclass(frozen=True, slots=True)
 class Topics:

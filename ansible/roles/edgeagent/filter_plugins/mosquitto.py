@@ -78,7 +78,8 @@ def mosquitto_password_hash(password: str, existing: str = "") -> str:
     return "$".join(["", "7", str(ITERATIONS), *encoded])
 
 
-# Second topic levels under the fleet's prefix that are not a device's.
+# Second topic levels under the fleet's prefix that are not a device's (the daemon's own
+# copy, which refuses them in its config: edgeagent/protocol/topics.py).
 RESERVED_DEVICE_IDS = ("fleet", "clients")
 # MQTT separators and wildcards, whitespace (the ACL file is line- and space-separated),
 # control characters, '$' first (broker topics).
