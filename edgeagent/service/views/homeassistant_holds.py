@@ -66,8 +66,9 @@ LATEST_HOLD = Entity(
     "sensor",
     "Latest hold",
     {
-        # The held action's name; "None" (no pending hold) is shown as unknown.
-        "value_template": "{{ (value_json.get('latest_hold') or {}).get('action') }}",
+        # The held action's name, "none" while nothing is pending (a text sensor shows a
+        # rendered None as the text "None", measured on Home Assistant 2024.3).
+        "value_template": "{{ (value_json.get('latest_hold') or {}).get('action') or 'none' }}",
         "json_attributes_template": _ATTRIBUTES,
         "icon": "mdi:hand-back-right-outline",
     },

@@ -120,7 +120,7 @@ def test_templates_render_states_home_assistant_accepts():
         "last_action": "set_irrigation",
         "last_action_time": "2026-01-05T10:00:00+00:00",
         "pending_holds": "None",  # a daemon without holds: unknown
-        "latest_hold": "None",
+        "latest_hold": "none",
     }
     for key, (topic, config) in configs.items():
         payload = LAST_ACTION if config["state_topic"].endswith("last_action") else HEARTBEAT

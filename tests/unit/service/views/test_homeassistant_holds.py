@@ -107,8 +107,8 @@ def test_the_sensors_show_the_pending_count_and_the_latest_hold():
     assert _state("pending_holds", IDLE) == "0"
     assert _state("pending_holds", OLD_DAEMON) == "None"  # unknown, no template warning
     assert _state("latest_hold", BEAT) == "set_irrigation"
-    assert _state("latest_hold", IDLE) == "None"
-    assert _state("latest_hold", OLD_DAEMON) == "None"
+    assert _state("latest_hold", IDLE) == "none"
+    assert _state("latest_hold", OLD_DAEMON) == "none"
     assert _attributes(BEAT) == {k: v for k, v in LATEST.items() if k != "action"}
     assert _attributes(IDLE) == {}  # HA clears the attributes
     assert _attributes(OLD_DAEMON) == {}
