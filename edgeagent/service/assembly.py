@@ -15,8 +15,14 @@ from edgeagent.memory.control import MemoryControlLoop
 from edgeagent.mqtt.link import MqttLink
 from edgeagent.protocol.topics import Topics
 from edgeagent.service.daemon import Daemon
+from edgeagent.service.holds.asyncholds import AsyncHoldStore, open_hold_store
+from edgeagent.service.holds.desk import HoldDesk
+from edgeagent.service.holds.learning import Learner
+from edgeagent.service.holds.metrics import HoldMetrics
+from edgeagent.service.holds.outbox import Outbox
 from edgeagent.service.pipeline.admission import receive_window
 from edgeagent.service.pipeline.asyncstore import AsyncTaskStore
+from edgeagent.service.pipeline.publishing import ConfirmedPublisher
 from edgeagent.service.system import sdnotify
 from edgeagent.service.views.operators import OperatorViews
 
@@ -24,15 +30,21 @@ STORE_FILE = "journal.sqlite3"
 
 
 def build_daemon(
-    cfg: Config, *, config_path: Path | None = None, engine: Engine | None = None
+    cfg: Config,
+    *,
+    config_path: Path | None = None,
+    engine: Engine | None = None,
+    learner: Learner | None = None,
 ) -> Daemon:
-    """`engine` lets a caller choose the model factory (tests/support/wedged_daemon.py)."""
+    """`engine` lets a caller choose the model factory (tests/support/wedged_daemon.py);
+    `learner` hears every resolved hold (service/holds/learning.py)."""
     engine = engine or Engine(cfg.model)
     topics = Topics(cfg.mqtt.topic_prefix, cfg.device.id, cfg.mqtt.shared_group or None)
     link = MqttLink(
         cfg.mqtt,
         client_id=cfg.mqtt.client_id or f"edgeagent-{cfg.device.id}",
         subscriptions=topics.subscriptions(),
+        control_subscriptions=topics.hold_commands,
         will_topic=topics.status,
         receive_maximum=receive_window(cfg),
     )
@@ -40,6 +52,10 @@ def build_daemon(
         cfg.state.dir / STORE_FILE,
         max_age_s=cfg.state.journal_max_age_s,
         max_rows=cfg.state.journal_max_rows,
+    )
+    operators = OperatorViews(cfg, topics=topics, link=link, store=store)
+    holds = _hold_desk(
+        cfg, topics=topics, link=link, store=store, operators=operators, learner=learner
     )
     notifier = sdnotify.Notifier.from_env()
     daemon: Daemon
@@ -53,7 +69,41 @@ def build_daemon(
         engine=engine,
         memory=memory,
         watchdog=sdnotify.Watchdog(notifier),
-        operators=OperatorViews(cfg, topics=topics, link=link, store=store),
+        operators=operators,
+        holds=holds,
         config_path=config_path,
     )
     return daemon
+
+
+def _hold_desk(
+    cfg: Config,
+    *,
+    topics: Topics,
+    link: MqttLink,
+    store: AsyncTaskStore,
+    operators: OperatorViews,
+    learner: Learner | None,
+) -> HoldDesk:
+    """Held actions operators confirm over MQTT: their table in the task store's file,
+    used on its thread (opened after it: a file it moved aside is fresh by now)."""
+    holds = AsyncHoldStore(open_hold_store(cfg.state.dir / STORE_FILE), store)
+    publisher = ConfirmedPublisher(link=link, topics=topics, device=cfg.device.id)
+    outbox = Outbox(
+        publisher=publisher,
+        acks=link,
+        store=holds,
+        topics=topics,
+        device=cfg.device.id,
+        policy=cfg.reply_policy(),
+    )
+    return HoldDesk(
+        cfg,
+        topics=topics,
+        store=holds,
+        thread=store,
+        outbox=outbox,
+        intake_size=2 * receive_window(cfg),
+        metrics=HoldMetrics(operators.metrics.metrics.registry),
+        learner=learner,
+    )
