@@ -7,6 +7,8 @@ Home Assistant). Tests build the Daemon from fakes instead (tests/support).
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from edgeagent.config import Config
@@ -23,6 +25,7 @@ from edgeagent.service.holds.outbox import Outbox
 from edgeagent.service.pipeline.admission import receive_window
 from edgeagent.service.pipeline.asyncstore import AsyncTaskStore
 from edgeagent.service.pipeline.publishing import ConfirmedPublisher
+from edgeagent.service.ports import DeliveryLink
 from edgeagent.service.system import sdnotify
 from edgeagent.service.views.operators import OperatorViews
 
@@ -54,8 +57,14 @@ def build_daemon(
         max_rows=cfg.state.journal_max_rows,
     )
     operators = OperatorViews(cfg, topics=topics, link=link, store=store)
-    holds = _hold_desk(
-        cfg, topics=topics, link=link, store=store, operators=operators, learner=learner
+    holds = build_hold_desk(
+        cfg,
+        topics=topics,
+        link=link,
+        store=store,
+        path=cfg.state.dir / STORE_FILE,
+        metrics=HoldMetrics(operators.metrics.metrics.registry),
+        learner=learner,
     )
     notifier = sdnotify.Notifier.from_env()
     daemon: Daemon
@@ -76,21 +85,22 @@ def build_daemon(
     return daemon
 
 
-def _hold_desk(
+def build_hold_desk(
     cfg: Config,
     *,
     topics: Topics,
-    link: MqttLink,
+    link: DeliveryLink,
     store: AsyncTaskStore,
-    operators: OperatorViews,
-    learner: Learner | None,
+    path: Path | str,
+    metrics: HoldMetrics | None = None,
+    learner: Learner | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> HoldDesk:
-    """Held actions operators confirm over MQTT: their table in the task store's file,
-    used on its thread (opened after it: a file it moved aside is fresh by now)."""
-    holds = AsyncHoldStore(open_hold_store(cfg.state.dir / STORE_FILE), store)
-    publisher = ConfirmedPublisher(link=link, topics=topics, device=cfg.device.id)
+    """Held actions operators confirm over MQTT: their table in the task store's file
+    `path`, used on its thread (opened after it: a file it moved aside is fresh by now)."""
+    holds = AsyncHoldStore(open_hold_store(path), store)
     outbox = Outbox(
-        publisher=publisher,
+        publisher=ConfirmedPublisher(link=link, topics=topics, device=cfg.device.id),
         acks=link,
         store=holds,
         topics=topics,
@@ -104,6 +114,7 @@ def _hold_desk(
         thread=store,
         outbox=outbox,
         intake_size=2 * receive_window(cfg),
-        metrics=HoldMetrics(operators.metrics.metrics.registry),
+        metrics=metrics,
         learner=learner,
+        clock=clock,
     )
