@@ -87,7 +87,7 @@ class HoldParts:
 
     async def start(self) -> HoldParts:
         await self.engine.start(n_ctx=2048)
-        self.link.start(self.daemon._on_message)  # noqa: SLF001 - the daemon's own routing
+        self.link.start(self.daemon._on_message)
         self._tasks = [
             asyncio.create_task(self.daemon.admission.run()),
             asyncio.create_task(self.daemon.worker.run()),

@@ -239,7 +239,7 @@ def test_a_hold_expires_after_its_ttl(tmp_path):
         notice = await open_hold(parts)
         assert notice["expires_at"] == "2027-01-15T08:01:00Z"
         parts.clock.now = START + 61
-        parts.holds._wake.set()  # noqa: SLF001 - the expiry loop re-reads the clock
+        parts.holds._wake.set()
         follow_up = (await parts.link.wait_for_publish(RESULT, 2))[1].body
         assert follow_up["resolution"] == {
             "decision": "expired",
@@ -359,7 +359,7 @@ def test_the_metrics_count_pending_and_resolved_holds(tmp_path):
 
     async def scenario():
         parts = HoldParts(tmp_path / "j.sqlite3")
-        parts.holds._metrics = HoldMetrics(registry)  # noqa: SLF001 - assembly's wiring
+        parts.holds._metrics = HoldMetrics(registry)
         await parts.start()
         await open_hold(parts, "h1")
         await open_hold(parts, "h2")
