@@ -65,6 +65,7 @@ def build_daemon(
         path=cfg.state.dir / STORE_FILE,
         metrics=HoldMetrics(operators.metrics.metrics.registry),
         learner=learner,
+        on_dispatched=operators.dispatched,
     )
     notifier = sdnotify.Notifier.from_env()
     daemon: Daemon
@@ -94,6 +95,7 @@ def build_hold_desk(
     path: Path | str,
     metrics: HoldMetrics | None = None,
     learner: Learner | None = None,
+    on_dispatched: Callable[[str, str], None] | None = None,
     clock: Callable[[], float] = time.time,
 ) -> HoldDesk:
     """Held actions operators confirm over MQTT: their table in the task store's file
@@ -106,6 +108,7 @@ def build_hold_desk(
         topics=topics,
         device=cfg.device.id,
         policy=cfg.reply_policy(),
+        on_dispatched=on_dispatched,
     )
     return HoldDesk(
         cfg,

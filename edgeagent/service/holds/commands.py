@@ -27,6 +27,8 @@ from edgeagent.errors import EdgeAgentError, ErrorCode
 from edgeagent.inference.schema_validator import final_validator
 from edgeagent.inference.tighten import close_objects
 from edgeagent.mqtt.link import Incoming
+from edgeagent.protocol.reply import ReplyRoute
+from edgeagent.protocol.reply_policy import ReplyPolicy, check_reply_topic
 from edgeagent.protocol.request import ID_RE, LATEST
 
 MAX_COMMAND_BYTES = 16 * 1024
@@ -180,3 +182,12 @@ def edits(model: dict[str, Any], final: dict[str, Any]) -> list[str]:
         return json.dumps(args[key], sort_keys=True) if key in args else None
 
     return sorted(k for k in {*model, *final} if shown(model, k) != shown(final, k))
+
+
+def answer_route(message: Incoming, policy: ReplyPolicy) -> ReplyRoute | None:
+    """The operator's answer address: an MQTT v5 response topic the reply policy allows
+    (INVALID_REQUEST, and nothing resolved, for one it refuses); None without one."""
+    if message.response_topic is None:
+        return None
+    check_reply_topic(message.response_topic, policy, field="response_topic")
+    return ReplyRoute(message.response_topic, message.correlation_data)

@@ -1,12 +1,17 @@
-"""What a command decides on a pending hold, and why a hold that is not pending is none."""
+"""What a command decides on a pending hold, why a hold that is not pending is none, and
+the one journald line every resolution gets."""
 
 from __future__ import annotations
+
+import structlog
 
 from edgeagent.config import Config
 from edgeagent.errors import EdgeAgentError, ErrorCode
 from edgeagent.service.holds import records
 from edgeagent.service.holds.commands import Command, check_args, edits
 from edgeagent.service.holds.records import Decision, HoldRecord, HoldState, Resolved
+
+log = structlog.get_logger("edgeagent.service.holds.decisions")
 
 
 def not_pending(record: HoldRecord | None, task_id: str) -> EdgeAgentError | None:
@@ -47,3 +52,18 @@ def decide(cfg: Config, record: HoldRecord, command: Command, now: float) -> Res
         if edits(record.draft.args, command.args):
             return Resolved(Decision.EDITED, command.by, now, command.args, command.digest)
     return Resolved(Decision.CONFIRMED, command.by, now, final, command.digest)
+
+
+def log_resolution(record: HoldRecord, resolved: Resolved, note: str | None = None) -> None:
+    """`hold resolved`: `journalctl -u edgeagent EVENT="hold resolved"` (operations.md)."""
+    changed = edits(record.draft.args, resolved.final_args or record.draft.args)
+    log.info(
+        "hold resolved",
+        task_id=record.task_id,
+        action=record.draft.action,
+        decision=str(resolved.decision),
+        by=resolved.by,
+        edits=changed,
+        held_for_s=round(resolved.at - record.draft.held_at, 1),
+        **({"note": note} if note is not None else {}),
+    )

@@ -28,13 +28,12 @@ from edgeagent.config import Config
 from edgeagent.errors import EdgeAgentError, ErrorCode
 from edgeagent.inference.grounding import content_text
 from edgeagent.mqtt.link import Incoming
-from edgeagent.protocol.reply import OkReply, ReplyRoute
-from edgeagent.protocol.reply_policy import check_reply_topic
+from edgeagent.protocol.reply import OkReply
 from edgeagent.protocol.topics import Topics
 from edgeagent.service.holds import records
 from edgeagent.service.holds.asyncholds import AsyncHoldStore, StoreThread
-from edgeagent.service.holds.commands import Command, edits, parse_command
-from edgeagent.service.holds.decisions import decide, not_pending
+from edgeagent.service.holds.commands import Command, answer_route, parse_command
+from edgeagent.service.holds.decisions import decide, log_resolution, not_pending
 from edgeagent.service.holds.learning import Learner, LearnerHook
 from edgeagent.service.holds.metrics import HoldMetrics
 from edgeagent.service.holds.outbox import Asker, Outbox
@@ -214,7 +213,7 @@ class HoldDesk:
         try:
             command = parse_command(message, target, verb)
             task_id = command.task_id or (None if command.latest else command.target)
-            asker = Asker(message, self._answer_route(message))
+            asker = Asker(message, answer_route(message, self._cfg.reply_policy()))
             async with self._deciding:
                 if message.dup and (done := await self._store.by_command(command.digest)):
                     self.outbox.join(done, asker)  # resolved by this very message
@@ -232,15 +231,6 @@ class HoldDesk:
                 message=error.message,
             )
             self.outbox.refuse(asker, task_id, error)
-
-    def _answer_route(self, message: Incoming) -> ReplyRoute | None:
-        """The operator's answer address: an MQTT v5 response topic the reply policy
-        allows (INVALID_REQUEST, and nothing resolved, for one it refuses)."""
-        if message.response_topic is None:
-            return None
-        policy = self._cfg.reply_policy()
-        check_reply_topic(message.response_topic, policy, field="response_topic")
-        return ReplyRoute(message.response_topic, message.correlation_data)
 
     async def _target(self, command: Command) -> HoldRecord:
         """The pending hold a command names, or the typed error why there is none."""
@@ -294,17 +284,7 @@ class HoldDesk:
         self._pending.pop(record.task_id, None)
         done = records.resolved_record(record, resolved)
         self.outbox.settle(done, asker)
-        changed = edits(record.draft.args, resolved.final_args or record.draft.args)
-        log.info(
-            "hold resolved",
-            task_id=record.task_id,
-            action=record.draft.action,
-            decision=str(resolved.decision),
-            by=resolved.by,
-            edits=changed,
-            held_for_s=round(resolved.at - record.draft.held_at, 1),
-            **({"note": note} if note is not None else {}),
-        )
+        log_resolution(record, resolved, note)
         if self._metrics is not None:
             self._metrics.resolved(resolved.decision)
             self._metrics.pending(len(self._pending))

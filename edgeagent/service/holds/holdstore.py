@@ -69,6 +69,7 @@ class HoldStore:
         """`path` ":memory:" for a store that lasts as long as the process. Raises
         sqlite3.Error (or OSError) when the file cannot be used."""
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")  # as the task store, for the same reason
@@ -261,60 +262,39 @@ class HoldStore:
         return removed
 
 
-def _record(row: tuple[Any, ...]) -> HoldRecord:
-    (
-        task_id,
-        state,
-        seq,
-        action,
-        args,
-        confidence,
-        action_topic,
-        notice,
-        reply,
-        routes,
-        text,
-        held_at,
-        expires_at,
-        notice_state,
-        decision,
-        by_name,
-        resolved_at,
-        final_args,
-        command,
-        action_state,
-        followup_state,
-    ) = row
+def _record(row: sqlite3.Row) -> HoldRecord:
     hold = Draft(
-        task_id=task_id,
-        action=action,
-        args=json.loads(args),
-        confidence=confidence,
-        action_topic=action_topic,
-        notice=notice,
-        reply=reply,
+        task_id=row["task_id"],
+        action=row["action"],
+        args=json.loads(row["args"]),
+        confidence=row["confidence"],
+        action_topic=row["action_topic"],
+        notice=row["notice"],
+        reply=row["reply"],
         routes=tuple(
             ReplyRoute(topic, bytes.fromhex(data) if data else None)
-            for topic, data in json.loads(routes)
+            for topic, data in json.loads(row["routes"])
         ),
-        text=text,
-        held_at=held_at,
-        expires_at=expires_at,
+        text=row["text"],
+        held_at=row["held_at"],
+        expires_at=row["expires_at"],
     )
     resolved = None
-    if decision is not None:
+    if row["decision"] is not None:
+        final = row["final_args"]
         resolved = Resolved(
-            Decision(decision),
-            by_name,
-            resolved_at,
-            None if final_args is None else json.loads(final_args),
-            command,
+            Decision(row["decision"]),
+            row["by_name"],
+            row["resolved_at"],
+            None if final is None else json.loads(final),
+            row["command"],
         )
+    action_state, followup_state = row["action_state"], row["followup_state"]
     return HoldRecord(
         hold,
-        HoldState(state),
-        int(seq),
-        Confirmation(notice_state),
+        HoldState(row["state"]),
+        int(row["seq"]),
+        Confirmation(row["notice_state"]),
         resolved,
         Confirmation(action_state) if action_state else None,
         Confirmation(followup_state) if followup_state else None,

@@ -21,7 +21,7 @@ refusals final, reported on the errors topic and recorded as refused.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 
 import structlog
@@ -59,6 +59,7 @@ class Outbox:
         topics: Topics,
         device: str,
         policy: ReplyPolicy,
+        on_dispatched: Callable[[str, str], None] | None = None,
     ) -> None:
         self._publisher = publisher
         self._acks = acks
@@ -66,6 +67,9 @@ class Outbox:
         self._topics = topics
         self._device = device
         self.policy = policy  # where follow-ups may go; the desk sets it on a reload
+        # An action message the broker confirmed: (task id, payload), as delivery's
+        # (Home Assistant's retained last_action, service/views/operators.py).
+        self._on_dispatched = on_dispatched
         # Bounded by the commands the broker lets us hold unacknowledged, and the holds.
         self._tasks: set[asyncio.Task[None]] = set()
         self._notices: dict[str, asyncio.Task[None]] = {}
@@ -181,6 +185,11 @@ class Outbox:
             record.followup_state,
         )
         log.info("held action dispatched", task_id=task_id, refused=refused)
+        if not refused and self._on_dispatched is not None:
+            try:
+                self._on_dispatched(task_id, record.action_message(self._device))
+            except Exception:  # a view must never cost the resolution its ack
+                log.exception("dispatch observer failed", task_id=task_id)
         waiting = self._dispatching.pop(task_id, None)
         if waiting is not None and not waiting.done():
             waiting.set_result(settled)
