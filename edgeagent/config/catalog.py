@@ -120,6 +120,24 @@ class CatalogConfig(Section):
             "`min_confidence` decides, or `allow` it."
         ),
     )
+    hold_ttl_s: float = Field(
+        default=3600.0,
+        gt=0,
+        le=7 * 86400,
+        description=(
+            "A held `dispatch = true` action waits this long for an operator to confirm or "
+            "reject it (MQTT `held/<task_id>/confirm`), then expires: nothing is dispatched."
+        ),
+    )
+    max_pending_holds: int = Field(
+        default=100,
+        ge=1,
+        le=10000,
+        description=(
+            "Holds waiting for an operator at most; a new hold beyond it expires the oldest "
+            "pending one first."
+        ),
+    )
 
 
 def effective_min_confidence(action: ActionConfig, catalog: CatalogConfig) -> float | None:
