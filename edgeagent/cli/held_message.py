@@ -28,7 +28,7 @@ Probability = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
 
 
 class HeldPayload(BaseModel):
-    """The fields of a pending hold (docs/protocol.md, "Pending holds")."""
+    """The fields of a pending hold (docs/protocol.md, "Held actions")."""
 
     model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
 

@@ -2,7 +2,7 @@
 
 `held` lists the pending holds (cli/holds_view.py). `confirm DEVICE TASK` and `reject
 DEVICE TASK` publish the operator's decision on `<prefix>/<device>/held/<task>/confirm`
-(or `/reject`, docs/protocol.md "Pending holds") with an MQTT v5 Response Topic in the
+(or `/reject`, docs/protocol.md "Held actions") with an MQTT v5 Response Topic in the
 operator's own reply branch, `<reply prefix>/<user>/<device>/cli-<random>`, which the
 broker ACL lets only that device write, and wait for the device's answer there.
 

@@ -3,7 +3,7 @@
 The daemon's heartbeat carries `held` (the pending count) and `latest_hold` (`task_id`,
 `action`, `args`, `confidence`, `expires_at`, or null); two sensors show them. The
 buttons publish to `<base>/held/latest/confirm` and `.../reject` (docs/protocol.md,
-"Pending holds"), which the device resolves against its newest pending hold.
+"Held actions"), which the device resolves against its newest pending hold.
 
 A button press names the hold Home Assistant shows: its command template looks up the
 Latest hold sensor among the entities of the button's own device (by its `expires_at`
