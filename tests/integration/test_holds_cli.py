@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import getpass
 import json
+import queue
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -205,4 +208,40 @@ def test_held_lists_the_retained_holds_of_every_device_defensively(config, mosqu
         assert "\x1b" not in table
         assert "greenhouse-01  t-7   set_irrigation" in table
     finally:
+        probe.close()
+
+
+def test_held_watch_follows_new_and_resolved_holds(config, mosquitto):
+    """`held --watch --json` prints the list again on every change, until interrupted."""
+    probe = MqttProbe(mosquitto.port)
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "edgeagent", "held", "--watch", "--json", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
+    )
+    assert watch.stdout is not None
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(x) for x in watch.stdout], daemon=True)
+    reader.start()
+
+    def printed() -> Any:
+        return json.loads(lines.get(timeout=30))  # queue.Empty: the view did not follow
+
+    try:
+        assert printed() == []
+        probe.publish(f"{BASE}/held/t-7", HOLD, retain=True)
+        (row,) = printed()
+        assert (row["device"], row["task_id"], row["action"]) == (DEVICE, "t-7", "set_irrigation")
+        probe.publish(f"{BASE}/held/t-7", b"", retain=True)  # resolved: the notice emptied
+        assert printed() == []
+        watch.send_signal(signal.SIGINT)
+        assert watch.wait(timeout=10) == 0
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.wait(10)
+        reader.join(10)
+        watch.stdout.close()
         probe.close()
