@@ -154,3 +154,23 @@ def test_a_press_without_a_hold_shown_publishes_nothing():
     hass = _hass(IDLE)
     with pytest.raises(TemplateError, match="shows no pending hold"):
         press(config, entity_id="button.edgeagent_greenhouse_01_confirm_hold", hass=hass)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"command_topic": "edgeagent/+/held/latest/confirm"}, "wildcards are not allowed"),
+        ({"command_topic": ""}, "topic must be a non-empty string"),
+        ({"state_topic": "x"}, "does not know"),  # a button has no state
+        ({"availability": [{"topic": "x", "template": "y"}]}, "availability entries take only"),
+        ({"availability": [{"topic": "a/#/b"}]}, "'#' only"),
+        ({"device_class": "valve"}, "unknown button device_class"),
+        ({"availability_topic": "x"}, "exclusive"),
+    ],
+)
+def test_the_schema_mirror_rejects_bad_buttons(change, reason):
+    """The checker must be able to fail: known-bad button configs are refused."""
+    topic, config = _configs()["confirm_hold"]
+    ha.validate("homeassistant", topic, json.dumps(config))  # valid as published
+    with pytest.raises(ha.Invalid, match=reason):
+        ha.validate("homeassistant", topic, json.dumps({**config, **change}))
