@@ -13,6 +13,9 @@ Then, from the central broker only:
   central ACL) crosses up;
 - a site's fleet task is answered by one device of that site; a fleet-wide task by
   exactly one device per site;
+- a held action at site B (its catalog holds every action) shows up on the central
+  broker, an operator there confirms it, and the action is dispatched at the site, its
+  notice cleared centrally and the requester sent the follow-up;
 - the link of site A is cut: the central broker marks the site's bridge down, site B
   keeps answering, and a QoS 1 task sent to site A during the cut is answered exactly
   once after the link is restored (persistent bridge sessions queue it).
@@ -40,6 +43,9 @@ pytestmark = [pytest.mark.model, pytest.mark.mqtt]
 
 SITES = {"site-a": ("gh-a1", "gh-a2"), "site-b": ("gh-b1",)}
 CONTROLLER = "controller"
+OPERATOR = "alice"
+# gh-b1 holds every catalog action for an operator (schema tasks are not affected).
+HOLDING = {"gh-b1": {"catalog": {"min_confidence": 0.999}}}
 SCHEMA = {
     "type": "object",
     "properties": {"city": {"type": "string", "maxLength": 20}, "celsius": {"type": "number"}},
@@ -135,6 +141,15 @@ def inventory(workdir: Path, ports: dict[str, int], link_port: int, ansible_bin:
                     }
                     for site, devices in SITES.items()
                 ],
+                # Operators decide on every site's holds from the central broker.
+                "edgeagent_broker_operators": [
+                    {
+                        "name": OPERATOR,
+                        "password": secret.format(credentials, repr(OPERATOR)),
+                        "write": ["edgeagent/+/+/held/+/confirm", "edgeagent/+/+/held/+/reject"],
+                        "read": ["edgeagent/+/+/held/#", "edgeagent/+/+/actions/#"],
+                    }
+                ],
                 "edgeagent_test_controller": {
                     "name": CONTROLLER,
                     "password": secret.format(credentials, repr(CONTROLLER)),
@@ -205,6 +220,7 @@ def sites(
                     sections={
                         "mqtt": {"topic_prefix": f"edgeagent/{site}", "username": device},
                         "homeassistant": {"discovery": True},
+                        **HOLDING.get(device, {}),
                     },
                 )
                 daemons[device] = DaemonProcess(
@@ -220,7 +236,9 @@ def sites(
         central.subscribe("edgeagent/+/fleet/bridge")
         for daemon in daemons.values():
             daemon.wait_event("mqtt connected", timeout=120)
+        operator_password = (credentials / OPERATOR).read_text().strip()
         yield {
+            "operator_password": operator_password,
             "workdir": workdir,
             "ports": ports,
             "link": link,
@@ -238,10 +256,14 @@ def sites(
         link.close()
 
 
-def request(central: MqttProbe, topic: str, task_id: str, reply_to: str | None = None) -> None:
+def request(
+    central: MqttProbe, topic: str, task_id: str, reply_to: str | None = None, **fields: Any
+) -> None:
     """A task published on the central broker; its reply address, if any, in the body:
     MQTT v5 properties do not cross the sites' MQTT 3.1.1 bridges."""
-    body = task(task_id) | ({"reply_to": reply_to} if reply_to else {})
+    body = task(task_id) | ({"reply_to": reply_to} if reply_to else {}) | fields
+    if "action" in fields:
+        del body["schema"]
     central.publish(topic, body)
 
 
@@ -288,9 +310,15 @@ def test_the_rendered_bridge(sites: dict[str, Any]) -> None:
     assert "topic fleet/tasks in 1 edgeagent/site-a/ edgeagent/\n" in conf
     assert "topic +/heartbeat out 0 edgeagent/site-a/ edgeagent/site-a/\n" in conf
     assert "topic replies/+/gh-a2/# out 1\n" in conf
+    assert "topic +/held/+ out 1 edgeagent/site-a/ edgeagent/site-a/\n" in conf
+    assert "topic +/held/+/confirm in 1 edgeagent/site-a/ edgeagent/site-a/\n" in conf
     assert "gh-b1" not in conf
     acl = (sites["workdir"] / "central" / "conf.d" / "edgeagent.acl").read_text()
-    assert "user bridge-site-a\ntopic read edgeagent/site-a/+/tasks\n" in acl
+    bridge_a = acl.split("user bridge-site-a\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert "topic read edgeagent/site-a/+/tasks" in bridge_a
+    assert "topic read edgeagent/site-a/+/held/+/confirm" in bridge_a
+    assert "topic write edgeagent/site-a/+/held/+" in bridge_a
+    assert not [line for line in bridge_a if "site-b" in line or "gh-b1" in line]
     assert "topic write replies/+/gh-b1/#\n" in acl
     # The bridge's password is nowhere but in its own file.
     password = (sites["workdir"] / "credentials" / "bridge-site-a").read_text().strip()
@@ -363,6 +391,45 @@ def test_fleet_tasks_per_site_and_fleet_wide(sites: dict[str, Any]) -> None:
     assert sites_answering == ["site-a", "site-b"]
     used = {body["device"] for i in range(4) for _, body in answers(central, f"site-{i}")}
     assert used <= set(SITES["site-a"])
+
+
+def test_a_hold_goes_up_and_the_operators_decision_comes_down(sites: dict[str, Any]) -> None:
+    central = sites["central"]
+    operator = MqttProbe(
+        sites["ports"]["central"], username=OPERATOR, password=sites["operator_password"]
+    )
+    base = "edgeagent/site-b/gh-b1"
+    try:
+        operator.subscribe("edgeagent/+/+/held/#")
+        operator.subscribe("edgeagent/+/+/actions/#")
+        request(
+            central,
+            f"{base}/tasks",
+            "hold-1",
+            "replies/controller/gh-b1/hold-1",
+            action="set_irrigation",
+            input="The weather is nice today.",
+        )
+        notice = json.loads(operator.wait_for(f"{base}/held/hold-1", timeout=60)[0].payload)
+        assert notice["device"] == "gh-b1"
+        assert notice["action"] == "set_irrigation"
+        operator.publish(f"{base}/held/hold-1/confirm", {"by": OPERATOR})
+        (action,) = operator.wait_for(f"{base}/actions/set_irrigation", timeout=60)
+        assert json.loads(action.payload)["args"] == notice["args"]
+        deadline = time.monotonic() + 30
+        while not [
+            m for m in operator.messages if m.topic == f"{base}/held/hold-1" and not m.payload
+        ]:
+            if time.monotonic() > deadline:
+                pytest.fail("the notice was not cleared on the central broker")
+            time.sleep(0.05)
+        first, follow_up = wait_answers(central, "hold-1", 2)
+        assert "held" in first[1]
+        assert follow_up[1]["resolution"]["decision"] == "confirmed"
+        assert follow_up[1]["resolution"]["by"] == OPERATOR
+        assert follow_up[1]["dispatched"] is True
+    finally:
+        operator.close()
 
 
 def test_a_task_sent_during_a_cut_is_answered_once_after_it(sites: dict[str, Any]) -> None:

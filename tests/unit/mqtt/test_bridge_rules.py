@@ -51,6 +51,11 @@ def test_a_site_devices_topics_go_up_unchanged_and_its_tasks_come_down(rules):
     for up in (topics.status, topics.heartbeat, topics.errors, topics.result("t1"),
                topics.action("notify"), f"{topics.base}/last_action", "replies/ha/gh-01/x"):  # fmt: skip
         assert crossing(lines, up, "out") == up
+    assert crossing(lines, topics.held("t1"), "out") == topics.held("t1")
+    for subscribed in topics.hold_commands:  # what the daemon listens to for decisions
+        command = subscribed.replace("/+/", "/t1/")
+        assert crossing(lines, command, "in") == command
+        assert crossing(lines, command, "out") is None  # only operators decide, centrally
     assert crossing(lines, topics.tasks, "in") == topics.tasks
     assert crossing(lines, topics.fleet_tasks, "in") == topics.fleet_tasks  # the site's own
     # The fleet-wide task topic arrives as the site's fleet task topic.
@@ -85,7 +90,12 @@ def test_the_central_user_is_granted_what_the_bridge_carries(rules):
     (client,) = rules.edgeagent_bridge_clients(sites, homeassistant_prefix="homeassistant")
     lines = rules.edgeagent_bridge_topics(BRIDGE, DEVICES)
     assert client["name"] == "bridge-site-a"
-    assert client["read"] == ["edgeagent/site-a/+/tasks", "edgeagent/fleet/tasks"]
+    assert client["read"] == [
+        "edgeagent/site-a/+/held/+/confirm",
+        "edgeagent/site-a/+/held/+/reject",
+        "edgeagent/site-a/+/tasks",
+        "edgeagent/fleet/tasks",
+    ]
     assert sorted(client["write"]) == sorted(
         [x["remote"] + x["pattern"] for x in lines if x["direction"] == "out"]
         + ["edgeagent/site-a/fleet/bridge"]

@@ -138,6 +138,10 @@ def edgeagent_bridge_topics(
         _line("+/errors", "out", 1, site, site),
         _line("+/results/#", "out", 1, site, site),
         _line("+/actions/#", "out", 1, site, site),
+        # Pending holds (retained; cleared by an empty message when resolved), for the
+        # operators on the central broker; their decisions come down.
+        _line("+/held/+", "out", 1, site, site),
+        *(_line(f"+/{decision}", "in", 1, site, site) for decision in _MOSQUITTO.HOLD_DECISIONS),
         # Down: tasks for one device, and `fleet/tasks` (the `+`) for one device of the site.
         _line("+/tasks", "in", 1, site, site),
         # Down, renamed: the fleet-wide task topic to this site's fleet task topic.
