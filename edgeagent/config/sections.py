@@ -343,6 +343,7 @@ class MetricsConfig(_Section):
     )
 
 
+MAX_LEARNED_PER_TASK = 8  # learned examples shown with one task (inference/shots.py)
 MAX_EXAMPLES = 8  # per action: they are in every prompt of the catalog (its cached prefix)
 
 
@@ -454,6 +455,25 @@ class CatalogConfig(_Section):
             "`unsupported_argument`), `lower` its confidence (halved) so "
             "`min_confidence` decides, or `allow` it."
         ),
+    )
+    learn: bool = Field(
+        default=False,
+        description=(
+            "Learn from the operators' answers to held actions (confirmed, edited, "
+            "rejected) and show the most similar learned examples with each action task."
+        ),
+    )
+    max_learned_examples: int = Field(
+        default=200,
+        ge=1,
+        le=10_000,
+        description="Learned examples kept (the oldest go first).",
+    )
+    learned_examples_per_task: int = Field(
+        default=3,
+        ge=0,
+        le=MAX_LEARNED_PER_TASK,
+        description="Learned examples shown with one task (the most similar; 0: none).",
     )
 
 

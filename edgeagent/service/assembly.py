@@ -15,6 +15,7 @@ from edgeagent.memory.control import MemoryControlLoop
 from edgeagent.mqtt.link import MqttLink
 from edgeagent.protocol.topics import Topics
 from edgeagent.service.daemon import Daemon
+from edgeagent.service.learning.learner import Learner
 from edgeagent.service.pipeline.admission import receive_window
 from edgeagent.service.pipeline.asyncstore import AsyncTaskStore
 from edgeagent.service.system import sdnotify
@@ -54,6 +55,7 @@ def build_daemon(
         memory=memory,
         watchdog=sdnotify.Watchdog(notifier),
         operators=OperatorViews(cfg, topics=topics, link=link, store=store),
+        learner=Learner.open(cfg),
         config_path=config_path,
     )
     return daemon

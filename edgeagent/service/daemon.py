@@ -27,6 +27,7 @@ from edgeagent.errors import EdgeAgentError
 from edgeagent.mqtt.link import PublishRefused, with_timeout
 from edgeagent.protocol.topics import Topics
 from edgeagent.service.pipeline.admission import Admission
+from edgeagent.service.learning.learner import Learner
 from edgeagent.service.pipeline.asyncstore import AsyncTaskStore
 from edgeagent.service.pipeline.delivery import Delivery
 from edgeagent.service.pipeline.jobs import InFlightRegistry, Job
@@ -75,6 +76,7 @@ class Daemon:
         memory: MemoryLoop,
         watchdog: sdnotify.Watchdog | None = None,
         operators: OperatorViews | None = None,
+        learner: Learner | None = None,
         config_path: Path | None = None,
         load: Callable[[Path], Config] = load_config,
         clock: Callable[[], float] = time.monotonic,
@@ -88,6 +90,8 @@ class Daemon:
         self.engine = engine
         self.memory = memory
         self.watchdog = watchdog
+        # Operators' rulings in, learned examples out (service/learning); None: not learning.
+        self.learner = learner
         self._load = load
         self.topics = Topics(cfg.mqtt.topic_prefix, cfg.device.id, cfg.mqtt.shared_group or None)
         self.queue: TaskQueue[Job] = TaskQueue(cfg.queue.size)
@@ -138,6 +142,7 @@ class Daemon:
             inflight=inflight,
             telemetry=self.telemetry,
             clock=clock,
+            learned=learner,
         )
         self._stop = asyncio.Event()
         # Set when shutdown had to leave a stuck inference thread behind.
@@ -243,6 +248,8 @@ class Daemon:
         self.cfg = new.model_copy(update={k: getattr(self.cfg, k) for k in fixed})
         self.admission.reconfigure(self.cfg)
         self.worker.reconfigure(self.cfg)
+        if self.learner is not None:
+            self.learner.reconfigure(self.cfg)
         if self.operators is not None:
             self.operators.reconfigure(self.cfg)
         configure_logging(self.cfg.log.level, self.cfg.log.format, self.cfg.device.id)
@@ -320,6 +327,8 @@ class Daemon:
             self.abandoned_inference = True
             log.error("the inference thread does not respond; exiting without it")
         self.store.close()
+        if self.learner is not None:
+            self.learner.close()
         counters = self.telemetry.counters
         log.info("stopped", done=counters.done, failed=counters.failed)
 

@@ -20,13 +20,15 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import structlog
 
 from edgeagent.config import Config
 from edgeagent.errors import EdgeAgentError, ErrorCode, TaskHandedBack
+from edgeagent.inference.overflow import input_text
+from edgeagent.inference.shots import Shot
 from edgeagent.inference.task import Answer, Task
 from edgeagent.protocol.reply import (
     ContextUse,
@@ -88,6 +90,12 @@ class Answerer(Protocol):
     async def answer(self, task: Task) -> Answer: ...
 
 
+class LearnedShots(Protocol):
+    """Learned examples for a task's input (service/learning): never raises, bounded."""
+
+    async def shots(self, text: str, allowed: Sequence[str]) -> tuple[Shot, ...]: ...
+
+
 class RunRecords(Protocol):
     async def start_run(self, task_id: str) -> None: ...
     async def forget(self, task_id: str) -> None: ...
@@ -105,9 +113,11 @@ class Worker:
         inflight: InFlightRegistry,
         telemetry: Telemetry,
         clock: Callable[[], float] = time.monotonic,
+        learned: LearnedShots | None = None,
     ) -> None:
         self.cfg = cfg
         self._queue = queue
+        self._learned = learned
         self._engine = engine
         self._delivery = delivery
         self._store = store
@@ -205,6 +215,7 @@ class Worker:
                 cancel=job.cancel,
                 overflow=request.overflow or self.cfg.memory.overflow,
                 priority=request.priority,
+                shots=await self._shots(job),
             )
             # Committed before the engine starts: a run that ends the process is counted.
             await self._store.start_run(job.task_id)
@@ -226,6 +237,11 @@ class Worker:
         # a redelivery, since the stored reply carries none either.
         message = settled.message if settled is not None and isinstance(reply, OkReply) else None
         await self._delivery.finish(job.entry, reply, message, replayable=replayable)
+
+    async def _shots(self, job: Job) -> tuple[Shot, ...]:
+        if self._learned is None or job.spec.kind != "action":
+            return ()
+        return await self._learned.shots(input_text(job.request.content), job.spec.allowed_actions)
 
     def _ok_reply(self, job: Job, answer: Answer, settled: Settled, queue_ms: float) -> OkReply:
         return OkReply(
