@@ -26,8 +26,8 @@ from edgeagent.config import Config, load_config
 from edgeagent.errors import EdgeAgentError
 from edgeagent.mqtt.link import PublishRefused, with_timeout
 from edgeagent.protocol.topics import Topics
-from edgeagent.service.pipeline.admission import Admission
 from edgeagent.service.learning.learner import Learner
+from edgeagent.service.pipeline.admission import Admission
 from edgeagent.service.pipeline.asyncstore import AsyncTaskStore
 from edgeagent.service.pipeline.delivery import Delivery
 from edgeagent.service.pipeline.jobs import InFlightRegistry, Job

@@ -26,14 +26,12 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
-import jsonschema
 import structlog
 
 from edgeagent.config import ActionConfig, Config
 from edgeagent.config.sections import CatalogConfig, nothing_to_do
-from edgeagent.inference.shots import Shot, choose, fits
+from edgeagent.inference.shots import Catalog, Shot, choose, fits
 from edgeagent.service.holds.resolution import HoldResolution
 from edgeagent.service.learning.store import LEARNED_FILE, LearnedExample, LearnedStore
 
@@ -80,32 +78,6 @@ def learned_example(  # noqa: PLR0911 - one return per reason nothing is learned
         at=resolution.at,
     )
     return example, "learned"
-
-
-class Catalog:
-    """The catalog's actions with a compiled argument validator each (built once per
-    config: checking a row is then microseconds, a few hundred rows per task)."""
-
-    def __init__(self, actions: Sequence[ActionConfig]) -> None:
-        self.actions = tuple(actions)
-        self._validators: dict[str, Any] = {}
-        for action in self.actions:
-            try:
-                cls = jsonschema.validators.validator_for(action.schema_)
-                cls.check_schema(action.schema_)
-                self._validators[action.name] = cls(action.schema_)
-            except jsonschema.SchemaError:
-                continue  # refused at compile with its own message; nothing fits it here
-
-    def refused(self, action: str, args: dict[str, Any]) -> str | None:
-        """Why the catalog would not accept `action` with `args` now (None: it would)."""
-        validator = self._validators.get(action)
-        if validator is None:
-            return f"{action} is not in the catalog"
-        error = jsonschema.exceptions.best_match(validator.iter_errors(args))
-        if error is not None:
-            return f"the arguments do not fit {action}'s schema: {error.message}"
-        return None
 
 
 class Learner:
