@@ -1,4 +1,5 @@
-"""Command line: `edgeagent ask | validate-config | run | submit | status | bench | eval`.
+"""Command line: `edgeagent ask | validate-config | run | submit | status | bench | eval |
+examples`.
 
 Commands print results as JSON on stdout; failures print `{"error": {"code", ...}}` and
 exit non-zero, so scripts can branch on the code.
@@ -17,6 +18,7 @@ from typing import Any
 
 from edgeagent import __version__
 from edgeagent.cli import eval as eval_command
+from edgeagent.cli import examples as examples_command
 from edgeagent.config import DEFAULT_CONFIG_PATH, load_config
 from edgeagent.errors import EdgeAgentError, ErrorCode
 from edgeagent.protocol.overflow import OverflowPolicy
@@ -286,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(func=cmd_bench)
 
     eval_command.register(sub)
+    examples_command.register(sub)
     return parser
 
 

@@ -6,6 +6,8 @@ import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from support.fake_engine import CATALOG
+
 from edgeagent.inference.contract import action_spec
 from edgeagent.inference.overflow import answer_within_budget
 from edgeagent.inference.prefix_cache import FixedParts
@@ -24,7 +26,6 @@ from edgeagent.inference.shots import (
     words,
 )
 from edgeagent.inference.task import Answer, Task
-from support.fake_engine import CATALOG
 
 WATER_3 = Shot("Water zone 3 for 20 minutes.", "set_irrigation", {"zone": 3, "minutes": 20})
 FAN = Shot("Roof fan to 80 percent please.", "set_fan", {"fan": "roof", "speed": 80})
@@ -147,7 +148,7 @@ class _Runner:
     def detokenize(self, tokens) -> str:
         return "x" * len(tokens)
 
-    def run_once(self, task: Task, content) -> Answer:
+    def run_once(self, task: Task, _content) -> Answer:
         self.runs.append(task.shots)
         return Answer({"action": "notify"}, 1, 0, 1, 0.0, 0.0, self.n_ctx)
 

@@ -191,7 +191,7 @@ def test_record_never_raises_into_the_caller(tmp_path):
     assert learner.record(strange) is None
 
     class Broken(LearnedStore):
-        def add(self, example: LearnedExample) -> None:
+        def add(self, _example: LearnedExample) -> None:
             raise sqlite3.OperationalError("disk I/O error")
 
     broken = Learner(Broken(tmp_path / "b.sqlite3", max_rows=5), actions=ACTIONS, settings=ON)
