@@ -460,20 +460,27 @@ class CatalogConfig(_Section):
         default=False,
         description=(
             "Learn from the operators' answers to held actions (confirmed, edited, "
-            "rejected) and show the most similar learned examples with each action task."
+            "rejected) into `<[state] dir>/learned.sqlite3`, and show the most similar "
+            "learned examples with each action task, after the catalog and marked as data "
+            "like the input (`edgeagent examples list|export|clear`; docs/evaluation.md "
+            "measures it, docs/security.md bounds it). Turning it on needs a restart."
         ),
     )
     max_learned_examples: int = Field(
         default=200,
         ge=1,
         le=10_000,
-        description="Learned examples kept (the oldest go first).",
+        description="Learned examples kept (the oldest go first; an input learned again "
+        "replaces its older ruling).",
     )
     learned_examples_per_task: int = Field(
         default=3,
         ge=0,
         le=MAX_LEARNED_PER_TASK,
-        description="Learned examples shown with one task (the most similar; 0: none).",
+        description=(
+            "Learned examples shown with one action task: the most similar to its input "
+            "(shared words), at most 1,200 bytes of them together; 0: none."
+        ),
     )
 
 
