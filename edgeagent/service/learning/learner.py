@@ -25,7 +25,6 @@ import asyncio
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 
 import structlog
 
@@ -218,7 +217,3 @@ class Learner:
             except Exception as exc:
                 log.warning("closing the learned examples failed", error=str(exc))
         self._thread.shutdown(wait=False, cancel_futures=True)
-
-
-def learned_path(state_dir: Path) -> Path:
-    return state_dir / LEARNED_FILE
