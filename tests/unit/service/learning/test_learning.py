@@ -293,3 +293,20 @@ def test_export_is_read_by_the_eval_loader_and_feeds_the_eval_picker(tmp_path):
     spec = SpecCache().for_case(water.cases[0], water)
     assert picker(water.cases[0], spec, water) == (shots[1],)
     assert eval_set.no_action == "no_action"
+
+
+def test_open_follows_the_config_and_never_fails_the_daemon(tmp_path):
+    from support.fake_engine import service_config  # noqa: PLC0415
+
+    off = Learner.open(service_config(tmp_path / "off"))
+    assert not off.enabled
+    assert not (tmp_path / "off").exists()
+    on = Learner.open(service_config(tmp_path / "on", catalog={"learn": True}))
+    assert on.enabled
+    assert (tmp_path / "on" / "learned.sqlite3").exists()
+    on.close()
+    (tmp_path / "file").write_text("not a directory")
+    with capture_logs() as logs:
+        broken = Learner.open(service_config(tmp_path / "file" / "state", catalog={"learn": True}))
+    assert not broken.enabled
+    assert any(e["event"] == "cannot open the learned examples; not learning" for e in logs)
