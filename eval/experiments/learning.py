@@ -191,8 +191,10 @@ def main() -> int:
             shots = load_learned(exported)
             picker = LearnedPicker(shots, args.k)
             shown = [len(picker(c, _spec(half_b, c), half_b)) for c in half_b.cases]
-            before = figures(answer(engine, half_b, None, "B-before"), eval_set.no_action)
-            after = figures(answer(engine, half_b, picker, "B-after"), eval_set.no_action)
+            plain = answer(engine, half_b, None, "B-before")
+            taught_b = answer(engine, half_b, picker, "B-after")
+            before = figures(plain, eval_set.no_action)
+            after = figures(taught_b, eval_set.no_action)
     finally:
         engine.close()
     summary = {
@@ -205,6 +207,13 @@ def main() -> int:
         "examples_shown_per_case": round(sum(shown) / len(shown), 2) if shown else 0,
         "before": before,
         "after": after,
+        # The same cases paired: wrong before and right after, and the other way round.
+        "fixed": sum(
+            not b.right and a.right for (_, b), (_, a) in zip(plain, taught_b, strict=True)
+        ),
+        "broken": sum(
+            b.right and not a.right for (_, b), (_, a) in zip(plain, taught_b, strict=True)
+        ),
         "minutes": round((time.monotonic() - started) / 60, 1),
     }
     text = json.dumps(summary, ensure_ascii=False, indent=1)
