@@ -22,11 +22,10 @@ from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 from edgeagent.config import DEFAULT_CONFIG_PATH, Config, ModelConfig, load_config
-from edgeagent.config.sections import MAX_LEARNED_PER_TASK
 from edgeagent.errors import EdgeAgentError, ErrorCode
 from edgeagent.evaluation.cases import CaseError, load_cases
 from edgeagent.evaluation.floors import TARGET_FALSE_ACTUATION, propose
-from edgeagent.evaluation.learned import LearnedPicker, load_learned
+from edgeagent.evaluation.learned import learned_picker
 from edgeagent.evaluation.metrics import Summary, summarize
 from edgeagent.evaluation.report import case_record, render_json, render_text
 from edgeagent.evaluation.runner import Answerer, ShotPicker, run_sets
@@ -89,16 +88,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--learned-examples",
         type=Path,
         metavar="FILE",
-        help="show each action case the most similar of these examples (cases JSONL, as "
-        "`edgeagent examples export` writes), as the daemon does with [catalog] learn",
+        help="show each action case the most similar learned examples of FILE (cases JSONL, "
+        "as `edgeagent examples export` writes), as the daemon does with [catalog] learn",
     )
     p.add_argument(
-        "--learned-per-task",
-        type=int,
-        default=3,
-        choices=range(MAX_LEARNED_PER_TASK + 1),
-        metavar="K",
-        help="--learned-examples: examples shown with one case (default 3)",
+        "--learned-per-task", type=int, default=3, metavar="K", help="per case (default 3, max 8)"
     )
     p.add_argument(
         "--calibrate",
@@ -250,7 +244,7 @@ def _meta(
         "threads": models[0].threads if models else None,
         "sets": {s.name: len(s.cases) for s in sets},
         "baseline": args.baseline,
-        "learned_examples": str(args.learned_examples) if args.learned_examples else None,
+        "learned_examples": args.learned_examples and str(args.learned_examples),
     }
 
 
@@ -271,11 +265,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         sets = load_sets(args, cache)
         models = model_configs(args, cache)
-        shots = (
-            LearnedPicker(load_learned(args.learned_examples), args.learned_per_task)
-            if args.learned_examples
-            else None
-        )
+        shots = learned_picker(args.learned_examples, args.learned_per_task)
     except (CaseError, EdgeAgentError, OSError, json.JSONDecodeError) as exc:
         message = exc.message if isinstance(exc, EdgeAgentError) else str(exc)
         error = {"code": str(ErrorCode.INVALID_REQUEST), "message": message}

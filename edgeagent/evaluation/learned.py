@@ -59,3 +59,8 @@ class LearnedPicker:
             catalog = self._catalogs[eval_set.name] = Catalog(eval_set.catalog)
         accepted = [s for s in self.shots if catalog.refused(s.action, s.args) is None]
         return choose(input_text(case.content), accepted, self.k, allowed=spec.allowed_actions)
+
+
+def learned_picker(path: Path | None, k: int) -> LearnedPicker | None:
+    """`--learned-examples PATH --learned-per-task K`; None without a path."""
+    return None if path is None else LearnedPicker(load_learned(path), k)
