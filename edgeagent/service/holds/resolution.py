@@ -1,4 +1,4 @@
-"""What an operator decided about a held action: handed to the learner after the commit."""
+"""What a hold's resolution tells a learner (an injected collaborator, see desk.py)."""
 
 from __future__ import annotations
 
