@@ -33,7 +33,7 @@ from typing import Any
 import jsonschema
 
 from edgeagent.config import ActionConfig
-from edgeagent.config.sections import MAX_LEARNED_PER_TASK
+from edgeagent.config.catalog import MAX_LEARNED_PER_TASK
 from edgeagent.inference.prompt import Message
 
 TEXT_MAX_CHARS = 200  # the held message shows the operator the input's first 200 characters

@@ -1,9 +1,10 @@
 """The learner: operators' rulings in, the most similar learned examples out.
 
-`record(resolution)` is the operator loop's hook (docs/protocol.md, service/holds): the
-daemon calls it on the event loop after a resolution is committed. It never raises and
-never blocks: the ruling is checked and mapped here (microseconds), the write goes to
-the learner's own thread, at most `MAX_PENDING_WRITES` of them waiting.
+`record(resolution)` is the operator loop's hook (docs/protocol.md, service/holds/
+learning.py): the daemon calls it after a resolution is committed, from the task store's
+thread. It never raises and never blocks: the ruling is checked and mapped there
+(microseconds), the write goes to the learner's own thread, at most
+`MAX_PENDING_WRITES` of them waiting.
 
     confirmed -> the model's action and arguments were right
     edited    -> the model's action with the operator's arguments is right
@@ -29,7 +30,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import structlog
 
 from edgeagent.config import ActionConfig, Config
-from edgeagent.config.sections import CatalogConfig, nothing_to_do
+from edgeagent.config.catalog import CatalogConfig, nothing_to_do
 from edgeagent.inference.shots import Catalog, Shot, choose, fits
 from edgeagent.service.holds.resolution import HoldResolution
 from edgeagent.service.learning.store import LEARNED_FILE, LearnedExample, LearnedStore

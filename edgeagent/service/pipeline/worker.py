@@ -90,6 +90,14 @@ class Answerer(Protocol):
     async def answer(self, task: Task) -> Answer: ...
 
 
+class HeldActions(Protocol):
+    """The hold desk (service/holds): a held `dispatch = true` answer becomes a hold
+    that an operator confirms; recorded before the task's reply, opened after it."""
+
+    async def prepare(self, job: Job, reply: OkReply) -> bool: ...
+    async def open(self, task_id: str) -> None: ...
+
+
 class LearnedShots(Protocol):
     """Learned examples for a task's input (service/learning): never raises, bounded."""
 
@@ -113,9 +121,11 @@ class Worker:
         inflight: InFlightRegistry,
         telemetry: Telemetry,
         clock: Callable[[], float] = time.monotonic,
+        holds: HeldActions | None = None,
         learned: LearnedShots | None = None,
     ) -> None:
         self.cfg = cfg
+        self._holds = holds
         self._queue = queue
         self._learned = learned
         self._engine = engine
@@ -236,7 +246,14 @@ class Worker:
         # A held action (dispatch.py) has no message: it is never published, now or on
         # a redelivery, since the stored reply carries none either.
         message = settled.message if settled is not None and isinstance(reply, OkReply) else None
+        # A held dispatch action waits for an operator (service/holds): its hold is
+        # recorded before the reply is stored and opened after, so a crash between
+        # leaves no hold without its reply nor a reply without its hold.
+        holds = self._holds if isinstance(reply, OkReply) and reply.held else None
+        held = holds is not None and isinstance(reply, OkReply) and await holds.prepare(job, reply)
         await self._delivery.finish(job.entry, reply, message, replayable=replayable)
+        if held and holds is not None:
+            await holds.open(job.task_id)
 
     async def _shots(self, job: Job) -> tuple[Shot, ...]:
         if self._learned is None or job.spec.kind != "action":

@@ -145,7 +145,7 @@ def test_confidence_is_read_when_answers_carry_it():
 
 def test_the_eval_holds_what_the_daemon_would_hold():
     from edgeagent.config import ActionConfig  # noqa: PLC0415
-    from edgeagent.config.sections import CatalogConfig  # noqa: PLC0415
+    from edgeagent.config.catalog import CatalogConfig  # noqa: PLC0415
 
     floor = [
         a.model_copy(update={"min_confidence": 0.9}) if a.name == "open_vent" else a

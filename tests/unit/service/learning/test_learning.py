@@ -11,7 +11,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from edgeagent.config import ActionConfig
-from edgeagent.config.sections import CatalogConfig
+from edgeagent.config.catalog import CatalogConfig
 from edgeagent.evaluation.cases import parse_cases
 from edgeagent.evaluation.learned import LearnedPicker, load_learned
 from edgeagent.evaluation.runner import SpecCache
