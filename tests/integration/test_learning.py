@@ -1,87 +1,84 @@
-"""Learned examples with the real daemon, broker and SmolLM2: they change the prompt.
+"""The operator loop teaches the real daemon (mosquitto, `edgeagent run`, SmolLM2).
 
-Not whether the answer improves (docs/evaluation.md measures that), but that a learned
-example reaches the prompt the engine evaluates, after the cached catalog prefix, and
-that `edgeagent examples clear` takes it out of the next task's prompt while the daemon
-runs.
+A held action is edited by an operator over MQTT; the learner records the ruling; the
+next similar task's prompt carries it (after the cached catalog prefix: the cached part
+is unchanged), `edgeagent examples list` shows it while the daemon runs, and `clear`
+takes it out of the following task's prompt. Not whether answers improve
+(docs/evaluation.md measures that): that the ruling reaches the prompt the engine reads.
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
+from typing import Any
 
 import pytest
 from support.daemon import EDGEAGENT, ROOT, DaemonProcess, write_config
 
-from edgeagent.service.learning.store import LEARNED_FILE, LearnedExample, LearnedStore
-
 pytestmark = [pytest.mark.model, pytest.mark.mqtt]
 
-LEARNED = "Water zone 2 for 5 minutes."
-SIMILAR = "Water zone 4 for 5 minutes."
+BASE = "edgeagent/dev1"
+TAUGHT = "Zone 2 looks dry, water it for 5 minutes maybe."
+SIMILAR = "Zone 4 looks dry, water it for 5 minutes."
 UNRELATED = "Fans idle."  # shares no word with the learned input: no example shown
 
 
-def ask(probe, task_id: str, text: str) -> dict:
-    probe.publish(
-        "edgeagent/dev1/tasks",
-        {"id": task_id, "input": text, "actions": ["set_irrigation", "notify", "no_action"]},
+def examples(config: Path, what: str) -> Any:
+    done = subprocess.run(
+        [*EDGEAGENT, "examples", what, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+        timeout=60,
     )
-    reply = json.loads(probe.wait_for(f"edgeagent/dev1/results/{task_id}", timeout=180)[0].payload)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads(done.stdout)
+
+
+def ask(probe, task_id: str, text: str, **request: Any) -> dict[str, Any]:
+    probe.publish(f"{BASE}/tasks", {"id": task_id, "input": text, **request})
+    reply = json.loads(probe.wait_for(f"{BASE}/results/{task_id}", timeout=180)[0].payload)
     assert reply["status"] == "ok", reply
-    return reply["usage"]
+    return reply
 
 
-def test_a_learned_example_enters_the_prompt_after_the_cached_prefix(
-    tmp_path, model_path, mosquitto, probe
-):
-    state = tmp_path / "state"
-    state.mkdir()
-    store = LearnedStore(state / LEARNED_FILE, max_rows=10)
-    store.add(
-        LearnedExample(
-            text=LEARNED,
-            action="set_irrigation",
-            args={"zone": 2, "minutes": 5},
-            decision="edited",
-            model_action="set_irrigation",
-            model_args={"zone": 2, "minutes": 50},
-            task_id="earlier",
-            by="ana",
-            at=1_700_000_000.0,
-        )
-    )
-    store.close()
+def test_an_edited_hold_teaches_the_next_similar_prompt(tmp_path, model_path, mosquitto, probe):
     config = write_config(
         tmp_path / "dev1.toml",
         model=model_path,
         port=mosquitto.port,
-        state_dir=state,
-        sections={"catalog": {"learn": True}},
+        state_dir=tmp_path / "state",
+        # Every action answer is held, so the operator is asked.
+        sections={"catalog": {"learn": True, "min_confidence": 1.0}},
     )
     daemon = DaemonProcess(config, tmp_path / "dev1.log")
-    probe.subscribe("edgeagent/dev1/results/#")
+    probe.subscribe(f"{BASE}/results/#")
+    probe.subscribe(f"{BASE}/held/+")
     try:
         daemon.start()
         daemon.wait_event("mqtt connected", timeout=120)
-        warm = ask(probe, "warm", UNRELATED)  # computes the catalog prefix once
-        taught = ask(probe, "taught", SIMILAR)
-        cleared = subprocess.run(
-            [*EDGEAGENT, "examples", "clear", "--config", str(config)],
-            capture_output=True,
-            text=True,
-            check=False,
-            cwd=ROOT,
-            timeout=60,
+        held = ask(probe, "h1", TAUGHT, actions=["set_irrigation"])
+        assert held["dispatched"] is False, held
+        probe.wait_for(f"{BASE}/held/h1", timeout=30)
+        probe.publish(f"{BASE}/held/h1/confirm", {"by": "alice", "args": {"zone": 2, "minutes": 5}})
+        daemon.wait_event("learned", timeout=30, task_id="h1")
+        (learned,) = examples(config, "list")["examples"]  # the daemon holds the file open
+        assert (learned["input"], learned["action"], learned["args"]) == (
+            TAUGHT,
+            "set_irrigation",
+            {"zone": 2, "minutes": 5},
         )
-        assert cleared.returncode == 0, cleared.stderr
-        assert json.loads(cleared.stdout)["cleared"] == 1
-        plain = ask(probe, "plain", SIMILAR)
+        assert (learned["decision"], learned["by"]) == ("edited", "alice")
+        ask(probe, "warm", UNRELATED)  # the catalog prefix is cached from here on
+        taught = ask(probe, "taught", SIMILAR)["usage"]
+        assert examples(config, "clear")["cleared"] == 1
+        plain = ask(probe, "plain", SIMILAR)["usage"]
     finally:
         daemon.stop()
-    # The example's two turns: its input and its answer, some 40 tokens.
+    # The example's two turns, its input and its answer: some 40 tokens.
     assert 25 <= taught["prompt_tokens"] - plain["prompt_tokens"] <= 80, (taught, plain)
     # Both reused the same cached prefix: the example is not part of it.
-    assert taught["cached_prompt_tokens"] == plain["cached_prompt_tokens"] > 0, (warm, taught)
-    assert warm["prompt_tokens"] < taught["prompt_tokens"]
+    assert taught["cached_prompt_tokens"] == plain["cached_prompt_tokens"] > 0, (taught, plain)
