@@ -17,9 +17,10 @@ Bounded cost per task: an example's input is at most `TEXT_MAX_CHARS` characters
 the operator was shown of it) and `TEXT_MAX_BYTES` UTF-8 bytes, its answer at most
 `ANSWER_MAX_BYTES`, and all example turns of one task together at most
 `TASK_MAX_BYTES`. The models' tokenizers are byte-level BPE (every content token is at
-least one byte), so the example turns cost at most TASK_MAX_BYTES tokens plus the chat
-template's few tokens per turn (`MAX_SHOTS` x 2 turns): about 1,300 tokens in the worst
-case, about 40 tokens per example on ordinary sensor reports (docs/evaluation.md).
+least one byte), so the example turns cost at most TASK_MAX_BYTES tokens of content plus
+the turn and data markers (about 20 tokens per example, `MAX_SHOTS` at most): about
+1,400 tokens in the worst case, about 48 per example on ordinary sensor reports
+(docs/evaluation.md).
 """
 
 from __future__ import annotations
