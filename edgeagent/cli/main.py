@@ -1,5 +1,5 @@
 """Command line: `edgeagent ask | validate-config | run | submit | status | held | confirm |
-reject | bench | eval`.
+reject | bench | eval | examples`.
 
 Commands print results as JSON on stdout; failures print `{"error": {"code", ...}}` and
 exit non-zero, so scripts can branch on the code.
@@ -18,6 +18,7 @@ from typing import Any
 
 from edgeagent import __version__
 from edgeagent.cli import eval as eval_command
+from edgeagent.cli import examples as examples_command
 from edgeagent.cli import holds as holds_command
 from edgeagent.config import DEFAULT_CONFIG_PATH, load_config
 from edgeagent.errors import EdgeAgentError, ErrorCode
@@ -289,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(func=cmd_bench)
 
     eval_command.register(sub)
+    examples_command.register(sub)
     return parser
 
 

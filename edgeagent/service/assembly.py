@@ -17,11 +17,12 @@ from edgeagent.memory.control import MemoryControlLoop
 from edgeagent.mqtt.link import MqttLink
 from edgeagent.protocol.topics import Topics
 from edgeagent.service.daemon import Daemon
+from edgeagent.service.holds import learning as holds_learning
 from edgeagent.service.holds.asyncholds import AsyncHoldStore, open_hold_store
 from edgeagent.service.holds.desk import HoldDesk
-from edgeagent.service.holds.learning import Learner
 from edgeagent.service.holds.metrics import HoldMetrics
 from edgeagent.service.holds.outbox import Outbox
+from edgeagent.service.learning.learner import Learner
 from edgeagent.service.pipeline.admission import receive_window
 from edgeagent.service.pipeline.asyncstore import AsyncTaskStore
 from edgeagent.service.pipeline.publishing import ConfirmedPublisher
@@ -40,8 +41,10 @@ def build_daemon(
     learner: Learner | None = None,
 ) -> Daemon:
     """`engine` lets a caller choose the model factory (tests/support/wedged_daemon.py);
-    `learner` hears every resolved hold (service/holds/learning.py)."""
+    `learner` hears every resolved hold (service/holds/learning.py) and gives each action
+    task its learned examples (service/learning); default: what `[catalog] learn` asks."""
     engine = engine or Engine(cfg.model)
+    learner = learner if learner is not None else Learner.open(cfg)
     topics = Topics(cfg.mqtt.topic_prefix, cfg.device.id, cfg.mqtt.shared_group or None)
     link = MqttLink(
         cfg.mqtt,
@@ -81,6 +84,7 @@ def build_daemon(
         watchdog=sdnotify.Watchdog(notifier),
         operators=operators,
         holds=holds,
+        learner=learner,
         config_path=config_path,
     )
     return daemon
@@ -94,7 +98,7 @@ def build_hold_desk(
     store: AsyncTaskStore,
     path: Path | str,
     metrics: HoldMetrics | None = None,
-    learner: Learner | None = None,
+    learner: holds_learning.Learner | None = None,
     on_dispatched: Callable[[str, str], None] | None = None,
     clock: Callable[[], float] = time.time,
 ) -> HoldDesk:

@@ -27,6 +27,7 @@ from edgeagent.errors import EdgeAgentError
 from edgeagent.mqtt.link import Incoming, PublishRefused, with_timeout
 from edgeagent.protocol.topics import Topics
 from edgeagent.service.holds.desk import HoldDesk
+from edgeagent.service.learning.learner import Learner
 from edgeagent.service.pipeline.admission import Admission
 from edgeagent.service.pipeline.asyncstore import AsyncTaskStore
 from edgeagent.service.pipeline.delivery import Delivery
@@ -77,6 +78,7 @@ class Daemon:
         watchdog: sdnotify.Watchdog | None = None,
         operators: OperatorViews | None = None,
         holds: HoldDesk | None = None,
+        learner: Learner | None = None,
         config_path: Path | None = None,
         load: Callable[[Path], Config] = load_config,
         clock: Callable[[], float] = time.monotonic,
@@ -90,6 +92,8 @@ class Daemon:
         self.engine = engine
         self.memory = memory
         self.watchdog = watchdog
+        # Operators' rulings in, learned examples out (service/learning); None: not learning.
+        self.learner = learner
         self._load = load
         self.topics = Topics(cfg.mqtt.topic_prefix, cfg.device.id, cfg.mqtt.shared_group or None)
         self.queue: TaskQueue[Job] = TaskQueue(cfg.queue.size)
@@ -144,6 +148,7 @@ class Daemon:
             telemetry=self.telemetry,
             clock=clock,
             holds=holds,
+            learned=learner,
         )
         self._stop = asyncio.Event()
         # Set when shutdown had to leave a stuck inference thread behind.
@@ -251,6 +256,8 @@ class Daemon:
         self.cfg = new.model_copy(update={k: getattr(self.cfg, k) for k in fixed})
         self.admission.reconfigure(self.cfg)
         self.worker.reconfigure(self.cfg)
+        if self.learner is not None:
+            self.learner.reconfigure(self.cfg)
         if self.operators is not None:
             self.operators.reconfigure(self.cfg)
         if self.holds is not None:
@@ -337,6 +344,8 @@ class Daemon:
             self.abandoned_inference = True
             log.error("the inference thread does not respond; exiting without it")
         self.store.close()
+        if self.learner is not None:
+            self.learner.close()
         counters = self.telemetry.counters
         log.info("stopped", done=counters.done, failed=counters.failed)
 
