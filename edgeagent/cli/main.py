@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeagent import __version__
+from edgeagent.cli import bench_fleet
 from edgeagent.cli import eval as eval_command
 from edgeagent.config import DEFAULT_CONFIG_PATH, load_config
 from edgeagent.errors import EdgeAgentError, ErrorCode
@@ -190,6 +191,17 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.fleet is not None:
+        from edgeagent.cli import bench_fleet  # noqa: PLC0415 - no llama.cpp needed
+
+        try:
+            return bench_fleet.run(args)
+        except EdgeAgentError as exc:
+            return _fail(exc)
+    if not args.model:
+        return _fail(
+            EdgeAgentError(ErrorCode.INVALID_REQUEST, "bench needs --model (or --fleet N)")
+        )
     from edgeagent.cli.bench import run  # noqa: PLC0415
 
     return run(args)
@@ -268,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="measure speed figures, each beside its baseline")
     bench.add_argument(
-        "--model", type=Path, action="append", required=True, help="GGUF (repeatable)"
+        "--model", type=Path, action="append", help="GGUF (repeatable; not with --fleet)"
     )
     bench.add_argument("--threads", type=int, default=2)
     bench.add_argument("--rounds", type=int, default=3)
@@ -283,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--mqtt", action="store_true", help="also the overhead over MQTT (needs mosquitto)"
     )
+    bench_fleet.register(bench)
     bench.set_defaults(func=cmd_bench)
 
     eval_command.register(sub)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -145,6 +146,9 @@ class MqttLink:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.connected = asyncio.Event()
         self.connects = 0
+        # time.monotonic() of the last accepting CONNACK, stamped on paho's thread: when
+        # the connection really came, however busy the event loop (the fleet simulator).
+        self.connected_at: float | None = None
         self.refusals = 0  # PUBACKs with a failure reason code (metrics)
         self._v5 = cfg.protocol == "5"
         self._client = client or new_client(
@@ -193,6 +197,7 @@ class MqttLink:
         if reason.is_failure:
             self._to_loop(self._refused, str(reason))
             return
+        self.connected_at = time.monotonic()
         # Subscribing from here (paho thread) keeps it ordered before any message of
         # the new connection is handled.
         for topic in self._subscriptions:

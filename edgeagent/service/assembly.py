@@ -17,6 +17,7 @@ from edgeagent.protocol.topics import Topics
 from edgeagent.service.daemon import Daemon
 from edgeagent.service.pipeline.admission import receive_window
 from edgeagent.service.pipeline.asyncstore import AsyncTaskStore
+from edgeagent.service.ports import InferenceEngine, MemoryLoop
 from edgeagent.service.system import sdnotify
 from edgeagent.service.views.operators import OperatorViews
 
@@ -28,6 +29,29 @@ def build_daemon(
 ) -> Daemon:
     """`engine` lets a caller choose the model factory (tests/support/wedged_daemon.py)."""
     engine = engine or Engine(cfg.model)
+    daemon: Daemon
+    # A lambda, not the bound method: `daemon` does not exist yet when the loop is built.
+    memory = MemoryControlLoop(engine, cfg, on_change=lambda d: daemon.memory_changed(d))  # noqa: PLW0108
+    daemon = assemble(
+        cfg,
+        engine=engine,
+        memory=memory,
+        notifier=sdnotify.Notifier.from_env(),
+        config_path=config_path,
+    )
+    return daemon
+
+
+def assemble(
+    cfg: Config,
+    *,
+    engine: InferenceEngine,
+    memory: MemoryLoop,
+    notifier: sdnotify.Notifier,
+    config_path: Path | None = None,
+) -> Daemon:
+    """The real link, task store, watchdog and operators' views around an engine and a
+    memory loop: `build_daemon`'s, or the fleet simulator's scripted ones (fleetsim/)."""
     topics = Topics(cfg.mqtt.topic_prefix, cfg.device.id, cfg.mqtt.shared_group or None)
     link = MqttLink(
         cfg.mqtt,
@@ -41,11 +65,7 @@ def build_daemon(
         max_age_s=cfg.state.journal_max_age_s,
         max_rows=cfg.state.journal_max_rows,
     )
-    notifier = sdnotify.Notifier.from_env()
-    daemon: Daemon
-    # A lambda, not the bound method: `daemon` does not exist yet when the loop is built.
-    memory = MemoryControlLoop(engine, cfg, on_change=lambda d: daemon.memory_changed(d))  # noqa: PLW0108
-    daemon = Daemon(
+    return Daemon(
         cfg,
         link=link,
         store=store,
@@ -56,4 +76,3 @@ def build_daemon(
         operators=OperatorViews(cfg, topics=topics, link=link, store=store),
         config_path=config_path,
     )
-    return daemon
