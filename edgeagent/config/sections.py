@@ -152,7 +152,24 @@ class MqttConfig(_Section):
         ),
     )
     keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keepalive.")
-    heartbeat_s: float = Field(default=10.0, ge=1.0, le=3600.0, description="Heartbeat period.")
+    heartbeat_s: float = Field(
+        default=10.0,
+        ge=1.0,
+        le=3600.0,
+        description="Heartbeat period (docs/scale.md: 30 from ~100 devices, 60 from ~1,000).",
+    )
+    reconnect_base_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=600.0,
+        description=(
+            "Reconnect backoff: the first wait after a lost connection is random in "
+            "[0, this]; every failed attempt doubles the window (full jitter, docs/scale.md)."
+        ),
+    )
+    reconnect_max_s: float = Field(
+        default=30.0, ge=1.0, le=3600.0, description="Reconnect backoff: the largest window."
+    )
     session_expiry_s: int = Field(
         default=86400,
         ge=0,
@@ -209,6 +226,8 @@ class MqttConfig(_Section):
             raise ValueError("tls_cert needs tls_ca (client certificates only work over TLS)")
         if self.password_file is not None and self.username is None:
             raise ValueError("password_file needs username")
+        if self.reconnect_max_s < self.reconnect_base_s:
+            raise ValueError("reconnect_max_s must not be below reconnect_base_s")
         return self
 
     def password(self) -> str | None:
@@ -316,6 +335,15 @@ class HomeAssistantConfig(_Section):
     )
     name: str | None = Field(
         default=None, description="Device name in Home Assistant. Default: edgeagent <device id>."
+    )
+    republish: Literal["changed", "connect"] = Field(
+        default="changed",
+        description=(
+            "When the retained discovery configs are published again: `changed` (when they "
+            "differ from what this device published last, or the broker did not keep its "
+            "session) or on every `connect` (~10 messages per device per reconnect). "
+            "See docs/scale.md."
+        ),
     )
 
     @field_validator("prefix")
