@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 from support.fake_engine import FakeDecision, FakeEngine, FakeMemory, FakeNotifier
@@ -203,10 +204,8 @@ def test_heartbeat_periods_are_jittered_so_a_fleet_started_together_drifts_apart
         h = Harness()
         h.link.connected.set()
         monkeypatch.setattr("edgeagent.service.views.telemetry.asyncio.sleep", recorded_sleep)
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await h.telemetry.run()
-        except asyncio.CancelledError:
-            pass
 
     asyncio.run(scenario())
     assert all(3600 * 0.9 <= w <= 3600 * 1.1 for w in waits)
