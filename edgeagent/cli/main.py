@@ -182,7 +182,16 @@ def cmd_status(args: argparse.Namespace) -> int:
         if args.fleet:
             from edgeagent.cli import fleet  # noqa: PLC0415
 
-            return fleet.run(cfg, as_json=args.json, watch=args.watch, timeout=args.timeout)
+            selection = fleet.Selection(
+                sort=args.sort, states=frozenset(args.state or ()), match=args.match
+            )
+            return fleet.run(
+                cfg,
+                as_json=args.json,
+                watch=args.watch,
+                timeout=args.timeout,
+                selection=selection,
+            )
         result = client.status(cfg, device=args.device, timeout=args.timeout)
     except EdgeAgentError as exc:
         return _fail(exc)
@@ -224,6 +233,19 @@ def _add_status(sub: Any) -> None:
     which.add_argument("--fleet", action="store_true", help="one row per device under the prefix")
     status.add_argument("--json", action="store_true", help="--fleet: JSON instead of a table")
     status.add_argument("--watch", action="store_true", help="--fleet: update until Ctrl-C")
+    status.add_argument(
+        "--sort",
+        choices=("device", "state", "tokens", "age"),
+        default="device",
+        help="--fleet: row order (state: problems first; age: longest silent first)",
+    )
+    status.add_argument(
+        "--state",
+        action="append",
+        metavar="STATE",
+        help="--fleet: only rows in this state (serving, paused, offline, stale, ...; repeatable)",
+    )
+    status.add_argument("--match", metavar="GLOB", help="--fleet: only device ids matching GLOB")
     status.add_argument("--timeout", type=float, default=5.0)
     status.set_defaults(func=cmd_status)
 
