@@ -61,6 +61,7 @@ class Reading:
     messages: dict[str, int]
     bytes: dict[str, int]
     sys: dict[str, float] = field(default_factory=dict)
+    sys_at: float | None = None  # when the last $SYS value arrived (once a second)
 
 
 def rates(start: Reading, end: Reading) -> dict[str, Any]:
@@ -75,10 +76,11 @@ def rates(start: Reading, end: Reading) -> dict[str, Any]:
     }
     total_messages = sum(end.messages.values()) - sum(start.messages.values())
     total_bytes = sum(end.bytes.values()) - sum(start.bytes.values())
+    fresh = end.sys_at is not None and end.sys_at > start.at  # $SYS lags by up to 1 s
     broker = {
         f"{name}_per_s": round((end.sys[name] - start.sys[name]) / seconds, 1)
         for name in ("messages_received", "messages_sent", "bytes_received", "bytes_sent")
-        if name in start.sys and name in end.sys and end.sys[name] >= start.sys[name]
+        if fresh and name in start.sys and name in end.sys and end.sys[name] >= start.sys[name]
     }
     return {
         "window_s": round(seconds, 1),
@@ -104,6 +106,7 @@ class Meter:
         self._messages: Counter[str] = Counter(dict.fromkeys(KINDS, 0))
         self._bytes: Counter[str] = Counter(dict.fromkeys(KINDS, 0))
         self._sys: dict[str, float] = {}
+        self._sys_at: float | None = None
         self.online_at: dict[str, float] = {}  # device -> last live "online" status
         self._status_prefix = prefix + "/"
         self._client = mqtt.Client(
@@ -134,6 +137,7 @@ class Meter:
                     return
                 with self._lock:
                     self._sys[name] = value
+                    self._sys_at = time.monotonic()
             return
         if msg.retain:
             return  # a replay of what the broker holds, not traffic
@@ -148,7 +152,11 @@ class Meter:
     def reading(self) -> Reading:
         with self._lock:
             return Reading(
-                time.monotonic(), dict(self._messages), dict(self._bytes), dict(self._sys)
+                time.monotonic(),
+                dict(self._messages),
+                dict(self._bytes),
+                dict(self._sys),
+                self._sys_at,
             )
 
     def sys_value(self, name: str) -> float | None:

@@ -9,6 +9,7 @@ Latency is from the publish call to the reply's arrival on this client's network
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 import uuid
@@ -40,7 +41,7 @@ def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered) + 0.5) - 1))]
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
 class Requester:

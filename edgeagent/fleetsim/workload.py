@@ -38,6 +38,7 @@ MIB = 2**20
 FDS_PER_DEVICE = 12  # socket, paho's socket pair, the journal's files, headroom
 SETTLE_S = 2.0  # after a phase, for the last retained publishes to reach the meter
 HERD_BUCKET_S = 0.1
+SYS_WAIT_S = 2.5
 
 
 @dataclass
@@ -77,6 +78,17 @@ def _seconds(times: list[float | None]) -> dict[str, Any]:
         "online": len(got),
         "peak_connects_per_100ms": max(buckets.values(), default=0),
     }
+
+
+async def _reading(meter: Meter, *, since: float) -> Reading:
+    """A reading whose $SYS values came after `since` (mosquitto sends them once a second;
+    an external broker may send none: then after SYS_WAIT_S without them)."""
+    deadline = time.monotonic() + SYS_WAIT_S
+    reading = meter.reading()
+    while (reading.sys_at is None or reading.sys_at <= since) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        reading = meter.reading()
+    return reading
 
 
 class Run:
@@ -137,15 +149,15 @@ class Run:
             [0] * plan.devices, origin=start.at, within_s=plan.connect_timeout_s
         )
         await asyncio.sleep(SETTLE_S)
-        started = meter.reading()
+        started = await _reading(meter, since=start.at)
         report["start"] = {**_seconds(times), "traffic": rates(start, started)}
         await asyncio.sleep(plan.steady_s)
-        report["steady"] = rates(started, meter.reading())
-        tasks_start = meter.reading()
+        tasks_start = await _reading(meter, since=started.at)
+        report["steady"] = rates(started, tasks_start)
         await self._tasks(fleet, requester)
         report["tasks"] = {
             **requester.summary(fleet.ids),
-            "traffic": rates(tasks_start, meter.reading()),
+            "traffic": rates(tasks_start, await _reading(meter, since=tasks_start.at)),
         }
         after = _process()
         report["retained"] = meter.sys_value("retained")
@@ -196,7 +208,7 @@ class Run:
         self.report["restart"] = {
             "down_s": plan.down_s,
             **_seconds(times),
-            "traffic": rates(back, meter.reading()),
+            "traffic": rates(back, await _reading(meter, since=back.at)),
         }
 
     def _broker_rss(self) -> float | None:
