@@ -6,24 +6,27 @@ from typing import Any
 
 from edgeagent.fleetsim.meter import KINDS
 
+PHASES = ("start", "steady", "tasks", "restart")
+
 
 def _num(value: Any, fmt: str = "{:,.1f}") -> str:
     return "-" if value is None else fmt.format(value)
 
 
-def _traffic_rows(name: str, traffic: dict[str, Any]) -> list[tuple[str, ...]]:
+def _phase_row(name: str, phase: dict[str, Any]) -> tuple[str, ...]:
+    traffic, cpu = phase["traffic"], phase.get("cpu", {})
     by_kind = traffic["by_kind"]
     broker = traffic.get("broker", {})
-    return [
-        (
-            name,
-            f"{traffic['window_s']:.0f} s",
-            *(_num(by_kind[k]["messages_per_s"]) for k in KINDS),
-            _num(traffic["messages_per_s"]),
-            _num(traffic["bytes_per_s"] / 1024, "{:,.1f}"),
-            _num(broker.get("messages_sent_per_s")),
-        )
-    ]
+    return (
+        name,
+        f"{traffic['window_s']:.0f} s",
+        *(_num(by_kind[k]["messages_per_s"]) for k in KINDS),
+        _num(traffic["messages_per_s"]),
+        _num(traffic["bytes_per_s"] / 1024, "{:,.1f}"),
+        _num(broker.get("messages_sent_per_s")),
+        _num(cpu.get("broker_pct"), "{:.0f} %"),
+        _num(cpu.get("simulator_pct"), "{:.0f} %"),
+    )
 
 
 def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
@@ -40,13 +43,14 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
 def render(report: dict[str, Any]) -> str:
     broker = report.get("broker", "external broker")
     lines = [f"fleet of {report['devices']} simulated devices ({broker})", ""]
-    header = ("PHASE", "WINDOW", *(k.upper() for k in KINDS), "MSG/S", "KiB/S", "BROKER SENT/S")
-    rows: list[tuple[str, ...]] = []
-    for name in ("start", "steady", "tasks", "restart"):
-        phase = report.get(name)
-        if phase is not None:
-            rows += _traffic_rows(name, phase if name == "steady" else phase["traffic"])
-    lines.append("messages/s at the broker, by kind (topic + payload bytes in KiB/s):")
+    header = (
+        "PHASE", "WINDOW", *(k.upper() for k in KINDS), "MSG/S", "KiB/S", "BROKER SENT/S",
+        "BROKER CPU", "SIM CPU",
+    )  # fmt: skip
+    rows = [_phase_row(name, report[name]) for name in PHASES if report.get(name) is not None]
+    lines.append(
+        "messages/s at the broker, by kind (topic + payload bytes in KiB/s; CPU in % of a core):"
+    )
     lines += _table(header, rows)
     lines.append("")
     lines += _tasks(report["tasks"])

@@ -91,6 +91,39 @@ async def _reading(meter: Meter, *, since: float) -> Reading:
     return reading
 
 
+class CpuClock:
+    """CPU time of this process (every simulated device) and of the broker, per phase, in
+    per cent of one core."""
+
+    def __init__(self, broker_pid: int | None) -> None:
+        self._broker_pid = broker_pid
+        self._wall, self._own, self._broker = self._sample()
+
+    def _sample(self) -> tuple[float, float, float | None]:
+        own = psutil.Process().cpu_times()
+        broker: float | None = None
+        if self._broker_pid is not None:
+            try:
+                times = psutil.Process(self._broker_pid).cpu_times()
+                broker = times.user + times.system
+            except psutil.Error:
+                broker = None
+        return time.monotonic(), own.user + own.system, broker
+
+    def lap(self, broker_pid: int | None = None) -> dict[str, float | None]:
+        """Since the last lap; `broker_pid`: a restarted broker, whose time starts at 0."""
+        if broker_pid is not None and broker_pid != self._broker_pid:
+            self._broker_pid, self._broker = broker_pid, 0.0
+        wall, own, broker = self._sample()
+        seconds = max(wall - self._wall, 1e-9)
+        broker_pct = None
+        if broker is not None and self._broker is not None:
+            broker_pct = round(100 * (broker - self._broker) / seconds, 1)
+        simulator_pct = round(100 * (own - self._own) / seconds, 1)
+        self._wall, self._own, self._broker = wall, own, broker
+        return {"simulator_pct": simulator_pct, "broker_pct": broker_pct}
+
+
 class Run:
     def __init__(self, plan: Plan, workdir: Path, *, host: str | None, port: int) -> None:
         self.plan = plan
@@ -143,6 +176,7 @@ class Run:
         self, fleet: SimFleet, meter: Meter, requester: Requester, before: dict[str, float]
     ) -> None:
         plan, report = self.plan, self.report
+        cpu = CpuClock(self.broker.pid if self.broker is not None else None)
         start = meter.reading()
         fleet.start()
         times = await fleet.wait_connected(
@@ -150,14 +184,19 @@ class Run:
         )
         await asyncio.sleep(SETTLE_S)
         started = await _reading(meter, since=start.at)
-        report["start"] = {**_seconds(times), "traffic": rates(start, started)}
+        report["start"] = {
+            **_seconds(times),
+            "traffic": rates(start, started),
+            "cpu": cpu.lap(),
+        }
         await asyncio.sleep(plan.steady_s)
         tasks_start = await _reading(meter, since=started.at)
-        report["steady"] = rates(started, tasks_start)
+        report["steady"] = {"traffic": rates(started, tasks_start), "cpu": cpu.lap()}
         await self._tasks(fleet, requester)
         report["tasks"] = {
             **requester.summary(fleet.ids),
             "traffic": rates(tasks_start, await _reading(meter, since=tasks_start.at)),
+            "cpu": cpu.lap(),
         }
         after = _process()
         report["retained"] = meter.sys_value("retained")
@@ -170,7 +209,7 @@ class Run:
             "broker_rss_mb": self._broker_rss(),
         }
         if self.broker is not None:
-            await self._restart(fleet, meter)
+            await self._restart(fleet, meter, cpu)
         report["crashed"] = fleet.crashed()
 
     async def _tasks(self, fleet: SimFleet, requester: Requester) -> None:
@@ -192,7 +231,7 @@ class Run:
             await asyncio.sleep(0.05)
         await asyncio.sleep(SETTLE_S)  # a duplicate reply would arrive by now
 
-    async def _restart(self, fleet: SimFleet, meter: Meter) -> None:
+    async def _restart(self, fleet: SimFleet, meter: Meter, cpu: CpuClock) -> None:
         if self.broker is None:
             return
         plan = self.plan
@@ -200,6 +239,7 @@ class Run:
         await asyncio.to_thread(self.broker.stop)
         await asyncio.sleep(plan.down_s)
         await asyncio.to_thread(self.broker.start)
+        cpu.lap(self.broker.pid)  # from the broker's return
         now = meter.reading()
         # The broker's $SYS counters start again from 0 with it.
         back = Reading(now.at, now.messages, now.bytes, dict.fromkeys(now.sys, 0.0))
@@ -209,6 +249,7 @@ class Run:
             "down_s": plan.down_s,
             **_seconds(times),
             "traffic": rates(back, await _reading(meter, since=back.at)),
+            "cpu": cpu.lap(),
         }
 
     def _broker_rss(self) -> float | None:
