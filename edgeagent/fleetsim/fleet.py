@@ -109,18 +109,19 @@ class SimFleet:
 
     async def wait_connected(
         self, since: list[int], *, origin: float, within_s: float
-    ) -> list[float | None]:
-        """Seconds from `origin` (time.monotonic()) until each device had a connection
-        newer than its count in `since` (None: not within `within_s`). The time is the
-        CONNACK's on paho's thread, not when this loop got round to seeing it."""
+    ) -> list[tuple[float, float] | None]:
+        """For each device, once it had a connection newer than its count in `since`:
+        (seconds from `origin` to the attempt that succeeded, to its CONNACK), both as
+        stamped on paho's thread; None: not within `within_s`."""
         deadline = time.monotonic() + within_s
-        times: list[float | None] = [None] * len(self.devices)
+        times: list[tuple[float, float] | None] = [None] * len(self.devices)
         waiting = set(range(len(self.devices)))
         while waiting and time.monotonic() < deadline:
             for index in list(waiting):
                 link = self.devices[index].link
-                if link.connects > since[index] and link.connected_at is not None:
-                    times[index] = link.connected_at - origin
+                connected, attempted = link.connected_at, link.attempted_at
+                if link.connects > since[index] and connected is not None:
+                    times[index] = ((attempted or connected) - origin, connected - origin)
                     waiting.discard(index)
             await asyncio.sleep(POLL_S)
         return times

@@ -76,21 +76,22 @@ def _tasks(tasks: dict[str, Any]) -> list[str]:
 
 
 def _connections(report: dict[str, Any]) -> list[str]:
+    """When everyone was connected; a herd shows as many CONNECTs in the same 100 ms."""
     start = report["start"]
     lines = [
         (
             f"start: all {report['devices']} online after"
-            f" {_num(start['all_online_s'], '{:.2f}')} s"
-            f" (peak {start['peak_connects_per_100ms']} connects in 100 ms)"
+            f" {_num(start['all_online_s'], '{:.2f}')} s;"
+            f" {start['peak_connects_per_100ms']} CONNECTs in the busiest 100 ms"
         )
     ]
     restart = report.get("restart")
     if restart is not None:
         lines.append(
             f"broker restart (down {restart['down_s']:g} s): all online"
-            f" {_num(restart['all_online_s'], '{:.2f}')} s after it was back, median"
-            f" {_num(restart['p50_s'], '{:.2f}')} s, peak {restart['peak_connects_per_100ms']}"
-            f" reconnects in 100 ms ({restart['online']}/{report['devices']} back)"
+            f" {_num(restart['all_online_s'], '{:.2f}')} s after it was back (median"
+            f" {_num(restart['p50_s'], '{:.2f}')} s); {restart['peak_connects_per_100ms']}"
+            f" CONNECTs in the busiest 100 ms ({restart['online']}/{report['devices']} back)"
         )
     return lines
 

@@ -69,14 +69,17 @@ def _process() -> dict[str, float]:
     }
 
 
-def _seconds(times: list[float | None]) -> dict[str, Any]:
+def _seconds(times: list[tuple[float, float] | None]) -> dict[str, Any]:
+    """When the devices were connected (CONNACK), and how many CONNECTs the broker got in
+    its busiest 100 ms (a herd: the attempts that succeeded, at one instant)."""
     got = [t for t in times if t is not None]
-    buckets = Counter(int(t / HERD_BUCKET_S) for t in got)
+    connected = [c for _, c in got]
+    attempts = Counter(int(a / HERD_BUCKET_S) for a, _ in got)
     return {
-        "all_online_s": round(max(got), 2) if got and len(got) == len(times) else None,
-        "p50_s": None if not got else round(percentile(got, 0.5) or 0.0, 2),
+        "all_online_s": round(max(connected), 2) if got and len(got) == len(times) else None,
+        "p50_s": None if not got else round(percentile(connected, 0.5) or 0.0, 2),
         "online": len(got),
-        "peak_connects_per_100ms": max(buckets.values(), default=0),
+        "peak_connects_per_100ms": max(attempts.values(), default=0),
     }
 
 

@@ -151,8 +151,10 @@ class MqttLink:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.connected = asyncio.Event()
         self.connects = 0
-        # time.monotonic() of the last accepting CONNACK, stamped on paho's thread: when
-        # the connection really came, however busy the event loop (the fleet simulator).
+        # time.monotonic() of the last connection attempt and of the last accepting
+        # CONNACK, stamped on paho's thread: when they really happened, however busy the
+        # event loop (the fleet simulator reads them: a herd is attempts at one instant).
+        self.attempted_at: float | None = None
         self.connected_at: float | None = None
         self.session_present = False  # the last CONNACK's Session Present flag
         self.refusals = 0  # PUBACKs with a failure reason code (metrics)
@@ -202,6 +204,7 @@ class MqttLink:
         # A new connection is about to be opened: packet ids of the old one are void.
         with self._lock:
             self._generation += 1
+        self.attempted_at = time.monotonic()
 
     def _paho_connect(self, _c: Any, _u: Any, flags: Any, reason: Any, _props: Any) -> None:
         if reason.is_failure:

@@ -106,4 +106,5 @@ def test_the_table_has_a_row_per_phase_and_every_figure():
     assert "p50 129.2  p99 260.1" in text
     assert "min 2  max 2" in text
     assert "all online 1.33 s after it was back" in text
+    assert "CONNECTs in the busiest 100 ms" in text
     assert "573 KiB per device" in text
