@@ -156,19 +156,27 @@ class MqttConfig(_Section):
         default=10.0,
         ge=1.0,
         le=3600.0,
-        description="Heartbeat period (docs/scale.md: 30 from ~100 devices, 60 from ~1,000).",
+        description=(
+            "Heartbeat period; also sets when Home Assistant and the fleet view call a "
+            "device stale (3 periods). 30 from ~100 devices, 60 from ~1,000 (docs/scale.md)."
+        ),
     )
     reconnect_base_s: float = Field(
         default=1.0,
         gt=0,
         le=600.0,
         description=(
-            "Reconnect backoff: the first wait after a lost connection is random in "
-            "[0, this]; every failed attempt doubles the window (full jitter, docs/scale.md)."
+            "Reconnect backoff: each wait after a lost connection is random in [0, window], "
+            "the window the outage so far but at least this (and at most reconnect_max_s), "
+            "so a fleet does not reconnect in lockstep. 2 from ~100 devices, 5 from ~1,000 "
+            "(docs/scale.md)."
         ),
     )
     reconnect_max_s: float = Field(
-        default=30.0, ge=1.0, le=3600.0, description="Reconnect backoff: the largest window."
+        default=30.0,
+        ge=1.0,
+        le=3600.0,
+        description="Reconnect backoff: the largest window. 60 from ~100 devices, 120 from ~1,000.",
     )
     session_expiry_s: int = Field(
         default=86400,
