@@ -84,7 +84,7 @@ def test_five_devices_a_short_workload_and_a_broker_restart(tmp_path):
     check_report(report, devices=5, fleet_tasks=10, per_device=2)
     assert report["tasks"]["fleet_share"]["devices"] >= 2  # shared, not all to one
     # A heartbeat a second from each device while idle (periods jittered by 10 %).
-    assert 3.5 <= report["steady"]["traffic"]["by_kind"]["heartbeat"]["messages_per_s"] <= 7
+    assert 2.5 <= report["steady"]["traffic"]["by_kind"]["heartbeat"]["messages_per_s"] <= 8
     assert report["steady"]["traffic"]["by_kind"]["tasks"]["messages_per_s"] == 0
     # Home Assistant discovery: published at the first start; after the restart the
     # broker had kept the devices' sessions and the configs had not changed.
