@@ -1,4 +1,5 @@
-"""Command line: `edgeagent ask | validate-config | run | submit | status | bench | eval`.
+"""Command line: `edgeagent ask | validate-config | run | submit | status | held | confirm |
+reject | bench | eval | examples`.
 
 Commands print results as JSON on stdout; failures print `{"error": {"code", ...}}` and
 exit non-zero, so scripts can branch on the code.
@@ -18,6 +19,8 @@ from typing import Any
 from edgeagent import __version__
 from edgeagent.cli import bench_fleet
 from edgeagent.cli import eval as eval_command
+from edgeagent.cli import examples as examples_command
+from edgeagent.cli import holds as holds_command
 from edgeagent.config import DEFAULT_CONFIG_PATH, load_config
 from edgeagent.errors import EdgeAgentError, ErrorCode
 from edgeagent.protocol.overflow import OverflowPolicy
@@ -299,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.set_defaults(func=cmd_submit)
 
     _add_status(sub)
+    holds_command.register(sub)
 
     bench = sub.add_parser("bench", help="measure speed figures, each beside its baseline")
     bench.add_argument(
@@ -321,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(func=cmd_bench)
 
     eval_command.register(sub)
+    examples_command.register(sub)
     return parser
 
 

@@ -1,5 +1,8 @@
 """Configuration: one TOML file, overridable by EDGEAGENT_<SECTION>__<KEY> variables."""
 
+from edgeagent.config.broker import CREDENTIAL_MQTT_PASSWORD, MqttConfig
+from edgeagent.config.catalog import ActionConfig, CatalogConfig
+from edgeagent.config.document import Config
 from edgeagent.config.limits import SchemaLimits
 from edgeagent.config.loading import (
     DEFAULT_CONFIG_PATH,
@@ -8,16 +11,12 @@ from edgeagent.config.loading import (
     load_config,
 )
 from edgeagent.config.sections import (
-    CREDENTIAL_MQTT_PASSWORD,
-    ActionConfig,
-    Config,
     DeviceConfig,
     HomeAssistantConfig,
     LogConfig,
     MemoryConfig,
     MetricsConfig,
     ModelConfig,
-    MqttConfig,
     QueueConfig,
     StateConfig,
 )
@@ -27,6 +26,7 @@ __all__ = [
     "DEFAULT_CONFIG_PATH",
     "ENV_PREFIX",
     "ActionConfig",
+    "CatalogConfig",
     "Config",
     "DeviceConfig",
     "HomeAssistantConfig",

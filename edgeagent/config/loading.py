@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from edgeagent.config.sections import Config
+from edgeagent.config.document import Config
 from edgeagent.errors import EdgeAgentError, ErrorCode
 
 DEFAULT_CONFIG_PATH = Path("/etc/edgeagent/config.toml")

@@ -1,42 +1,23 @@
-"""The settings, one pydantic model per TOML section.
-
-The models forbid unknown keys so a typo is an error at start-up, not a silently
-ignored setting.
+"""The device's own settings, one pydantic model per TOML section: [device], [model],
+[state], [queue], [memory], [log], [homeassistant], [metrics]. The broker's is in
+broker.py, the action catalog's in catalog.py, the whole file in document.py.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import socket
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from edgeagent.config.limits import SchemaLimits
+from edgeagent.config.base import TOPIC_LEVEL_RE, Section, topic_prefix
 from edgeagent.protocol.overflow import OverflowPolicy
-from edgeagent.protocol.reply_policy import (
-    DEFAULT_REPLY_MAX_BYTES,
-    DEFAULT_REPLY_PREFIXES,
-    MQTT_TOPIC_MAX_BYTES,
-    ReplyPolicy,
-    topic_name_problem,
-)
-
-# systemd's LoadCredential= puts secrets here; the unit names the broker password this way.
-CREDENTIAL_MQTT_PASSWORD = "mqtt_password"  # noqa: S105 - a file name, not a password
-
-_NAME_RE = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$"
-# MQTT topic levels must not contain wildcards or separators.
-_TOPIC_LEVEL_RE = re.compile(r"^[^#+/\x00]+$")
+from edgeagent.protocol.topics import RESERVED_DEVICE_IDS
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class DeviceConfig(_Section):
+class DeviceConfig(Section):
     id: str = Field(
         default_factory=lambda: socket.gethostname().split(".")[0],
         description="Device id: one MQTT topic level, unique in the fleet. Default: the hostname.",
@@ -45,12 +26,16 @@ class DeviceConfig(_Section):
     @field_validator("id")
     @classmethod
     def _topic_safe(cls, value: str) -> str:
-        if not _TOPIC_LEVEL_RE.match(value):
+        if not TOPIC_LEVEL_RE.match(value):
             raise ValueError("must be one MQTT topic level (no '/', '+', '#')")
+        if value in RESERVED_DEVICE_IDS:
+            raise ValueError(
+                f"{value!r} is reserved: <prefix>/{value}/ is the fleet's own topic branch"
+            )
         return value
 
 
-class ModelConfig(_Section):
+class ModelConfig(Section):
     path: Path = Field(description="Path of the GGUF model file (Q4 recommended).")
     sha256: str | None = Field(
         default=None,
@@ -122,137 +107,7 @@ class ModelConfig(_Section):
         return self
 
 
-class MqttConfig(_Section):
-    host: str = Field(default="localhost", description="Broker host name or address.")
-    port: int = Field(default=1883, ge=1, le=65535, description="Broker port (8883 for TLS).")
-    protocol: Literal["5", "3.1.1"] = Field(
-        default="5", description="MQTT protocol version the daemon speaks."
-    )
-    client_id: str | None = Field(
-        default=None, description="MQTT client id. Default: edgeagent-<device id>."
-    )
-    username: str | None = Field(default=None, description="Broker user name.")
-    password_file: Path | None = Field(
-        default=None,
-        description=(
-            "File holding the broker password. Default: $CREDENTIALS_DIRECTORY/mqtt_password "
-            "when systemd provides it."
-        ),
-    )
-    tls_ca: Path | None = Field(default=None, description="CA bundle; setting it enables TLS.")
-    tls_cert: Path | None = Field(default=None, description="Client certificate (PEM).")
-    tls_key: Path | None = Field(default=None, description="Client key (PEM).")
-    topic_prefix: str = Field(
-        default="edgeagent", description="First topic level(s) of every topic the daemon uses."
-    )
-    shared_group: str | None = Field(
-        default="edgeagent",
-        description=(
-            "Shared-subscription group for fleet tasks; empty or null disables fleet tasks."
-        ),
-    )
-    keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keepalive.")
-    heartbeat_s: float = Field(
-        default=10.0,
-        ge=1.0,
-        le=3600.0,
-        description=(
-            "Heartbeat period; also sets when Home Assistant and the fleet view call a "
-            "device stale (3 periods). 30 from ~100 devices, 60 from ~1,000 (docs/scale.md)."
-        ),
-    )
-    reconnect_base_s: float = Field(
-        default=1.0,
-        gt=0,
-        le=600.0,
-        description=(
-            "Reconnect backoff: each wait after a lost connection is random in [0, window], "
-            "the window the outage so far but at least this (and at most reconnect_max_s), "
-            "so a fleet does not reconnect in lockstep. 2 from ~100 devices, 5 from ~1,000 "
-            "(docs/scale.md)."
-        ),
-    )
-    reconnect_max_s: float = Field(
-        default=30.0,
-        ge=1.0,
-        le=3600.0,
-        description="Reconnect backoff: the largest window. 60 from ~100 devices, 120 from ~1,000.",
-    )
-    session_expiry_s: int = Field(
-        default=86400,
-        ge=0,
-        description="MQTT v5 session expiry: how long the broker keeps our queued tasks offline.",
-    )
-    max_payload_bytes: int = Field(
-        default=256 * 1024, ge=1024, description="Larger task payloads get PAYLOAD_TOO_LARGE."
-    )
-    reply_prefixes: list[str] = Field(
-        default=list(DEFAULT_REPLY_PREFIXES),
-        description=(
-            "Topic prefixes a request may name as its reply address (`reply_to`, or the "
-            "MQTT v5 Response Topic), in whole topic levels: `replies` allows `replies/me/1`. "
-            "Whatever is listed, `$` topics, wildcards, control characters, surrogates and "
-            "non-characters are refused, and so is every topic under `topic_prefix` except "
-            "this device's own `results/...`. Empty: no caller-chosen reply address."
-        ),
-    )
-    reply_topic_max_bytes: int = Field(
-        default=DEFAULT_REPLY_MAX_BYTES,
-        ge=16,
-        le=MQTT_TOPIC_MAX_BYTES,
-        description="Longest reply address accepted, in bytes of UTF-8.",
-    )
-
-    @field_validator("topic_prefix")
-    @classmethod
-    def _prefix_ok(cls, value: str) -> str:
-        if (
-            not value
-            or value.startswith("/")
-            or value.endswith("/")
-            or any(c in value for c in "#+\x00")
-        ):
-            raise ValueError("must be non-empty, without wildcards and leading/trailing '/'")
-        return value
-
-    @field_validator("reply_prefixes")
-    @classmethod
-    def _reply_prefixes_ok(cls, value: list[str]) -> list[str]:
-        for prefix in value:
-            problem = topic_name_problem(prefix)
-            if problem is not None:
-                raise ValueError(f"{prefix!r} {problem}")
-            if prefix.endswith("/"):
-                raise ValueError(f"{prefix!r} must not end with '/' (prefixes are whole levels)")
-        return value
-
-    @model_validator(mode="after")
-    def _tls_pairs(self) -> MqttConfig:
-        if (self.tls_cert is None) != (self.tls_key is None):
-            raise ValueError("tls_cert and tls_key must be set together")
-        if self.tls_cert is not None and self.tls_ca is None:
-            raise ValueError("tls_cert needs tls_ca (client certificates only work over TLS)")
-        if self.password_file is not None and self.username is None:
-            raise ValueError("password_file needs username")
-        if self.reconnect_max_s < self.reconnect_base_s:
-            raise ValueError("reconnect_max_s must not be below reconnect_base_s")
-        return self
-
-    def password(self) -> str | None:
-        """The broker password from password_file or the systemd credential, if any."""
-        path = self.password_file
-        if path is None:
-            cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
-            candidate = Path(cred_dir) / CREDENTIAL_MQTT_PASSWORD if cred_dir else None
-            if candidate is None or not candidate.is_file():
-                return None
-            path = candidate
-        # An empty file (systemd-tmpfiles creates one so LoadCredential= never fails)
-        # means no password, not an empty one.
-        return path.read_text(encoding="utf-8").rstrip("\r\n") or None
-
-
-class StateConfig(_Section):
+class StateConfig(Section):
     dir: Path = Field(
         default=Path("/var/lib/edgeagent"),
         description="Writable directory for the task journal (systemd StateDirectory=).",
@@ -265,7 +120,7 @@ class StateConfig(_Section):
     )
 
 
-class QueueConfig(_Section):
+class QueueConfig(Section):
     size: int = Field(
         default=16,
         ge=1,
@@ -292,7 +147,7 @@ class QueueConfig(_Section):
     )
 
 
-class MemoryConfig(_Section):
+class MemoryConfig(Section):
     reserve_mb: int = Field(
         default=128, ge=0, description="Memory left untouched for the rest of the system."
     )
@@ -321,7 +176,7 @@ class MemoryConfig(_Section):
     )
 
 
-class LogConfig(_Section):
+class LogConfig(Section):
     level: Literal["debug", "info", "warning", "error"] = Field(default="info")
     format: Literal["auto", "journal", "json", "console"] = Field(
         default="auto",
@@ -329,7 +184,7 @@ class LogConfig(_Section):
     )
 
 
-class HomeAssistantConfig(_Section):
+class HomeAssistantConfig(Section):
     discovery: bool = Field(
         default=False,
         description=(
@@ -357,10 +212,10 @@ class HomeAssistantConfig(_Section):
     @field_validator("prefix")
     @classmethod
     def _prefix_ok(cls, value: str) -> str:
-        return MqttConfig._prefix_ok(value)  # noqa: SLF001 - the same rule as [mqtt] topic_prefix
+        return topic_prefix(value)  # the same rule as [mqtt] topic_prefix
 
 
-class MetricsConfig(_Section):
+class MetricsConfig(Section):
     port: int | None = Field(
         default=None,
         ge=1,
@@ -377,177 +232,3 @@ class MetricsConfig(_Section):
             "with every heartbeat. Default: not written."
         ),
     )
-
-
-MAX_EXAMPLES = 8  # per action: they are in every prompt of the catalog (its cached prefix)
-
-
-class ActionExample(_Section):
-    """An example input for an action, with the arguments it should get (optional)."""
-
-    input: str = Field(min_length=1, max_length=300, description="An input the action fits.")
-    args: dict[str, Any] | None = Field(
-        default=None, description="The arguments a right answer to that input has."
-    )
-
-
-class ActionConfig(_Section):
-    name: str = Field(pattern=_NAME_RE, description="Action name, also a topic level.")
-    description: str = Field(min_length=1, description="What the action does; shown to the model.")
-    schema_: dict[str, Any] = Field(
-        alias="schema",
-        description="JSON Schema of the action's arguments: an inline table or a path to a file.",
-    )
-    dispatch: bool = Field(
-        default=False,
-        description="Also publish the validated action to <prefix>/<device>/actions/<name>.",
-    )
-    when: str | None = Field(
-        default=None,
-        min_length=1,
-        max_length=500,
-        description="When to choose the action (and when not); shown to the model.",
-    )
-    examples: list[str | ActionExample] = Field(
-        default_factory=list,
-        max_length=MAX_EXAMPLES,
-        description=(
-            "Example inputs the action fits, shown to the model: texts, or tables "
-            "`{input, args}` with the arguments a right answer has (checked against `schema`)."
-        ),
-    )
-    min_confidence: float | None = Field(
-        default=None,
-        ge=0.0,
-        le=1.0,
-        description=(
-            "Hold the action (reply `held`, nothing published to actions/<name>) when the "
-            "model's confidence in choosing it is below this, or unknown. "
-            "Default: `[catalog] min_confidence`."
-        ),
-    )
-    nothing_to_do: bool = Field(
-        default=False,
-        description=(
-            'The "nothing to do" action (at most one): the prompt presents it as the default; '
-            "never held."
-        ),
-    )
-
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-    @model_validator(mode="after")
-    def _examples_fit(self) -> ActionConfig:
-        # Imported here: jsonschema is only needed when a catalog has example arguments.
-        import jsonschema  # noqa: PLC0415
-
-        for index, example in enumerate(self.examples):
-            if isinstance(example, ActionExample) and example.args is not None:
-                known = self.schema_.get("properties")
-                unknown = sorted(set(example.args) - set(known if isinstance(known, dict) else {}))
-                if unknown:
-                    raise ValueError(f"examples[{index}].args: not in the schema: {unknown}")
-                try:
-                    jsonschema.validate(example.args, self.schema_)
-                except jsonschema.ValidationError as exc:
-                    raise ValueError(
-                        f"examples[{index}].args do not fit the schema: {exc.message}"
-                    ) from exc
-                except jsonschema.SchemaError:
-                    continue  # the schema itself is refused with its own message at compile
-        return self
-
-    def example_texts(self) -> list[tuple[str, dict[str, Any] | None]]:
-        """(input, args or None) of every example, in order."""
-        return [(e, None) if isinstance(e, str) else (e.input, e.args) for e in self.examples]
-
-
-class CatalogConfig(_Section):
-    min_confidence: float | None = Field(
-        default=None,
-        ge=0.0,
-        le=1.0,
-        description=(
-            "Default `min_confidence` of the actions that set none. Default: none "
-            "(actions are dispatched whatever their confidence)."
-        ),
-    )
-    min_act_confidence: float | None = Field(
-        default=None,
-        ge=0.0,
-        le=1.0,
-        description=(
-            "Act-or-not floor: an action (any but the nothing-to-do one) is held when the "
-            "model's calibrated probability of acting at all (the reply's "
-            "`act_confidence`) is below it. Default: none."
-        ),
-    )
-    unsupported_arguments: Literal["hold", "lower", "allow"] = Field(
-        default="hold",
-        description=(
-            "An action whose arguments hold a number that neither the input (in digits "
-            "or words) nor the action's examples support: `hold` it (reason "
-            "`unsupported_argument`), `lower` its confidence (halved) so "
-            "`min_confidence` decides, or `allow` it."
-        ),
-    )
-
-
-class Config(_Section):
-    device: DeviceConfig = Field(default_factory=DeviceConfig)
-    model: ModelConfig
-    mqtt: MqttConfig = Field(default_factory=MqttConfig)
-    state: StateConfig = Field(default_factory=StateConfig)
-    queue: QueueConfig = Field(default_factory=QueueConfig)
-    memory: MemoryConfig = Field(default_factory=MemoryConfig)
-    log: LogConfig = Field(default_factory=LogConfig)
-    homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
-    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
-    schema_limits: SchemaLimits = Field(default_factory=SchemaLimits)
-    catalog: CatalogConfig = Field(default_factory=CatalogConfig)
-    actions: Annotated[list[ActionConfig], Field(default_factory=list)]
-
-    @model_validator(mode="after")
-    def _unique_actions(self) -> Config:
-        seen: set[str] = set()
-        for action in self.actions:
-            if action.name in seen:
-                raise ValueError(f"action {action.name!r} is defined twice")
-            seen.add(action.name)
-        nothing = [a.name for a in self.actions if a.nothing_to_do]
-        if len(nothing) > 1:
-            raise ValueError(f"at most one action may be nothing_to_do, not {nothing}")
-        if self.memory.min_ctx > self.model.n_ctx:
-            raise ValueError(
-                f"memory.min_ctx ({self.memory.min_ctx}) exceeds model.n_ctx ({self.model.n_ctx})"
-            )
-        return self
-
-    def action(self, name: str) -> ActionConfig | None:
-        return next((a for a in self.actions if a.name == name), None)
-
-    def min_confidence(self, action: ActionConfig) -> float | None:
-        """The confidence below which `action` is held (None: never held)."""
-        return effective_min_confidence(action, self.catalog)
-
-    def reply_policy(self) -> ReplyPolicy:
-        """Where this device may send replies (`protocol.reply_policy.check_reply_topic`)."""
-        return ReplyPolicy(
-            fleet_prefix=self.mqtt.topic_prefix,
-            device=self.device.id,
-            allowed_prefixes=tuple(self.mqtt.reply_prefixes),
-            max_bytes=self.mqtt.reply_topic_max_bytes,
-        )
-
-
-def effective_min_confidence(action: ActionConfig, catalog: CatalogConfig) -> float | None:
-    """The action's own `min_confidence`, else the catalog's; None for the "nothing to
-    do" action (holding it would hold nothing)."""
-    if action.nothing_to_do:
-        return None
-    return action.min_confidence if action.min_confidence is not None else catalog.min_confidence
-
-
-def nothing_to_do(actions: list[ActionConfig]) -> ActionConfig | None:
-    """The designated "nothing to do" action of a catalog, if any."""
-    return next((a for a in actions if a.nothing_to_do), None)

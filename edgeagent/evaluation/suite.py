@@ -33,7 +33,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgeagent.config import ActionConfig
-from edgeagent.config.sections import CatalogConfig, effective_min_confidence, nothing_to_do
+from edgeagent.config.catalog import CatalogConfig, effective_min_confidence, nothing_to_do
 from edgeagent.evaluation.cases import Case, CaseError, load_cases
 
 DEFAULT_NO_ACTION = "no_action"

@@ -21,6 +21,7 @@ from edgeagent.fleetsim.engine import ScriptedEngine, StaticMemory
 from edgeagent.mqtt.link import MqttLink
 from edgeagent.service.assembly import assemble
 from edgeagent.service.daemon import Daemon
+from edgeagent.service.learning.learner import Learner
 from edgeagent.service.system import sdnotify
 
 N_CTX = 2048
@@ -83,6 +84,7 @@ class SimFleet:
                 engine=engine,
                 memory=StaticMemory(N_CTX),
                 notifier=sdnotify.Notifier(None),
+                learner=Learner.open(cfg),  # off unless --set catalog.learn=true
             )
             link = daemon.link
             if not isinstance(link, MqttLink):  # assemble builds the real link

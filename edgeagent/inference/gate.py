@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgeagent.config import ActionConfig
-from edgeagent.config.sections import CatalogConfig, effective_min_confidence
+from edgeagent.config.catalog import CatalogConfig, effective_min_confidence
 from edgeagent.inference.confidence import calibrated_act
 from edgeagent.inference.grounding import content_text, unsupported_arguments
 from edgeagent.protocol.reply import HoldReason, hold_reason

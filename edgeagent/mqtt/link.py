@@ -135,15 +135,18 @@ class MqttLink:
         will_topic: str,
         receive_maximum: int = RECEIVE_MAXIMUM,
         client: mqtt.Client | None = None,
+        control_subscriptions: list[str] | None = None,
         backoff: Backoff | None = None,
     ) -> None:
         """`client` and `backoff` are for tests; by default they are built from cfg.
 
         `receive_maximum`: how many unacknowledged task messages the daemon can hold
         (MQTT v5 Receive Maximum; see service.admission.receive_window).
+        `control_subscriptions`: subscribed too, but small messages (the holds' confirm and
+        reject): they do not size the Maximum Packet Size the task topics need.
         """
         self.cfg = cfg
-        self._subscriptions = subscriptions
+        self._subscriptions = [*subscriptions, *(control_subscriptions or [])]
         self.receive_maximum = max(1, min(receive_maximum, RECEIVE_MAXIMUM_LIMIT))
         self.maximum_packet_size = maximum_packet_size(cfg, subscriptions)
         self._on_message: Callable[[Incoming], None] = _drop

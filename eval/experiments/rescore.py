@@ -21,7 +21,7 @@ import json
 import sys
 from pathlib import Path
 
-from edgeagent.config.sections import CatalogConfig
+from edgeagent.config.catalog import CatalogConfig
 from edgeagent.evaluation.metrics import summarize
 from edgeagent.evaluation.report import fmt_rate, render_json, render_text
 from edgeagent.evaluation.runner import Outcome, with_hold

@@ -50,6 +50,7 @@ class OperatorViews:
                 cfg.model.path.name,
                 heartbeat_s=cfg.mqtt.heartbeat_s,
                 temperature_known=read_board().temp_c is not None,
+                holds=any(action.dispatch for action in cfg.actions),
             ),
             cfg.state.dir,
         )

@@ -82,6 +82,7 @@ class Telemetry:
         memory_usage: Callable[[], dict[str, float]] = host_memory,
         on_heartbeat: Callable[[dict[str, Any]], None] | None = None,
         board: Callable[[], dict[str, Any]] | None = None,
+        holds: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.counters = Counters()
         self._device = device
@@ -98,6 +99,7 @@ class Telemetry:
         self._memory_usage = memory_usage
         self._on_heartbeat = on_heartbeat  # the metrics: gauges from the same numbers
         self._board = board  # service/system/board.py: SoC temperature, throttling (what is known)
+        self._holds = holds  # service/holds: `held` and `latest_hold`
         self._board_now = BoardReading()
         self._throttle = ThrottleWatch()
 
@@ -124,6 +126,7 @@ class Telemetry:
             "context": {"n_ctx": self._engine.n_ctx, **self._memory.snapshot()},
             "memory": self._memory_usage(),
             **self._board_field(),
+            **(self._holds() if self._holds is not None else {}),
             "store": {"state": "ok"}
             if degraded is None
             else {"state": "degraded", "reason": degraded},

@@ -11,7 +11,7 @@ from support.catalogs import GREENHOUSE_ACTIONS
 from support.scripted_model import grammar_accepts
 
 from edgeagent.config import ActionConfig, SchemaLimits
-from edgeagent.config.sections import ActionExample
+from edgeagent.config.catalog import ActionExample
 from edgeagent.errors import EdgeAgentError, ErrorCode
 from edgeagent.inference.contract import (
     REASON_MAX_CHARS,
