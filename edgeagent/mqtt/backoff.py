@@ -26,6 +26,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 STABLE_S = 60.0
 
@@ -63,3 +64,33 @@ class Backoff:
         """A connection ended after `held_s`: only a stable one ended the outage."""
         if held_s >= STABLE_S:
             self._lost_at = None
+
+
+class DelaySetter(Protocol):
+    """paho's client: its reconnect wait is `min_delay` after a reset (which this is)."""
+
+    def reconnect_delay_set(self, min_delay: int = 1, max_delay: int = 120) -> None: ...
+
+
+class ReconnectSchedule:
+    """Sets paho's next reconnect wait from a Backoff. Both calls run on paho's thread:
+    `connected` at an accepting CONNACK, `before_wait` when a connection was lost or an
+    attempt failed, before paho waits."""
+
+    def __init__(self, backoff: Backoff, clock: Callable[[], float] = time.monotonic) -> None:
+        self.backoff = backoff
+        self._clock = clock
+        self._up_since: float | None = None  # the live connection's CONNACK time
+
+    def connected(self) -> None:
+        self._up_since = self._clock()
+
+    def before_wait(self, client: DelaySetter) -> float:
+        """Set and return the wait; paho then waits exactly that long (both bounds)."""
+        up_since, self._up_since = self._up_since, None
+        if up_since is not None:
+            self.backoff.connected(self._clock() - up_since)
+        delay = self.backoff.next_delay()
+        # paho's hint says int; its wait is float arithmetic and time.sleep.
+        client.reconnect_delay_set(delay, delay)  # type: ignore[arg-type]
+        return delay

@@ -43,7 +43,7 @@ from paho.mqtt.packettypes import PacketTypes
 
 from edgeagent.config import MqttConfig
 from edgeagent.errors import EdgeAgentError, ErrorCode
-from edgeagent.mqtt.backoff import Backoff
+from edgeagent.mqtt.backoff import Backoff, ReconnectSchedule
 from edgeagent.mqtt.client import mqtt_properties, new_client
 from edgeagent.protocol.reply_policy import topic_name_problem
 
@@ -172,8 +172,9 @@ class MqttLink:
         )
         self._client.max_queued_messages_set(MAX_QUEUED_PUBLISHES)
         # Used on paho's thread only: the wait before each reconnect attempt.
-        self._backoff = backoff or Backoff(cfg.reconnect_base_s, cfg.reconnect_max_s)
-        self._up_since: float | None = None  # monotonic CONNACK time of the live connection
+        self._reconnects = ReconnectSchedule(
+            backoff or Backoff(cfg.reconnect_base_s, cfg.reconnect_max_s)
+        )
         self.reconnect_delay: float | None = None  # the wait set last (seconds)
         self._client.will_set(will_topic, "offline", qos=1, retain=True)
         self._client.on_pre_connect = self._paho_pre_connect
@@ -213,7 +214,8 @@ class MqttLink:
         if reason.is_failure:
             self._to_loop(self._refused, str(reason))
             return
-        self.connected_at = self._up_since = time.monotonic()
+        self.connected_at = time.monotonic()
+        self._reconnects.connected()
         # The broker kept our session (and, with it, most likely our retained messages).
         self.session_present = bool(getattr(flags, "session_present", False))
         # Subscribing from here (paho thread) keeps it ordered before any message of
@@ -225,24 +227,12 @@ class MqttLink:
     def _paho_disconnect(self, _c: Any, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
         with self._lock:
             self._generation += 1  # acks queued from now on would reach no one
-        self._plan_reconnect()
+        self.reconnect_delay = self._reconnects.before_wait(self._client)
         self._to_loop(self._disconnected, str(reason))
 
     def _paho_connect_fail(self, _c: Any, _u: Any) -> None:
-        self._plan_reconnect()  # no broker (yet): the next attempt waits longer
-
-    def _plan_reconnect(self) -> None:
-        """Before paho waits to reconnect: how long, from our backoff.
-
-        paho waits its minimum delay after a reset (reconnect_delay_set resets it), so
-        setting both bounds to our delay makes its next wait exactly that long."""
-        up_since, self._up_since = self._up_since, None
-        if up_since is not None:
-            self._backoff.connected(time.monotonic() - up_since)
-        delay = self._backoff.next_delay()
-        self.reconnect_delay = delay
-        # paho's hint says int; its wait is float arithmetic and time.sleep.
-        self._client.reconnect_delay_set(delay, delay)  # type: ignore[arg-type]
+        # No broker (yet): the next attempt waits longer.
+        self.reconnect_delay = self._reconnects.before_wait(self._client)
 
     def _paho_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
         props = getattr(msg, "properties", None)

@@ -13,12 +13,13 @@ import json
 
 from edgeagent.config import HomeAssistantConfig
 from edgeagent.protocol.topics import Topics
-from edgeagent.service.views.homeassistant import DeviceInfo, Discovery
+from edgeagent.service.views.homeassistant import DeviceInfo, Discovery, discovery_configs
 
 TOPICS = Topics("edgeagent", "greenhouse-01", "edgeagent")
 INFO = DeviceInfo("greenhouse-01", "SmolLM2.gguf", heartbeat_s=10, temperature_known=True)
 CHANGED = HomeAssistantConfig(discovery=True)  # the default
 CONNECT = HomeAssistantConfig(discovery=True, republish="connect")
+ALL = len(discovery_configs(CHANGED, TOPICS, INFO))  # every config of the device
 
 
 class _Broker:
@@ -41,22 +42,23 @@ def test_the_default_is_changed():
 
 
 def test_a_reconnect_with_the_session_kept_publishes_nothing_when_unchanged(tmp_path):
-    assert len(_sync(CHANGED, tmp_path, session_present=False)) == 11
+    assert len(_sync(CHANGED, tmp_path, session_present=False)) == ALL
     assert _sync(CHANGED, tmp_path, session_present=True) == []
     assert _sync(CHANGED, tmp_path, session_present=True) == []
 
 
 def test_a_broker_that_lost_the_session_gets_everything_again(tmp_path):
     _sync(CHANGED, tmp_path, session_present=False)
-    assert len(_sync(CHANGED, tmp_path, session_present=False)) == 11
+    assert len(_sync(CHANGED, tmp_path, session_present=False)) == ALL
 
 
 def test_changed_configs_go_out_again(tmp_path):
     _sync(CHANGED, tmp_path, session_present=False)
     slower = DeviceInfo("greenhouse-01", "SmolLM2.gguf", heartbeat_s=60, temperature_known=True)
     again = _sync(CHANGED, tmp_path, session_present=True, info=slower)
-    assert len(again) == 11
-    assert all(json.loads(p)["expire_after"] == 180 for t, p in again if "last_action" not in t)
+    assert len(again) == ALL
+    state = next(p for t, p in again if t.endswith("/state/config"))
+    assert json.loads(state)["expire_after"] == 180  # 3 heartbeats of 60 s
     assert _sync(CHANGED, tmp_path, session_present=True, info=slower) == []
 
 
@@ -75,10 +77,10 @@ def test_a_record_without_a_digest_publishes_once(tmp_path):
     _sync(CHANGED, tmp_path, session_present=False)
     record = tmp_path / "homeassistant-discovery.json"
     record.write_text(json.dumps({"topics": json.loads(record.read_text())["topics"]}))
-    assert len(_sync(CHANGED, tmp_path, session_present=True)) == 11
+    assert len(_sync(CHANGED, tmp_path, session_present=True)) == ALL
     assert _sync(CHANGED, tmp_path, session_present=True) == []
 
 
 def test_connect_publishes_on_every_connect(tmp_path):
     for session_present in (False, True, True):
-        assert len(_sync(CONNECT, tmp_path, session_present=session_present)) == 11
+        assert len(_sync(CONNECT, tmp_path, session_present=session_present)) == ALL
