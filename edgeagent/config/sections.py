@@ -199,6 +199,15 @@ class HomeAssistantConfig(Section):
     name: str | None = Field(
         default=None, description="Device name in Home Assistant. Default: edgeagent <device id>."
     )
+    republish: Literal["changed", "connect"] = Field(
+        default="changed",
+        description=(
+            "When the retained discovery configs are published again: `changed` (when they "
+            "differ from what this device published last, or the broker did not keep its "
+            "session) or on every `connect` (~10 messages per device per reconnect). "
+            "See docs/scale.md."
+        ),
+    )
 
     @field_validator("prefix")
     @classmethod

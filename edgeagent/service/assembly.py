@@ -26,7 +26,7 @@ from edgeagent.service.learning.learner import Learner
 from edgeagent.service.pipeline.admission import receive_window
 from edgeagent.service.pipeline.asyncstore import AsyncTaskStore
 from edgeagent.service.pipeline.publishing import ConfirmedPublisher
-from edgeagent.service.ports import DeliveryLink
+from edgeagent.service.ports import DeliveryLink, InferenceEngine, MemoryLoop
 from edgeagent.service.system import sdnotify
 from edgeagent.service.views.operators import OperatorViews
 
@@ -44,7 +44,32 @@ def build_daemon(
     `learner` hears every resolved hold (service/holds/learning.py) and gives each action
     task its learned examples (service/learning); default: what `[catalog] learn` asks."""
     engine = engine or Engine(cfg.model)
-    learner = learner if learner is not None else Learner.open(cfg)
+    daemon: Daemon
+    # A lambda, not the bound method: `daemon` does not exist yet when the loop is built.
+    memory = MemoryControlLoop(engine, cfg, on_change=lambda d: daemon.memory_changed(d))  # noqa: PLW0108
+    daemon = assemble(
+        cfg,
+        engine=engine,
+        memory=memory,
+        notifier=sdnotify.Notifier.from_env(),
+        learner=learner if learner is not None else Learner.open(cfg),
+        config_path=config_path,
+    )
+    return daemon
+
+
+def assemble(
+    cfg: Config,
+    *,
+    engine: InferenceEngine,
+    memory: MemoryLoop,
+    notifier: sdnotify.Notifier,
+    learner: Learner,
+    config_path: Path | None = None,
+) -> Daemon:
+    """The real link, task store, hold desk, watchdog and operators' views around an
+    engine and a memory loop: `build_daemon`'s, or the fleet simulator's scripted ones
+    (fleetsim/)."""
     topics = Topics(cfg.mqtt.topic_prefix, cfg.device.id, cfg.mqtt.shared_group or None)
     link = MqttLink(
         cfg.mqtt,
@@ -70,11 +95,7 @@ def build_daemon(
         learner=learner,
         on_dispatched=operators.dispatched,
     )
-    notifier = sdnotify.Notifier.from_env()
-    daemon: Daemon
-    # A lambda, not the bound method: `daemon` does not exist yet when the loop is built.
-    memory = MemoryControlLoop(engine, cfg, on_change=lambda d: daemon.memory_changed(d))  # noqa: PLW0108
-    daemon = Daemon(
+    return Daemon(
         cfg,
         link=link,
         store=store,
@@ -87,7 +108,6 @@ def build_daemon(
         learner=learner,
         config_path=config_path,
     )
-    return daemon
 
 
 def build_hold_desk(

@@ -12,6 +12,11 @@ What was published is remembered in the state directory, so that turning discove
 or an entity that no longer applies (no temperature sensor any more), removes exactly the
 configs this device published before, and a device that never used discovery publishes
 nothing under the discovery prefix (a broker ACL may not even allow it).
+
+With `republish = "changed"` the record also holds a digest of the configs: a reconnect
+publishes them again only when they changed or when the broker did not keep the device's
+session (a broker that lost its sessions has most likely lost its retained messages too),
+so a broker restart does not cost ~10 retained messages per device (docs/scale.md).
 """
 
 from __future__ import annotations
@@ -163,24 +168,41 @@ class PublishedRecord:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def load(self) -> set[str]:
+    def _read(self) -> dict[str, Any]:
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            return set()
+            return {}
         except (OSError, ValueError):
             log.warning("unreadable discovery record; starting afresh", path=str(self.path))
-            return set()
-        return {t for t in data.get("topics", []) if isinstance(t, str)}
+            return {}
+        return data if isinstance(data, dict) else {}
 
-    def save(self, topics: Iterable[str]) -> None:
+    def load(self) -> set[str]:
+        return {t for t in self._read().get("topics", []) if isinstance(t, str)}
+
+    def digest(self) -> str | None:
+        """The digest of the configs published last (None: unknown)."""
+        value = self._read().get("digest")
+        return value if isinstance(value, str) else None
+
+    def save(self, topics: Iterable[str], digest: str | None = None) -> None:
         wanted = sorted(topics)
         if not wanted:
             self.path.unlink(missing_ok=True)
             return
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(json.dumps({"topics": wanted}) + "\n", encoding="utf-8")
+        record: dict[str, Any] = {"topics": wanted}
+        if digest is not None:
+            record["digest"] = digest
+        tmp.write_text(json.dumps(record) + "\n", encoding="utf-8")
         tmp.replace(self.path)  # atomic: a crash leaves the old or the new record
+
+
+def configs_digest(messages: Iterable[tuple[str, str]]) -> str:
+    """What identifies a set of (topic, payload) configs, whatever their order."""
+    text = json.dumps(sorted(messages), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 Publish = Callable[[str, str], Awaitable[None]]
@@ -204,15 +226,27 @@ class Discovery:
         messages = plan(wanted, before, enabled=self.cfg.discovery)
         return messages, set(wanted) if self.cfg.discovery else set()
 
-    async def sync(self, publish: Publish) -> None:
+    async def sync(self, publish: Publish, *, session_present: bool = False) -> None:
+        """Publish what `messages` says, unless (republish = "changed") the broker kept our
+        session and the configs are those published last, with nothing to remove."""
         messages, keep = self.messages()
         if not messages:
+            return
+        removed = sum(1 for _, payload in messages if not payload)
+        # Of the configs wanted now; removals (empty payloads) are never skipped.
+        digest = configs_digest((t, p) for t, p in messages if p) if self.cfg.discovery else None
+        if (
+            self.cfg.republish == "changed"
+            and session_present
+            and not removed
+            and digest == self.record.digest()
+        ):
+            log.debug("home assistant discovery unchanged; not published again")
             return
         # The record changes only after every PUBACK: a connection lost halfway leaves the
         # old record, and the next connect publishes (or removes) everything again.
         await asyncio.gather(*(publish(topic, payload) for topic, payload in messages))
-        self.record.save(keep)
-        removed = sum(1 for _, payload in messages if not payload)
+        self.record.save(keep, digest)
         log.info(
             "home assistant discovery",
             published=len(messages) - removed,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
 from collections import deque
 from collections.abc import Callable
@@ -19,6 +20,10 @@ from edgeagent.service.system.board import BoardReading, ThrottleWatch
 
 log = structlog.get_logger("edgeagent.service.views.telemetry")
 MIB = 2**20
+# Each period is drawn from period * [1 - this, 1 + this]: devices that started together
+# (a site back from a power cut, a fleet restarted by Ansible) drift apart instead of
+# beating in the same second forever (docs/scale.md).
+PERIOD_JITTER = 0.1
 
 
 @dataclass(slots=True)
@@ -182,7 +187,9 @@ class Telemetry:
         while True:
             self.publish_heartbeat()
             self.refresh_status()
-            await asyncio.sleep(self._period_s)
+            # Jitter, not a secret.
+            spread = random.uniform(1 - PERIOD_JITTER, 1 + PERIOD_JITTER)  # noqa: S311
+            await asyncio.sleep(self._period_s * spread)
 
 
 def _ignore_result(future: asyncio.Future[None]) -> None:
