@@ -159,9 +159,13 @@ class HoldDesk:
         async with self._deciding:
             for record in await self._store.pending():
                 self._keep(record)
+            now = self._clock()
             for record in await self._store.owing():
                 if record.state is HoldState.PENDING:
-                    self.outbox.announce(record)
+                    # One that expired while the daemon was down is not announced again
+                    # only to be cleared: the expiry loop clears it first thing.
+                    if record.draft.expires_at > now:
+                        self.outbox.announce(record)
                 else:
                     log.info("hold resolution resumed", task_id=record.task_id)
                     self.outbox.settle(record)
