@@ -18,13 +18,13 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from edgeagent.protocol.reply import ReplyRoute
 from edgeagent.service.holds.records import Decision, Draft, HoldRecord, HoldState, Resolved
 from edgeagent.service.pipeline.taskstore import Confirmation
+from edgeagent.service.system.sqlite import write_transaction
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -79,15 +79,8 @@ class HoldStore:
             self._db.close()
             raise
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    def _transaction(self) -> contextlib.AbstractContextManager[None]:
+        return write_transaction(self._db)
 
     def _migrate(self) -> None:
         with self._transaction():

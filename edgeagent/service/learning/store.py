@@ -17,10 +17,11 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from edgeagent.service.system.sqlite import write_transaction
 
 LEARNED_FILE = "learned.sqlite3"
 BUSY_TIMEOUT_MS = 5000
@@ -159,14 +160,5 @@ class LearnedStore:
     def close(self) -> None:
         self._db.close()
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
-        # BEGIN IMMEDIATE takes the write lock at once: a concurrent writer (the CLI, the
-        # daemon) waits the busy timeout instead of failing half-way.
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    def _transaction(self) -> contextlib.AbstractContextManager[None]:
+        return write_transaction(self._db)

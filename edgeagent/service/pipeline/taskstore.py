@@ -31,7 +31,7 @@ import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -39,6 +39,7 @@ from pathlib import Path
 import structlog
 
 from edgeagent.errors import ErrorCode
+from edgeagent.service.system.sqlite import write_transaction
 
 log = structlog.get_logger("edgeagent.service.pipeline.taskstore")
 
@@ -229,15 +230,8 @@ class TaskStore:
         now = self.clock.now()
         return [now - at for at in self._deaths]
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    def _transaction(self) -> contextlib.AbstractContextManager[None]:
+        return write_transaction(self._db)
 
     def close(self) -> None:
         self._db.close()
