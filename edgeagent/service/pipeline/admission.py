@@ -254,7 +254,8 @@ class Admission:
         task ends (up to its deadline). So one delivery per address is held, and only the
         newest connection's (an ack on a lost connection is void: that one must not be
         the delivery that waits); a copy for an address already held is acknowledged at
-        once, and addresses beyond COPY_ADDRESSES are answered BUSY.
+        once (a client's re-send there gets the reply again if it was already sent), and
+        addresses beyond COPY_ADDRESSES are answered BUSY.
 
         Exactly once holds: the held delivery stays unacknowledged until the reply is
         confirmed, so after a crash the broker delivers it again and the task store
@@ -266,6 +267,10 @@ class Admission:
             if kept.generation != message.generation:
                 entry.waiting[held] = copy  # the old one's ack could not reach the broker
             elif kept.mid != message.mid:  # (the same mid on one connection: one message)
+                # A client's re-send: if its address was already served it gets the
+                # reply again (the kept delivery's ack still waits for the reply).
+                if not message.dup:
+                    entry.served.discard(copy.route)
                 self._delivery.acknowledge(message)
             log.debug("task already in flight", task_id=entry.task_id, dup=message.dup)
             return

@@ -45,7 +45,6 @@ from edgeagent.protocol.reply import (
     ErrorReply,
     OkReply,
     Reply,
-    ReplyRoute,
     encode,
 )
 from edgeagent.protocol.topics import Topics
@@ -285,23 +284,25 @@ class Delivery:
                 reply = refused_dispatch(reply, plan.action_topic)
             else:
                 self._dispatched(task_id, plan.action)
-        sent: set[ReplyRoute] = set() if plan.send_reply else set(entry.routes())
+        if not plan.send_reply:
+            entry.served.update(entry.routes())
         if plan.send_reply:
-            refused = await self._send_reply(entry, reply, sent)
+            refused = await self._send_reply(entry, reply)
             state = Confirmation.REFUSED if refused else Confirmation.CONFIRMED
             await self._store.mark_reply(task_id, state)
-        # Deliveries with a new reply address that joined meanwhile get the reply too;
-        # no await between the last check and closing the entry, so none is missed.
-        await self._send_reply(entry, reply, sent)
+        # Deliveries that joined meanwhile with a new address, or a client's re-send to a
+        # served one, get the reply too; no await between the last check and closing the
+        # entry, so none is missed.
+        await self._send_reply(entry, reply)
         for waiting in self._inflight.close(entry):
             self._ack(waiting.message)
 
-    async def _send_reply(self, entry: InFlight, payload: str, sent: set[ReplyRoute]) -> bool:
+    async def _send_reply(self, entry: InFlight, payload: str) -> bool:
         """Publish to every waiting address not yet served; True if one refused it."""
         refused = False
-        while todo := [r for r in entry.routes() if r not in sent]:
+        while todo := entry.unserved():
             for reply_route in todo:
-                sent.add(reply_route)
+                entry.served.add(reply_route)
                 refused |= await self._publish(
                     entry.task_id, reply_route.topic, payload, reply_route.correlation_data, "reply"
                 )

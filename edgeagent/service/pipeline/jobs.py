@@ -31,10 +31,17 @@ class InFlight:
     task_id: str
     fingerprint: str
     waiting: list[Waiting]
+    # Addresses the reply was published to (delivery.py). A client's re-send that joins
+    # after its address was served takes it out again: that client asked once more,
+    # perhaps because it missed the first copy, and gets the reply again.
+    served: set[ReplyRoute] = field(default_factory=set)
 
     def routes(self) -> list[ReplyRoute]:
         """Each distinct reply address once: a broker redelivery shares its original's."""
         return list(dict.fromkeys(w.route for w in self.waiting))
+
+    def unserved(self) -> list[ReplyRoute]:
+        return [r for r in self.routes() if r not in self.served]
 
 
 @dataclass(slots=True, eq=False)

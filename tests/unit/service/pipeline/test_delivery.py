@@ -276,6 +276,30 @@ def test_a_client_resend_gets_the_reply_again_but_the_action_only_once():
     run(scenario())
 
 
+def test_a_client_resend_while_the_reply_awaits_its_puback_gets_the_reply_again():
+    """The re-send joins the task in flight after its address was served (reply
+    published, PUBACK not yet in): it is answered again, not acknowledged in silence."""
+
+    async def scenario():
+        parts = await Parts.on(link=FakeLink(auto_confirm=False)).start()
+        parts.link.deliver(ACTION_TASK)
+        (action,) = await parts.link.wait_for_publish(ACTION)
+        parts.link.confirm(action)
+        (reply,) = await parts.link.wait_for_publish(RESULT)
+        parts.link.deliver(ACTION_TASK)  # the client did not see it yet, and asks again
+        await parts.link.wait_until(lambda: len(parts.link.ack_attempts) == 1)
+        parts.link.confirm(reply)
+        first, again = await parts.link.wait_for_publish(RESULT, count=2)
+        parts.link.confirm(again)
+        await parts.link.wait_for_acks(2)
+        assert again.payload == first.payload
+        assert len(parts.link.on(ACTION)) == 1
+        assert len(parts.engine.tasks) == 1
+        await parts.crash()
+
+    run(scenario())
+
+
 def test_a_full_outgoing_queue_is_retried_not_dropped():
     async def scenario():
         link = FakeLink()
