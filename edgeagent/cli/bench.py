@@ -2,8 +2,8 @@
 
 Two parts per model: the throughput figures (cached prefixes, speculative decoding,
 concurrent tasks: cli/bench_throughput.py) and, here, constrained vs unconstrained
-decode speed. For each task, three decoders run on the same loaded model and the same
-prompt, in rotating order, several rounds:
+decode speed. For each task, three decoders (cli/bench_decoders.py) run on the same
+loaded model and the same prompt, in rotating order, several rounds:
 
 * free: plain greedy decoding of exactly as many tokens as the constrained answer
   had (the baseline: what the model costs without any constraint);
@@ -27,19 +27,16 @@ import os
 import platform
 import statistics
 import sys
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-import llama_cpp
 from llama_cpp.llama_grammar import LlamaGrammar
-from llguidance import LLMatcher
 
 from edgeagent import __version__
+from edgeagent.cli.bench_decoders import Sample, run_edgeagent, run_free, run_gbnf, tps
 from edgeagent.cli.bench_e2e import rss_figure, task_time_figures
 from edgeagent.cli.bench_e2e import steps as e2e_steps
 from edgeagent.cli.bench_mqtt import mosquitto, mqtt_figure
@@ -48,7 +45,6 @@ from edgeagent.cli.bench_throughput import bench_throughput
 from edgeagent.cli.bench_throughput import steps as throughput_steps
 from edgeagent.cli.progress import Progress
 from edgeagent.inference.contract import OutputSpec, schema_spec
-from edgeagent.inference.decoding import Sampler, StepControl, generate_constrained, generate_free
 from edgeagent.inference.model import ResidentModel
 from edgeagent.inference.prompt import build_messages
 
@@ -131,53 +127,8 @@ TASKS: list[tuple[str, dict[str, Any], str]] = [
 ]
 
 
-@dataclass
-class Sample:
-    tokens: int
-    decode_ms: float
-
-
 def _prompt(model: ResidentModel, spec: OutputSpec, text: str) -> list[int]:
     return model.render_chat(build_messages(SYSTEM, spec.instructions, text))
-
-
-def _run_edgeagent(
-    model: ResidentModel, spec: OutputSpec, prompt: list[int], max_tokens: int
-) -> tuple[Sample, int, int]:
-    matcher = LLMatcher(model.lltokenizer, spec.grammar)
-    gen = generate_constrained(
-        model, matcher, prompt, max_tokens=max_tokens, sampler=Sampler(), control=StepControl()
-    )
-    return Sample(gen.completion_tokens, gen.decode_ms), gen.forced_tokens, gen.masked_steps
-
-
-def _run_free(model: ResidentModel, prompt: list[int], n_tokens: int) -> Sample:
-    gen = generate_free(model, prompt, n_tokens=n_tokens)
-    return Sample(gen.completion_tokens, gen.decode_ms)
-
-
-def _run_gbnf(model: ResidentModel, gbnf: str, prompt: list[int], max_tokens: int) -> Sample:
-    chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
-    grammar = llama_cpp.llama_sampler_init_grammar(model.vocab, gbnf.encode(), b"root")
-    llama_cpp.llama_sampler_chain_add(chain, grammar)
-    llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
-    try:
-        model.prefill(prompt)
-        started = time.perf_counter()
-        produced = 0
-        while produced < max_tokens:
-            token = llama_cpp.llama_sampler_sample(chain, model.raw_context, -1)
-            if model.is_end_token(token):
-                break
-            produced += 1
-            model.feed([token])
-        return Sample(produced, (time.perf_counter() - started) * 1000)
-    finally:
-        llama_cpp.llama_sampler_free(chain)
-
-
-def _tps(samples: list[Sample]) -> float:
-    return sum(s.tokens for s in samples) / (sum(s.decode_ms for s in samples) / 1000)
 
 
 def bench_model(
@@ -202,7 +153,7 @@ def bench_model(
             grammar = LlamaGrammar.from_json_schema(json.dumps(spec.json_schema), verbose=False)
             gbnf_text = grammar._grammar  # noqa: SLF001 - no public accessor for the grammar text
             # Warm-up: fills the prompt cache and fixes the answer length for `free`.
-            first, forced, masked = _run_edgeagent(model, spec, prompt, max_tokens)
+            first, forced, masked = run_edgeagent(model, spec, prompt, max_tokens)
             progress.advance()
             n = first.tokens
             free: list[Sample] = []
@@ -212,11 +163,11 @@ def bench_model(
                 order = ["free", "ours", "gbnf"] if gbnf else ["free", "ours"]
                 for kind in order[r % len(order) :] + order[: r % len(order)]:
                     if kind == "free":
-                        free.append(_run_free(model, prompt, n))
+                        free.append(run_free(model, prompt, n))
                     elif kind == "ours":
-                        ours.append(_run_edgeagent(model, spec, prompt, max_tokens)[0])
+                        ours.append(run_edgeagent(model, spec, prompt, max_tokens)[0])
                     else:
-                        theirs.append(_run_gbnf(model, gbnf_text, prompt, max_tokens))
+                        theirs.append(run_gbnf(model, gbnf_text, prompt, max_tokens))
                     progress.advance()
             row: dict[str, Any] = {
                 "task": name,
@@ -224,9 +175,9 @@ def bench_model(
                 "answer_tokens": n,
                 "forced_tokens": forced,
                 "masked_steps": masked,
-                "free_tps": round(_tps(free), 2),
-                "edgeagent_tps": round(_tps(ours), 2),
-                "edgeagent_ratio": round(_tps(ours) / _tps(free), 3),
+                "free_tps": round(tps(free), 2),
+                "edgeagent_tps": round(tps(ours), 2),
+                "edgeagent_ratio": round(tps(ours) / tps(free), 3),
                 "edgeagent_ms_per_token_median": round(
                     statistics.median(s.decode_ms / max(s.tokens, 1) for s in ours), 2
                 ),
@@ -236,8 +187,8 @@ def bench_model(
             }
             if gbnf:
                 row |= {
-                    "gbnf_tps": round(_tps(theirs), 2),
-                    "gbnf_ratio": round(_tps(theirs) / _tps(free), 3),
+                    "gbnf_tps": round(tps(theirs), 2),
+                    "gbnf_ratio": round(tps(theirs) / tps(free), 3),
                 }
             rows.append(row)
             progress.write(json.dumps(row) + "\n")

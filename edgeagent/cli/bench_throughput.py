@@ -38,6 +38,7 @@ from edgeagent.errors import EdgeAgentError
 from edgeagent.inference.batch import Batcher
 from edgeagent.inference.engine import Engine
 from edgeagent.inference.model import ResidentModel
+from edgeagent.inference.prefix_cache import PrefixCache
 from edgeagent.inference.task import Answer, Task
 
 MAX_TOKENS = 160
@@ -78,14 +79,15 @@ def _direct(engine: Engine, task: Task) -> Answer | EdgeAgentError:
 
 
 def _uncached(engine: Engine, task: Task) -> Answer | EdgeAgentError:
-    """The task computed from an empty KV cache, without the prefix cache."""
+    """The task computed from an empty KV cache, without the prefix cache (an empty
+    one of no bytes stands in for it meanwhile)."""
     model = _resident(engine)
     engine.submit(model.kv.clear).result()
-    model.prefix_cache.enabled = False
+    cache, model.prefix_cache = model.prefix_cache, PrefixCache(0)
     try:
         return _answer(engine, task)
     finally:
-        model.prefix_cache.enabled = True
+        model.prefix_cache = cache
 
 
 def _tps(answers: Sequence[Answer | EdgeAgentError]) -> float:
