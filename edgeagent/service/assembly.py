@@ -44,7 +44,11 @@ def build_daemon(
     notifier = sdnotify.Notifier.from_env()
     daemon: Daemon
     # A lambda, not the bound method: `daemon` does not exist yet when the loop is built.
-    memory = MemoryControlLoop(engine, cfg, on_change=lambda d: daemon.memory_changed(d))  # noqa: PLW0108
+    memory = MemoryControlLoop(
+        engine.capacity,
+        cfg,
+        on_change=lambda d: daemon.memory_changed(d),  # noqa: PLW0108
+    )
     daemon = Daemon(
         cfg,
         link=link,

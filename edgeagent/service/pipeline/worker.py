@@ -86,6 +86,11 @@ class AloneGate:
 
 class Answerer(Protocol):
     async def answer(self, task: Task) -> Answer: ...
+    def at_once(self, running: int, waiting: int) -> int:
+        """Tasks to hand over at once with `running` running and `waiting` queued: the
+        engine decodes concurrent tasks together only from a few of them on
+        (inference/batch_rule.py); below that, one job at a time, as the queue expects."""
+        ...
 
 
 class RunRecords(Protocol):
@@ -136,13 +141,9 @@ class Worker:
                     lanes.create_task(self._lane(extra=True))
 
     def _batch_ready(self) -> bool:
-        """Another job may start beside the running ones: the engine decodes concurrent
-        tasks together from Engine.min_batch of them on, up to Engine.parallel
-        (inference/batch.py). Below that, one job at a time, as the queue expects."""
-        lanes = int(getattr(self._engine, "parallel", 1))
-        batch = int(getattr(self._engine, "min_batch", lanes + 1))
+        """Another job may start beside the running ones (Answerer.at_once)."""
         waiting = len(self._queue)
-        return waiting > 0 and self._lanes < lanes and len(self._running) + waiting >= batch
+        return waiting > 0 and self._lanes < self._engine.at_once(len(self._running), waiting)
 
     async def _lane(self, *, extra: bool) -> None:
         try:

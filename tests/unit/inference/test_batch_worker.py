@@ -1,7 +1,7 @@
 """The service worker hands a batch's worth of queued jobs to an engine that batches.
 
-The engine here is the service tests' fake (tests/support/fake_engine.py) with the two
-attributes the worker reads from `inference.engine.Engine`: `parallel` and `min_batch`.
+The engine here is the service tests' fake (tests/support/fake_engine.py) with a batch
+rule of its own (inference/batch_rule.py), which the worker reads through `at_once`.
 """
 
 from __future__ import annotations
@@ -12,15 +12,15 @@ from structlog.testing import capture_logs
 from support.fake_engine import SCHEMA, FakeEngine
 from support.service_parts import make_daemon
 
+from edgeagent.inference.batch_rule import BatchRule
+
 STATUS = "edgeagent/dev1/status"
 
 
 class BatchingEngine(FakeEngine):
-    parallel = 4
-    min_batch = 3
-
     def __init__(self) -> None:
         super().__init__()
+        self.batching = BatchRule(min_batch=3, max_parallel=4)
         self.inside = 0
         self.most = 0
         self.entered = asyncio.Event()
@@ -66,14 +66,14 @@ def test_queued_jobs_that_make_a_batch_run_together():
         for n in range(1, 6):
             await daemon.admission.admit(daemon.link.message(task(n)))
         # One running and five waiting make a batch: up to `parallel` run at once.
-        await engine.until_inside(engine.parallel)
+        await engine.until_inside(engine.batching.parallel)
         assert len(daemon.queue) == 2
         engine.hold = False
         for _ in range(6):
             engine.release()
             await asyncio.sleep(0.02)
         await daemon.link.wait_for_acks(6)
-        assert engine.most == engine.parallel
+        assert engine.most == engine.batching.parallel
         daemon.request_stop()
         assert await served == 0
 
