@@ -63,9 +63,13 @@ def test_queued_jobs_that_make_a_batch_run_together():
         engine.hold = True
         daemon.link.deliver(task(0))
         await engine.running.wait()
-        for n in range(1, 6):
+        await daemon.admission.admit(daemon.link.message(task(1)))
+        assert daemon.worker.lanes == 1  # 1 running + 1 waiting < min_batch 3
+        await daemon.admission.admit(daemon.link.message(task(2)))
+        # The offer that makes a batch adds the lanes at once: up to `parallel` run.
+        assert daemon.worker.lanes == engine.batching.parallel
+        for n in range(3, 6):
             await daemon.admission.admit(daemon.link.message(task(n)))
-        # One running and five waiting make a batch: up to `parallel` run at once.
         await engine.until_inside(engine.batching.parallel)
         assert len(daemon.queue) == 2
         engine.hold = False
@@ -89,8 +93,8 @@ def test_below_min_batch_one_job_at_a_time_and_the_queue_bound_holds():
         daemon.link.deliver(task(0))
         await engine.running.wait()
         await daemon.admission.admit(daemon.link.message(task(1)))
-        await asyncio.sleep(0.2)  # longer than the worker's look at the queue
-        assert engine.inside == 1  # 1 running + 1 waiting < min_batch 3
+        # The worker looked when the job was queued: 1 running + 1 waiting < min_batch 3.
+        assert daemon.worker.lanes == 1
         assert len(daemon.queue) == 1
         daemon.link.deliver(task(2))  # the queue is full
         await daemon.link.wait_for_acks(1)
