@@ -13,20 +13,30 @@ workloads of bench_workloads.py, every round measuring both sides back to back:
 * batch: 4 and 8 concurrent tasks vs the same tasks one at a time (aggregate tokens/s
   from the first task's start to the last one's end; speculation off on both sides).
 
-Answers are compared too: `identical` counts the answers equal to the baseline's. What
-the engine does inside is read through `Engine.call_blocking` (the runner, its model
-and its batcher's `BatchStats`).
+Answers are compared too: `identical` counts the answers equal to the baseline's. The
+engine's side of each measurement (the baselines that reach inside it) is in
+bench_engine.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from edgeagent.cli.bench_engine import (
+    answer,
+    answer_direct,
+    answer_uncached,
+    batch_stats,
+    burst,
+    loaded,
+    outcome,
+    same,
+    tps,
+)
 from edgeagent.cli.bench_report import figure
 from edgeagent.cli.bench_workloads import (
     CATALOG_INPUTS,
@@ -39,87 +49,17 @@ from edgeagent.cli.bench_workloads import (
 )
 from edgeagent.config import ModelConfig
 from edgeagent.errors import EdgeAgentError
-from edgeagent.inference.batch import BatchStats
 from edgeagent.inference.engine import Engine
-from edgeagent.inference.prefix_cache import PrefixCache
-from edgeagent.inference.runner import Runner
 from edgeagent.inference.task import Answer, Task
 
 MAX_TOKENS = 160
-
-
-def _outcome(result: Answer | BaseException) -> Any:
-    if isinstance(result, EdgeAgentError):
-        return str(result.code)
-    if isinstance(result, BaseException):
-        raise result
-    return result.output
-
-
-def _answer(engine: Engine, task: Task) -> Answer | EdgeAgentError:
-    try:
-        return engine.answer_blocking(task)
-    except EdgeAgentError as exc:  # e.g. a small model writing in circles: still compared
-        return exc
-
-
-@contextlib.contextmanager
-def _loaded(cfg: ModelConfig, *, exact: bool = True, speculate: bool = True) -> Iterator[Engine]:
-    engine = Engine(cfg, exact=exact, speculate=speculate)
-    engine.load()
-    try:
-        yield engine
-    finally:
-        engine.close()
-
-
-def _direct(engine: Engine, task: Task) -> Answer | EdgeAgentError:
-    """The task on the inference thread itself: the token loop on the model, with no
-    scheduler, batcher or sequence handle (how every task ran before)."""
-
-    def run(runner: Runner) -> Answer | EdgeAgentError:
-        try:
-            return runner.answer(task)
-        except EdgeAgentError as exc:
-            return exc
-
-    return engine.call_blocking(run)
-
-
-def _uncached(engine: Engine, task: Task) -> Answer | EdgeAgentError:
-    """The task computed from an empty KV cache, without the prefix cache (an empty
-    one of no bytes stands in for it meanwhile)."""
-
-    def forget(runner: Runner) -> PrefixCache:
-        runner.model.kv.clear()
-        cache, runner.model.prefix_cache = runner.model.prefix_cache, PrefixCache(0)
-        return cache
-
-    cache = engine.call_blocking(forget)
-
-    def restore(runner: Runner) -> None:
-        runner.model.prefix_cache = cache
-
-    try:
-        return _answer(engine, task)
-    finally:
-        engine.call_blocking(restore)
-
-
-def _tps(answers: Sequence[Answer | EdgeAgentError]) -> float:
-    done = [a for a in answers if isinstance(a, Answer)]
-    return sum(a.completion_tokens for a in done) / max(sum(a.decode_ms for a in done) / 1000, 1e-9)
-
-
-def _same(a: Sequence[Any], b: Sequence[Any]) -> str:
-    return f"{sum(x == y for x, y in zip(a, b, strict=True))}/{len(a)}"
 
 
 def prefix_figures(engine: Engine, rounds: int, tick: Callable[[], None]) -> list[dict[str, Any]]:
     specs = list(CATALOGS.values())
     fixed = engine.call_blocking(lambda runner: runner.prompt(specs[0], CATALOG_INPUTS[0])).keep
     for spec in specs:  # warm-up: each catalog's fixed part computed once and cached
-        _answer(engine, Task(content=CATALOG_INPUTS[0], spec=spec, max_tokens=MAX_TOKENS))
+        answer(engine, Task(content=CATALOG_INPUTS[0], spec=spec, max_tokens=MAX_TOKENS))
     cached: list[float] = []
     uncached: list[float] = []
     outs: tuple[list[Any], list[Any]] = ([], [])
@@ -127,11 +67,11 @@ def prefix_figures(engine: Engine, rounds: int, tick: Callable[[], None]) -> lis
         with_cache, without = [], []
         for i, spec in enumerate(specs):  # four catalogs, alternating
             task = Task(content=CATALOG_INPUTS[(r + i) % 4], spec=spec, max_tokens=MAX_TOKENS)
-            a, b = _answer(engine, task), _uncached(engine, task)
+            a, b = answer(engine, task), answer_uncached(engine, task)
             with_cache.append(a.prompt_ms if isinstance(a, Answer) else 0.0)
             without.append(b.prompt_ms if isinstance(b, Answer) else 0.0)
-            outs[0].append(_outcome(a))
-            outs[1].append(_outcome(b))
+            outs[0].append(outcome(a))
+            outs[1].append(outcome(b))
             tick()
         cached.append(sum(with_cache) / len(with_cache))
         uncached.append(sum(without) / len(without))
@@ -145,7 +85,7 @@ def prefix_figures(engine: Engine, rounds: int, tick: Callable[[], None]) -> lis
             uncached,
             target="≤ 0.2x",
             met=ratio <= 0.2,
-            notes={"identical answers": _same(*outs)},
+            notes={"identical answers": same(*outs)},
         )
     ]
 
@@ -168,14 +108,14 @@ def speculative_figures(
                 task = Task(content=text, spec=spec, max_tokens=MAX_TOKENS)
                 for speculate in (r % 2 == 0, r % 2 != 0):  # alternate who goes first
                     if speculate:
-                        spec_answers.append(_answer(engine, task))
+                        spec_answers.append(answer(engine, task))
                     else:
-                        plain_answers.append(_answer(plain_engine, task))
+                        plain_answers.append(answer(plain_engine, task))
                 tick()
-            fast.append(_tps(spec_answers))
-            plain.append(_tps(plain_answers))
-            outs[0].extend(_outcome(a) for a in spec_answers)
-            outs[1].extend(_outcome(a) for a in plain_answers)
+            fast.append(tps(spec_answers))
+            plain.append(tps(plain_answers))
+            outs[0].extend(outcome(a) for a in spec_answers)
+            outs[1].extend(outcome(a) for a in plain_answers)
         ratio = sorted(f / p for f, p in zip(fast, plain, strict=True))[len(fast) // 2]
         result.append(
             figure(
@@ -186,7 +126,7 @@ def speculative_figures(
                 plain,
                 target=target,
                 met=ratio >= bound,
-                notes={"identical answers": _same(*outs)},
+                notes={"identical answers": same(*outs)},
             )
         )
     return result
@@ -201,11 +141,11 @@ def alone_figures(engine: Engine, rounds: int, tick: Callable[[], None]) -> list
         inline: list[Answer | EdgeAgentError] = []
         for text in EXTRACT_INPUTS[:4]:
             task = Task(content=text, spec=EXTRACT, max_tokens=MAX_TOKENS)
-            via.append(_answer(engine, task))
-            inline.append(_direct(engine, task))
+            via.append(answer(engine, task))
+            inline.append(answer_direct(engine, task))
             tick()
-        scheduled.append(_tps(via))
-        direct.append(_tps(inline))
+        scheduled.append(tps(via))
+        direct.append(tps(inline))
     ratio = sorted(s / d for s, d in zip(scheduled, direct, strict=True))[len(direct) // 2]
     return [
         figure(
@@ -220,17 +160,6 @@ def alone_figures(engine: Engine, rounds: int, tick: Callable[[], None]) -> list
     ]
 
 
-async def _burst(engine: Engine, tasks: Sequence[Task]) -> list[Answer | BaseException]:
-    return await asyncio.gather(*(engine.answer(t) for t in tasks), return_exceptions=True)
-
-
-def _batch_stats(engine: Engine) -> BatchStats:
-    """What the engine's batcher served (its step timer): live, read between bursts."""
-    batcher = engine.call_blocking(lambda runner: runner.batcher)
-    assert batcher is not None, "the engine holds one sequence: no batch figures"
-    return batcher.stats
-
-
 def batch_figures(
     engine: Engine,
     rounds: int,
@@ -243,7 +172,7 @@ def batch_figures(
     (prompts, token loops and the serial tail included: what a client sees).
     engine: one that does not speculate."""
     result = []
-    stats = _batch_stats(engine)
+    stats = batch_stats(engine)
     for n in sizes:
         tasks = [
             Task(
@@ -258,11 +187,11 @@ def batch_figures(
         outs: tuple[list[Any], list[Any]] = ([], [])
         for _ in range(rounds):
             started, stepped = time.perf_counter(), stats.decode_s
-            serial = [_answer(engine, t) for t in tasks]
+            serial = [answer(engine, t) for t in tasks]
             serial_s = time.perf_counter() - started
             serial_steps = stats.decode_s - stepped
             started, stepped = time.perf_counter(), stats.decode_s
-            batched = asyncio.run(_burst(engine, tasks))
+            batched = asyncio.run(burst(engine, tasks))
             batched_s = time.perf_counter() - started
             batched_steps = stats.decode_s - stepped
             tokens = sum(a.completion_tokens for a in serial if isinstance(a, Answer))
@@ -271,8 +200,8 @@ def batch_figures(
             tokens = sum(a.completion_tokens for a in batched if isinstance(a, Answer))
             wall[0].append(tokens / batched_s)
             steps[0].append(tokens / batched_steps)
-            outs[0].extend(_outcome(a) for a in batched)
-            outs[1].extend(_outcome(a) for a in serial)
+            outs[0].extend(outcome(a) for a in batched)
+            outs[1].extend(outcome(a) for a in serial)
             tick()
         for what, (together, one_by_one) in (
             ("decode steps", steps),
@@ -289,7 +218,7 @@ def batch_figures(
                     one_by_one,
                     target="≥ 1.8x" if n == 8 else "",
                     met=met,
-                    notes={"identical answers": _same(*outs)},
+                    notes={"identical answers": same(*outs)},
                 )
             )
     return result
@@ -306,9 +235,9 @@ def bench_throughput(
     """Measures the figures, handing each group to `keep` as soon as it is measured (a
     long run on a Pi keeps what it has); returns what else there is to report."""
     cfg = ModelConfig(path=path, threads=threads, n_ctx=2048, n_batch=256, max_tokens=MAX_TOKENS)
-    with _loaded(cfg) as engine:
+    with loaded(cfg) as engine:
         keep(prefix_figures(engine, rounds, tick))
-        with _loaded(cfg, speculate=False) as plain:
+        with loaded(cfg, speculate=False) as plain:
             keep(speculative_figures(engine, plain, rounds, tick))
             keep(alone_figures(plain, rounds, tick))
             keep(batch_figures(plain, rounds, tick))
@@ -320,7 +249,7 @@ def bench_throughput(
         )
     # The same burst with llama.cpp's defaults: repacked weights, any number of tokens
     # per decode (answers may then differ in the last bits from one-at-a-time ones).
-    with _loaded(cfg, exact=False, speculate=False) as fast:
+    with loaded(cfg, exact=False, speculate=False) as fast:
         keep(batch_figures(fast, rounds, tick, (8,), " (exact=False)"))
     return {"workloads": describe(), **extra}
 
