@@ -38,7 +38,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-import numpy.typing as npt
 
 from edgeagent.errors import EdgeAgentError, ErrorCode, TaskHandedBack
 from edgeagent.inference.batch_costs import BatchCosts
@@ -46,20 +45,17 @@ from edgeagent.inference.batch_rule import BatchRule
 from edgeagent.inference.kvcache import KvContext
 from edgeagent.inference.prefix_cache import PrefixCache, fixed_length
 from edgeagent.inference.prefix_cache import prefill as prefill_prompt
-from edgeagent.inference.sequence import Kind, Request, SeqHandle, Slot, pending
-from edgeagent.inference.speculative import DraftCosts
+from edgeagent.inference.sequence import Kind, Request, SeqHandle, Slot, TokenModel, pending
 from edgeagent.inference.task import Task
 
 _WAIT_S = 0.05  # how long the batcher waits for a slow sequence before it goes on
 
 
-class SlotModel(Protocol):
-    """What the batcher needs from the model (ResidentModel)."""
+class SlotModel(TokenModel, Protocol):
+    """What the batcher needs from the model (ResidentModel), beyond what its sequences'
+    handles do."""
 
-    n_vocab: int
-    digit_tokens: npt.NDArray[np.bool_]
     prefix_cache: PrefixCache
-    draft_costs: DraftCosts
     invariant_rows: int  # tokens per decode whose logits equal single steps
     max_seq: int
     n_seq: int
@@ -68,8 +64,6 @@ class SlotModel(Protocol):
     @property
     def kv(self) -> KvContext: ...
     def prefill(self, prompt: Sequence[int]) -> int: ...
-    def is_end_token(self, token: int) -> bool: ...
-    def piece(self, token: int) -> str: ...
 
 
 @dataclass(slots=True)
