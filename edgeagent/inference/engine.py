@@ -38,9 +38,9 @@ T = TypeVar("T")
 
 
 class Engine:
-    """Owns the model and its inference thread. Every method is for the event loop
-    (`load`, `answer_blocking` and `call_blocking`: for a caller without one, e.g. the
-    CLI), and none of them blocks it."""
+    """Owns the model and its inference thread. Its methods are for the event loop and
+    never block it, except `load`, `answer_blocking` and `call_blocking`: those wait, for
+    callers without an event loop (the CLI, the benchmark, tests)."""
 
     def __init__(
         self,
