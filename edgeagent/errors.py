@@ -24,6 +24,11 @@ class ErrorCode(StrEnum):
     # The broker refused to take a reply or action message (MQTT v5 PUBACK reason code
     # >= 0x80, e.g. 135 "not authorized" from an ACL). Reported on the errors topic.
     REPLY_REFUSED = "REPLY_REFUSED"
+    # A confirm or reject of a held action (docs/protocol.md, "Held actions"): no such
+    # hold, one already confirmed or rejected, one that expired.
+    HOLD_UNKNOWN = "HOLD_UNKNOWN"
+    HOLD_RESOLVED = "HOLD_RESOLVED"
+    HOLD_EXPIRED = "HOLD_EXPIRED"
 
     @property
     def retryable(self) -> bool:

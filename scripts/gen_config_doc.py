@@ -34,6 +34,16 @@ The broker password is never in this file: `[mqtt] password_file`, or by default
 systemd credential `mqtt_password` (`$CREDENTIALS_DIRECTORY/mqtt_password`, provided by
 `LoadCredential=` in the unit).
 
+By fleet size: the defaults suit a few dozen devices on one broker. What to change for a
+larger fleet (measured with `edgeagent bench --fleet N`, [scale.md](scale.md)):
+
+| setting | ~10 devices | ~100 devices | ~1,000 devices |
+|---|---|---|---|
+| `[mqtt] heartbeat_s` | `10` (default) | `30` | `60` |
+| `[mqtt] reconnect_base_s` | `1` (default) | `2` | `5` |
+| `[mqtt] reconnect_max_s` | `30` (default) | `60` | `120` |
+| `[homeassistant] republish` | `changed` (default) | `changed` | `changed` |
+
 This page is generated from the code (`scripts/gen_config_doc.py`).
 """
 

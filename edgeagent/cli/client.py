@@ -66,7 +66,9 @@ def submit(
     subscribed: queue.Queue[bool] = queue.Queue(maxsize=1)
 
     def on_message(_c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        if by_results or (getattr(msg.properties, "CorrelationData", None) == correlation):
+        # The reply topic is this call's own (a fresh uuid): a reply there is ours, with
+        # or without the Correlation Data (an MQTT 3.1.1 bridge between sites drops it).
+        if by_results or msg.topic == reply_topic:
             replies.put_nowait(json.loads(msg.payload))
 
     client = _client(cfg)
@@ -80,6 +82,9 @@ def submit(
         if not by_results:
             props.ResponseTopic = reply_topic
             props.CorrelationData = correlation
+            # Also in the body: v5 properties do not cross an MQTT 3.1.1 bridge (sites,
+            # docs/deploy.md); the daemon prefers the Response Topic where it arrives.
+            request.setdefault("reply_to", reply_topic)
         client.publish(task_topic, json.dumps(request), qos=1, properties=props).wait_for_publish(
             timeout
         )

@@ -25,9 +25,10 @@ from edgeagent.config import DEFAULT_CONFIG_PATH, Config, ModelConfig, load_conf
 from edgeagent.errors import EdgeAgentError, ErrorCode
 from edgeagent.evaluation.cases import CaseError, load_cases
 from edgeagent.evaluation.floors import TARGET_FALSE_ACTUATION, propose
+from edgeagent.evaluation.learned import learned_picker
 from edgeagent.evaluation.metrics import Summary, summarize
 from edgeagent.evaluation.report import case_record, render_json, render_text
-from edgeagent.evaluation.runner import Answerer, run_sets
+from edgeagent.evaluation.runner import Answerer, ShotPicker, run_sets
 from edgeagent.evaluation.scoring import CaseScore, score
 from edgeagent.evaluation.suite import EvalSet, load_catalog_settings, load_suite, make_set, select
 
@@ -82,6 +83,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=float,
         metavar="RATE",
         help="exit 1 if a system's share of right answers is below RATE (0-1)",
+    )
+    p.add_argument(
+        "--learned-examples",
+        type=Path,
+        metavar="FILE",
+        help="show each action case the most similar learned examples of FILE (cases JSONL, "
+        "as `edgeagent examples export` writes), as the daemon does with [catalog] learn",
+    )
+    p.add_argument(
+        "--learned-per-task", type=int, default=3, metavar="K", help="per case (default 3, max 8)"
     )
     p.add_argument(
         "--calibrate",
@@ -198,13 +209,19 @@ class _Progress:
 
 
 def evaluate(
-    label: str, system: System, sets: list[EvalSet], max_tokens: int, details: TextIO | None
+    label: str,
+    system: System,
+    sets: list[EvalSet],
+    max_tokens: int,
+    details: TextIO | None,
+    *,
+    shots: ShotPicker | None = None,
 ) -> list[CaseScore]:
     progress = _Progress(label, sum(len(s.cases) for s in sets))
     scores = []
     system.load()
     try:
-        for eval_set, case, outcome in run_sets(system, sets, max_tokens=max_tokens):
+        for eval_set, case, outcome in run_sets(system, sets, max_tokens=max_tokens, shots=shots):
             result = score(case, outcome, eval_set.name, eval_set.no_action)
             scores.append(result)
             progress.update(result)
@@ -227,6 +244,7 @@ def _meta(
         "threads": models[0].threads if models else None,
         "sets": {s.name: len(s.cases) for s in sets},
         "baseline": args.baseline,
+        "learned_examples": args.learned_examples and str(args.learned_examples),
     }
 
 
@@ -247,6 +265,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         sets = load_sets(args, cache)
         models = model_configs(args, cache)
+        shots = learned_picker(args.learned_examples, args.learned_per_task)
     except (CaseError, EdgeAgentError, OSError, json.JSONDecodeError) as exc:
         message = exc.message if isinstance(exc, EdgeAgentError) else str(exc)
         error = {"code": str(ErrorCode.INVALID_REQUEST), "message": message}
@@ -258,7 +277,7 @@ def run(args: argparse.Namespace) -> int:
     details = args.details.open("w", encoding="utf-8") if args.details else None
     try:
         for label, make in _systems(args, models):
-            scores = evaluate(label, make(), sets, max_tokens, details)
+            scores = evaluate(label, make(), sets, max_tokens, details, shots=shots)
             all_scores[label] = scores
             results.append((label, summarize(scores, {s.name: s.no_action for s in sets})))
     finally:

@@ -2,270 +2,107 @@
 
 Every daemon keeps a retained `status` (online/offline, the last will says offline when
 it dies) and a retained JSON heartbeat under `<prefix>/<device>/`, so one subscription
-to `<prefix>/+/status` and `<prefix>/+/heartbeat` shows the whole fleet at once.
-
-When have all retained messages arrived? MQTT has no end marker. The broker sends the
-retained messages of a subscription before it handles the client's next packet, so the
-view publishes a marker to a private topic of its own right after the SUBACK: once the
-marker comes back, everything retained before it is in (a timeout covers brokers that
-reorder).
+to `<prefix>/+/status` and `<prefix>/+/heartbeat` shows the whole fleet at once. On a
+central broker of sites (docs/deploy.md, "Sites") a site's devices live one level deeper,
+under `<prefix>/<site>/`: they are read as well and shown as `<site>/<device>`.
+(cli/retained_watch.py knows when all retained messages have arrived; cli/fleet_rows.py
+turns them into rows, sorted and filtered.)
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import queue
 import sys
-import threading
 import time
-import uuid
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any, TextIO
+from collections.abc import Callable
+from typing import TextIO
 
-import paho.mqtt.client as mqtt
-
-from edgeagent.cli.fleet_heartbeat import Heartbeat, read_heartbeat
-from edgeagent.cli.terminal_text import printable
+from edgeagent.cli.fleet_heartbeat import read_heartbeat
+from edgeagent.cli.fleet_rows import (
+    EVERY_DEVICE,
+    Row,
+    Seen,
+    Selection,
+    make_row,
+    make_rows,
+    render_table,
+    rows_json,
+)
+from edgeagent.cli.retained_watch import RetainedWatch
 from edgeagent.config import Config
-from edgeagent.errors import EdgeAgentError, ErrorCode
-from edgeagent.mqtt.client import new_client
 
-# A heartbeat older than this many periods means the device stopped reporting, whatever
-# its retained status says (a hung daemon whose connection stays up).
-STALE_PERIODS = 3
 # Only "online" and "offline" are statuses; anything longer is not worth reading.
 MAX_STATUS_BYTES = 64
-# Pending "change" events beyond this are redundant: one redraw shows them all.
-EVENTS_MAX = 64
+# Levels below a device where a caller or the catalog names the next level
+# (`results/<task id>`, `actions/<name>`): `<prefix>/<device>/results/status` is a reply,
+# not a site's device.
+NOT_A_SITE_DEVICE = frozenset({"results", "actions"})
+# Devices the view keeps at most: anyone can publish under the prefix, and the view's
+# memory must not grow with what they publish (a real device costs ~1 KiB here).
+MAX_DEVICES = 10_000
+# The view's rows and their order live in fleet_rows; these names are also the view's.
+__all__ = [
+    "MAX_DEVICES",
+    "FleetWatch",
+    "Row",
+    "Seen",
+    "Selection",
+    "device_key_ok",
+    "make_row",
+    "make_rows",
+    "render_table",
+    "rows_json",
+    "run",
+]
 
 
-@dataclass(slots=True)
-class Seen:
-    """What the broker has retained for one device, as far as it could be read."""
+class FleetWatch(RetainedWatch):
+    """A subscription to every device's retained status and heartbeat."""
 
-    status: str | None = None
-    heartbeat: Heartbeat | None = None
-    problem: str | None = None  # what was wrong with what the device published
-    received: float = field(default=0.0)  # time.time() of the last message
-
-
-@dataclass(frozen=True, slots=True)
-class Row:
-    """One device, every text in it safe to print (terminal_text.printable)."""
-
-    device: str
-    online: bool
-    state: str | None
-    queue: str | None
-    tokens_per_s: float | None
-    budget: int | None
-    memory_mb: float | None
-    temp_c: float | None
-    last_seen_s: float | None  # age of the heartbeat
-    stale: bool
-    problem: str | None = None
-
-
-def make_row(device: str, seen: Seen, *, now: float, heartbeat_s: float) -> Row:
-    beat = seen.heartbeat or Heartbeat()
-    age = max(now - beat.ts, 0.0) if beat.ts is not None else None
-    online = seen.status == "online"
-    queue_info, context = beat.queue, beat.context
-    depth = queue_info.depth if queue_info else None
-    capacity = queue_info.capacity if queue_info else None
-    memory = context.available_mb if context else None
-    if memory is None and beat.memory is not None:
-        memory = beat.memory.host_available_mb
-    state = printable(beat.state, 24) if beat.state is not None else None
-    return Row(
-        device=printable(device),
-        online=online,
-        state=state if online else "offline",
-        queue=f"{depth}/{capacity}" if depth is not None and capacity is not None else None,
-        tokens_per_s=beat.tokens_per_s,
-        budget=context.budget if context else None,
-        memory_mb=memory,
-        temp_c=beat.board.temp_c if beat.board else None,
-        last_seen_s=None if age is None else round(age, 1),
-        stale=online and (age is None or age > STALE_PERIODS * heartbeat_s),
-        problem=None if seen.problem is None else printable(seen.problem, 120),
-    )
-
-
-def make_rows(seen: Mapping[str, Seen], *, now: float, heartbeat_s: float) -> list[Row]:
-    """One row per device, sorted by device id."""
-    return [
-        make_row(device, seen[device], now=now, heartbeat_s=heartbeat_s) for device in sorted(seen)
-    ]
-
-
-def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 120:
-        return f"{seconds:.0f}s ago"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m ago"
-    return f"{seconds / 3600:.0f}h ago"
-
-
-def _cell(value: Any, fmt: str = "{}") -> str:
-    return "-" if value is None else fmt.format(value)
-
-
-COLUMNS = (
-    "DEVICE", "ONLINE", "STATE", "QUEUE", "TOK/S", "BUDGET", "MEM MiB", "TEMP", "LAST SEEN", "NOTE",
-)  # fmt: skip
-
-
-def render_table(rows: Sequence[Row]) -> str:
-    """A fixed-width table, one line per device."""
-    lines = [
-        (
-            r.device,
-            "yes" if r.online else "no",
-            _cell(r.state) + (" (stale)" if r.stale else ""),
-            _cell(r.queue),
-            _cell(r.tokens_per_s, "{:.1f}"),
-            _cell(r.budget),
-            _cell(r.memory_mb, "{:.0f}"),
-            _cell(r.temp_c, "{:.1f}°C"),
-            _age(r.last_seen_s),
-            r.problem or "",
-        )
-        for r in rows
-    ]
-    widths = [max(len(c) for c in column) for column in zip(COLUMNS, *lines, strict=False)]
-    out = [
-        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
-        for line in [COLUMNS, *lines]
-    ]
-    return "\n".join(out) + "\n"
-
-
-def rows_json(rows: Sequence[Row]) -> str:
-    return json.dumps([asdict(r) for r in rows], ensure_ascii=False)
-
-
-class FleetWatch:
-    """A subscription to every device's retained status and heartbeat.
-
-    paho's network loop runs on a thread of our own, so that its end is known: when it
-    dies (an exception escaped a callback), `failure` says why and the view exits non-zero
-    instead of showing a fleet that silently stopped updating.
-    """
-
-    def __init__(self, cfg: Config) -> None:
-        self.cfg = cfg
-        self.prefix = cfg.mqtt.topic_prefix
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        selection: Selection = EVERY_DEVICE,
+        max_devices: int = MAX_DEVICES,
+    ) -> None:
+        prefix = cfg.mqtt.topic_prefix
+        filters = [f"{prefix}/+/status", f"{prefix}/+/heartbeat"]
+        filters += [f"{prefix}/+/+/status", f"{prefix}/+/+/heartbeat"]  # sites
+        super().__init__(cfg, filters, name="fleet")
+        self.selection = selection
+        self.max_devices = max_devices
         self.seen: dict[str, Seen] = {}
-        self.failure: str | None = None
-        # Events for the main thread: sync, change, refused:<reason>, died.
-        self.events: queue.Queue[str] = queue.Queue(maxsize=EVENTS_MAX)
-        self._lock = threading.Lock()  # seen: written on the network thread, read on ours
-        self._marker = f"{self.prefix}/clients/{uuid.uuid4().hex}/sync"
-        self._client = new_client(cfg.mqtt, client_id=f"edgeagent-fleet-{uuid.uuid4().hex[:8]}")
-        self._client.on_connect = self._on_connect
-        self._client.on_subscribe = self._on_subscribe
-        self._client.on_message = self._on_message
-        self._thread = threading.Thread(target=self._network, name="fleet-mqtt", daemon=True)
+        self.ignored = 0  # messages of devices beyond max_devices
 
     def snapshot(self) -> dict[str, Seen]:
-        with self._lock:
+        with self.lock:
             return dict(self.seen)
 
-    def _signal(self, event: str) -> None:
-        # A full queue holds redraws nobody has taken yet: a "change" adds nothing to them,
-        # and the network thread must never block on a main thread that has stopped
-        # reading (a lost "died" is still seen by check_alive).
-        with contextlib.suppress(queue.Full):
-            if event == "change":
-                self.events.put_nowait(event)
-            else:
-                self.events.put(event, timeout=5)
+    def handle(self, topic: str, payload: bytes) -> bool:
+        device, _, kind = topic[len(self.prefix) + 1 :].rpartition("/")
+        if not device_key_ok(device) or not self.selection.wants_device(device):
+            return False  # left out before anything is parsed or kept
+        if device not in self.seen and len(self.seen) >= self.max_devices:
+            self.ignored += 1
+            return False
+        seen = self.seen.setdefault(device, Seen())
+        if kind == "status":
+            seen.status = payload[:MAX_STATUS_BYTES].decode("utf-8", "replace") or None
+        else:
+            seen.heartbeat, seen.problem = read_heartbeat(payload)
+        if seen.status is None and seen.heartbeat is None and seen.problem is None:
+            del self.seen[device]  # both retained messages were cleared
+        else:
+            seen.received = time.time()
+        return True
 
-    def _network(self) -> None:
-        try:
-            self._client.loop_forever()
-        except BaseException as exc:  # whatever ended the loop is reported
-            self.failure = f"{type(exc).__name__}: {exc}"[:200]
-            self._signal("died")
 
-    # The network thread: only parse and hand over.
-
-    def _on_connect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
-        if reason.is_failure:
-            self._signal(f"refused:{reason}")
-            return
-        self._client.subscribe(
-            [
-                (f"{self.prefix}/+/status", 1),
-                (f"{self.prefix}/+/heartbeat", 1),
-                (self._marker, 1),
-            ]
-        )
-
-    def _on_subscribe(self, *_args: Any) -> None:
-        self._client.publish(self._marker, b"", qos=1)
-
-    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        if msg.topic == self._marker:
-            self._signal("sync")
-            return
-        device, _, kind = msg.topic[len(self.prefix) + 1 :].rpartition("/")
-        if not device or "/" in device:
-            return
-        payload = bytes(msg.payload)
-        with self._lock:
-            seen = self.seen.setdefault(device, Seen())
-            if kind == "status":
-                seen.status = payload[:MAX_STATUS_BYTES].decode("utf-8", "replace") or None
-            else:
-                seen.heartbeat, seen.problem = read_heartbeat(payload)
-            if seen.status is None and seen.heartbeat is None and seen.problem is None:
-                del self.seen[device]  # both retained messages were cleared
-            else:
-                seen.received = time.time()
-        self._signal("change")
-
-    def start(self, timeout: float) -> None:
-        """Connect, subscribe and wait until the retained messages are in."""
-        try:
-            self._client.connect(self.cfg.mqtt.host, self.cfg.mqtt.port, keepalive=30)
-        except OSError as exc:
-            raise EdgeAgentError(
-                ErrorCode.TIMEOUT,
-                f"cannot reach broker {self.cfg.mqtt.host}:{self.cfg.mqtt.port}: {exc}",
-            ) from exc
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                event = self.events.get(timeout=max(deadline - time.monotonic(), 0.0))
-            except queue.Empty:
-                if not self._client.is_connected():
-                    raise EdgeAgentError(ErrorCode.TIMEOUT, "no CONNACK from the broker") from None
-                return  # connected, but the marker never came back: show what arrived
-            if event.startswith("refused:"):
-                raise EdgeAgentError(ErrorCode.INVALID_REQUEST, f"the broker refused: {event[8:]}")
-            self.check_alive()
-            if event == "sync":
-                return
-
-    def check_alive(self) -> None:
-        """Raise INTERNAL once the network thread has died: what is shown is stale."""
-        if self.failure is not None or (self._thread.ident and not self._thread.is_alive()):
-            raise EdgeAgentError(
-                ErrorCode.INTERNAL,
-                f"the fleet view lost its MQTT network thread ({self.failure or 'ended'})",
-            )
-
-    def stop(self) -> None:
-        self._client.disconnect()
-        if self._thread.ident is not None:
-            self._thread.join(5)
+def device_key_ok(key: str) -> bool:
+    """`<device>`, or `<site>/<device>` on a central broker of sites."""
+    levels = key.split("/")
+    if len(levels) == 1:
+        return bool(key)
+    return len(levels) == 2 and all(levels) and levels[1] not in NOT_A_SITE_DEVICE
 
 
 def run(
@@ -278,18 +115,29 @@ def run(
     out: TextIO = sys.stdout,
     clock: Callable[[], float] = time.time,
     fleet: FleetWatch | None = None,
+    selection: Selection = EVERY_DEVICE,
+    err: TextIO = sys.stderr,
 ) -> int:
     """Print the fleet once, or (watch) again whenever it changed, until interrupted.
 
     Raises EdgeAgentError (INTERNAL) when the network thread died: the CLI exits non-zero.
     """
-    fleet = fleet or FleetWatch(cfg)
+    fleet = fleet or FleetWatch(cfg, selection=selection)
     heartbeat_s = cfg.mqtt.heartbeat_s
+    warned = False
     try:
         fleet.start(timeout)
         while True:
             fleet.check_alive()
-            rows = make_rows(fleet.snapshot(), now=clock(), heartbeat_s=heartbeat_s)
+            rows = make_rows(
+                fleet.snapshot(), now=clock(), heartbeat_s=heartbeat_s, selection=selection
+            )
+            if fleet.ignored and not warned:
+                warned = True
+                err.write(
+                    f"edgeagent: more than {fleet.max_devices:,} devices under "
+                    f"{fleet.prefix}/; the others are not shown (narrow it with --match)\n"
+                )
             if as_json:
                 out.write(rows_json(rows) + "\n")
             else:
@@ -300,11 +148,7 @@ def run(
             if not watch:
                 return 0 if rows else 1
             # Redraw on a change, at most every `interval` (ages tick on a terminal).
-            with contextlib.suppress(queue.Empty):
-                fleet.events.get(timeout=interval if out.isatty() else None)
-                time.sleep(min(interval, 0.2))  # coalesce a burst of retained updates
-                while not fleet.events.empty():
-                    fleet.events.get_nowait()
+            fleet.wait_for_change(interval if out.isatty() else None)
     except KeyboardInterrupt:
         return 0
     finally:

@@ -1,4 +1,5 @@
-"""Command line: `edgeagent ask | validate-config | run | submit | status | bench | eval`.
+"""Command line: `edgeagent ask | validate-config | run | submit | status | held | confirm |
+reject | bench | eval | examples`.
 
 Commands print results as JSON on stdout; failures print `{"error": {"code", ...}}` and
 exit non-zero, so scripts can branch on the code.
@@ -16,7 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from edgeagent import __version__
+from edgeagent.cli import bench_fleet
 from edgeagent.cli import eval as eval_command
+from edgeagent.cli import examples as examples_command
+from edgeagent.cli import holds as holds_command
 from edgeagent.config import DEFAULT_CONFIG_PATH, load_config
 from edgeagent.errors import EdgeAgentError, ErrorCode
 from edgeagent.protocol.overflow import OverflowPolicy
@@ -181,7 +185,16 @@ def cmd_status(args: argparse.Namespace) -> int:
         if args.fleet:
             from edgeagent.cli import fleet  # noqa: PLC0415
 
-            return fleet.run(cfg, as_json=args.json, watch=args.watch, timeout=args.timeout)
+            selection = fleet.Selection(
+                sort=args.sort, states=frozenset(args.state or ()), match=args.match
+            )
+            return fleet.run(
+                cfg,
+                as_json=args.json,
+                watch=args.watch,
+                timeout=args.timeout,
+                selection=selection,
+            )
         result = client.status(cfg, device=args.device, timeout=args.timeout)
     except EdgeAgentError as exc:
         return _fail(exc)
@@ -190,6 +203,17 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.fleet is not None:
+        from edgeagent.cli import bench_fleet  # noqa: PLC0415 - no llama.cpp needed
+
+        try:
+            return bench_fleet.run(args)
+        except EdgeAgentError as exc:
+            return _fail(exc)
+    if not args.model:
+        return _fail(
+            EdgeAgentError(ErrorCode.INVALID_REQUEST, "bench needs --model (or --fleet N)")
+        )
     from edgeagent.cli.bench import run  # noqa: PLC0415
 
     return run(args)
@@ -212,6 +236,19 @@ def _add_status(sub: Any) -> None:
     which.add_argument("--fleet", action="store_true", help="one row per device under the prefix")
     status.add_argument("--json", action="store_true", help="--fleet: JSON instead of a table")
     status.add_argument("--watch", action="store_true", help="--fleet: update until Ctrl-C")
+    status.add_argument(
+        "--sort",
+        choices=("device", "state", "tokens", "age"),
+        default="device",
+        help="--fleet: row order (state: problems first; age: longest silent first)",
+    )
+    status.add_argument(
+        "--state",
+        action="append",
+        metavar="STATE",
+        help="--fleet: only rows in this state (serving, paused, offline, stale, ...; repeatable)",
+    )
+    status.add_argument("--match", metavar="GLOB", help="--fleet: only device ids matching GLOB")
     status.add_argument("--timeout", type=float, default=5.0)
     status.set_defaults(func=cmd_status)
 
@@ -265,10 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
     submit.set_defaults(func=cmd_submit)
 
     _add_status(sub)
+    holds_command.register(sub)
 
     bench = sub.add_parser("bench", help="measure speed figures, each beside its baseline")
     bench.add_argument(
-        "--model", type=Path, action="append", required=True, help="GGUF (repeatable)"
+        "--model", type=Path, action="append", help="GGUF (repeatable; not with --fleet)"
     )
     bench.add_argument("--threads", type=int, default=2)
     bench.add_argument("--rounds", type=int, default=3)
@@ -283,9 +321,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--mqtt", action="store_true", help="also the overhead over MQTT (needs mosquitto)"
     )
+    bench_fleet.register(bench)
     bench.set_defaults(func=cmd_bench)
 
     eval_command.register(sub)
+    examples_command.register(sub)
     return parser
 
 

@@ -9,6 +9,7 @@ from pydantic import ConfigDict, Field, model_validator
 from edgeagent.config.base import NAME_RE, Section
 
 MAX_EXAMPLES = 8  # per action: they are in every prompt of the catalog (its cached prefix)
+MAX_LEARNED_PER_TASK = 8  # learned examples shown with one task (inference/shots.py)
 
 
 class ActionExample(Section):
@@ -118,6 +119,50 @@ class CatalogConfig(Section):
             "or words) nor the action's examples support: `hold` it (reason "
             "`unsupported_argument`), `lower` its confidence (halved) so "
             "`min_confidence` decides, or `allow` it."
+        ),
+    )
+    hold_ttl_s: float = Field(
+        default=3600.0,
+        gt=0,
+        le=7 * 86400,
+        description=(
+            "A held `dispatch = true` action waits this long for an operator to confirm or "
+            "reject it (MQTT `held/<task_id>/confirm`), then expires: nothing is dispatched."
+        ),
+    )
+    max_pending_holds: int = Field(
+        default=100,
+        ge=1,
+        le=10000,
+        description=(
+            "Holds waiting for an operator at most; a new hold beyond it expires the oldest "
+            "pending one first."
+        ),
+    )
+    learn: bool = Field(
+        default=False,
+        description=(
+            "Learn from the operators' answers to held actions (confirmed, edited, "
+            "rejected) into `<[state] dir>/learned.sqlite3`, and show the most similar "
+            "learned examples with each action task, after the catalog and marked as data "
+            "like the input (`edgeagent examples list|export|clear`; docs/evaluation.md "
+            "measures it, docs/security.md bounds it). Turning it on needs a restart."
+        ),
+    )
+    max_learned_examples: int = Field(
+        default=200,
+        ge=1,
+        le=10_000,
+        description="Learned examples kept (the oldest go first; an input learned again "
+        "replaces its older ruling).",
+    )
+    learned_examples_per_task: int = Field(
+        default=3,
+        ge=0,
+        le=MAX_LEARNED_PER_TASK,
+        description=(
+            "Learned examples shown with one action task: the most similar to its input "
+            "(shared words), at most 1,200 bytes of them together; 0: none."
         ),
     )
 

@@ -14,6 +14,7 @@ from pydantic import Field, field_validator, model_validator
 
 from edgeagent.config.base import TOPIC_LEVEL_RE, Section, topic_prefix
 from edgeagent.protocol.overflow import OverflowPolicy
+from edgeagent.protocol.topics import RESERVED_DEVICE_IDS
 
 
 class DeviceConfig(Section):
@@ -27,6 +28,10 @@ class DeviceConfig(Section):
     def _topic_safe(cls, value: str) -> str:
         if not TOPIC_LEVEL_RE.match(value):
             raise ValueError("must be one MQTT topic level (no '/', '+', '#')")
+        if value in RESERVED_DEVICE_IDS:
+            raise ValueError(
+                f"{value!r} is reserved: <prefix>/{value}/ is the fleet's own topic branch"
+            )
         return value
 
 
@@ -193,6 +198,15 @@ class HomeAssistantConfig(Section):
     )
     name: str | None = Field(
         default=None, description="Device name in Home Assistant. Default: edgeagent <device id>."
+    )
+    republish: Literal["changed", "connect"] = Field(
+        default="changed",
+        description=(
+            "When the retained discovery configs are published again: `changed` (when they "
+            "differ from what this device published last, or the broker did not keep its "
+            "session) or on every `connect` (~10 messages per device per reconnect). "
+            "See docs/scale.md."
+        ),
     )
 
     @field_validator("prefix")

@@ -17,6 +17,7 @@ from typing import Any
 from edgeagent.config import ModelConfig
 from edgeagent.errors import EdgeAgentError, ErrorCode
 from edgeagent.inference.prompt import build_messages
+from edgeagent.inference.shots import shot_messages
 from edgeagent.inference.task import Task
 
 
@@ -61,7 +62,12 @@ class LlamaCppBaseline:
     def answer_blocking(self, task: Task) -> BaselineAnswer:
         if self._llm is None:
             raise EdgeAgentError(ErrorCode.INTERNAL, "the baseline model is not loaded")
-        messages = build_messages(self.cfg.system_prompt, task.spec.instructions, task.content)
+        messages = build_messages(
+            self.cfg.system_prompt,
+            task.spec.instructions,
+            task.content,
+            shot_messages(task.shots),
+        )
         started = time.perf_counter()
         response = self._llm.create_chat_completion(
             messages=messages,

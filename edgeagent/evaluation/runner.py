@@ -21,6 +21,7 @@ from edgeagent.evaluation.cases import Case
 from edgeagent.evaluation.suite import EvalSet
 from edgeagent.inference.contract import OutputSpec, action_spec, schema_spec, select_actions
 from edgeagent.inference.gate import judge
+from edgeagent.inference.shots import Shot
 from edgeagent.inference.task import Task
 
 
@@ -120,13 +121,20 @@ class SpecCache:
 
 
 def run_case(
-    answerer: Answerer, case: Case, spec: OutputSpec, *, max_tokens: int, deadline_s: float
+    answerer: Answerer,
+    case: Case,
+    spec: OutputSpec,
+    *,
+    max_tokens: int,
+    deadline_s: float,
+    shots: tuple[Shot, ...] = (),
 ) -> Outcome:
     task = Task(
         content=case.content,
         spec=spec,
         max_tokens=case.max_tokens or max_tokens,
         deadline=time.monotonic() + deadline_s,
+        shots=shots,
     )
     started = time.perf_counter()
     try:
@@ -184,6 +192,8 @@ def with_hold(outcome: Outcome, eval_set: EvalSet, case: Case) -> Outcome:
 
 
 Progress = Callable[[EvalSet, int, Case, Outcome], None]
+# The learned examples to show with a case (evaluation/learned.py); none by default.
+ShotPicker = Callable[[Case, OutputSpec, EvalSet], tuple[Shot, ...]]
 
 
 def run_sets(
@@ -193,6 +203,7 @@ def run_sets(
     max_tokens: int,
     deadline_s: float = 300.0,
     progress: Progress | None = None,
+    shots: ShotPicker | None = None,
 ) -> Iterator[tuple[EvalSet, Case, Outcome]]:
     """Answer every case of every set, in order, yielding each outcome as it comes."""
     specs = SpecCache(reason=reason_of(answerer))
@@ -205,7 +216,12 @@ def run_sets(
                 outcome = Outcome(None, str(exc.code), exc.message)
             else:
                 outcome = run_case(
-                    answerer, case, spec, max_tokens=max_tokens, deadline_s=deadline_s
+                    answerer,
+                    case,
+                    spec,
+                    max_tokens=max_tokens,
+                    deadline_s=deadline_s,
+                    shots=shots(case, spec, eval_set) if shots is not None else (),
                 )
                 outcome = with_hold(outcome, eval_set, case)
             if progress is not None:

@@ -22,6 +22,7 @@ from typing import Protocol
 from edgeagent.errors import EdgeAgentError, ErrorCode
 from edgeagent.inference.contract import OutputSpec
 from edgeagent.inference.prompt import Message
+from edgeagent.inference.shots import Shot
 from edgeagent.inference.task import Answer, Task
 from edgeagent.protocol.overflow import OverflowPolicy
 
@@ -41,7 +42,9 @@ class Budget(Protocol):
 
     @property
     def n_ctx(self) -> int: ...
-    def prompt(self, spec: OutputSpec, content: str | Sequence[Message]) -> list[int]: ...
+    def prompt(
+        self, spec: OutputSpec, content: str | Sequence[Message], shots: Sequence[Shot] = ()
+    ) -> list[int]: ...
     def tokenize(self, text: str) -> list[int]: ...
     def detokenize(self, tokens: Sequence[int]) -> str: ...
 
@@ -64,6 +67,12 @@ def with_input(content: str | Sequence[Message], text: str) -> str | list[Messag
 
 def answer_within_budget(runner: Budget, task: Task, run: RunOnce, depth: int = 0) -> Answer:
     budget = runner.n_ctx
+    if task.shots:
+        with_shots = len(runner.prompt(task.spec, task.content, task.shots))
+        if with_shots + task.max_tokens <= budget:
+            return run(task, task.content)
+        # Learned examples are a help, never a reason to cut or split the input.
+        task = dataclasses.replace(task, shots=())
     prompt_len = len(runner.prompt(task.spec, task.content))
     if prompt_len + task.max_tokens <= budget:
         return run(task, task.content)

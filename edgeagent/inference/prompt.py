@@ -47,12 +47,20 @@ def mark_data(text: str) -> str:
 
 
 def build_messages(
-    system_prompt: str, instructions: str, content: str | Sequence[Message]
+    system_prompt: str,
+    instructions: str,
+    content: str | Sequence[Message],
+    examples: Sequence[Message] = (),
 ) -> list[Message]:
+    """Our system message, then `examples` (learned example turns, inference/shots.py:
+    after the system message, so outside the cached prefix), then the caller's content.
+    Every user turn, the examples' included, is marked as data."""
     system = f"{system_prompt}\n{instructions}\n{DATA_RULE}"
+    shown = [_marked(m) for m in examples]
     if isinstance(content, str):
         return [
             {"role": "system", "content": system},
+            *shown,
             {"role": "user", "content": mark_data(content)},
         ]
     messages = [dict(m) for m in content]
@@ -72,4 +80,10 @@ def build_messages(
     for message in messages:
         if message["role"] == "user":
             message["content"] = mark_data(message["content"])
-    return [{"role": "system", "content": system}, *messages]
+    return [{"role": "system", "content": system}, *shown, *messages]
+
+
+def _marked(message: Message) -> Message:
+    if message["role"] == "user":
+        return {"role": "user", "content": mark_data(message["content"])}
+    return {"role": message["role"], "content": message["content"]}

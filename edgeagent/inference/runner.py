@@ -35,6 +35,7 @@ from edgeagent.inference.overflow import answer_within_budget
 from edgeagent.inference.prefix_cache import FixedParts, Prompt
 from edgeagent.inference.prompt import Message, build_messages
 from edgeagent.inference.sequence import SeqHandle
+from edgeagent.inference.shots import Shot, shot_messages
 from edgeagent.inference.speculative import MAX_DRAFT, DraftTarget, SpeculativeDecoder
 from edgeagent.inference.task import Answer, Task
 
@@ -75,12 +76,15 @@ class Runner:
     def detokenize(self, tokens: Sequence[int]) -> str:
         return self.model.detokenize(tokens)
 
-    def prompt(self, spec: OutputSpec, content: Content) -> Prompt:
+    def prompt(self, spec: OutputSpec, content: Content, shots: Sequence[Shot] = ()) -> Prompt:
         """Tokens of the full prompt for this content: a `Prompt` that knows where the
         part the device wrote, the same for every caller, ends (prefix_cache.FixedParts).
         A schema is the caller's text (shared only with `[model] share_schemas`); an
-        action catalog's instructions are the device's."""
-        messages = build_messages(self.cfg.system_prompt, spec.instructions, content)
+        action catalog's instructions are the device's. Learned examples (`shots`) come
+        after that part: they are never in a cached prefix."""
+        messages = build_messages(
+            self.cfg.system_prompt, spec.instructions, content, shot_messages(shots)
+        )
         shared = spec.kind == "action" or self.cfg.share_schemas
         owned = spec.instructions if shared else ""
         return self._fixed_parts.prompt(
@@ -100,7 +104,7 @@ class Runner:
     def run(self, task: Task, content: Content, *, batched: bool = False) -> Answer:
         """One model run over content; CONTEXT_BUDGET if it does not fit (no overflow policy)."""
         model = self.model
-        prompt = self.prompt(task.spec, content)
+        prompt = self.prompt(task.spec, content, task.shots)
         if len(prompt) + task.max_tokens > model.n_ctx:
             raise EdgeAgentError(
                 ErrorCode.CONTEXT_BUDGET,

@@ -9,6 +9,7 @@ from typing import Any
 
 from edgeagent.inference.contract import OutputSpec
 from edgeagent.inference.prompt import Message
+from edgeagent.inference.shots import Shot
 from edgeagent.protocol.overflow import OverflowPolicy
 
 
@@ -24,6 +25,9 @@ class Task:
     overflow: OverflowPolicy = OverflowPolicy.REJECT  # when the input does not fit
     # Among tasks waiting for the engine together, higher first (inference/scheduler.py).
     priority: int = 0
+    # Learned examples shown before the input (inference/shots.py); dropped first when
+    # the prompt does not fit the context.
+    shots: tuple[Shot, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,9 +1,12 @@
 """The MQTT connection: paho-mqtt 2.x bridged to asyncio.
 
-paho runs its own network thread (loop_start), which also reconnects with backoff.
-Its callbacks do nothing but hand events to the event loop (call_soon_threadsafe),
-so all our state is touched from one thread — except the connection generation,
-which paho's thread stamps where the connection happens (see below).
+paho runs its own network thread (loop_start), which also reconnects; how long it waits
+before each attempt is ours (mqtt/backoff.py: exponential, with full jitter, so a fleet
+does not reconnect in lockstep after a broker restart), set from its callbacks on its
+thread before it waits. Its other callbacks do nothing but hand events to the event
+loop (call_soon_threadsafe), so all our state is touched from one thread — except the
+connection generation, which paho's thread stamps where the connection happens (see
+below).
 
 Delivery: QoS 1 with manual acknowledgement. An incoming task is acknowledged only
 after its reply was confirmed by the broker (PUBACK with a success reason code), so a
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -39,6 +43,7 @@ from paho.mqtt.packettypes import PacketTypes
 
 from edgeagent.config import MqttConfig
 from edgeagent.errors import EdgeAgentError, ErrorCode
+from edgeagent.mqtt.backoff import Backoff, ReconnectSchedule
 from edgeagent.mqtt.client import mqtt_properties, new_client
 from edgeagent.protocol.reply_policy import topic_name_problem
 
@@ -130,14 +135,18 @@ class MqttLink:
         will_topic: str,
         receive_maximum: int = RECEIVE_MAXIMUM,
         client: mqtt.Client | None = None,
+        control_subscriptions: list[str] | None = None,
+        backoff: Backoff | None = None,
     ) -> None:
-        """`client` is for tests; by default one is built from cfg (TLS, auth).
+        """`client` and `backoff` are for tests; by default they are built from cfg.
 
         `receive_maximum`: how many unacknowledged task messages the daemon can hold
         (MQTT v5 Receive Maximum; see service.admission.receive_window).
+        `control_subscriptions`: subscribed too, but small messages (the holds' confirm and
+        reject): they do not size the Maximum Packet Size the task topics need.
         """
         self.cfg = cfg
-        self._subscriptions = subscriptions
+        self._subscriptions = [*subscriptions, *(control_subscriptions or [])]
         self.receive_maximum = max(1, min(receive_maximum, RECEIVE_MAXIMUM_LIMIT))
         self.maximum_packet_size = maximum_packet_size(cfg, subscriptions)
         self._on_message: Callable[[Incoming], None] = _drop
@@ -145,6 +154,12 @@ class MqttLink:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.connected = asyncio.Event()
         self.connects = 0
+        # time.monotonic() of the last connection attempt and of the last accepting
+        # CONNACK, stamped on paho's thread: when they really happened, however busy the
+        # event loop (the fleet simulator reads them: a herd is attempts at one instant).
+        self.attempted_at: float | None = None
+        self.connected_at: float | None = None
+        self.session_present = False  # the last CONNACK's Session Present flag
         self.refusals = 0  # PUBACKs with a failure reason code (metrics)
         self._v5 = cfg.protocol == "5"
         self._client = client or new_client(
@@ -156,11 +171,16 @@ class MqttLink:
             manual_ack=True,
         )
         self._client.max_queued_messages_set(MAX_QUEUED_PUBLISHES)
-        self._client.reconnect_delay_set(min_delay=1, max_delay=30)
+        # Used on paho's thread only: the wait before each reconnect attempt.
+        self._reconnects = ReconnectSchedule(
+            backoff or Backoff(cfg.reconnect_base_s, cfg.reconnect_max_s)
+        )
+        self.reconnect_delay: float | None = None  # the wait set last (seconds)
         self._client.will_set(will_topic, "offline", qos=1, retain=True)
         self._client.on_pre_connect = self._paho_pre_connect
         self._client.on_connect = self._paho_connect
         self._client.on_disconnect = self._paho_disconnect
+        self._client.on_connect_fail = self._paho_connect_fail
         self._client.on_message = self._paho_message
         self._client.on_publish = self._paho_publish
         # Guards the generation and the publish bookkeeping, shared with paho's thread.
@@ -188,11 +208,16 @@ class MqttLink:
         # A new connection is about to be opened: packet ids of the old one are void.
         with self._lock:
             self._generation += 1
+        self.attempted_at = time.monotonic()
 
-    def _paho_connect(self, _c: Any, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
+    def _paho_connect(self, _c: Any, _u: Any, flags: Any, reason: Any, _props: Any) -> None:
         if reason.is_failure:
             self._to_loop(self._refused, str(reason))
             return
+        self.connected_at = time.monotonic()
+        self._reconnects.connected()
+        # The broker kept our session (and, with it, most likely our retained messages).
+        self.session_present = bool(getattr(flags, "session_present", False))
         # Subscribing from here (paho thread) keeps it ordered before any message of
         # the new connection is handled.
         for topic in self._subscriptions:
@@ -202,7 +227,12 @@ class MqttLink:
     def _paho_disconnect(self, _c: Any, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
         with self._lock:
             self._generation += 1  # acks queued from now on would reach no one
+        self.reconnect_delay = self._reconnects.before_wait(self._client)
         self._to_loop(self._disconnected, str(reason))
+
+    def _paho_connect_fail(self, _c: Any, _u: Any) -> None:
+        # No broker (yet): the next attempt waits longer.
+        self.reconnect_delay = self._reconnects.before_wait(self._client)
 
     def _paho_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
         props = getattr(msg, "properties", None)

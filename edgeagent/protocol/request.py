@@ -22,6 +22,8 @@ from edgeagent.protocol.overflow import OverflowPolicy
 from edgeagent.protocol.reply_policy import MQTT_TOPIC_MAX_BYTES, topic_name_problem
 
 _ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
+ID_RE = re.compile(_ID_PATTERN)
+LATEST = "latest"  # not a task id: held/latest/confirm names the device's newest hold
 
 
 class ChatMessage(BaseModel):
@@ -48,6 +50,13 @@ class Request(BaseModel):
     # (protocol.reply_policy.check_reply_topic); here only what is never a topic.
     reply_to: str | None = None
     overflow: OverflowPolicy | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _not_latest(cls, value: str) -> str:
+        if value == LATEST:
+            raise ValueError(f"{LATEST!r} is reserved: held/{LATEST}/... names the newest hold")
+        return value
 
     @field_validator("reply_to")
     @classmethod

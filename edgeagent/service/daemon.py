@@ -24,8 +24,10 @@ import structlog
 
 from edgeagent.config import Config, load_config
 from edgeagent.errors import EdgeAgentError
-from edgeagent.mqtt.link import PublishRefused, with_timeout
+from edgeagent.mqtt.link import Incoming, PublishRefused, with_timeout
 from edgeagent.protocol.topics import Topics
+from edgeagent.service.holds.desk import HoldDesk
+from edgeagent.service.learning.learner import Learner
 from edgeagent.service.pipeline.admission import Admission
 from edgeagent.service.pipeline.asyncstore import AsyncTaskStore
 from edgeagent.service.pipeline.delivery import Delivery
@@ -75,6 +77,8 @@ class Daemon:
         memory: MemoryLoop,
         watchdog: sdnotify.Watchdog | None = None,
         operators: OperatorViews | None = None,
+        holds: HoldDesk | None = None,
+        learner: Learner | None = None,
         config_path: Path | None = None,
         load: Callable[[Path], Config] = load_config,
         clock: Callable[[], float] = time.monotonic,
@@ -88,12 +92,16 @@ class Daemon:
         self.engine = engine
         self.memory = memory
         self.watchdog = watchdog
+        # Operators' rulings in, learned examples out (service/learning); None: not learning.
+        self.learner = learner
         self._load = load
         self.topics = Topics(cfg.mqtt.topic_prefix, cfg.device.id, cfg.mqtt.shared_group or None)
         self.queue: TaskQueue[Job] = TaskQueue(cfg.queue.size)
         inflight = InFlightRegistry()
         # Where operators look (docs/integrations.md): Prometheus and Home Assistant.
         self.operators = operators
+        # Held actions operators confirm over MQTT (service/holds); None: replies only.
+        self.holds = holds
         self.telemetry = Telemetry(
             device=cfg.device.id,
             topics=self.topics,
@@ -108,6 +116,7 @@ class Daemon:
             on_heartbeat=operators.heartbeat_taken if operators else None,
             # The SoC temperature for Home Assistant, the metrics and the fleet view.
             board=lambda: read_board().as_dict(),
+            holds=holds.heartbeat if holds else None,
         )
         self.delivery = Delivery(
             link=link,
@@ -138,6 +147,8 @@ class Daemon:
             inflight=inflight,
             telemetry=self.telemetry,
             clock=clock,
+            holds=holds,
+            learned=learner,
         )
         self._stop = asyncio.Event()
         # Set when shutdown had to leave a stuck inference thread behind.
@@ -161,7 +172,7 @@ class Daemon:
         self._set_state(State.LOADING)
         # Connected while the model loads, so the heartbeat says `loading` meanwhile; tasks
         # that arrive wait, unacknowledged, in admission's bounded intake until it runs.
-        self.link.start(self.admission.offer, self._on_connect)
+        self.link.start(self._on_message, self._on_connect)
         started = time.perf_counter()
         # Load at the smallest useful context; the memory governor sizes it right after.
         await self.engine.start(n_ctx=self.cfg.memory.min_ctx)
@@ -183,6 +194,8 @@ class Daemon:
             "memory": self.memory.run,
             "store pruning": lambda: self.store.keep_pruned(STORE_PRUNE_EVERY_S),
         }
+        if self.holds is not None:
+            loops["holds"] = self.holds.run
         watchdog = self.watchdog
         if watchdog is not None and watchdog.enabled and watchdog.interval is not None:
             # The event loop pings; it withholds the ping when the inference thread is
@@ -243,8 +256,12 @@ class Daemon:
         self.cfg = new.model_copy(update={k: getattr(self.cfg, k) for k in fixed})
         self.admission.reconfigure(self.cfg)
         self.worker.reconfigure(self.cfg)
+        if self.learner is not None:
+            self.learner.reconfigure(self.cfg)
         if self.operators is not None:
             self.operators.reconfigure(self.cfg)
+        if self.holds is not None:
+            self.holds.reconfigure(self.cfg)
         configure_logging(self.cfg.log.level, self.cfg.log.format, self.cfg.device.id)
         log.info("configuration reloaded", actions=len(self.cfg.actions))
 
@@ -269,6 +286,11 @@ class Daemon:
             raise
         except Exception:
             log.exception("internal loop crashed; exiting for a restart", loop=name)
+
+    def _on_message(self, message: Incoming) -> None:
+        """From the link: an operator's confirm or reject to the holds, the rest is a task."""
+        if self.holds is None or not self.holds.offer(message):
+            self.admission.offer(message)
 
     def _set_state(self, state: State) -> None:
         self.state = state
@@ -302,6 +324,8 @@ class Daemon:
         if not await self.delivery.wait_idle(within_s=FINAL_PUBLISH_TIMEOUT_S):
             log.warning("replies still unconfirmed at exit; the broker will redeliver their tasks")
         self.delivery.cancel_all()
+        if self.holds is not None:  # before the store closes: its table is in the file
+            await self.holds.stop(within_s=FINAL_PUBLISH_TIMEOUT_S)
         # Stopped serving: the retained heartbeat says so before `offline` and the disconnect.
         self._set_state(State.STOPPED)
         if self.link.connected.is_set():
@@ -320,6 +344,8 @@ class Daemon:
             self.abandoned_inference = True
             log.error("the inference thread does not respond; exiting without it")
         self.store.close()
+        if self.learner is not None:
+            self.learner.close()
         counters = self.telemetry.counters
         log.info("stopped", done=counters.done, failed=counters.failed)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.acl_broker import acl_broker, clients  # noqa: F401 - fixtures of test_broker_acl*
 from support.fleet import ARM64_ENABLED
 from support.prebuild import PREBUILDS, arm64_unavailable, runnable
 

@@ -9,11 +9,13 @@ authentication on the bridge address, and run the real `ansible-playbook ansible
 against them with the wheelhouses built once per session by scripts/build-fleet-wheelhouse.sh
 (x86-64-v3, and pi4 with llama.cpp cross-compiled for aarch64) and the SmolLM2 test model:
 
-1. first run: changes on every host, all healthy, a fleet task is answered; the arm64 host
+1. first run: changes on every host, all healthy, a fleet task is answered; pi3 takes its
+   model from a site mirror (HTTP with byte ranges) and continues a download an earlier
+   run left half done (a truncated .part) instead of starting over; the arm64 host
    is detected as pi4, installs the pi4 wheelhouse offline, gets cgroup_enable=memory on its
    cmdline.txt, is rebooted by the handler and has memory accounting afterwards, and
    answers the health gate's probe task;
-2. second run: changed=0 on every host (the arm64 host too);
+2. second run: changed=0 on every host (the arm64 host too), nothing downloaded again;
 3. a config change (a new action via -e) reloads the service one batch at a time (the
    nspawn hosts: the arm64 host adds nothing to this but minutes);
 4. a pi5 profile on CPUs without its features (x86_64, and the emulated Cortex-A72), and a
@@ -49,6 +51,7 @@ import pytest
 from support.fleet import ANSIBLE_DIR, ARM64_ENABLED, ansible_env, arm64_harness, report_timing
 from support.mosquitto import Mosquitto
 from support.prebuild import hosts_harness, hosts_unavailable
+from support.range_http import RangeServer
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgeagent"
@@ -86,6 +89,9 @@ print(*(reaches(a, p) for a, p in zip(sys.argv[1::2], sys.argv[2::2], strict=Tru
 """
 # The fleet's model tiers (name, min_memtotal_mb), largest first, like the role's defaults.
 TEST_TIERS = (("test-large", 3072), ("test-small", 0))
+# pi3's model comes from the site mirror; an earlier run got this much of it (a .part).
+PART_BYTES = 40 * 1024 * 1024
+MODEL_DIR = "/var/lib/edgeagent/models"
 DPHYS_CONF = "# /etc/dphys-swapfile\nCONF_SWAPSIZE=100\n#CONF_MAXSWAP=2048\n"
 DPHYS_UNIT = "[Unit]\nDescription=stand-in for dphys-swapfile\n[Service]\nType=oneshot\nExecStart=/bin/true\nRemainAfterExit=yes\n"
 
@@ -192,6 +198,8 @@ class Fleet:
     ansible_bin: Path
     broker: Mosquitto
     model_sha256: str
+    mirror: RangeServer
+    model_name: str
     arm: Any = None  # the emulated Pi (harness.arm64.Arm64Host), None when switched off
     runs: dict[str, PlaybookRun] = field(default_factory=dict)
 
@@ -326,9 +334,11 @@ def fleet(
                 arm = _boot_arm64_host(arm64_host_image, workdir, hosts.bridge_address, broker.port)
             www = workdir / "www"
             www.mkdir()
-            (www / model_path.name).symlink_to(model_path)
             (www / "debian").symlink_to(debian_mirror)
-            with http_server(www, hosts.bridge_address) as base_url:
+            with (
+                http_server(www, hosts.bridge_address) as base_url,
+                _site_mirror(workdir, model_path, hosts.bridge_address) as mirror,
+            ):
                 for name in HOSTS:  # the hosts' package mirror: ours, on the bridge
                     hosts[name].run(
                         [
@@ -375,10 +385,9 @@ def fleet(
                 for name in HOSTS:
                     host_vars: dict[str, Any] = {"edgeagent_device_id": f"dev-{name}"}
                     if name == "pi3":
-                        # The other way to get the model: each host downloads it.
+                        # The other way to get the model: from the site's mirror.
                         host_vars |= {
-                            "edgeagent_model_src": "",
-                            "edgeagent_model_url": f"{base_url}/{model_path.name}",
+                            "edgeagent_model_mirror_url": mirror.url,
                             # And a Raspberry Pi OS option on a (fake) boot partition.
                             "edgeagent_enable_memory_cgroup": True,
                             "edgeagent_reboot_allowed": False,
@@ -400,11 +409,22 @@ def fleet(
                     ]
                 )
                 hosts["pi3"].run(["systemctl", "daemon-reload"])
+                _seed_partial_download(hosts["pi3"], workdir, model_path)
                 hosts["pi3"].run(["mkdir", "-p", "/boot/firmware"])
                 hosts["pi3"].run(
                     ["sh", "-c", f"printf '%s' '{CMDLINE}' > /boot/firmware/cmdline.txt"]
                 )
-                yield Fleet(hosts, workdir, inventory, ansible_bin, broker, model_sha256, arm)
+                yield Fleet(
+                    hosts,
+                    workdir,
+                    inventory,
+                    ansible_bin,
+                    broker,
+                    model_sha256,
+                    mirror,
+                    model_path.name,
+                    arm,
+                )
         finally:
             artifacts = Path(os.environ.get("EDGEAGENT_TEST_ARTIFACTS", CACHE / "test-artifacts"))
             artifacts.mkdir(parents=True, exist_ok=True)
@@ -418,6 +438,22 @@ def fleet(
             with contextlib.suppress(Exception):
                 for name in HOSTS:
                     (artifacts / f"journal-{name}.txt").write_text(hosts[name].journal())
+
+
+def _site_mirror(workdir: Path, model_path: Path, address: str) -> RangeServer:
+    """The site's model mirror on the bridge: static files with byte ranges, like nginx."""
+    (workdir / "mirror").mkdir()
+    (workdir / "mirror" / model_path.name).symlink_to(model_path)
+    return RangeServer(workdir / "mirror", address=address)
+
+
+def _seed_partial_download(host: Any, workdir: Path, model_path: Path) -> None:
+    """The first PART_BYTES of the model in <model>.part: a download an earlier run left."""
+    part = workdir / "model.part"
+    with model_path.open("rb") as whole:
+        part.write_bytes(whole.read(PART_BYTES))
+    host.run(["mkdir", "-p", MODEL_DIR])
+    host.copy_in(part, f"{MODEL_DIR}/{model_path.name}.part")
 
 
 def _boot_arm64_host(image: Any, workdir: Path, broker_address: str, broker_port: int) -> Any:
@@ -555,6 +591,15 @@ def test_first_deployment(fleet: Fleet, request: pytest.FixtureRequest) -> None:
     assert "CONF_MAXSWAP=2048\n" in swap
     active = fleet.on("pi3", "systemctl", "is-active", "dphys-swapfile.service", check=False)
     assert active.stdout.strip() == "active"  # restarted by the handler
+    # pi3's model came from the site mirror, continued from the .part an earlier run left:
+    # one request for the rest of the file, nothing sent twice, no .part left.
+    size = fleet.on("pi3", "stat", "-c", "%s", f"{MODEL_DIR}/{fleet.model_name}").stdout
+    assert [(s.path, s.range, s.status, s.sent) for s in fleet.mirror.log] == [
+        (f"/{fleet.model_name}", f"bytes={PART_BYTES}-", 206, int(size) - PART_BYTES)
+    ]
+    assert f"continued after {PART_BYTES} bytes" in run.output
+    leftovers = fleet.on("pi3", "find", MODEL_DIR, "-name", "*.part").stdout
+    assert leftovers == ""
 
     # A task on the fleet topic (shared subscription), sent from a host with an MQTT v5
     # response topic by `edgeagent submit --fleet`, is answered by one of the hosts (the
@@ -662,6 +707,7 @@ def test_first_deployment_on_the_emulated_pi(fleet: Fleet, request: pytest.Fixtu
 def test_second_run_changes_nothing(fleet: Fleet, request: pytest.FixtureRequest) -> None:
     _skip_if_failed(request)
     _mark_failed(request, "second run")
+    downloads = len(fleet.mirror.log)
     run = fleet.playbook(label="second", timeout=3600)
     report_timing(f"second deployment to {len(fleet.names)} hosts (no changes)", run.seconds)
     assert run.returncode == 0, _diagnostics(fleet, run)
@@ -669,6 +715,8 @@ def test_second_run_changes_nothing(fleet: Fleet, request: pytest.FixtureRequest
     for name in fleet.names:
         assert run.recap[name]["changed"] == 0, f"{name}: {run.recap[name]}\n{run.output[-4000:]}"
         assert run.recap[name]["failed"] == 0
+    # The model on pi3 is there and has its sha256: nothing is asked of the mirror.
+    assert len(fleet.mirror.log) == downloads
     _mark_failed(request, "")
 
 

@@ -39,6 +39,15 @@ HOSTS: dict[str, tuple[dict[str, Any], str]] = {
         {"ansible_memtotal_mb": 1848, "edgeagent_model_tier_url": "https://models.example/m/"},
         SMALL,
     ),
+    # A site mirror wins over the fleet-wide download URL.
+    "site-mirror": (
+        {
+            "ansible_memtotal_mb": 3796,
+            "edgeagent_model_tier_url": "https://models.example/m/",
+            "edgeagent_model_mirror_url": "http://mirror.site-a.lan/models/",
+        },
+        LARGE,
+    ),
     "own-model": (
         {
             "ansible_memtotal_mb": 3796,
@@ -126,6 +135,11 @@ def test_each_host_gets_the_tier_of_its_memory(ansible_bin: Path, tmp_path: Path
             assert (resolved["src"], resolved["url"]) == (
                 "",
                 f"https://models.example/m/{filename}",
+            )
+        elif host == "site-mirror":
+            assert (resolved["src"], resolved["url"]) == (
+                "",
+                f"http://mirror.site-a.lan/models/{filename}",
             )
         else:
             assert (resolved["src"], resolved["url"]) == (f"{SRC_DIR}/{filename}", "")

@@ -6,7 +6,8 @@ textfile turned on answers the task the Node-RED example flow builds. Then:
 * the retained discovery configs, read back from the broker by a fresh client, each pass
   Home Assistant's discovery schema for its component (tests/support/homeassistant_schema),
   belong to one device, are available on the status topic, and their value templates
-  render states HA accepts from the daemon's real retained heartbeat and last action;
+  render states HA accepts from the daemon's real retained heartbeat and last action; the
+  hold buttons command the device's own held/latest/confirm|reject;
 * the metrics endpoint, scraped over HTTP and parsed with prometheus_client's parser,
   counts the task, and the textfile holds the same families;
 * `edgeagent status --fleet --json` shows the device online and serving;
@@ -135,9 +136,18 @@ def _heartbeat_with_a_task(port: int) -> bytes | None:
 def _check_discovery(port: int, configs: dict[str, bytes], action: str) -> None:
     """Each config passes HA's schema; its template renders the real retained state."""
     checked = {topic: ha.validate(PREFIX, topic, body) for topic, body in configs.items()}
-    assert {c for c, _ in checked.values()} == {"sensor", "binary_sensor"}
+    assert {c for c, _ in checked.values()} == {"sensor", "binary_sensor", "button"}
     assert len({json.dumps(cfg["device"], sort_keys=True) for _, cfg in checked.values()}) == 1
-    assert {cfg["availability_topic"] for _, cfg in checked.values()} == {f"{BASE}/status"}
+    buttons = {t: cfg for t, (c, cfg) in checked.items() if c == "button"}
+    sensors = {t: (c, cfg) for t, (c, cfg) in checked.items() if c != "button"}
+    assert {cfg["availability_topic"] for _, cfg in sensors.values()} == {f"{BASE}/status"}
+    # The hold buttons: the device's own decision topics, available only while online.
+    assert sorted(cfg["command_topic"] for cfg in buttons.values()) == [
+        f"{BASE}/held/latest/confirm",
+        f"{BASE}/held/latest/reject",
+    ]
+    for cfg in buttons.values():
+        assert cfg["availability"][0]["topic"] == f"{BASE}/status"
     sources = {
         f"{BASE}/heartbeat": _wait(
             "a heartbeat counting the task", lambda: _heartbeat_with_a_task(port)
@@ -146,7 +156,7 @@ def _check_discovery(port: int, configs: dict[str, bytes], action: str) -> None:
     }
     assert json.loads(sources[f"{BASE}/last_action"])["name"] == action
     states = {}
-    for component, cfg in checked.values():
+    for component, cfg in sensors.values():
         state = ha.render(cfg, "value_template", sources[cfg["state_topic"]])
         ha.check_state(component, cfg, state)
         states[cfg["unique_id"].rsplit("-", 1)[-1]] = state
@@ -194,7 +204,8 @@ def test_home_assistant_prometheus_and_fleet_view_with_the_real_daemon(
         daemon.start()
         daemon.wait_event("home assistant discovery")
         action = _send_the_node_red_task(probe)["output"]["action"]
-        entities = 11 if read_board().temp_c is not None else 10
+        # 10 sensors (and the temperature where the board reports it), 4 for holds.
+        entities = (11 if read_board().temp_c is not None else 10) + 4
         configs = _wait("every discovery config", lambda: _all_configs(mosquitto.port, entities))
         _check_discovery(mosquitto.port, configs, action)
         textfile = textfile_dir / "edgeagent.prom"

@@ -13,7 +13,9 @@ arrives, from its sources (homeassistant/components/mqtt/):
   `entity_category`, `icon`, `json_attributes_*`, `unique_id`, ...;
 * sensor.py DISCOVERY_SCHEMA + validate_sensor_state_and_device_class_config, and the
   device class / state class / unit tables of components/sensor/const.py;
-* binary_sensor.py DISCOVERY_SCHEMA and components/binary_sensor BinarySensorDeviceClass.
+* binary_sensor.py DISCOVERY_SCHEMA and components/binary_sensor BinarySensorDeviceClass;
+* button.py DISCOVERY_SCHEMA (`command_topic` required, a valid publish topic) and the
+  availability list of schemas.py (MQTT_AVAILABILITY_LIST_SCHEMA).
 
 One deliberate difference: Home Assistant drops unknown top-level keys (REMOVE_EXTRA);
 here they are errors, because a key HA silently drops is a typo in our payload.
@@ -75,7 +77,8 @@ BINARY_SENSOR_DEVICE_CLASSES = {
 ENTITY_CATEGORIES = {"config", "diagnostic"}
 
 _STRING, _TEMPLATE, _TOPIC, _POS_INT, _BOOL = "string", "template", "topic", "pos_int", "bool"
-RO_KEYS = {"state_topic": _TOPIC, "value_template": _TEMPLATE, "qos": "qos", "encoding": _STRING}
+BASE_KEYS = {"qos": "qos", "encoding": _STRING}  # config.py SCHEMA_BASE (a button's)
+RO_KEYS = {"state_topic": _TOPIC, "value_template": _TEMPLATE, **BASE_KEYS}
 COMMON_KEYS = {
     "availability_topic": _TOPIC,
     "availability_template": _TEMPLATE,
@@ -105,6 +108,14 @@ COMPONENT_KEYS = {
         "state_class": "state_class",
         "unit_of_measurement": _STRING,
     },
+    "button": {
+        "command_template": _TEMPLATE,
+        "command_topic": "publish_topic",
+        "device_class": "button_device_class",
+        "name": _STRING,
+        "payload_press": _STRING,
+        "retain": _BOOL,
+    },
     "binary_sensor": {
         "device_class": "binary_sensor_device_class",
         "expire_after": _POS_INT,
@@ -120,6 +131,7 @@ DEVICE_KEYS = {
     "serial_number", "sw_version", "via_device", "suggested_area", "configuration_url",
 }  # fmt: skip
 ORIGIN_KEYS = {"name", "sw_version", "support_url"}
+AVAILABILITY_KEYS = {"topic", "payload_available", "payload_not_available", "value_template"}
 
 
 class Invalid(ValueError):  # noqa: N818 - named after voluptuous.Invalid, which HA raises
@@ -162,9 +174,8 @@ def _check(kind: str, key: str, value: Any) -> None:  # noqa: C901, PLR0912 - on
     elif kind == "availability_mode":
         if value not in ("all", "any", "latest"):
             raise Invalid(f"availability_mode {value!r}")
-    elif kind == "availability":
-        for item in value if isinstance(value, list) else [value]:
-            valid_subscribe_topic(item.get("topic"))
+    elif kind in _MORE_CHECKS:
+        _MORE_CHECKS[kind](key, value)
     elif kind == "device":
         _check_device(value)
     elif kind == "origin":
@@ -190,6 +201,33 @@ def _check(kind: str, key: str, value: Any) -> None:  # noqa: C901, PLR0912 - on
             raise Invalid(f"unknown state_class {value!r}")
     else:  # pragma: no cover - a key table names a validator that does not exist
         raise AssertionError(kind)
+
+
+def _check_availability(_key: str, value: Any) -> None:
+    for item in value if isinstance(value, list) else [value]:
+        if not isinstance(item, dict) or set(item) - AVAILABILITY_KEYS:
+            raise Invalid(f"availability entries take only {sorted(AVAILABILITY_KEYS)}")
+        valid_subscribe_topic(item.get("topic"))
+        if "value_template" in item:
+            _check(_TEMPLATE, "availability.value_template", item["value_template"])
+
+
+def _check_publish_topic(key: str, value: Any) -> None:
+    """util.py valid_publish_topic."""
+    if "+" in valid_subscribe_topic(value) or "#" in value:
+        raise Invalid(f"{key}: wildcards are not allowed in a publish topic: {value!r}")
+
+
+def _check_button_device_class(_key: str, value: Any) -> None:
+    if value is not None and value not in ("identify", "restart", "update"):
+        raise Invalid(f"unknown button device_class {value!r}")
+
+
+_MORE_CHECKS = {
+    "availability": _check_availability,
+    "publish_topic": _check_publish_topic,
+    "button_device_class": _check_button_device_class,
+}
 
 
 def _check_device(device: Any) -> None:
@@ -254,11 +292,13 @@ def validate(prefix: str, topic: str, payload: bytes | str) -> tuple[str, dict[s
     if "~" in config:
         raise Invalid("no base topic: edgeagent publishes full topics")
     # Abbreviated keys (HA's abbreviations.py) fail below: the tables name full keys only.
-    allowed = {**RO_KEYS, **COMMON_KEYS, **COMPONENT_KEYS[component]}
+    base = BASE_KEYS if component == "button" else RO_KEYS
+    allowed = {**base, **COMMON_KEYS, **COMPONENT_KEYS[component]}
     if extra := set(config) - set(allowed):
         raise Invalid(f"keys Home Assistant does not know for {component}: {sorted(extra)}")
-    if "state_topic" not in config:
-        raise Invalid("state_topic is required")
+    required = "command_topic" if component == "button" else "state_topic"
+    if required not in config:
+        raise Invalid(f"{required} is required")
     if "availability_topic" in config and "availability" in config:
         raise Invalid("availability_topic and availability are exclusive")
     if "device" in config and "unique_id" not in config:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -19,12 +20,29 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+# Listening ports come from below the kernel's ephemeral range (net.ipv4.ip_local_port_range,
+# 32768-60999 by default): a port the kernel hands out for bind(0) is also one it hands out
+# to the next outgoing connection, so with many clients connecting (two pytest sessions, a
+# simulated fleet) a broker started a moment later found it taken ("Address already in use").
+_LISTEN_PORTS = range(20000, 32768)
+_random = random.SystemRandom()
+
 
 def free_port(address: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
+    """A port on `address` that nothing listens on or connects from now, chosen at random
+    below the ephemeral range (random, so two sessions rarely pick the same one)."""
+    for _ in range(200):
+        port = _random.choice(_LISTEN_PORTS)
+        with socket.socket() as sock:
+            try:
+                sock.bind((address, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:  # all tried were taken: whatever the kernel gives
         sock.bind((address, 0))
-        port: int = sock.getsockname()[1]
-        return port
+        fallback: int = sock.getsockname()[1]
+        return fallback
 
 
 class Mosquitto:
@@ -103,7 +121,14 @@ class MqttProbe:
     off), so replies published while the broker restarts still reach it.
     """
 
-    def __init__(self, port: int, *, protocol: int = mqtt.MQTTv5) -> None:
+    def __init__(
+        self,
+        port: int,
+        *,
+        protocol: int = mqtt.MQTTv5,
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
         self.messages: list[mqtt.MQTTMessage] = []
         v5 = protocol == mqtt.MQTTv5
         self.client = mqtt.Client(
@@ -114,6 +139,8 @@ class MqttProbe:
         )
         self.client.on_message = lambda _c, _u, msg: self.messages.append(msg)
         self.client.reconnect_delay_set(min_delay=1, max_delay=2)
+        if username is not None:
+            self.client.username_pw_set(username, password)
         props = None
         if v5:
             props = Properties(PacketTypes.CONNECT)

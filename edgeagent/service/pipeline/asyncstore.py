@@ -167,6 +167,12 @@ class AsyncTaskStore:
         else:  # degraded already (heartbeat and STATUS say so): no warning per task
             log.debug("task store failed again", op=op, error=error, failures=self.failures)
 
+    async def call(self, op: str, fn: Callable[[], T], fallback: T) -> T:
+        """Another table's call in the same file (service/holds/holdstore.py): on this
+        store's one thread, with its timeout; a failure degrades the store and gives
+        `fallback`, like every call here."""
+        return await self._call(op, fn, fallback)
+
     async def get(self, task_id: str) -> TaskRecord | None:
         return await self._call("get", lambda: self._store.get(task_id), None)
 

@@ -39,7 +39,7 @@ from typing import Any, Protocol
 import structlog
 
 from edgeagent.errors import EdgeAgentError, ErrorCode
-from edgeagent.mqtt.link import Incoming, PublishInvalid, PublishRefused
+from edgeagent.mqtt.link import Incoming
 from edgeagent.protocol.reply import (
     ActionMessage,
     ErrorReply,
@@ -50,13 +50,15 @@ from edgeagent.protocol.reply import (
 )
 from edgeagent.protocol.topics import Topics
 from edgeagent.service.pipeline.jobs import InFlight, InFlightRegistry, Waiting
+from edgeagent.service.pipeline.publishing import (
+    QUEUE_FULL_BACKOFF_S,
+    UNCONFIRMED_LOG_S,
+    ConfirmedPublisher,
+)
 from edgeagent.service.pipeline.taskstore import Confirmation, Outcome, TaskRecord
 from edgeagent.service.ports import DeliveryLink
 
 log = structlog.get_logger("edgeagent.service.pipeline.delivery")
-
-UNCONFIRMED_LOG_S = 30.0  # how often a publish still waiting for its PUBACK is logged
-QUEUE_FULL_BACKOFF_S = 1.0  # paho's outgoing queue is full: try again after this
 
 
 def refused_dispatch(reply: str, topic: str) -> str:
@@ -143,8 +145,13 @@ class Delivery:
         self._inflight = inflight
         self._topics = topics
         self._device = device
-        self._unconfirmed_log_s = unconfirmed_log_s
-        self._queue_full_backoff_s = queue_full_backoff_s
+        self._publisher = ConfirmedPublisher(
+            link=link,
+            topics=topics,
+            device=device,
+            unconfirmed_log_s=unconfirmed_log_s,
+            queue_full_backoff_s=queue_full_backoff_s,
+        )
         # Every task's end passes here once (answered, failed or refused): the metrics.
         self._on_reply = on_reply
         # Every action message the broker confirmed: (task id, its payload), for the
@@ -300,6 +307,15 @@ class Delivery:
                 )
         return refused
 
+    async def _publish(
+        self, task_id: str | None, topic: str, payload: str, correlation: bytes | None, what: str
+    ) -> bool:
+        """QoS 1 until the broker answers; True if it refused (publishing.py)."""
+        return await self._publisher.publish(task_id, topic, payload, correlation, what)
+
+    def _report(self, task_id: str | None, error: EdgeAgentError) -> None:
+        self._publisher.report(task_id, error)
+
     async def _answer_once(self, waiting: Waiting, reply: ErrorReply) -> None:
         reply_route = waiting.route
         try:
@@ -311,85 +327,3 @@ class Delivery:
         except Exception:  # a bug: the message is still acknowledged (see the module doc)
             log.exception("answering a refused task failed; acknowledging it", task_id=reply.id)
         self._ack(waiting.message)
-
-    async def _publish(
-        self, task_id: str | None, topic: str, payload: str, correlation: bytes | None, what: str
-    ) -> bool:
-        """QoS 1 until the broker answers; True if it refused. paho resends an unconfirmed
-        publish after a reconnect, so it is never published twice from here."""
-        while True:
-            try:
-                future = self._link.publish(topic, payload, correlation_data=correlation)
-                await self._confirmed(future, task_id, topic)
-            except PublishRefused as refusal:
-                self._refused(task_id, topic, what, refusal)
-                return True
-            except EdgeAgentError as exc:
-                if exc.code is not ErrorCode.BUSY:
-                    self._refused(task_id, topic, what, PublishInvalid(topic, exc.message))
-                    return True
-                # Not a refusal: the broker is slow or away, and paho's queue drains
-                # when it takes messages again.
-                log.warning("mqtt outgoing queue full; retrying", task_id=task_id, topic=topic)
-                await asyncio.sleep(self._queue_full_backoff_s)
-                continue
-            except Exception as exc:  # raised by the link itself: this publish cannot be sent
-                problem = f"{type(exc).__name__}: {exc}"
-                self._refused(task_id, topic, what, PublishInvalid(topic, problem))
-                return True
-            return False
-
-    async def _confirmed(
-        self, future: asyncio.Future[None], task_id: str | None, topic: str
-    ) -> None:
-        waited = 0.0
-        while True:
-            try:
-                # asyncio.timeout: unlike 3.11's wait_for it never swallows a cancellation.
-                async with asyncio.timeout(self._unconfirmed_log_s):
-                    await asyncio.shield(future)
-            except TimeoutError:
-                waited += self._unconfirmed_log_s
-                log.info("publish not confirmed yet", task_id=task_id, topic=topic, waited_s=waited)
-                continue
-            return
-
-    def _refused(self, task_id: str | None, topic: str, what: str, refusal: PublishRefused) -> None:
-        log.error(
-            "broker refused a publish",
-            what=what,
-            task_id=task_id,
-            topic=topic,
-            reason_code=refusal.reason_code,
-            reason=refusal.reason,
-        )
-        if topic == self._topics.errors:
-            return  # the report would go where the refusal happened
-        who = "the link" if isinstance(refusal, PublishInvalid) else "the broker"
-        self._report(
-            task_id,
-            EdgeAgentError(
-                ErrorCode.REPLY_REFUSED,
-                f"{who} refused the {what} on {topic}: {refusal.reason}",
-                topic=topic,
-                reason_code=refusal.reason_code,
-            ),
-        )
-
-    def _report(self, task_id: str | None, error: EdgeAgentError) -> None:
-        """Best effort, on the errors topic: nothing waits for it."""
-        report = ErrorReply.of(task_id, self._device, error)
-        try:
-            future = self._link.publish(self._topics.errors, encode(report))
-        except Exception:  # a report must never take its task's ack with it
-            log.exception("error report not published", task_id=task_id)
-            return
-        future.add_done_callback(self._report_done)
-
-    @staticmethod
-    def _report_done(future: asyncio.Future[None]) -> None:
-        if future.cancelled():
-            return
-        exc = future.exception()
-        if exc is not None:
-            log.warning("refusal report not delivered", error=str(exc))

@@ -22,13 +22,15 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import structlog
 
 from edgeagent.config import Config
 from edgeagent.errors import EdgeAgentError, ErrorCode, TaskHandedBack
+from edgeagent.inference.overflow import input_text
+from edgeagent.inference.shots import Shot
 from edgeagent.inference.task import Answer, Task
 from edgeagent.protocol.reply import (
     ContextUse,
@@ -57,6 +59,20 @@ class Answerer(Protocol):
         ...
 
 
+class HeldActions(Protocol):
+    """The hold desk (service/holds): a held `dispatch = true` answer becomes a hold
+    that an operator confirms; recorded before the task's reply, opened after it."""
+
+    async def prepare(self, job: Job, reply: OkReply) -> bool: ...
+    async def open(self, task_id: str) -> None: ...
+
+
+class LearnedShots(Protocol):
+    """Learned examples for a task's input (service/learning): never raises, bounded."""
+
+    async def shots(self, text: str, allowed: Sequence[str]) -> tuple[Shot, ...]: ...
+
+
 class RunRecords(Protocol):
     async def start_run(self, task_id: str) -> None: ...
     async def forget(self, task_id: str) -> None: ...
@@ -74,9 +90,13 @@ class Worker:
         inflight: InFlightRegistry,
         telemetry: Telemetry,
         clock: Callable[[], float] = time.monotonic,
+        holds: HeldActions | None = None,
+        learned: LearnedShots | None = None,
     ) -> None:
         self.cfg = cfg
+        self._holds = holds
         self._queue = queue
+        self._learned = learned
         self._engine = engine
         self._delivery = delivery
         self._store = store
@@ -193,6 +213,7 @@ class Worker:
                 cancel=job.cancel,
                 overflow=request.overflow or self.cfg.memory.overflow,
                 priority=request.priority,
+                shots=await self._shots(job),
             )
             # Committed before the engine starts: a run that ends the process is counted.
             await self._store.start_run(job.task_id)
@@ -213,7 +234,19 @@ class Worker:
         # A held action (dispatch.py) has no message: it is never published, now or on
         # a redelivery, since the stored reply carries none either.
         message = settled.message if settled is not None and isinstance(reply, OkReply) else None
+        # A held dispatch action waits for an operator (service/holds): its hold is
+        # recorded before the reply is stored and opened after, so a crash between
+        # leaves no hold without its reply nor a reply without its hold.
+        holds = self._holds if isinstance(reply, OkReply) and reply.held else None
+        held = holds is not None and isinstance(reply, OkReply) and await holds.prepare(job, reply)
         await self._delivery.finish(job.entry, reply, message, replayable=replayable)
+        if held and holds is not None:
+            await holds.open(job.task_id)
+
+    async def _shots(self, job: Job) -> tuple[Shot, ...]:
+        if self._learned is None or job.spec.kind != "action":
+            return ()
+        return await self._learned.shots(input_text(job.request.content), job.spec.allowed_actions)
 
     def _ok_reply(self, job: Job, answer: Answer, settled: Settled, queue_ms: float) -> OkReply:
         return OkReply(

@@ -2,14 +2,21 @@
 
 The convention zigbee2mqtt, Frigate and ESPHome follow: a retained JSON config per entity
 on `<discovery prefix>/<component>/<node id>/<object id>/config`; an empty retained payload
-on the same topic removes the entity. Every entity reads the daemon's existing retained
+on the same topic removes the entity. Every sensor reads the daemon's existing retained
 topics (the heartbeat, and `last_action`), and all of them share one availability: the
-retained `status` topic with its `online`/`offline` (the last will covers a crash).
+retained `status` topic with its `online`/`offline` (the last will covers a crash). The
+entities are defined in homeassistant_entities.py and homeassistant_holds.py (the hold
+sensors and the Confirm/Reject buttons, whose availability also needs a pending hold).
 
 What was published is remembered in the state directory, so that turning discovery off,
 or an entity that no longer applies (no temperature sensor any more), removes exactly the
 configs this device published before, and a device that never used discovery publishes
 nothing under the discovery prefix (a broker ACL may not even allow it).
+
+With `republish = "changed"` the record also holds a digest of the configs: a reconnect
+publishes them again only when they changed or when the broker did not keep the device's
+session (a broker that lost its sessions has most likely lost its retained messages too),
+so a broker restart does not cost ~10 retained messages per device (docs/scale.md).
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import hashlib
 import json
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,11 +36,17 @@ import structlog
 from edgeagent import __version__
 from edgeagent.config import HomeAssistantConfig
 from edgeagent.protocol.topics import Topics
+from edgeagent.service.views.homeassistant_entities import (
+    BEAT,
+    ENTITIES,
+    LAST_ACTION,
+    TEMPERATURE,
+    Entity,
+)
+from edgeagent.service.views.homeassistant_holds import HOLD_ENTITIES, button_topics
 
 log = structlog.get_logger("edgeagent.service.views.homeassistant")
 
-# The daemon's lifecycle states (service.daemon.State), the options of the enum sensor.
-STATES = ("starting", "loading", "serving", "paused", "draining", "stopped")
 # The oldest Home Assistant that honours a discovered sensor's `options` (older ones
 # ignore them and show the state sensor as free text); docs/integrations.md names it.
 MIN_HOME_ASSISTANT = "2024.9"
@@ -72,156 +85,6 @@ def node_id(device_id: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Entity:
-    """One HA entity: its object id, component, display name and the component's options."""
-
-    key: str
-    component: str  # "sensor" or "binary_sensor"
-    name: str
-    options: Mapping[str, Any] = field(default_factory=dict)
-    source: str = "heartbeat"  # which of the device's retained topics it reads
-
-
-_BEAT = "heartbeat"
-_LAST_ACTION = "last_action"
-ENTITIES: tuple[Entity, ...] = (
-    Entity(
-        "state",
-        "sensor",
-        "State",
-        {
-            "device_class": "enum",
-            "options": list(STATES),
-            "value_template": "{{ value_json.state }}",
-            "icon": "mdi:robot",
-        },
-    ),
-    Entity(
-        "memory_pressure",
-        "binary_sensor",
-        "Memory pressure",
-        {
-            # On while the memory governor pauses the daemon (tasks get BUSY).
-            "device_class": "problem",
-            "value_template": "{{ 'ON' if value_json.state == 'paused' else 'OFF' }}",
-            "payload_on": "ON",
-            "payload_off": "OFF",
-        },
-    ),
-    Entity(
-        "queue_depth",
-        "sensor",
-        "Queue depth",
-        {
-            "state_class": "measurement",
-            "unit_of_measurement": "tasks",
-            "value_template": "{{ value_json.queue.depth }}",
-            "icon": "mdi:tray-full",
-        },
-    ),
-    Entity(
-        "tasks_done",
-        "sensor",
-        "Tasks done",
-        {
-            # Counters start at 0 with each daemon start: total_increasing treats a drop
-            # as a reset, which is exactly that.
-            "state_class": "total_increasing",
-            "value_template": "{{ value_json.tasks.done }}",
-            "icon": "mdi:check-circle-outline",
-        },
-    ),
-    Entity(
-        "tasks_failed",
-        "sensor",
-        "Tasks failed",
-        {
-            "state_class": "total_increasing",
-            "value_template": "{{ value_json.tasks.failed }}",
-            "icon": "mdi:alert-circle-outline",
-        },
-    ),
-    Entity(
-        "tokens_per_second",
-        "sensor",
-        "Tokens per second",
-        {
-            # null before the first task: rendered "None", which HA shows as unknown.
-            "state_class": "measurement",
-            "unit_of_measurement": "tok/s",
-            "suggested_display_precision": 1,
-            "value_template": "{{ value_json.tokens_per_s }}",
-            "icon": "mdi:speedometer",
-        },
-    ),
-    Entity(
-        "context_budget",
-        "sensor",
-        "Context budget",
-        {
-            "state_class": "measurement",
-            "unit_of_measurement": "tokens",
-            # The governor's fields are absent until its first reading. Every template
-            # reads optional keys with .get(): HA logs a warning for each heartbeat in
-            # which a template touches a missing key (the .get() renders None: unknown).
-            "value_template": "{{ value_json.get('context', {}).get('budget') }}",
-            "icon": "mdi:memory",
-        },
-    ),
-    Entity(
-        "memory_available",
-        "sensor",
-        "Memory available",
-        {
-            "device_class": "data_size",
-            "state_class": "measurement",
-            "unit_of_measurement": "MiB",
-            "suggested_display_precision": 0,
-            # The governor's reading is the tighter of host and cgroup memory.
-            "value_template": (
-                "{{ value_json.get('context', {}).get('available_mb',"
-                " value_json.get('memory', {}).get('host_available_mb')) }}"
-            ),
-            "entity_category": "diagnostic",
-        },
-    ),
-    Entity(
-        "last_action",
-        "sensor",
-        "Last action",
-        {
-            "value_template": "{{ value_json.name }}",
-            "json_attributes_template": "{{ value_json | tojson }}",
-            "icon": "mdi:gesture-tap",
-        },
-        source=_LAST_ACTION,
-    ),
-    Entity(
-        "last_action_time",
-        "sensor",
-        "Last action time",
-        {"device_class": "timestamp", "value_template": "{{ value_json.at }}"},
-        source=_LAST_ACTION,
-    ),
-)
-TEMPERATURE = Entity(
-    "soc_temperature",
-    "sensor",
-    "SoC temperature",
-    {
-        "device_class": "temperature",
-        "state_class": "measurement",
-        "unit_of_measurement": "°C",
-        "suggested_display_precision": 1,
-        # service/system/board.py's reading; this entity exists only where it knows the
-        # temperature, and a heartbeat leaves `board` out when it has nothing to say.
-        "value_template": "{{ value_json.get('board', {}).get('temp_c') }}",
-        "entity_category": "diagnostic",
-    },
-)
-
-
-@dataclass(frozen=True, slots=True)
 class DeviceInfo:
     """What HA shows about the device; `model` is the GGUF file the daemon serves."""
 
@@ -230,6 +93,9 @@ class DeviceInfo:
     heartbeat_s: float
     temperature_known: bool
     version: str = __version__
+    # A catalog action with `dispatch = true`: only then can an answer be held for an
+    # operator, and only then are the hold entities published.
+    holds: bool = True
 
 
 def config_topic(prefix: str, entity: Entity, device_id: str) -> str:
@@ -237,7 +103,8 @@ def config_topic(prefix: str, entity: Entity, device_id: str) -> str:
 
 
 def entities(info: DeviceInfo) -> list[Entity]:
-    return [*ENTITIES, TEMPERATURE] if info.temperature_known else list(ENTITIES)
+    every = [*ENTITIES, TEMPERATURE] if info.temperature_known else list(ENTITIES)
+    return [*every, *HOLD_ENTITIES] if info.holds else every
 
 
 def discovery_configs(
@@ -253,17 +120,23 @@ def discovery_configs(
         "sw_version": info.version,
     }
     expire_after = max(_MIN_EXPIRE_S, round(_STALE_BEATS * info.heartbeat_s))
-    sources = {_BEAT: topics.heartbeat, _LAST_ACTION: last_action_topic(topics)}
+    sources = {BEAT: topics.heartbeat, LAST_ACTION: last_action_topic(topics)}
+    status = {
+        "availability_topic": topics.status,
+        "payload_available": "online",
+        "payload_not_available": "offline",
+    }
     configs: dict[str, dict[str, Any]] = {}
     for entity in entities(info):
+        button = entity.component == "button"
         payload: dict[str, Any] = {
             "name": entity.name,
             "unique_id": f"{ident}-{entity.key}",
-            "state_topic": sources[entity.source],
+            **(
+                button_topics(entity, topics) if button else {"state_topic": sources[entity.source]}
+            ),
             **entity.options,
-            "availability_topic": topics.status,
-            "payload_available": "online",
-            "payload_not_available": "offline",
+            **({} if button else status),
             "qos": 1,
             "device": device,
             "origin": {"name": "edgeagent", "sw_version": info.version},
@@ -271,7 +144,7 @@ def discovery_configs(
         if "json_attributes_template" in entity.options:
             # The attributes (task id, arguments) come from the same message as the state.
             payload["json_attributes_topic"] = payload["state_topic"]
-        if entity.source == _BEAT:
+        if entity.source == BEAT:
             # The last action stays valid however old it is; live values do not.
             payload["expire_after"] = expire_after
         configs[config_topic(cfg.prefix, entity, info.device_id)] = payload
@@ -295,24 +168,41 @@ class PublishedRecord:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def load(self) -> set[str]:
+    def _read(self) -> dict[str, Any]:
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            return set()
+            return {}
         except (OSError, ValueError):
             log.warning("unreadable discovery record; starting afresh", path=str(self.path))
-            return set()
-        return {t for t in data.get("topics", []) if isinstance(t, str)}
+            return {}
+        return data if isinstance(data, dict) else {}
 
-    def save(self, topics: Iterable[str]) -> None:
+    def load(self) -> set[str]:
+        return {t for t in self._read().get("topics", []) if isinstance(t, str)}
+
+    def digest(self) -> str | None:
+        """The digest of the configs published last (None: unknown)."""
+        value = self._read().get("digest")
+        return value if isinstance(value, str) else None
+
+    def save(self, topics: Iterable[str], digest: str | None = None) -> None:
         wanted = sorted(topics)
         if not wanted:
             self.path.unlink(missing_ok=True)
             return
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(json.dumps({"topics": wanted}) + "\n", encoding="utf-8")
+        record: dict[str, Any] = {"topics": wanted}
+        if digest is not None:
+            record["digest"] = digest
+        tmp.write_text(json.dumps(record) + "\n", encoding="utf-8")
         tmp.replace(self.path)  # atomic: a crash leaves the old or the new record
+
+
+def configs_digest(messages: Iterable[tuple[str, str]]) -> str:
+    """What identifies a set of (topic, payload) configs, whatever their order."""
+    text = json.dumps(sorted(messages), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 Publish = Callable[[str, str], Awaitable[None]]
@@ -336,15 +226,27 @@ class Discovery:
         messages = plan(wanted, before, enabled=self.cfg.discovery)
         return messages, set(wanted) if self.cfg.discovery else set()
 
-    async def sync(self, publish: Publish) -> None:
+    async def sync(self, publish: Publish, *, session_present: bool = False) -> None:
+        """Publish what `messages` says, unless (republish = "changed") the broker kept our
+        session and the configs are those published last, with nothing to remove."""
         messages, keep = self.messages()
         if not messages:
+            return
+        removed = sum(1 for _, payload in messages if not payload)
+        # Of the configs wanted now; removals (empty payloads) are never skipped.
+        digest = configs_digest((t, p) for t, p in messages if p) if self.cfg.discovery else None
+        if (
+            self.cfg.republish == "changed"
+            and session_present
+            and not removed
+            and digest == self.record.digest()
+        ):
+            log.debug("home assistant discovery unchanged; not published again")
             return
         # The record changes only after every PUBACK: a connection lost halfway leaves the
         # old record, and the next connect publishes (or removes) everything again.
         await asyncio.gather(*(publish(topic, payload) for topic, payload in messages))
-        self.record.save(keep)
-        removed = sum(1 for _, payload in messages if not payload)
+        self.record.save(keep, digest)
         log.info(
             "home assistant discovery",
             published=len(messages) - removed,

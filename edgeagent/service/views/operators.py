@@ -50,6 +50,7 @@ class OperatorViews:
                 cfg.model.path.name,
                 heartbeat_s=cfg.mqtt.heartbeat_s,
                 temperature_known=read_board().temp_c is not None,
+                holds=any(action.dispatch for action in cfg.actions),
             ),
             cfg.state.dir,
         )
@@ -67,7 +68,9 @@ class OperatorViews:
         self.metrics.stop()
 
     def connected(self) -> None:
-        self._spawn(self._sync_discovery())
+        # The link's last CONNACK: did the broker keep our session (and retained configs)?
+        session_present = bool(getattr(self._link, "session_present", False))
+        self._spawn(self._sync_discovery(session_present=session_present))
 
     def replied(self, reply: Reply) -> None:
         """Every task's end: count it. A reply-only action answer (not held: something the
@@ -101,10 +104,11 @@ class OperatorViews:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _sync_discovery(self) -> None:
+    async def _sync_discovery(self, *, session_present: bool) -> None:
         try:
             await self.discovery.sync(
-                lambda topic, payload: self._link.publish(topic, payload, retain=True)
+                lambda topic, payload: self._link.publish(topic, payload, retain=True),
+                session_present=session_present,
             )
         except (EdgeAgentError, PublishRefused, OSError) as exc:
             log.warning("home assistant discovery not published", error=str(exc))

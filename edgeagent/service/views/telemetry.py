@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
 from collections import deque
 from collections.abc import Callable
@@ -19,6 +20,10 @@ from edgeagent.service.system.board import BoardReading, ThrottleWatch
 
 log = structlog.get_logger("edgeagent.service.views.telemetry")
 MIB = 2**20
+# Each period is drawn from period * [1 - this, 1 + this]: devices that started together
+# (a site back from a power cut, a fleet restarted by Ansible) drift apart instead of
+# beating in the same second forever (docs/scale.md).
+PERIOD_JITTER = 0.1
 
 
 @dataclass(slots=True)
@@ -77,6 +82,7 @@ class Telemetry:
         memory_usage: Callable[[], dict[str, float]] = host_memory,
         on_heartbeat: Callable[[dict[str, Any]], None] | None = None,
         board: Callable[[], dict[str, Any]] | None = None,
+        holds: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.counters = Counters()
         self._device = device
@@ -93,6 +99,7 @@ class Telemetry:
         self._memory_usage = memory_usage
         self._on_heartbeat = on_heartbeat  # the metrics: gauges from the same numbers
         self._board = board  # service/system/board.py: SoC temperature, throttling (what is known)
+        self._holds = holds  # service/holds: `held` and `latest_hold`
         self._board_now = BoardReading()
         self._throttle = ThrottleWatch()
 
@@ -119,6 +126,7 @@ class Telemetry:
             "context": {"n_ctx": self._engine.n_ctx, **self._memory.snapshot()},
             "memory": self._memory_usage(),
             **self._board_field(),
+            **(self._holds() if self._holds is not None else {}),
             "store": {"state": "ok"}
             if degraded is None
             else {"state": "degraded", "reason": degraded},
@@ -179,7 +187,9 @@ class Telemetry:
         while True:
             self.publish_heartbeat()
             self.refresh_status()
-            await asyncio.sleep(self._period_s)
+            # Jitter, not a secret.
+            spread = random.uniform(1 - PERIOD_JITTER, 1 + PERIOD_JITTER)  # noqa: S311
+            await asyncio.sleep(self._period_s * spread)
 
 
 def _ignore_result(future: asyncio.Future[None]) -> None:

@@ -71,6 +71,9 @@ def test_environment_overrides_nested_keys(tmp_path):
         (MINIMAL + "[mqtt]\nport = 70000\n", "mqtt.port"),
         ("[model]\nthreads = 2\n", "model.path"),
         (MINIMAL + '[device]\nid = "a/b"\n', "device.id"),
+        # The fleet's own branches: a device "fleet" would take every fleet task as its own.
+        (MINIMAL + '[device]\nid = "fleet"\n', "device.id"),
+        (MINIMAL + '[device]\nid = "clients"\n', "device.id"),
         (MINIMAL + '[mqtt]\ntls_cert = "/c"\n', "mqtt"),
         (MINIMAL + '[[actions]]\nname = "x"\ndescription = "d"\n', "actions.0.schema"),
         (MINIMAL + "[model]\n", "TOML syntax"),

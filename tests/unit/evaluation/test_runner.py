@@ -195,3 +195,26 @@ def test_the_eval_builds_reason_contracts_for_an_answerer_with_reason_on():
     [(_, _, outcome)] = list(run_sets(engine, [one], max_tokens=10))
     assert outcome.error is None
     assert "reason" in engine.tasks[0].spec.json_schema["anyOf"][0]["properties"]
+
+
+def test_learned_examples_reach_the_task_of_each_action_case():
+    from edgeagent.evaluation.learned import LearnedPicker  # noqa: PLC0415
+    from edgeagent.inference.shots import Shot  # noqa: PLC0415
+
+    learned = Shot("vent 60 please", "open_vent", {"percent": 60})
+    unrelated = Shot("all quiet", "open_vent", {"percent": 0})
+    wrong = Shot("vent 40 now", "open_vent", {"percent": "forty"})  # the catalog refuses it
+    engine = FakeEngine({"vent 40": answer(VENT), "heat": answer(VENT)})
+    picked = make_set("gh", SET.cases[:2], GREENHOUSE_ACTIONS)
+    list(
+        run_sets(
+            engine, [picked], max_tokens=64, shots=LearnedPicker([wrong, unrelated, learned], 3)
+        )
+    )
+    assert engine.tasks[0].shots == (learned,)
+    assert (
+        engine.tasks[1].shots == ()
+    )  # `heat`: no example shares a word (and open_vent is not allowed)
+    plain = FakeEngine({"vent 40": answer(VENT), "heat": answer(VENT)})
+    list(run_sets(plain, [picked], max_tokens=64))
+    assert [t.shots for t in plain.tasks] == [(), ()]

@@ -8,35 +8,12 @@ tests hold the two in step.
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-from types import ModuleType
-
 import pytest
 
 from edgeagent.config import HomeAssistantConfig, MqttConfig
 from edgeagent.mqtt.link import PACKET_HEADROOM_BYTES, maximum_packet_size
 from edgeagent.protocol.topics import Topics
 from edgeagent.service.views.homeassistant import DeviceInfo, discovery_configs
-
-PLUGIN = (
-    Path(__file__).parents[3]
-    / "ansible"
-    / "roles"
-    / "edgeagent"
-    / "filter_plugins"
-    / "mosquitto.py"
-)
-
-
-@pytest.fixture(scope="module")
-def rules() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("mosquitto_filters", PLUGIN)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.parametrize("device", ["greenhouse-01", "pi.lan", "Gewächshaus"])
@@ -93,13 +70,14 @@ def test_ordinary_device_ids_pass(rules, device):
 
 def test_names_shared_by_two_entries_are_reported(rules):
     devices = [
-        {"host": "a", "device": "gh-01", "user": "gh-01"},
-        {"host": "b", "device": "gh-02", "user": "gh-01"},  # one user for two devices
-        {"host": "c", "device": "homeassistant", "user": "homeassistant"},
-        {"host": "d", "device": "fleet", "user": "fleet"},
+        {"host": "a", "device": "gh-01", "user": "gh-01", "prefix": "edgeagent"},
+        {"host": "b", "device": "gh-02", "user": "gh-01", "prefix": "edgeagent"},  # one user
+        {"host": "c", "device": "homeassistant", "user": "homeassistant", "prefix": "edgeagent"},
+        {"host": "d", "device": "fleet", "user": "fleet", "prefix": "edgeagent"},
     ]
     clients = [{"name": "homeassistant"}]  # a device named like a task sender
-    problems = rules.edgeagent_broker_problems(devices, clients)
+    operators = [{"name": "gh-02"}, {"name": "alice"}, {"name": "alice"}]
+    problems = rules.edgeagent_broker_problems(devices, clients, operators)
     assert problems == [
         (
             "device id 'fleet' is reserved: <prefix>/fleet/ is the fleet's own topic branch,"
@@ -107,6 +85,9 @@ def test_names_shared_by_two_entries_are_reported(rules):
         ),
         "'gh-01' names both host a and host b",
         "'homeassistant' names both host c and client homeassistant",
+        "'gh-02' names both host b and operator gh-02",  # an operator named like a device
+        "'alice' names both operator alice and operator alice",
     ]
-    ok = [{"host": "a", "device": "gh-01", "user": "gh-01"}]
+    ok = [{"host": "a", "device": "gh-01", "user": "gh-01", "prefix": "edgeagent"}]
     assert rules.edgeagent_broker_problems(ok, [{"name": "controller"}]) == []
+    assert rules.edgeagent_broker_problems(ok, [], [{"name": "alice"}]) == []

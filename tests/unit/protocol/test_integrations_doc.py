@@ -63,48 +63,78 @@ def test_the_task_automation_sends_a_task_the_device_answers_where_ha_reads() ->
     assert mqtt.topic_matches_sub("replies/homeassistant/#", reply_to)
 
 
-def _reply(device_in_body: str = DEVICE, **extra: Any) -> dict[str, Any]:
-    return {
-        "id": "ha-soil-20261129",
-        "status": "ok",
-        "device": device_in_body,
-        "output": {"action": "set_irrigation", "args": {"zone": 3, "minutes": 20}},
-        "confidence": 0.41,
-        "dispatched": False,
-        **extra,
-    }
-
-
-HELD = {
-    "reason": "confidence",
+HOLD = {
+    "task_id": "t-7",
+    "device": DEVICE,
+    "action": "set_irrigation",
+    "args": {"zone": 3, "minutes": 20},
     "confidence": 0.41,
-    "min_confidence": 0.8,
-    "topic": f"edgeagent/{DEVICE}/actions/set_irrigation",
+    "act_confidence": None,
+    "why": "confidence",
+    "input": "Zone 3 soil moisture 12 %",
+    "held_at": "2026-12-07T04:10:00Z",
+    "expires_at": "2026-12-07T05:10:00Z",
 }
+HOLD_TOPIC = f"edgeagent/{DEVICE}/held/t-7"
+
+
+def _trigger(topic: str, payload: Any) -> dict[str, Any]:
+    """HA's MQTT trigger variables: payload_json only when the payload is JSON."""
+    trigger: dict[str, Any] = {"topic": topic, "payload": payload}
+    if payload:
+        trigger["payload_json"] = json.loads(payload)
+    return trigger
 
 
 @pytest.mark.parametrize(
-    ("reply", "asks"),
+    ("topic", "payload", "asks"),
     [
-        (_reply(held=HELD), True),
-        (_reply(confidence=0.97, dispatched=True), False),  # dispatched: nothing to ask
-        (_reply("greenhouse-02", held=HELD), False),  # the body claims another device
-        (_reply(held=HELD | {"topic": "edgeagent/greenhouse-02/actions/open_roof"}), False),
-        (_reply(held=HELD | {"topic": "valves/zone3/set"}), False),
-        (_reply(held={"reason": "cut_short", "confidence": None}), False),  # no topic
+        (HOLD_TOPIC, json.dumps(HOLD), True),
+        (HOLD_TOPIC, "", False),  # emptied: resolved or expired
+        (HOLD_TOPIC, json.dumps(HOLD | {"device": "greenhouse-02"}), False),
+        (HOLD_TOPIC, json.dumps(HOLD | {"task_id": "t-8"}), False),
+        (HOLD_TOPIC, "[1, 2]", False),
+        ("edgeagent/greenhouse-02/held/t-7", json.dumps(HOLD), False),  # another device's topic
     ],
 )
-def test_the_held_action_automation_asks_only_about_the_devices_own_held_actions(
-    reply: dict[str, Any], asks: bool
-) -> None:
-    automation = _automation("ask before acting on a held action")
+def test_the_phone_automation_asks_only_about_a_devices_own_pending_holds(topic, payload, asks):
+    automation = _automation("confirm or reject a held action from the phone")
     (trigger,) = automation["triggers"]
-    topic = f"replies/homeassistant/{DEVICE}"
     assert mqtt.topic_matches_sub(trigger["topic"], topic)
+    # Its own decisions do not trigger it again.
+    assert not mqtt.topic_matches_sub(trigger["topic"], f"{HOLD_TOPIC}/confirm")
     (condition,) = automation["conditions"]
-    context = {"trigger": {"topic": topic, "payload_json": reply}}
+    context = {"trigger": _trigger(topic, payload)}
     assert _render(condition["value_template"], **context) == str(asks)
-    if asks:
-        (notify,) = automation["actions"]
-        message = _render(notify["data"]["message"], **context)
-        assert HELD["topic"] in message
+
+
+@pytest.mark.parametrize("pressed", ["confirm", "reject"])
+def test_the_phone_automation_publishes_the_decision_where_only_an_operator_may(pressed):
+    variables_step, notify, wait, publish = _automation(
+        "confirm or reject a held action from the phone"
+    )["actions"]
+    context: dict[str, Any] = {
+        "trigger": _trigger(HOLD_TOPIC, json.dumps(HOLD)),
+        "context": {"id": "01JABC"},
+    }
+    variables = {k: _render(v, **context) for k, v in variables_step["variables"].items()}
+    assert (variables["device"], variables["task_id"]) == (DEVICE, "t-7")
+    context |= variables
+    data = notify["data"]
+    assert _render(data["title"], **context) == f"{DEVICE} wants to set_irrigation"
+    assert '{"zone": 3, "minutes": 20}' in _render(data["message"], **context)
+    buttons = [_render(a["action"], **context) for a in data["data"]["actions"]]
+    awaited = [_render(t["event_data"]["action"], **context) for t in wait["wait_for_trigger"]]
+    assert buttons == awaited == [variables["confirm"], variables["reject"]]
+    assert len(set(buttons)) == 2
+    # The person pressed one: the event carries its action id.
+    action = variables[pressed]
+    context["wait"] = {"trigger": {"event": {"data": {"action": action}}}}
+    topic = _render(publish["data"]["topic"], **context)
+    assert topic == f"edgeagent/{DEVICE}/held/t-7/{pressed}"
+    # Only an operator may write there (the role's ACL), never the device itself.
+    assert mqtt.topic_matches_sub(f"edgeagent/+/held/+/{pressed}", topic)
+    assert not mqtt.topic_matches_sub(f"edgeagent/{DEVICE}/held/+", topic)
+    assert publish["data"]["qos"] == 1
+    body = json.loads(_render(publish["data"]["payload"], **context))
+    assert body == {"by": "homeassistant"}  # NAME: 1-64 printable characters

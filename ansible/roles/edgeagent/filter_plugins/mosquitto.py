@@ -12,8 +12,15 @@ it can): the ACL grants a device ``<prefix>/<device id>/#``, so an id that is a 
 fleet itself uses (``fleet``: the fleet's task topic, ``clients``: the CLI's own topics)
 would hand that branch to the device.
 
-``edgeagent_broker_problems(devices, clients)`` lists what makes an inventory unsafe to
-render an ACL for (two entries sharing a name, a reserved or unsafe device id).
+``edgeagent_broker_problems(devices, clients, operators=[])`` lists what makes an
+inventory unsafe to render an ACL for (two entries sharing a name, a reserved or unsafe
+device id, a client whose write grant covers a hold's confirm or reject topic).
+
+``edgeagent_device_acl(device)`` and ``edgeagent_operator_acl(operator, devices)`` are the
+ACL lines of one device and of one operator (templates/mosquitto-acl.conf.j2): a device
+writes exactly the topics its daemon publishes below its own base and reads its tasks and
+the confirm/reject messages of its holds, never writes them; an operator confirms and
+rejects every device's holds and reads what it needs to decide.
 
 ``edgeagent_maximum_packet_size(device)`` is the MQTT v5 Maximum Packet Size a device's
 daemon asks for; the listener's ``max_packet_size`` is the smallest of them.
@@ -21,8 +28,10 @@ daemon asks for; the listener's ``max_packet_size`` is the smallest of them.
 ``mosquitto_discovery_topics(prefix, device_id)`` is every Home Assistant discovery
 config topic the daemon publishes for a device (``edgeagent.service.views.homeassistant``; a
 unit test keeps the two in step): the ACL grants exactly these, so a device cannot
-create an entity of another component (a ``switch`` or ``button`` with a
-``command_topic`` pointed at another device's tasks) or under another device's node.
+create an entity of another component (a ``switch`` with a ``command_topic`` pointed at
+another device's tasks), another button than its two hold buttons, or anything under
+another device's node. What those two may command is checked by the daemon's side of the
+test: their command topic is the device's own ``held/latest/confirm|reject``.
 """
 
 from __future__ import annotations
@@ -69,7 +78,8 @@ def mosquitto_password_hash(password: str, existing: str = "") -> str:
     return "$".join(["", "7", str(ITERATIONS), *encoded])
 
 
-# Second topic levels under the fleet's prefix that are not a device's.
+# Second topic levels under the fleet's prefix that are not a device's (the daemon's own
+# copy, which refuses them in its config: edgeagent/protocol/topics.py).
 RESERVED_DEVICE_IDS = ("fleet", "clients")
 # MQTT separators and wildcards, whitespace (the ACL file is line- and space-separated),
 # control characters, '$' first (broker topics).
@@ -89,6 +99,12 @@ DISCOVERY_ENTITIES = (
     ("sensor", "last_action"),
     ("sensor", "last_action_time"),
     ("sensor", "soc_temperature"),
+    ("sensor", "pending_holds"),
+    ("sensor", "latest_hold"),
+    # The hold buttons command <prefix>/<device>/held/latest/confirm|reject of their own
+    # device: the device grants itself nothing there, an operator presses them.
+    ("button", "confirm_hold"),
+    ("button", "reject_hold"),
 )
 
 
@@ -110,18 +126,111 @@ def edgeagent_device_id_problem(device_id: object) -> str:
 
 
 def edgeagent_broker_problems(
-    devices: list[dict[str, object]], clients: list[dict[str, object]]
+    devices: list[dict[str, Any]],
+    clients: list[dict[str, Any]],
+    operators: list[dict[str, Any]] | None = None,
 ) -> list[str]:
+    operators = operators or []
     problems = [p for d in devices if (p := edgeagent_device_id_problem(d["device"]))]
-    owners: dict[str, str] = {}  # a device id, user or client name -> whose it is
+    owners: dict[str, str] = {}  # a device id, user, client or operator name -> whose it is
     entries = [(f"host {d['host']}", {str(d["device"]), str(d["user"])}) for d in devices]
     entries += [(f"client {c['name']}", {str(c["name"])}) for c in clients]
+    entries += [(f"operator {o['name']}", {str(o["name"])}) for o in operators]
     for owner, names in entries:
         for name in sorted(names):
             if name in owners:
                 problems.append(f"{name!r} names both {owners[name]} and {owner}")
             owners.setdefault(name, owner)
+    problems += _hold_decision_grants(devices, clients)
     return problems
+
+
+# What an operator publishes to decide on a hold, below <prefix>/<device>/.
+HOLD_DECISIONS = ("held/+/confirm", "held/+/reject")
+
+
+def filters_overlap(first: str, second: str) -> bool:
+    """True when some topic matches both MQTT topic filters (level by level: '#' matches
+    the rest, the level above included; '+' any one level; anything else itself)."""
+    a, b = first.split("/"), second.split("/")
+    for index in range(max(len(a), len(b))):
+        x = a[index] if index < len(a) else None
+        y = b[index] if index < len(b) else None
+        if "#" in (x, y):
+            return True
+        if x is None or y is None:
+            return False
+        if x != y and "+" not in (x, y):
+            return False
+    return True
+
+
+def _hold_decision_grants(
+    devices: list[dict[str, Any]], clients: list[dict[str, Any]]
+) -> list[str]:
+    """A task sender that may confirm holds would approve its own tasks' held actions:
+    only an operator (edgeagent_broker_operators) may publish there."""
+    decisions = sorted(
+        {f"{d['prefix']}/+/{decision}" for d in devices for decision in HOLD_DECISIONS}
+    )
+    problems = []
+    for client in clients:
+        grants = [*(client.get("write") or []), *(client.get("readwrite") or [])]
+        for grant in grants:
+            covered = [t for t in decisions if filters_overlap(str(grant), t)]
+            if covered:
+                problems.append(
+                    f"client {client['name']}: write grant {grant!r} covers {covered[0]}"
+                    " (confirming or rejecting held actions is for edgeagent_broker_operators)"
+                )
+    return problems
+
+
+def edgeagent_device_acl(device: dict[str, Any]) -> list[str]:
+    """The ACL lines of one device (after its `user` line)."""
+    base = f"{device['prefix']}/{device['device']}"
+    lines = [f"topic read {base}/tasks"]
+    if device.get("fleet"):
+        lines.append(f"topic read {device['prefix']}/fleet/tasks")
+    lines += [
+        # Retained, read back by the rollout's health gate with the device's credentials.
+        f"topic readwrite {base}/status",
+        f"topic readwrite {base}/heartbeat",
+        f"topic write {base}/errors",
+        f"topic write {base}/results/#",
+        f"topic write {base}/actions/#",
+        f"topic write {base}/last_action",
+        # Its pending holds (retained, one level: never held/<id>/confirm or /reject),
+        # and the operators' decisions on them, which it only reads.
+        f"topic readwrite {base}/held/+",
+        *(f"topic read {base}/{decision}" for decision in HOLD_DECISIONS),
+    ]
+    for reply in device["reply_prefixes"]:
+        lines += [
+            f"topic write {reply}/+/{device['device']}/#",
+            f"topic readwrite {reply}/{device['user']}/#",
+        ]
+    return lines
+
+
+def edgeagent_operator_acl(operator: dict[str, Any], devices: list[dict[str, Any]]) -> list[str]:
+    """The ACL lines of one operator (after its `user` line), for every device prefix."""
+    lines = []
+    for prefix in sorted({str(d["prefix"]) for d in devices}):
+        lines += [f"topic write {prefix}/+/{decision}" for decision in HOLD_DECISIONS]
+        lines += [
+            f"topic read {prefix}/+/held/#",
+            f"topic read {prefix}/+/heartbeat",
+            f"topic read {prefix}/+/status",
+            # The CLI's sync marker (edgeagent held, status --fleet).
+            f"topic readwrite {prefix}/clients/+/sync",
+        ]
+    replies = sorted({str(r) for d in devices for r in d["reply_prefixes"]})
+    # The devices' answers to its decisions (MQTT v5 response topic in its own branch).
+    lines += [f"topic read {reply}/{operator['name']}/#" for reply in replies]
+    for access in ("read", "write", "readwrite"):
+        lines += [f"topic {access} {topic}" for topic in operator.get(access) or []]
+    return lines
 
 
 def mosquitto_discovery_topics(prefix: str, device_id: str) -> list[str]:
@@ -162,4 +271,6 @@ class FilterModule:
             "edgeagent_device_id_problem": edgeagent_device_id_problem,
             "edgeagent_broker_problems": edgeagent_broker_problems,
             "edgeagent_maximum_packet_size": edgeagent_maximum_packet_size,
+            "edgeagent_device_acl": edgeagent_device_acl,
+            "edgeagent_operator_acl": edgeagent_operator_acl,
         }

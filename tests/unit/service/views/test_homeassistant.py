@@ -14,7 +14,6 @@ from edgeagent.config import HomeAssistantConfig
 from edgeagent.protocol.topics import Topics
 from edgeagent.service.views.homeassistant import (
     MIN_HOME_ASSISTANT,
-    STATES,
     DeviceInfo,
     Discovery,
     discovery_configs,
@@ -23,6 +22,7 @@ from edgeagent.service.views.homeassistant import (
     node_id,
     plan,
 )
+from edgeagent.service.views.homeassistant_entities import STATES
 
 ROOT = Path(__file__).resolve().parents[4]
 TOPICS = Topics("edgeagent", "greenhouse-01", "edgeagent")
@@ -47,11 +47,16 @@ def _by_key(configs):
     return {topic.split("/")[-2]: (topic, body) for topic, body in configs.items()}
 
 
+def _sensors(configs):
+    """Every entity that has a state (the hold buttons only command)."""
+    return {key: entry for key, entry in _by_key(configs).items() if "/button/" not in entry[0]}
+
+
 def test_every_config_passes_home_assistants_schema():
     configs = discovery_configs(ON, TOPICS, INFO)
-    assert len(configs) == 11
+    assert len(configs) == 15
     components = {ha.validate("homeassistant", t, json.dumps(c))[0] for t, c in configs.items()}
-    assert components == {"sensor", "binary_sensor"}
+    assert components == {"sensor", "binary_sensor", "button"}
 
 
 def test_one_device_with_availability_on_the_status_topic():
@@ -67,12 +72,20 @@ def test_one_device_with_availability_on_the_status_topic():
         "sw_version": INFO.version,
     }
     assert "via_device" not in device
-    for config in configs.values():
+    for _topic, config in _sensors(configs).values():
         assert config["availability_topic"] == "edgeagent/greenhouse-01/status"
         assert (config["payload_available"], config["payload_not_available"]) == (
             "online",
             "offline",
         )
+    # The buttons need the status too (and a pending hold: test_homeassistant_holds.py).
+    for key in ("confirm_hold", "reject_hold"):
+        status, _beat = _by_key(configs)[key][1]["availability"]
+        assert status == {
+            "topic": "edgeagent/greenhouse-01/status",
+            "payload_available": "online",
+            "payload_not_available": "offline",
+        }
     unique = [c["unique_id"] for c in configs.values()]
     assert len(set(unique)) == len(unique)
 
@@ -93,7 +106,7 @@ def test_node_id_is_safe_for_home_assistant_and_keeps_devices_apart():
 
 
 def test_templates_render_states_home_assistant_accepts():
-    configs = _by_key(discovery_configs(ON, TOPICS, INFO))
+    configs = _sensors(discovery_configs(ON, TOPICS, INFO))
     expected = {
         "state": "serving",
         "memory_pressure": "OFF",
@@ -106,6 +119,8 @@ def test_templates_render_states_home_assistant_accepts():
         "soc_temperature": "51.2",
         "last_action": "set_irrigation",
         "last_action_time": "2026-01-05T10:00:00+00:00",
+        "pending_holds": "None",  # a daemon without holds: unknown
+        "latest_hold": "none",
     }
     for key, (topic, config) in configs.items():
         payload = LAST_ACTION if config["state_topic"].endswith("last_action") else HEARTBEAT
@@ -140,7 +155,7 @@ def test_templates_render_without_a_warning_when_optional_keys_are_missing():
     """A heartbeat without `board` (nothing known this time) and before the governor's
     first reading: HA would log a template variable warning with each one."""
     beat = {k: v for k, v in HEARTBEAT.items() if k != "board"} | {"context": {"n_ctx": 512}}
-    configs = _by_key(discovery_configs(ON, TOPICS, INFO))
+    configs = _sensors(discovery_configs(ON, TOPICS, INFO))
     states = {}
     for key, (topic, config) in configs.items():
         payload = LAST_ACTION if config["state_topic"].endswith("last_action") else beat
@@ -225,7 +240,7 @@ def test_sync_on_then_off_removes_exactly_what_was_published(tmp_path):
     broker = _Broker()
     asyncio.run(Discovery(ON, TOPICS, INFO, tmp_path).sync(broker.publish))
     published = set(broker.retained)
-    assert len(published) == 11
+    assert len(published) == 15
     assert (tmp_path / "homeassistant-discovery.json").is_file()
 
     broker.retained.clear()

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 from support.fake_engine import FakeDecision, FakeEngine, FakeMemory, FakeNotifier
@@ -187,3 +188,25 @@ def test_a_heartbeat_goes_out_on_every_connect():
         assert await serving == 0
 
     asyncio.run(asyncio.wait_for(scenario(), 10))
+
+
+def test_heartbeat_periods_are_jittered_so_a_fleet_started_together_drifts_apart(monkeypatch):
+    """Each wait is the period times a random factor in [0.9, 1.1]: 500 devices started in
+    the same second do not beat in the same second forever (docs/scale.md)."""
+    waits: list[float] = []
+
+    async def recorded_sleep(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) == 200:
+            raise asyncio.CancelledError
+
+    async def scenario():
+        h = Harness()
+        h.link.connected.set()
+        monkeypatch.setattr("edgeagent.service.views.telemetry.asyncio.sleep", recorded_sleep)
+        with contextlib.suppress(asyncio.CancelledError):
+            await h.telemetry.run()
+
+    asyncio.run(scenario())
+    assert all(3600 * 0.9 <= w <= 3600 * 1.1 for w in waits)
+    assert max(waits) - min(waits) > 3600 * 0.15  # spread over most of the +-10 %

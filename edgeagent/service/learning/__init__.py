@@ -1,0 +1,1 @@
+"""Learning from the operators' answers: the learned-examples store and the learner."""
