@@ -1,19 +1,10 @@
 """`edgeagent bench`: every speed figure next to its baseline, in one run.
 
-Two parts per model: the throughput figures (cached prefixes, speculative decoding,
-concurrent tasks: cli/bench_throughput.py) and, here, constrained vs unconstrained
-decode speed. For each task, three decoders run on the same loaded model and the same
-prompt, in rotating order, several rounds:
-
-* free: plain greedy decoding of exactly as many tokens as the constrained answer
-  had (the baseline: what the model costs without any constraint);
-* edgeagent: our llguidance loop (argmax check, mask on refusal, forced tokens batched);
-* gbnf: llama.cpp's own grammar sampler with the GBNF that llama-cpp-python derives
-  from the same JSON Schema (what `Llama(..., grammar=LlamaGrammar.from_json_schema())`
-  does).
-
-Reported speeds are answer tokens per second of decode time (prompt processing
-excluded and identical for all three, since the prompt is cached).
+Per model: constrained vs unconstrained decode speed (cli/bench_decoders.py: our token
+loop, plain greedy decoding and llama.cpp's GBNF sampler on one loaded model), then the
+throughput figures (cached prefixes, speculative decoding, concurrent tasks:
+cli/bench_throughput.py), the end-to-end and memory figures (bench_e2e.py) and, with
+--mqtt, the MQTT round trip (bench_mqtt.py).
 
 On a terminal a progress line runs on stderr (cli/progress.py); piped, stderr only gets
 one JSON line per task, and stdout the Markdown table.
@@ -25,21 +16,14 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-import llama_cpp
-from llama_cpp.llama_grammar import LlamaGrammar
-from llguidance import LLMatcher
-
-from edgeagent import __version__
+from edgeagent.cli.bench_decoders import bench_model, to_markdown
 from edgeagent.cli.bench_e2e import rss_figure, task_time_figures
 from edgeagent.cli.bench_e2e import steps as e2e_steps
 from edgeagent.cli.bench_mqtt import mosquitto, mqtt_figure
@@ -47,239 +31,8 @@ from edgeagent.cli.bench_report import figures_markdown
 from edgeagent.cli.bench_throughput import bench_throughput
 from edgeagent.cli.bench_throughput import steps as throughput_steps
 from edgeagent.cli.progress import Progress
-from edgeagent.inference.contract import OutputSpec, schema_spec
-from edgeagent.inference.decoding import Sampler, StepControl, generate_constrained, generate_free
-from edgeagent.inference.model import ResidentModel
-from edgeagent.inference.prompt import build_messages
 
 MQTT_TASKS = 30  # small tasks sent over MQTT with --mqtt
-
-SYSTEM = (
-    "You are a precise assistant running on an edge device. "
-    "Read the input and answer only with JSON."
-)
-
-TASKS: list[tuple[str, dict[str, Any], str]] = [
-    (
-        "sensor-report",
-        {
-            "type": "object",
-            "properties": {
-                "zone": {"type": "integer", "minimum": 1, "maximum": 8},
-                "celsius": {"type": "number"},
-                "humidity_pct": {"type": ["number", "null"]},
-                "status": {"enum": ["ok", "too_hot", "too_cold", "too_dry", "too_wet"]},
-                "summary": {"type": "string", "maxLength": 160},
-            },
-            "required": ["zone", "celsius", "humidity_pct", "status", "summary"],
-        },
-        (
-            "Zone 4 report at 14:05: air temperature 38.2 C, relative humidity 21 %, soil dry, "
-            "fans running at full speed since noon, tomatoes wilting on the south side."
-        ),
-    ),
-    (
-        "log-event",
-        {
-            "type": "object",
-            "properties": {
-                "severity": {"enum": ["debug", "info", "warning", "error", "critical"]},
-                "service": {"type": "string", "maxLength": 40},
-                "message": {"type": "string", "maxLength": 200},
-                "fields": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "properties": {
-                            "key": {"type": "string", "maxLength": 30},
-                            "value": {"type": "string", "maxLength": 60},
-                        },
-                        "required": ["key", "value"],
-                    },
-                    "maxItems": 6,
-                },
-            },
-            "required": ["severity", "service", "message", "fields"],
-        },
-        (
-            "Nov 29 07:41:12 pi-07 kernel: [12345.678] usb 1-1.3: device descriptor read/64, "
-            "error -71; retrying in 500 ms (port 3, hub 1-1, speed high)"
-        ),
-    ),
-    (
-        "summary",
-        {
-            "type": "object",
-            "properties": {
-                "title": {"type": "string", "maxLength": 80},
-                "points": {
-                    "type": "array",
-                    "items": {"type": "string", "maxLength": 120},
-                    "minItems": 2,
-                    "maxItems": 4,
-                },
-            },
-            "required": ["title", "points"],
-        },
-        (
-            "Maintenance note: the irrigation pump in row B was replaced on Monday. The new pump "
-            "draws less current but needs priming after every power cut. Filters should be "
-            "cleaned weekly; the pressure sensor on line 3 reads 0.2 bar too high and must be "
-            "recalibrated before the next growing season."
-        ),
-    ),
-]
-
-
-@dataclass
-class Sample:
-    tokens: int
-    decode_ms: float
-
-
-def _prompt(model: ResidentModel, spec: OutputSpec, text: str) -> list[int]:
-    return model.render_chat(build_messages(SYSTEM, spec.instructions, text))
-
-
-def _run_edgeagent(
-    model: ResidentModel, spec: OutputSpec, prompt: list[int], max_tokens: int
-) -> tuple[Sample, int, int]:
-    matcher = LLMatcher(model.lltokenizer, spec.grammar)
-    gen = generate_constrained(
-        model, matcher, prompt, max_tokens=max_tokens, sampler=Sampler(), control=StepControl()
-    )
-    return Sample(gen.completion_tokens, gen.decode_ms), gen.forced_tokens, gen.masked_steps
-
-
-def _run_free(model: ResidentModel, prompt: list[int], n_tokens: int) -> Sample:
-    gen = generate_free(model, prompt, n_tokens=n_tokens)
-    return Sample(gen.completion_tokens, gen.decode_ms)
-
-
-def _run_gbnf(model: ResidentModel, gbnf: str, prompt: list[int], max_tokens: int) -> Sample:
-    chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
-    grammar = llama_cpp.llama_sampler_init_grammar(model.vocab, gbnf.encode(), b"root")
-    llama_cpp.llama_sampler_chain_add(chain, grammar)
-    llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
-    try:
-        model.prefill(prompt)
-        started = time.perf_counter()
-        produced = 0
-        while produced < max_tokens:
-            token = llama_cpp.llama_sampler_sample(chain, model.raw_context, -1)
-            if model.is_end_token(token):
-                break
-            produced += 1
-            model.feed([token])
-        return Sample(produced, (time.perf_counter() - started) * 1000)
-    finally:
-        llama_cpp.llama_sampler_free(chain)
-
-
-def _tps(samples: list[Sample]) -> float:
-    return sum(s.tokens for s in samples) / (sum(s.decode_ms for s in samples) / 1000)
-
-
-def bench_model(
-    path: Path, *, threads: int, rounds: int, max_tokens: int, gbnf: bool
-) -> dict[str, Any]:
-    progress = Progress(f"bench {path.name}")
-    progress.stage(f"bench {path.name}: loading the model")
-    try:
-        model = ResidentModel(path, threads=threads, n_ctx=2048, n_batch=256)
-    except BaseException:
-        progress.close()
-        raise
-    rows: list[dict[str, Any]] = []
-    # Per task: one warm-up run, then `rounds` runs of each decoder.
-    runs_per_task = 1 + rounds * (3 if gbnf else 2)
-    progress.stage(f"bench {path.name}", total=len(TASKS) * runs_per_task)
-    try:
-        for name, schema, text in TASKS:
-            spec = schema_spec(schema)
-            prompt = _prompt(model, spec, text)
-            # The GBNF llama-cpp-python itself would use for this schema.
-            grammar = LlamaGrammar.from_json_schema(json.dumps(spec.json_schema), verbose=False)
-            gbnf_text = grammar._grammar  # noqa: SLF001 - no public accessor for the grammar text
-            # Warm-up: fills the prompt cache and fixes the answer length for `free`.
-            first, forced, masked = _run_edgeagent(model, spec, prompt, max_tokens)
-            progress.advance()
-            n = first.tokens
-            free: list[Sample] = []
-            ours: list[Sample] = []
-            theirs: list[Sample] = []
-            for r in range(rounds):
-                order = ["free", "ours", "gbnf"] if gbnf else ["free", "ours"]
-                for kind in order[r % len(order) :] + order[: r % len(order)]:
-                    if kind == "free":
-                        free.append(_run_free(model, prompt, n))
-                    elif kind == "ours":
-                        ours.append(_run_edgeagent(model, spec, prompt, max_tokens)[0])
-                    else:
-                        theirs.append(_run_gbnf(model, gbnf_text, prompt, max_tokens))
-                    progress.advance()
-            row: dict[str, Any] = {
-                "task": name,
-                "prompt_tokens": len(prompt),
-                "answer_tokens": n,
-                "forced_tokens": forced,
-                "masked_steps": masked,
-                "free_tps": round(_tps(free), 2),
-                "edgeagent_tps": round(_tps(ours), 2),
-                "edgeagent_ratio": round(_tps(ours) / _tps(free), 3),
-                "edgeagent_ms_per_token_median": round(
-                    statistics.median(s.decode_ms / max(s.tokens, 1) for s in ours), 2
-                ),
-                "free_ms_per_token_median": round(
-                    statistics.median(s.decode_ms / max(s.tokens, 1) for s in free), 2
-                ),
-            }
-            if gbnf:
-                row |= {
-                    "gbnf_tps": round(_tps(theirs), 2),
-                    "gbnf_ratio": round(_tps(theirs) / _tps(free), 3),
-                }
-            rows.append(row)
-            progress.write(json.dumps(row) + "\n")
-    finally:
-        progress.close()
-        model.close()
-    total_free = sum(r["answer_tokens"] / r["free_tps"] for r in rows)
-    total_ours = sum(r["answer_tokens"] / r["edgeagent_tps"] for r in rows)
-    summary: dict[str, Any] = {
-        "edgeagent_version": __version__,
-        "model": path.name,
-        "n_vocab": model.n_vocab,
-        "threads": threads,
-        "rounds": rounds,
-        "tasks": rows,
-        "edgeagent_ratio": round(total_free / total_ours, 3),
-    }
-    if gbnf:
-        total_gbnf = sum(r["answer_tokens"] / r["gbnf_tps"] for r in rows)
-        summary["gbnf_ratio"] = round(total_free / total_gbnf, 3)
-    return summary
-
-
-def to_markdown(results: list[dict[str, Any]]) -> str:
-    columns = [
-        "model", "vocab", "task", "answer tokens", "forced", "free tok/s",
-        "edgeagent tok/s", "ratio", "GBNF tok/s", "GBNF ratio",
-    ]  # fmt: skip
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for res in results:
-        lines.extend(
-            "| " + " | ".join(str(cell) for cell in (
-                res["model"], res["n_vocab"], row["task"], row["answer_tokens"],
-                row["forced_tokens"], row["free_tps"], row["edgeagent_tps"],
-                row["edgeagent_ratio"], row.get("gbnf_tps", "-"), row.get("gbnf_ratio", "-"),
-            )) + " |"
-            for row in res["tasks"]
-        )  # fmt: skip
-        total = [res["model"], "", "**all**", "", "", "", "", f"**{res['edgeagent_ratio']}**",
-                 "", f"**{res.get('gbnf_ratio', '-')}**"]  # fmt: skip
-        lines.append("| " + " | ".join(total) + " |")
-    return "\n".join(lines)
 
 
 def _throughput(

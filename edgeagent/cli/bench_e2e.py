@@ -34,7 +34,6 @@ from edgeagent.config import ModelConfig
 from edgeagent.errors import EdgeAgentError
 from edgeagent.evaluation.baseline import LlamaCppBaseline
 from edgeagent.inference.engine import Engine
-from edgeagent.inference.model import ResidentModel
 from edgeagent.inference.task import Task
 
 N_CTX = 2048
@@ -151,9 +150,7 @@ def _rss_probe(kind: str, path: Path, threads: int) -> dict[str, int]:
         engine = Engine(cfg)
         engine.load()
         engine.answer_blocking(task)
-        model = engine.model
-        assert isinstance(model, ResidentModel)
-        cache = model.prefix_cache.bytes
+        _, cache = engine.capacity.sequences_held()
     return {"rss": psutil.Process().memory_info().rss, "prefix_cache": cache}
 
 

@@ -113,10 +113,11 @@ def _engine(cfg: ModelConfig, idle_s: float, rss: RssSampler) -> dict[str, Any]:
     engine = Engine(cfg)
     with rss.phase(out, "loaded"):
         engine.load()
-    if engine.batch_probe is not None:
-        probe = engine.batch_probe
+    capacity = engine.capacity
+    if capacity.batch_probe is not None:
+        probe = capacity.batch_probe
         out["probe_ms"] = {"alone": probe.alone_ms, "batched, per token": probe.batched_ms}
-    out["max_parallel"] = engine.max_parallel
+    out["max_parallel"] = capacity.max_parallel
     with rss.phase(out, "one at a time"):
         out["failed"] = _answer_all(engine.answer_blocking)
 
@@ -125,10 +126,10 @@ def _engine(cfg: ModelConfig, idle_s: float, rss: RssSampler) -> dict[str, Any]:
 
     with rss.phase(out, "burst"):
         results = asyncio.run(burst())
-        out["streams after the burst"] = engine.sequences_held()[0]
+        out["streams after the burst"] = capacity.sequences_held()[0]
     out["failed"] += sum(isinstance(r, BaseException) for r in results)
     _idle(out, idle_s, rss)
-    streams, cache = engine.sequences_held()
+    streams, cache = capacity.sequences_held()
     out["streams after idle"], out["prefix cache MiB"] = streams, _mib(cache)
     engine.close()
     return out

@@ -5,14 +5,17 @@ workloads of bench_workloads.py, every round measuring both sides back to back:
 
 * prefix: time to first token (`prompt_ms`) for four catalogs with ~1,000-token fixed
   parts, alternating, cached vs uncached (KV cleared, prefix cache not used);
-* speculative: decode tokens/s with prompt-lookup speculation vs without, on
-  extraction answers (they copy the input) and on answers that copy nothing;
-* alone: a task alone through the scheduler vs the token loop run directly (what a
-  task cost before tasks could run concurrently);
+* speculative: decode tokens/s with prompt-lookup speculation vs without (a second
+  engine, `Engine(speculate=False)`), on extraction answers (they copy the input) and on
+  answers that copy nothing;
+* alone: a task alone through the scheduler vs the token loop run directly on the
+  inference thread (what a task cost before tasks could run concurrently);
 * batch: 4 and 8 concurrent tasks vs the same tasks one at a time (aggregate tokens/s
   from the first task's start to the last one's end; speculation off on both sides).
 
-Answers are compared too: `identical` counts the answers equal to the baseline's.
+Answers are compared too: `identical` counts the answers equal to the baseline's. The
+engine's side of each measurement (the baselines that reach inside it) is in
+bench_engine.py.
 """
 
 from __future__ import annotations
@@ -23,6 +26,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from edgeagent.cli.bench_engine import (
+    answer,
+    answer_direct,
+    answer_uncached,
+    batch_stats,
+    burst,
+    loaded,
+    outcome,
+    same,
+    tps,
+)
 from edgeagent.cli.bench_report import figure
 from edgeagent.cli.bench_workloads import (
     CATALOG_INPUTS,
@@ -35,74 +49,17 @@ from edgeagent.cli.bench_workloads import (
 )
 from edgeagent.config import ModelConfig
 from edgeagent.errors import EdgeAgentError
-from edgeagent.inference.batch import Batcher
 from edgeagent.inference.engine import Engine
-from edgeagent.inference.model import ResidentModel
 from edgeagent.inference.task import Answer, Task
 
 MAX_TOKENS = 160
 
 
-def _outcome(result: Answer | BaseException) -> Any:
-    if isinstance(result, EdgeAgentError):
-        return str(result.code)
-    if isinstance(result, BaseException):
-        raise result
-    return result.output
-
-
-def _answer(engine: Engine, task: Task) -> Answer | EdgeAgentError:
-    try:
-        return engine.answer_blocking(task)
-    except EdgeAgentError as exc:  # e.g. a small model writing in circles: still compared
-        return exc
-
-
-def _resident(engine: Engine) -> ResidentModel:
-    model = engine.model
-    assert isinstance(model, ResidentModel)
-    return model
-
-
-def _direct(engine: Engine, task: Task) -> Answer | EdgeAgentError:
-    """The task on the inference thread itself: the token loop on the model, with no
-    scheduler, batcher or sequence handle (how every task ran before)."""
-
-    def run() -> Answer | EdgeAgentError:
-        try:
-            return engine._answer(task)  # noqa: SLF001 - the engine's own direct path is the baseline
-        except EdgeAgentError as exc:
-            return exc
-
-    return engine.submit(run).result()
-
-
-def _uncached(engine: Engine, task: Task) -> Answer | EdgeAgentError:
-    """The task computed from an empty KV cache, without the prefix cache."""
-    model = _resident(engine)
-    engine.submit(model.kv.clear).result()
-    model.prefix_cache.enabled = False
-    try:
-        return _answer(engine, task)
-    finally:
-        model.prefix_cache.enabled = True
-
-
-def _tps(answers: Sequence[Answer | EdgeAgentError]) -> float:
-    done = [a for a in answers if isinstance(a, Answer)]
-    return sum(a.completion_tokens for a in done) / max(sum(a.decode_ms for a in done) / 1000, 1e-9)
-
-
-def _same(a: Sequence[Any], b: Sequence[Any]) -> str:
-    return f"{sum(x == y for x, y in zip(a, b, strict=True))}/{len(a)}"
-
-
 def prefix_figures(engine: Engine, rounds: int, tick: Callable[[], None]) -> list[dict[str, Any]]:
     specs = list(CATALOGS.values())
-    keep = engine.submit(lambda: engine.prompt_tokens(specs[0], CATALOG_INPUTS[0])).result()
-    fixed = getattr(keep, "keep", 0)
+    fixed = engine.call_blocking(lambda runner: runner.prompt(specs[0], CATALOG_INPUTS[0])).keep
     for spec in specs:  # warm-up: each catalog's fixed part computed once and cached
-        _answer(engine, Task(content=CATALOG_INPUTS[0], spec=spec, max_tokens=MAX_TOKENS))
+        answer(engine, Task(content=CATALOG_INPUTS[0], spec=spec, max_tokens=MAX_TOKENS))
     cached: list[float] = []
     uncached: list[float] = []
     outs: tuple[list[Any], list[Any]] = ([], [])
@@ -110,11 +67,11 @@ def prefix_figures(engine: Engine, rounds: int, tick: Callable[[], None]) -> lis
         with_cache, without = [], []
         for i, spec in enumerate(specs):  # four catalogs, alternating
             task = Task(content=CATALOG_INPUTS[(r + i) % 4], spec=spec, max_tokens=MAX_TOKENS)
-            a, b = _answer(engine, task), _uncached(engine, task)
+            a, b = answer(engine, task), answer_uncached(engine, task)
             with_cache.append(a.prompt_ms if isinstance(a, Answer) else 0.0)
             without.append(b.prompt_ms if isinstance(b, Answer) else 0.0)
-            outs[0].append(_outcome(a))
-            outs[1].append(_outcome(b))
+            outs[0].append(outcome(a))
+            outs[1].append(outcome(b))
             tick()
         cached.append(sum(with_cache) / len(with_cache))
         uncached.append(sum(without) / len(without))
@@ -128,13 +85,13 @@ def prefix_figures(engine: Engine, rounds: int, tick: Callable[[], None]) -> lis
             uncached,
             target="≤ 0.2x",
             met=ratio <= 0.2,
-            notes={"identical answers": _same(*outs)},
+            notes={"identical answers": same(*outs)},
         )
     ]
 
 
 def speculative_figures(
-    engine: Engine, rounds: int, tick: Callable[[], None]
+    engine: Engine, plain_engine: Engine, rounds: int, tick: Callable[[], None]
 ) -> list[dict[str, Any]]:
     result = []
     for label, spec, inputs, target, bound in (
@@ -150,14 +107,15 @@ def speculative_figures(
             for text in inputs:
                 task = Task(content=text, spec=spec, max_tokens=MAX_TOKENS)
                 for speculate in (r % 2 == 0, r % 2 != 0):  # alternate who goes first
-                    engine.speculate = speculate
-                    (spec_answers if speculate else plain_answers).append(_answer(engine, task))
+                    if speculate:
+                        spec_answers.append(answer(engine, task))
+                    else:
+                        plain_answers.append(answer(plain_engine, task))
                 tick()
-            engine.speculate = True
-            fast.append(_tps(spec_answers))
-            plain.append(_tps(plain_answers))
-            outs[0].extend(_outcome(a) for a in spec_answers)
-            outs[1].extend(_outcome(a) for a in plain_answers)
+            fast.append(tps(spec_answers))
+            plain.append(tps(plain_answers))
+            outs[0].extend(outcome(a) for a in spec_answers)
+            outs[1].extend(outcome(a) for a in plain_answers)
         ratio = sorted(f / p for f, p in zip(fast, plain, strict=True))[len(fast) // 2]
         result.append(
             figure(
@@ -168,29 +126,26 @@ def speculative_figures(
                 plain,
                 target=target,
                 met=ratio >= bound,
-                notes={"identical answers": _same(*outs)},
+                notes={"identical answers": same(*outs)},
             )
         )
     return result
 
 
 def alone_figures(engine: Engine, rounds: int, tick: Callable[[], None]) -> list[dict[str, Any]]:
-    engine.speculate = False
+    """engine: one that does not speculate (both sides run the plain token loop)."""
     scheduled: list[float] = []
     direct: list[float] = []
-    try:
-        for _ in range(rounds):
-            via: list[Answer | EdgeAgentError] = []
-            inline: list[Answer | EdgeAgentError] = []
-            for text in EXTRACT_INPUTS[:4]:
-                task = Task(content=text, spec=EXTRACT, max_tokens=MAX_TOKENS)
-                via.append(_answer(engine, task))
-                inline.append(_direct(engine, task))
-                tick()
-            scheduled.append(_tps(via))
-            direct.append(_tps(inline))
-    finally:
-        engine.speculate = True
+    for _ in range(rounds):
+        via: list[Answer | EdgeAgentError] = []
+        inline: list[Answer | EdgeAgentError] = []
+        for text in EXTRACT_INPUTS[:4]:
+            task = Task(content=text, spec=EXTRACT, max_tokens=MAX_TOKENS)
+            via.append(answer(engine, task))
+            inline.append(answer_direct(engine, task))
+            tick()
+        scheduled.append(tps(via))
+        direct.append(tps(inline))
     ratio = sorted(s / d for s, d in zip(scheduled, direct, strict=True))[len(direct) // 2]
     return [
         figure(
@@ -205,16 +160,6 @@ def alone_figures(engine: Engine, rounds: int, tick: Callable[[], None]) -> list
     ]
 
 
-async def _burst(engine: Engine, tasks: Sequence[Task]) -> list[Answer | BaseException]:
-    return await asyncio.gather(*(engine.answer(t) for t in tasks), return_exceptions=True)
-
-
-def _batcher(engine: Engine) -> Batcher:
-    scheduler = engine._scheduler  # noqa: SLF001 - the benchmark reads the batcher's step timer
-    assert scheduler is not None
-    return scheduler.batcher
-
-
 def batch_figures(
     engine: Engine,
     rounds: int,
@@ -224,61 +169,58 @@ def batch_figures(
 ) -> list[dict[str, Any]]:
     """Per burst size two figures: tokens/s of the decode steps alone (the model's
     side: what batching changes) and of the whole burst, first start to last end
-    (prompts, token loops and the serial tail included: what a client sees)."""
+    (prompts, token loops and the serial tail included: what a client sees).
+    engine: one that does not speculate."""
     result = []
-    engine.speculate = False
-    batcher = _batcher(engine)
-    try:
-        for n in sizes:
-            tasks = [
-                Task(
-                    content=EXTRACT_INPUTS[i % len(EXTRACT_INPUTS)],
-                    spec=EXTRACT,
-                    max_tokens=MAX_TOKENS,
+    stats = batch_stats(engine)
+    for n in sizes:
+        tasks = [
+            Task(
+                content=EXTRACT_INPUTS[i % len(EXTRACT_INPUTS)],
+                spec=EXTRACT,
+                max_tokens=MAX_TOKENS,
+            )
+            for i in range(n)
+        ]
+        wall: tuple[list[float], list[float]] = ([], [])
+        steps: tuple[list[float], list[float]] = ([], [])
+        outs: tuple[list[Any], list[Any]] = ([], [])
+        for _ in range(rounds):
+            started, stepped = time.perf_counter(), stats.decode_s
+            serial = [answer(engine, t) for t in tasks]
+            serial_s = time.perf_counter() - started
+            serial_steps = stats.decode_s - stepped
+            started, stepped = time.perf_counter(), stats.decode_s
+            batched = asyncio.run(burst(engine, tasks))
+            batched_s = time.perf_counter() - started
+            batched_steps = stats.decode_s - stepped
+            tokens = sum(a.completion_tokens for a in serial if isinstance(a, Answer))
+            wall[1].append(tokens / serial_s)
+            steps[1].append(tokens / serial_steps)
+            tokens = sum(a.completion_tokens for a in batched if isinstance(a, Answer))
+            wall[0].append(tokens / batched_s)
+            steps[0].append(tokens / batched_steps)
+            outs[0].extend(outcome(a) for a in batched)
+            outs[1].extend(outcome(a) for a in serial)
+            tick()
+        for what, (together, one_by_one) in (
+            ("decode steps", steps),
+            ("whole burst", wall),
+        ):
+            ratio = sorted(t / o for t, o in zip(together, one_by_one, strict=True))
+            met = ratio[rounds // 2] >= 1.8 if n == 8 else None
+            result.append(
+                figure(
+                    f"aggregate tokens/s, {n} concurrent tasks{label}, {what}",
+                    "tok/s",
+                    together,
+                    "one at a time",
+                    one_by_one,
+                    target="≥ 1.8x" if n == 8 else "",
+                    met=met,
+                    notes={"identical answers": same(*outs)},
                 )
-                for i in range(n)
-            ]
-            wall: tuple[list[float], list[float]] = ([], [])
-            steps: tuple[list[float], list[float]] = ([], [])
-            outs: tuple[list[Any], list[Any]] = ([], [])
-            for _ in range(rounds):
-                started, stepped = time.perf_counter(), batcher.decode_s
-                serial = [_answer(engine, t) for t in tasks]
-                serial_s = time.perf_counter() - started
-                serial_steps = batcher.decode_s - stepped
-                started, stepped = time.perf_counter(), batcher.decode_s
-                batched = asyncio.run(_burst(engine, tasks))
-                batched_s = time.perf_counter() - started
-                batched_steps = batcher.decode_s - stepped
-                tokens = sum(a.completion_tokens for a in serial if isinstance(a, Answer))
-                wall[1].append(tokens / serial_s)
-                steps[1].append(tokens / serial_steps)
-                tokens = sum(a.completion_tokens for a in batched if isinstance(a, Answer))
-                wall[0].append(tokens / batched_s)
-                steps[0].append(tokens / batched_steps)
-                outs[0].extend(_outcome(a) for a in batched)
-                outs[1].extend(_outcome(a) for a in serial)
-                tick()
-            for what, (together, one_by_one) in (
-                ("decode steps", steps),
-                ("whole burst", wall),
-            ):
-                ratio = sorted(t / o for t, o in zip(together, one_by_one, strict=True))
-                met = ratio[rounds // 2] >= 1.8 if n == 8 else None
-                result.append(
-                    figure(
-                        f"aggregate tokens/s, {n} concurrent tasks{label}, {what}",
-                        "tok/s",
-                        together,
-                        "one at a time",
-                        one_by_one,
-                        target="≥ 1.8x" if n == 8 else "",
-                        met=met,
-                        notes={"identical answers": _same(*outs)},
-                    )
-                )
-    finally:
-        engine.speculate = True
+            )
     return result
 
 
@@ -293,28 +235,22 @@ def bench_throughput(
     """Measures the figures, handing each group to `keep` as soon as it is measured (a
     long run on a Pi keeps what it has); returns what else there is to report."""
     cfg = ModelConfig(path=path, threads=threads, n_ctx=2048, n_batch=256, max_tokens=MAX_TOKENS)
-    engine = Engine(cfg)
-    engine.load()
-    try:
-        model = _resident(engine)
+    with loaded(cfg) as engine:
         keep(prefix_figures(engine, rounds, tick))
-        keep(speculative_figures(engine, rounds, tick))
-        keep(alone_figures(engine, rounds, tick))
-        keep(batch_figures(engine, rounds, tick))
-        extra = {
-            "invariant_rows": model.invariant_rows,
-            "prefix_cache": model.prefix_cache.stats(),
-        }
-    finally:
-        engine.close()
+        with loaded(cfg, speculate=False) as plain:
+            keep(speculative_figures(engine, plain, rounds, tick))
+            keep(alone_figures(plain, rounds, tick))
+            keep(batch_figures(plain, rounds, tick))
+        extra = engine.call_blocking(
+            lambda runner: {
+                "invariant_rows": runner.model.invariant_rows,
+                "prefix_cache": runner.model.prefix_cache.stats(),
+            }
+        )
     # The same burst with llama.cpp's defaults: repacked weights, any number of tokens
     # per decode (answers may then differ in the last bits from one-at-a-time ones).
-    fast = Engine(cfg, exact=False)
-    fast.load()
-    try:
+    with loaded(cfg, exact=False, speculate=False) as fast:
         keep(batch_figures(fast, rounds, tick, (8,), " (exact=False)"))
-    finally:
-        fast.close()
     return {"workloads": describe(), **extra}
 
 

@@ -56,6 +56,10 @@ class ScriptedEngine:
     def busy(self) -> bool:
         return self.running > 0
 
+    def at_once(self, running: int, waiting: int) -> int:  # noqa: ARG002 - one at a time
+        """One task at a time, like a model that holds one sequence."""
+        return 1
+
     async def start(self, n_ctx: int | None = None) -> None:
         self.n_ctx = n_ctx or 512
 

@@ -6,14 +6,12 @@ own, against a `SeqHandle`: a model whose every call (prefill, feed, rewind) bec
 request to the `Batcher`. The batcher runs on the engine's inference thread — the only
 thread that touches llama.cpp — and serves the requests of all open sequences:
 
-* **batch mode** (at least `min_batch` open sequences, where batches pay: `BatchCosts`
-  (batch_costs.py) learns from the decodes served whether a batched token costs less
-  than one alone — on a compute-bound CPU it does not): the context is recreated with one
-  KV stream per sequence (`ResidentModel.use_streams`; a running sequence's KV moves
-  along) and the tokens every sequence wants fed go into one decode. On a CPU a step
-  of n sequences costs less than n steps (the weights are read once), but too few
-  sequences do not pay: on the 2-core x86 test machine two sequences in lockstep gave
-  0.85x the tokens/s of one.
+* **batch mode** (enough open sequences by batch_rule.py, the rule the service worker
+  follows too, where batches pay: `BatchCosts` (batch_costs.py) learns from the decodes
+  served whether a batched token costs less than one alone — on a compute-bound CPU it
+  does not): the context is recreated with one KV stream per sequence
+  (`ResidentModel.use_streams`; a running sequence's KV moves along) and the tokens
+  every sequence wants fed go into one decode.
 * **serial mode** (fewer): one sequence at a time, the highest priority first (then the
   oldest), to its end — a task alone runs in a one-sequence context as it always did.
 
@@ -31,31 +29,32 @@ answer the task gets alone, token for token (tests/integration/test_batch.py).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-import numpy.typing as npt
 
 from edgeagent.errors import EdgeAgentError, ErrorCode, TaskHandedBack
 from edgeagent.inference.batch_costs import BatchCosts
+from edgeagent.inference.batch_rule import BatchRule
 from edgeagent.inference.kvcache import KvContext
 from edgeagent.inference.prefix_cache import PrefixCache, fixed_length
 from edgeagent.inference.prefix_cache import prefill as prefill_prompt
-from edgeagent.inference.sequence import Kind, Request, SeqHandle, Slot, pending
+from edgeagent.inference.sequence import Kind, Request, SeqHandle, Slot, TokenModel, pending
+from edgeagent.inference.task import Task
 
-MIN_BATCH = 4
 _WAIT_S = 0.05  # how long the batcher waits for a slow sequence before it goes on
 
 
-class SlotModel(Protocol):
-    """What the batcher needs from the model (ResidentModel)."""
+class SlotModel(TokenModel, Protocol):
+    """What the batcher needs from the model (ResidentModel), beyond what its sequences'
+    handles do."""
 
-    n_vocab: int
-    digit_tokens: npt.NDArray[np.bool_]
     prefix_cache: PrefixCache
     invariant_rows: int  # tokens per decode whose logits equal single steps
     max_seq: int
@@ -65,8 +64,15 @@ class SlotModel(Protocol):
     @property
     def kv(self) -> KvContext: ...
     def prefill(self, prompt: Sequence[int]) -> int: ...
-    def is_end_token(self, token: int) -> bool: ...
-    def piece(self, token: int) -> str: ...
+
+
+@dataclass(slots=True)
+class BatchStats:
+    """What the batcher served (the benchmark reads it: cli/bench_throughput.py)."""
+
+    steps: int = 0  # decodes served
+    batched_steps: int = 0  # of them, with more than one sequence
+    decode_s: float = 0.0  # time in decodes of answer tokens (not prompts)
 
 
 class Batcher:
@@ -75,40 +81,46 @@ class Batcher:
     def __init__(
         self,
         model: SlotModel,
+        rule: BatchRule | None = None,
         *,
-        min_batch: int = MIN_BATCH,
-        streams: int | None = None,
         exact: bool = True,
         costs: BatchCosts | None = None,
     ) -> None:
-        """exact: decodes of at most model.invariant_rows tokens (batched answers are the
-        answers alone); False: as many as fit n_batch. costs: what was measured when the
-        model loaded (batch_costs.probe_batch_costs), else learnt from the first batches."""
+        """rule: when sequences decode together, and the KV streams of a batch context
+        (`rule.parallel`; default: up to the model's `max_seq`). exact: decodes of at
+        most model.invariant_rows tokens (batched answers are the answers alone); False:
+        as many as fit n_batch. costs: what the load-time probe measured
+        (batch_costs.probe_batch_costs), else learnt from the first batches."""
         self.model = model
-        self.min_batch = min_batch
+        self.rule = rule or BatchRule(max_parallel=model.max_seq)
         self.exact = exact
-        self.streams = streams or model.max_seq  # sequences of a batch-mode context
         self._cv = threading.Condition()
         self._slots: list[Slot] = []
         self._order = itertools.count()
         self._poked = False  # wake() while no sequence is open: the step returns at once
         self.costs = costs or BatchCosts()
         self.batch_mode = False
-        self.steps = 0  # decodes served, for the benchmark
-        self.batched_steps = 0  # of them, with more than one sequence
-        self.decode_s = 0.0  # time in decodes of answer tokens (not prompts), likewise
+        self.stats = BatchStats()
 
     # -- task threads -------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def sequence(self, task: Task) -> Iterator[SeqHandle]:
+        """The task's sequence for its token loop, ranked by its priority, closed after."""
+        handle = self.open(priority=task.priority, deadline=task.deadline, cancel=task.cancel)
+        try:
+            yield handle
+        finally:
+            handle.close()
 
     def open(
         self,
         *,
-        reserve: int,
         priority: int = 0,
         deadline: float = float("inf"),
         cancel: threading.Event | None = None,
     ) -> SeqHandle:
-        slot = Slot(priority, next(self._order), reserve, deadline, cancel)
+        slot = Slot(priority, next(self._order), deadline, cancel)
         with self._cv:
             self._slots.append(slot)
             self._cv.notify_all()
@@ -151,12 +163,13 @@ class Batcher:
             if pending(slot) in (Kind.REWIND, Kind.CLOSE):
                 self._serve_now(slot)
         slots = [s for s in slots if pending(s) is not Kind.CLOSE]
-        self.batch_mode = len(slots) >= self.min_batch and self.costs.worth_batching()
-        if self.batch_mode and self.model.n_seq == 1 and self.streams > 1:
+        self.batch_mode = self.rule.together(len(slots)) and self.costs.worth_batching()
+        streams = self.rule.parallel  # sequences of a batch-mode context
+        if self.batch_mode and self.model.n_seq == 1 and streams > 1:
             held = [s for s in slots if s.seq is not None]
             # In exact mode no more sequences than tokens one decode may hold: one token
             # each fits one decode (a ninth would cost a second decode per step).
-            streams = min(self.streams, self._row_limit()) if self.exact else self.streams
+            streams = min(streams, self._row_limit()) if self.exact else streams
             self.model.use_streams(max(2, streams), {0: 0} if held else {})
         ready = sorted((s for s in slots if pending(s) is not None), key=lambda s: s.rank)
         prefills = [s for s in ready if pending(s) is Kind.PREFILL]
@@ -229,7 +242,7 @@ class Batcher:
             slot.seq = None
             request.finish(error=exc)
             return True
-        self.steps += 1
+        self.stats.steps += 1
         request.finish(result=(reused, np.array(self.model.kv.logits(-1))))
         return True
 
@@ -279,11 +292,11 @@ class Batcher:
                 request.finish(error=exc)
             return
         elapsed = time.perf_counter() - started
-        self.decode_s += elapsed
+        self.stats.decode_s += elapsed
         if all(len(r.tokens) == 1 for r in requests):
             self.costs.decoded(elapsed * 1000, len(requests))
-        self.steps += 1
-        self.batched_steps += len(group) > 1
+        self.stats.steps += 1
+        self.stats.batched_steps += len(group) > 1
         for start, request in zip(starts, requests, strict=True):
             count = len(request.tokens)
             first = start if request.all_logits else start + count - 1

@@ -260,20 +260,3 @@ def generate_constrained(  # noqa: C901, PLR0912, PLR0915 - one loop; splitting 
         act=confidence.act if confidence is not None else None,
         cut_short=finisher.cut_short if finisher is not None else False,
     )
-
-
-def generate_free(model: Decoder, prompt: Sequence[int], *, n_tokens: int) -> Generation:
-    """Unconstrained greedy decoding of exactly n_tokens (the benchmark's baseline)."""
-    started = time.perf_counter()
-    cached = model.prefill(prompt)
-    prompt_done = time.perf_counter()
-    out: list[int] = []
-    while len(out) < n_tokens:
-        token = int(np.argmax(model.logits()))
-        out.append(token)
-        if len(out) < n_tokens:
-            model.feed([token])
-    done = time.perf_counter()
-    return Generation(
-        out, len(prompt), cached, 0, (prompt_done - started) * 1000, (done - prompt_done) * 1000
-    )

@@ -7,14 +7,20 @@ from typing import Any, Protocol
 
 from edgeagent.config import ModelConfig
 from edgeagent.errors import EdgeAgentError, ErrorCode
-from edgeagent.inference.decoding import Decoder
+from edgeagent.inference.batch import SlotModel
+from edgeagent.inference.batch_costs import SequenceModel
+from edgeagent.inference.batch_rule import MAX_PARALLEL
 from edgeagent.inference.model import ResidentModel, sha256_file
 from edgeagent.inference.prompt import Message
-from edgeagent.inference.scheduler import MAX_PARALLEL
+from edgeagent.inference.speculative import DraftTarget
 
 
-class EngineModel(Decoder, Protocol):
-    """The model surface the engine uses (ResidentModel in production)."""
+class EngineModel(DraftTarget, SlotModel, SequenceModel, Protocol):
+    """Everything the engine uses of a model (ResidentModel in production; the scripted
+    model of the unit tests). Fakes and production take the same branches: a model
+    that holds one sequence (`max_seq` 1) runs one task at a time, one that cannot
+    verify drafts exactly (`invariant_rows` 1) does not speculate, one without a prefix
+    cache has a `PrefixCache` of 0 bytes."""
 
     n_ctx: int
     n_ctx_train: int
@@ -27,7 +33,6 @@ class EngineModel(Decoder, Protocol):
 
     def render_chat(self, messages: Sequence[Message]) -> list[int]: ...
     def detokenize(self, tokens: Sequence[int]) -> str: ...
-    def tokenize(self, text: str, *, special: bool = False) -> list[int]: ...
     def resize(self, n_ctx: int) -> None: ...
     def release(self) -> None: ...
     def close(self) -> None: ...

@@ -79,11 +79,6 @@ class KvContext:
 
     # -- accounting -------------------------------------------------------------
 
-    @property
-    def used_cells(self) -> int:
-        """KV cells holding a token, over all sequences."""
-        return sum(len(tokens) for tokens in self.tokens)
-
     def room(self, seq: int) -> int:
         """Tokens sequence `seq` can still take."""
         return self.n_ctx - len(self.tokens[seq])

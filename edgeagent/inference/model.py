@@ -17,7 +17,6 @@ import ctypes
 import hashlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import llama_cpp
 import numpy as np
@@ -299,12 +298,3 @@ class ResidentModel:
     def logits(self) -> Logits:
         """Logits for the token after the last one fed (a view, valid until the next feed)."""
         return self.kv.logits(-1)
-
-    @property
-    def raw_context(self) -> Any:
-        """The llama_context pointer, for llama.cpp samplers (benchmarks only)."""
-        return self.kv.ctx.ctx
-
-    @property
-    def vocab(self) -> Any:
-        return self._model.vocab

@@ -1,7 +1,7 @@
 """Tasks whose input does not fit the context budget: truncate, chunk (map-reduce), reject.
 
 `plan_overflow` decides which tokens to keep and where to split (pure arithmetic on
-token lists); `answer_within_budget` runs the plan on the inference thread. Only the
+token lists); `answer_within_budget` runs the plan with the task's runner (runner.py). Only the
 task's input text is cut or split (`input`, or the last user message of `messages`);
 the system prompt, schema and `max_tokens` are kept whole in every run.
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -37,17 +37,20 @@ _COMBINE_INTRO = (
 )
 
 
-class Runner(Protocol):
-    """What overflow handling needs from the engine (inference thread only)."""
+class Budget(Protocol):
+    """What overflow handling measures with (runner.Runner)."""
 
     @property
     def n_ctx(self) -> int: ...
-    def prompt_tokens(
+    def prompt(
         self, spec: OutputSpec, content: str | Sequence[Message], shots: Sequence[Shot] = ()
     ) -> list[int]: ...
     def tokenize(self, text: str) -> list[int]: ...
     def detokenize(self, tokens: Sequence[int]) -> str: ...
-    def run_once(self, task: Task, content: str | Sequence[Message]) -> Answer: ...
+
+
+# One model run of the task over this content (no overflow policy): Runner.run.
+RunOnce = Callable[[Task, str | Sequence[Message]], Answer]
 
 
 def input_text(content: str | Sequence[Message]) -> str:
@@ -62,17 +65,17 @@ def with_input(content: str | Sequence[Message], text: str) -> str | list[Messag
     return [*content[:-1], {"role": content[-1]["role"], "content": text}]
 
 
-def answer_within_budget(runner: Runner, task: Task, depth: int = 0) -> Answer:
+def answer_within_budget(runner: Budget, task: Task, run: RunOnce, depth: int = 0) -> Answer:
     budget = runner.n_ctx
     if task.shots:
-        with_shots = len(runner.prompt_tokens(task.spec, task.content, task.shots))
+        with_shots = len(runner.prompt(task.spec, task.content, task.shots))
         if with_shots + task.max_tokens <= budget:
-            return runner.run_once(task, task.content)
+            return run(task, task.content)
         # Learned examples are a help, never a reason to cut or split the input.
         task = dataclasses.replace(task, shots=())
-    prompt_len = len(runner.prompt_tokens(task.spec, task.content))
+    prompt_len = len(runner.prompt(task.spec, task.content))
     if prompt_len + task.max_tokens <= budget:
-        return runner.run_once(task, task.content)
+        return run(task, task.content)
     tokens = runner.tokenize(input_text(task.content))
     fixed = max(prompt_len - len(tokens), 0) + _SAFETY_TOKENS
     plan = plan_overflow(
@@ -85,12 +88,11 @@ def answer_within_budget(runner: Runner, task: Task, depth: int = 0) -> Answer:
     )
     if plan.policy is OverflowPolicy.TRUNCATE:
         cut = with_input(task.content, runner.detokenize(plan.tokens))
-        answer = runner.run_once(task, cut)
+        answer = run(task, cut)
         return dataclasses.replace(answer, truncated=plan.truncated)
     # CHUNK: map over the parts, then reduce.
     partials = [
-        runner.run_once(task, with_input(task.content, runner.detokenize(part)))
-        for part in plan.chunk_tokens()
+        run(task, with_input(task.content, runner.detokenize(part))) for part in plan.chunk_tokens()
     ]
     if depth >= _MAX_COMBINE_DEPTH:
         raise EdgeAgentError(ErrorCode.CONTEXT_BUDGET, "partial answers do not fit to be combined")
@@ -98,7 +100,7 @@ def answer_within_budget(runner: Runner, task: Task, depth: int = 0) -> Answer:
         json.dumps(p.output, ensure_ascii=False) for p in partials
     )
     combine = dataclasses.replace(task, content=with_input(task.content, combine_text))
-    final = answer_within_budget(runner, combine, depth + 1)
+    final = answer_within_budget(runner, combine, run, depth + 1)
     runs = [*partials, final]
     return dataclasses.replace(
         final,

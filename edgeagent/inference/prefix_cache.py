@@ -141,7 +141,6 @@ class PrefixCache:
 
     def __init__(self, limit_bytes: int = DEFAULT_LIMIT_BYTES) -> None:
         self._lock = threading.Lock()
-        self.enabled = True  # False: neither used nor filled (the benchmark's baseline)
         self.limit_bytes = limit_bytes
         self._entries: OrderedDict[tuple[int, ...], _Entry] = OrderedDict()
         self.bytes = 0
@@ -154,7 +153,7 @@ class PrefixCache:
     def get(self, tokens: Sequence[int]) -> npt.NDArray[np.uint8] | None:
         key = tuple(tokens)
         with self._lock:
-            entry = self._entries.get(key) if self.enabled else None
+            entry = self._entries.get(key)
             if entry is None:
                 self.misses += 1
                 return None
@@ -167,7 +166,7 @@ class PrefixCache:
         """Keep a state; False when it alone exceeds the limit."""
         key = tuple(tokens)
         with self._lock:
-            if not self.enabled or key in self._entries or state.nbytes > self.limit_bytes:
+            if key in self._entries or state.nbytes > self.limit_bytes:
                 return False
             self._entries[key] = _Entry(_off_heap(state))
             self.bytes += state.nbytes

@@ -1,12 +1,12 @@
 """Tasks on their way to the batcher: waiting in priority order, then one thread each.
 
 `Engine.answer()` may be awaited by several callers at once (the service worker hands
-over as many queued jobs as the engine can take, `Engine.parallel`). Each task waits here,
-highest priority first, then oldest; up to `parallel` of them run at a time, each in a
-thread of its own that runs the engine's usual path (prompt, overflow policy, token
-loop) against a `SeqHandle`. Meanwhile the inference thread runs `Batcher.step` in a
-loop, until no task is left. A resize of the context (the memory governor) first lets
-the running tasks finish and starts no new one.
+over as many queued jobs as the batch rule says, batch_rule.py). Each task waits here,
+highest priority first, then oldest; up to the rule's `parallel` of them run at a time,
+each in a thread of its own that runs the usual path (runner.py: prompt, overflow
+policy, token loop) against a `SeqHandle` of the batcher. Meanwhile the inference
+thread runs `Batcher.step` in a loop, until no task is left. A resize of the context
+(the memory governor) first lets the running tasks finish and starts no new one.
 
 When the loop has had nothing to do for `idle_s` seconds, the batcher gives back the
 KV streams a batch allocated (`Batcher.give_back`): a burst must not leave n_ctx tokens
@@ -27,7 +27,6 @@ from edgeagent.errors import TaskHandedBack
 from edgeagent.inference.batch import Batcher
 from edgeagent.inference.task import Answer, Task
 
-MAX_PARALLEL = 8
 IDLE_S = 5.0  # without a task for this long, the streams of a batch are given back
 
 
@@ -38,15 +37,16 @@ class TaskScheduler:
         *,
         run: Callable[[Task], Answer],
         on_inference_thread: Callable[[Callable[[], None]], Future[None]],
-        parallel: int = MAX_PARALLEL,
         idle_s: float = IDLE_S,
     ) -> None:
+        """run: a task's answer, on a task thread (its sequence comes from the batcher).
+        How many run at once is the batcher's rule: `batcher.rule.parallel`."""
         self.batcher = batcher
+        self._rule = batcher.rule
         self._run = run
         self._on_inference_thread = on_inference_thread
-        self.parallel = parallel
         self._lock = threading.Lock()
-        self._waiting: list[tuple[int, int, Task, Future[Answer], int]] = []
+        self._waiting: list[tuple[int, int, Task, Future[Answer]]] = []
         self._order = itertools.count()
         self._running = 0
         self._looping = False
@@ -56,17 +56,16 @@ class TaskScheduler:
         self._idle_timer: threading.Timer | None = None
         self._loops = 0  # loops started: a give-back armed before a later loop is stale
         self._threads = ThreadPoolExecutor(
-            max_workers=parallel, thread_name_prefix="edgeagent-task"
+            max_workers=self._rule.max_parallel, thread_name_prefix="edgeagent-task"
         )
-        self._local = threading.local()
-        self.started = 0  # tasks started, for the benchmark
 
     # -- any thread ---------------------------------------------------------------
 
-    def answer(self, task: Task, priority: int = 0) -> Future[Answer]:
+    def answer(self, task: Task) -> Future[Answer]:
+        """The task's answer, once it has waited its turn (`task.priority`) and run."""
         future: Future[Answer] = Future()
         with self._lock:
-            heapq.heappush(self._waiting, (-priority, next(self._order), task, future, priority))
+            heapq.heappush(self._waiting, (-task.priority, next(self._order), task, future))
         self._kick()
         # A loop already running may be waiting in a step with no sequence open (the
         # previous task is finishing): without this the task waited out that step.
@@ -74,21 +73,11 @@ class TaskScheduler:
         return future
 
     def set_parallel(self, parallel: int) -> None:
-        """Tasks that may run at once (>= 1); the memory governor lowers it under pressure."""
+        """Tasks that may run at once (the rule keeps it within 1..max_parallel); the
+        memory governor lowers it under pressure."""
         with self._lock:
-            self.parallel = max(1, min(parallel, self._threads._max_workers))  # noqa: SLF001 - the pool's size is fixed at creation
+            self._rule.set_parallel(parallel)
         self._kick()
-
-    def current_priority(self) -> int | None:
-        """The priority of the task this thread runs; None outside task threads."""
-        value: int | None = getattr(self._local, "priority", None)
-        return value
-
-    @property
-    def busy(self) -> int:
-        """Tasks running or waiting."""
-        with self._lock:
-            return self._running + len(self._waiting)
 
     def drain(self) -> None:
         """Start no new task (before a resize): the loop ends when the running ones have."""
@@ -107,7 +96,7 @@ class TaskScheduler:
             waiting, self._waiting = self._waiting, []
             if self._idle_timer is not None:
                 self._idle_timer.cancel()
-        for _, _, _, future, _ in waiting:
+        for _, _, _, future in waiting:
             future.set_exception(TaskHandedBack("the engine is closing"))
         self._threads.shutdown(wait=False)
 
@@ -165,19 +154,17 @@ class TaskScheduler:
 
     def _start_tasks(self) -> None:
         with self._lock:
-            while self._waiting and self._running < self.parallel and not self._draining:
-                _, _, task, future, priority = heapq.heappop(self._waiting)
+            while self._waiting and self._running < self._rule.parallel and not self._draining:
+                _, _, task, future = heapq.heappop(self._waiting)
                 if task.cancel.is_set():
                     future.set_exception(TaskHandedBack("task cancelled by shutdown"))
                     continue
                 self._running += 1
-                self.started += 1
-                self._threads.submit(self._task_main, task, future, priority)
+                self._threads.submit(self._task_main, task, future)
 
     # -- task threads ---------------------------------------------------------------
 
-    def _task_main(self, task: Task, future: Future[Answer], priority: int) -> None:
-        self._local.priority = priority
+    def _task_main(self, task: Task, future: Future[Answer]) -> None:
         try:
             result: Any = self._run(task)
         except BaseException as exc:
@@ -185,7 +172,6 @@ class TaskScheduler:
         else:
             future.set_result(result)
         finally:
-            self._local.priority = None
             with self._lock:
                 self._running -= 1
             self.batcher.wake()

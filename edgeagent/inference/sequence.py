@@ -19,6 +19,7 @@ import numpy.typing as npt
 
 from edgeagent.errors import EdgeAgentError, ErrorCode
 from edgeagent.inference.kvcache import Logits
+from edgeagent.inference.speculative import DraftCosts
 
 
 class Server(Protocol):
@@ -32,6 +33,7 @@ class Server(Protocol):
 class TokenModel(Protocol):
     n_vocab: int
     digit_tokens: npt.NDArray[np.bool_]
+    draft_costs: DraftCosts
 
     def is_end_token(self, token: int) -> bool: ...
     def piece(self, token: int) -> str: ...
@@ -62,7 +64,6 @@ class Request:
 class Slot:
     priority: int
     arrival: int
-    reserve: int  # answer tokens the sequence may add (max_tokens)
     deadline: float
     cancel: threading.Event | None
     seq: int | None = None
@@ -86,7 +87,7 @@ class SeqHandle:
         self.n_vocab = model.n_vocab
         self.digit_tokens = model.digit_tokens
         # The model's learnt verification costs, shared by its sequences (speculative.py).
-        self.draft_costs: object = getattr(model, "draft_costs", None)
+        self.draft_costs = model.draft_costs
         self._logits: Logits | None = None
 
     @property

@@ -51,6 +51,7 @@ class DraftTarget(Protocol):
 
     n_vocab: int
     digit_tokens: npt.NDArray[np.bool_]
+    draft_costs: DraftCosts  # what verification costs here, shared by the model's answers
 
     def prefill(self, prompt: Sequence[int]) -> int: ...
     def feed(self, tokens: Sequence[int]) -> None: ...
@@ -182,8 +183,7 @@ class SpeculativeDecoder:
         self.digit_tokens = target.digit_tokens
         self.lookup = NgramLookup()
         self.stats = SpeculationStats()
-        costs = getattr(target, "draft_costs", None)
-        self.costs: DraftCosts = costs if isinstance(costs, DraftCosts) else DraftCosts()
+        self.costs = target.draft_costs
         self._prompt_len = 0
         self._max_draft = max(0, max_draft)
         self._width = min(START_DRAFT, self._max_draft)

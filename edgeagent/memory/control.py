@@ -27,7 +27,7 @@ MIB = 2**20
 
 
 class ResizableContext(Protocol):
-    """What the control loop needs from the engine (`inference.engine.Engine`)."""
+    """What the control loop needs from the engine (`Engine.capacity`, inference/capacity.py)."""
 
     @property
     def n_ctx(self) -> int:
@@ -51,7 +51,7 @@ class ResizableContext(Protocol):
 @runtime_checkable
 class SequenceContext(Protocol):
     """An engine that holds more than one context's worth: sequences for concurrent
-    tasks and saved prompt prefixes (`inference.engine.Engine` with ResidentModel)."""
+    tasks and saved prompt prefixes (`Engine.capacity`, inference/capacity.py)."""
 
     @property
     def max_parallel(self) -> int:

@@ -92,7 +92,7 @@ class Governor:
     grow_margin: float = 0.25
     grow_samples: int = 3
     recover_margin: float | None = None  # None: the same as grow_margin
-    max_parallel: int = 1  # sequences the engine can batch (Engine.parallel at most)
+    max_parallel: int = 1  # sequences the engine can batch (Engine.capacity.max_parallel)
     cache_max_bytes: int = 0  # prefix cache wanted (ResidentModel's default limit)
     n_ctx: int = 0  # the context that exists now (0: none yet)
     state: PressureState = PressureState.NORMAL

@@ -46,7 +46,11 @@ def build_daemon(
     engine = engine or Engine(cfg.model)
     daemon: Daemon
     # A lambda, not the bound method: `daemon` does not exist yet when the loop is built.
-    memory = MemoryControlLoop(engine, cfg, on_change=lambda d: daemon.memory_changed(d))  # noqa: PLW0108
+    memory = MemoryControlLoop(
+        engine.capacity,
+        cfg,
+        on_change=lambda d: daemon.memory_changed(d),  # noqa: PLW0108
+    )
     daemon = assemble(
         cfg,
         engine=engine,

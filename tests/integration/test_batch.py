@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
 import time
 
 import pytest
@@ -73,14 +74,14 @@ def test_eight_concurrent_tasks_answer_as_eight_serial_ones(engine):
             serial.append(engine.answer_blocking(task))
         except EdgeAgentError as exc:
             serial.append(exc)
-    batcher = engine._scheduler.batcher
-    before = batcher.batched_steps
+    stats = engine.call_blocking(lambda runner: runner.batcher.stats)
+    before = stats.batched_steps
     batched = asyncio.run(burst(engine, tasks))
     assert [outcome(b) for b in batched] == [outcome(s) for s in serial]
-    assert batcher.batched_steps > before  # they really shared decodes
+    assert stats.batched_steps > before  # they really shared decodes
     # Alone again: the next task runs in a one-sequence context, as before.
     engine.answer_blocking(tasks[0])
-    assert engine.model.n_seq == 1
+    assert engine.capacity.sequences_held()[0] == 1
 
 
 def test_below_min_batch_higher_priority_runs_first(engine):
@@ -94,11 +95,18 @@ def test_below_min_batch_higher_priority_runs_first(engine):
         tasks = [Task(content=text, spec=spec, max_tokens=80) for spec, text in INPUTS[:3]]
         # The inference thread is busy while three tasks arrive (below min_batch, 4: one
         # at a time); as in the worker's queue, a running task is not preempted.
-        busy = engine.submit(lambda: time.sleep(0.5))
+        holding = threading.Event()
+
+        def hold(_runner):
+            holding.set()
+            time.sleep(0.5)
+
+        busy = asyncio.get_running_loop().run_in_executor(None, engine.call_blocking, hold)
+        assert await asyncio.to_thread(holding.wait, 10)
         await asyncio.gather(
             one(tasks[0], 0, "low"), one(tasks[1], 0, "low2"), one(tasks[2], 9, "high")
         )
-        busy.result()
+        await busy
 
     asyncio.run(scenario())
     # The first arrival starts at once on an idle engine; of the two that wait, the
@@ -119,19 +127,24 @@ def test_deadlines_hold_in_a_batch(engine):
 
 def test_after_a_burst_the_extra_sequences_are_given_back(engine):
     tasks = [Task(content=text, spec=spec, max_tokens=80) for spec, text in INPUTS]
+    capacity = engine.capacity
     engine.answer_blocking(tasks[0])  # alone: a context of one sequence
-    one_stream, _ = engine.buffer_bytes()
-    assert engine.sequences_held()[0] == 1
-    engine._scheduler.batcher.costs = BatchCosts()  # learn afresh: the burst batches
+    one_stream, _ = capacity.buffer_bytes()
+    assert capacity.sequences_held()[0] == 1
+
+    def learn_afresh(runner):  # the burst batches
+        runner.batcher.costs = BatchCosts()
+
+    engine.call_blocking(learn_afresh)
     asyncio.run(burst(engine, tasks))
-    streams, _ = engine.sequences_held()
+    streams, _ = capacity.sequences_held()
     assert streams > 1  # the burst held a KV stream per sequence ...
-    assert engine.buffer_bytes()[0] >= streams * one_stream
+    assert capacity.buffer_bytes()[0] >= streams * one_stream
     deadline = time.monotonic() + IDLE_S + 30
-    while engine.sequences_held()[0] > 1:  # ... and gives them back once idle
+    while capacity.sequences_held()[0] > 1:  # ... and gives them back once idle
         assert time.monotonic() < deadline, "the batch's streams were kept"
         time.sleep(0.2)
-    assert engine.buffer_bytes()[0] == one_stream
+    assert capacity.buffer_bytes()[0] == one_stream
     # The next task alone reuses sequence 0's fixed part and answers as before.
     again = engine.answer_blocking(tasks[1])
     assert again.output is not None
@@ -141,16 +154,17 @@ def test_auto_holds_extra_sequences_only_where_the_board_measured_that_they_pay(
     eng = Engine(ModelConfig(path=model_path, threads=1, n_ctx=1024, n_batch=256, max_tokens=80))
     eng.load()
     try:
-        probe = eng.batch_probe
+        capacity = eng.capacity
+        probe = capacity.batch_probe
         assert probe is not None
         assert probe.alone_ms
         assert probe.batched_ms
-        assert eng.max_parallel == (8 if probe.pays else 1)
-        assert eng.parallel == eng.max_parallel
+        assert capacity.max_parallel == (8 if probe.pays else 1)
+        assert capacity.parallel == capacity.max_parallel
         tasks = [Task(content=text, spec=spec, max_tokens=80) for spec, text in INPUTS[:4]]
         asyncio.run(burst(eng, tasks))
         if not probe.pays:
-            assert eng.sequences_held()[0] == 1  # never more than one sequence
+            assert capacity.sequences_held()[0] == 1  # never more than one sequence
     finally:
         eng.close()
 
@@ -162,10 +176,11 @@ def test_parallel_1_never_holds_a_second_sequence(model_path):
     eng = Engine(cfg)
     eng.load()
     try:
-        assert (eng.parallel, eng.max_parallel, eng.batch_probe) == (1, 1, None)
+        capacity = eng.capacity
+        assert (capacity.parallel, capacity.max_parallel, capacity.batch_probe) == (1, 1, None)
         tasks = [Task(content=text, spec=spec, max_tokens=80) for spec, text in INPUTS[:4]]
         asyncio.run(burst(eng, tasks))
-        assert eng.sequences_held()[0] == 1
-        assert eng.model.max_seq == 1
+        assert capacity.sequences_held()[0] == 1
+        assert eng.call_blocking(lambda runner: runner.model.max_seq) == 1
     finally:
         eng.close()

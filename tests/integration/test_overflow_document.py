@@ -76,7 +76,7 @@ def engine(model_path):
 @pytest.fixture(scope="module")
 def document(engine):
     text = logbook(20_500)
-    n_tokens = len(engine.submit(lambda: engine.tokenize(text)).result())
+    n_tokens = len(engine.call_blocking(lambda runner: runner.tokenize(text)))
     assert 27_000 <= n_tokens <= 29_500, n_tokens
     return text
 

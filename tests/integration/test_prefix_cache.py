@@ -46,18 +46,22 @@ def engine(model_path):
 def uncached(engine, task):
     """The answer computed from scratch: empty KV cache, nothing in the prefix cache."""
 
-    def run():
-        model = engine.model
+    def run(runner):
+        model = runner.model
         limit = model.prefix_cache.limit_bytes
         model.prefix_cache.set_limit(0)
         model.kv.clear()
         try:
-            return engine._answer(task)
+            return runner.answer(task)  # on the inference thread, on the model itself
         finally:
             model.prefix_cache.set_limit(limit)
             model.kv.clear()
 
-    return engine.submit(run).result()
+    return engine.call_blocking(run)
+
+
+def prefix_cache(engine):
+    return engine.call_blocking(lambda runner: runner.model.prefix_cache)
 
 
 def test_alternating_contracts_reuse_their_prefixes_and_answer_the_same(engine):
@@ -65,7 +69,6 @@ def test_alternating_contracts_reuse_their_prefixes_and_answer_the_same(engine):
     for c, spec in enumerate(CONTRACTS):
         for i, text in enumerate(INPUTS):
             expected[c, i] = uncached(engine, Task(content=text, spec=spec, max_tokens=96))
-    model = engine.model
     # Two rounds over four contracts, alternating: every contract's fixed part is
     # computed once, then comes back from the cache.
     for round_ in range(2):
@@ -75,19 +78,18 @@ def test_alternating_contracts_reuse_their_prefixes_and_answer_the_same(engine):
                 assert answer.output == expected[c, i].output, (round_, c, i)
                 if (round_, i) != (0, 0):
                     assert answer.cached_prompt_tokens > answer.prompt_tokens // 2
-    stats = model.prefix_cache.stats()
+    stats = prefix_cache(engine).stats()
     assert stats["entries"] >= len(CONTRACTS)
     assert stats["hits"] >= len(CONTRACTS) * (2 * len(INPUTS) - 1) - 1
 
 
 def test_cached_prefix_bytes_are_bounded(engine):
-    model = engine.model
+    def shrink(runner):
+        cache = runner.model.prefix_cache
+        cache.set_limit(cache.bytes // 2)
+        return cache.stats()
 
-    def shrink():
-        model.prefix_cache.set_limit(model.prefix_cache.bytes // 2)
-        return model.prefix_cache.stats()
-
-    stats = engine.submit(shrink).result()
+    stats = engine.call_blocking(shrink)
     assert stats["bytes"] <= stats["limit_bytes"]
     # Evicted prefixes are computed again: the answers do not change.
     task = Task(content=INPUTS[0], spec=CONTRACTS[1], max_tokens=96)
@@ -119,7 +121,7 @@ def test_a_guessed_system_message_cannot_be_told_from_a_wrong_one(engine, spec):
     on_wrong = cached_after(engine, victim, wrong)
     assert on_right == on_wrong
     # What is reused is at most the device's own prefix (still cached for catalogs).
-    device = engine.submit(lambda: engine.prompt_tokens(spec, INPUTS[1])).result()
+    device = engine.call_blocking(lambda runner: runner.prompt(spec, INPUTS[1]))
     assert on_right <= device.keep
     if spec.kind == "action":
         assert on_right >= 32

@@ -6,9 +6,10 @@ import pytest
 
 from edgeagent.config import ModelConfig
 from edgeagent.errors import EdgeAgentError
+from edgeagent.inference import runner as runner_module
 from edgeagent.inference.contract import schema_spec
 from edgeagent.inference.engine import Engine
-from edgeagent.inference.speculative import DraftCosts
+from edgeagent.inference.speculative import DraftCosts, SpeculativeDecoder
 from edgeagent.inference.task import Task
 
 pytestmark = pytest.mark.model
@@ -70,58 +71,66 @@ INPUTS = [
 ]
 
 
+CFG = {"threads": 1, "n_ctx": 2048, "n_batch": 256, "max_tokens": 160}
+
+
 @pytest.fixture(scope="module")
 def engine(model_path):
-    eng = Engine(ModelConfig(path=model_path, threads=1, n_ctx=2048, n_batch=256, max_tokens=160))
+    eng = Engine(ModelConfig(path=model_path, **CFG))
     eng.load()
     yield eng
     eng.close()
 
 
-def answer(engine, spec, text, *, speculate):
+@pytest.fixture(scope="module")
+def plain_engine(model_path):
+    """The same model without speculation: the plain greedy token loop."""
+    eng = Engine(ModelConfig(path=model_path, **CFG), speculate=False)
+    eng.load()
+    yield eng
+    eng.close()
+
+
+def answer(engine, spec, text):
     """The answer, or the error (SmolLM2 sometimes writes in circles until max_tokens:
     then both must fail the same way, with the same partial answer)."""
-    engine.speculate = speculate
     try:
         got = engine.answer_blocking(Task(content=text, spec=spec, max_tokens=160))
     except EdgeAgentError as exc:
         return exc.code, exc.details.get("partial")
     else:
         return got.output, got.completion_tokens
-    finally:
-        engine.speculate = True
 
 
 def test_the_model_verifies_drafts_exactly(engine):
     # Measured when the model loads: batches of this many tokens give the logits of
     # single steps bit for bit (SmolLM2 Q4_1 on x86-64: 63; see invariance.py).
-    assert engine.model.invariant_rows > 1
+    assert engine.call_blocking(lambda runner: runner.model.invariant_rows) > 1
 
 
 @pytest.mark.parametrize(("spec", "text"), INPUTS, ids=[t[:20] for _, t in INPUTS])
-def test_speculative_answers_are_the_plain_greedy_answers(engine, spec, text):
-    plain = answer(engine, spec, text, speculate=False)
-    fast = answer(engine, spec, text, speculate=True)
+def test_speculative_answers_are_the_plain_greedy_answers(engine, plain_engine, spec, text):
+    plain = answer(plain_engine, spec, text)
+    fast = answer(engine, spec, text)
     assert fast == plain
 
 
-def test_speculation_takes_tokens_from_the_input(engine):
+def test_speculation_takes_tokens_from_the_input(engine, monkeypatch):
     spec, text = INPUTS[0]
-    seen = []
-    original = engine._decoder
+    made = []
 
-    def spy(model, matcher, max_tokens):
-        decoder = original(model, matcher, max_tokens)
-        seen.append(decoder)
-        return decoder
+    def recorded(*args, **kwargs):
+        made.append(SpeculativeDecoder(*args, **kwargs))
+        return made[-1]
 
-    engine._decoder = spy
+    monkeypatch.setattr(runner_module, "SpeculativeDecoder", recorded)
+
+    def fresh_costs(runner):
+        runner.model.draft_costs = DraftCosts()
+
     # Fresh costs: the answers before may have learnt that drafts do not pay on this
     # machine (then they are tried only now and then); a first answer always drafts.
-    engine.model.draft_costs = DraftCosts()
-    try:
-        answer(engine, spec, text, speculate=True)
-    finally:
-        del engine._decoder
-    (decoder,) = seen
+    engine.call_blocking(fresh_costs)
+    answer(engine, spec, text)
+    (decoder,) = made
     assert decoder.stats.accepted > 0

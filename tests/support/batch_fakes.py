@@ -9,6 +9,7 @@ import time
 import numpy as np
 
 from edgeagent.inference.prefix_cache import PrefixCache
+from edgeagent.inference.speculative import DraftCosts
 
 N_VOCAB = 16
 
@@ -62,6 +63,7 @@ class FakeSlotModel:
         self.n_seq = 1
         self.invariant_rows = invariant_rows
         self.prefix_cache = PrefixCache(0)
+        self.draft_costs = DraftCosts()
         self.kv = FakeKv(1)
         self.streams = []  # use_streams calls
 
@@ -128,7 +130,7 @@ def solo(prompt, steps):
 
 
 def open_all(batcher, priorities):
-    return {name: batcher.open(reserve=32, priority=p) for name, p in priorities.items()}
+    return {name: batcher.open(priority=p) for name, p in priorities.items()}
 
 
 def run_greedy(batcher, prompts, steps):

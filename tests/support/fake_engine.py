@@ -14,6 +14,7 @@ from typing import Any
 
 from edgeagent.config import ActionConfig, Config
 from edgeagent.errors import TaskHandedBack
+from edgeagent.inference.batch_rule import BatchRule
 from edgeagent.inference.task import Answer, Task
 
 SCHEMA = {
@@ -78,12 +79,17 @@ class FakeEngine:
         self.failure: BaseException | None = None  # raised by the next answer()
         self.active: list[Task] = []  # inside answer() now
         self.beside: list[Task] = []  # tasks that ever ran while another one did
+        # When tasks run together (the real engine's rule); by default one at a time.
+        self.batching = BatchRule()
 
     async def start(self, n_ctx: int | None = None) -> None:
         self.n_ctx = n_ctx or 512
 
     def release(self) -> None:
         self._released.set()
+
+    def at_once(self, running: int, waiting: int) -> int:
+        return self.batching.at_once(running, waiting)
 
     async def answer(self, task: Task) -> Answer:
         self.tasks.append(task)

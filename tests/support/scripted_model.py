@@ -1,7 +1,10 @@
 """A scripted stand-in for the resident model: a tiny vocabulary, logits from a script.
 
 It implements the engine's `Decoder`/`EngineModel` protocols, so decoding, the engine
-and overflow handling run for real against it in milliseconds, without llama.cpp.
+and overflow handling run for real against it in milliseconds, without llama.cpp. It
+holds one sequence (`max_seq` 1, unless asked for more), verifies no drafts exactly
+(`invariant_rows` 1) and has a prefix cache of 0 bytes: the engine takes the branches it
+takes for a real model loaded with that `parallel` that cannot speculate.
 
 Vocabulary: the 256 single bytes (so any text can be written), a few multi-byte words
 (so forced tokens and tokenization are not trivially byte-wise), and control tokens
@@ -30,6 +33,9 @@ from llguidance import LLMatcher, LLTokenizer, TokenizerWrapper
 from edgeagent.config import ModelConfig
 from edgeagent.errors import EdgeAgentError, ErrorCode
 from edgeagent.inference.chat import tokenize_chat
+from edgeagent.inference.prefix_cache import PrefixCache
+from edgeagent.inference.speculative import DraftCosts
+from support.scripted_kv import ScriptedKv
 
 END = "<|end|>"
 IM_START = "<|im_start|>"
@@ -119,6 +125,8 @@ class ScriptedModel:
     digit_tokens = np.array([v.isdigit() and v.isascii() for v in VOCAB], dtype=np.bool_)
     lltokenizer = LLTOKENIZER
     metadata = METADATA
+    n_seq = 1
+    invariant_rows = 1  # no exact verification: the engine does not speculate
 
     def __init__(
         self,
@@ -129,7 +137,11 @@ class ScriptedModel:
         n_ctx_train: int = 8192,
         compute_fixed_bytes: int = 2**20,
         compute_bytes_per_token: int = 0,
+        max_seq: int = 1,
     ) -> None:
+        """max_seq: sequences it is loaded to hold; from 2 on the engine gives it a
+        batcher, which serves it one task at a time on sequence 0 (scripted_kv.py)."""
+        self.max_seq = max_seq
         self._steps = [list(s) for s in steps]
         self._text = text
         self.n_ctx_train = n_ctx_train
@@ -150,6 +162,9 @@ class ScriptedModel:
         self._written: list[int] = []
         self.verified: list[list[int]] = []  # batches fed by feed_all
         self.rewound: list[int] = []  # counts given to rewind
+        self.prefix_cache = PrefixCache(0)
+        self.draft_costs = DraftCosts()
+        self._kv_view = ScriptedKv(self)
 
     # -- EngineModel ----------------------------------------------------------
 
@@ -184,6 +199,18 @@ class ScriptedModel:
 
     def close(self) -> None:
         self.closed = True
+
+    # -- the batcher's view (max_seq > 1), one sequence -------------------------------
+
+    @property
+    def kv(self) -> ScriptedKv:
+        return self._kv_view
+
+    def use_streams(self, n_seq: int, moves: Any) -> None:  # noqa: ARG002 - never called
+        raise AssertionError("the scripted model holds one sequence")
+
+    def scratch_context(self, n_ctx: int, n_seq: int) -> Any:  # noqa: ARG002 - never called
+        raise AssertionError("the scripted model has no scratch context")
 
     # -- Decoder ---------------------------------------------------------------
 

@@ -26,7 +26,8 @@ from pathlib import Path
 
 from edgeagent.config import ModelConfig, load_config
 from edgeagent.errors import EdgeAgentError
-from edgeagent.inference.engine import Engine, EngineModel
+from edgeagent.inference.engine import Engine
+from edgeagent.inference.engine_model import EngineModel
 from edgeagent.inference.model import ResidentModel
 from edgeagent.service.assembly import build_daemon
 from edgeagent.service.system.logsetup import configure_logging

@@ -50,9 +50,9 @@ from edgeagent.service.views.telemetry import Counters
 log = structlog.get_logger("edgeagent.service.pipeline.admission")
 T = TypeVar("T")
 
-# Tasks running at once: the worker hands the engine up to Engine.parallel queued jobs
-# together, at most inference.scheduler.MAX_PARALLEL (tests/unit/service/pipeline/test_admission.py
-# keeps the two in step).
+# Tasks running at once: the worker hands the engine up to the batch rule's `parallel`
+# queued jobs together, at most inference.batch_rule.MAX_PARALLEL
+# (tests/unit/service/pipeline/test_admission.py keeps the two in step).
 RUNNING_TASKS = 8
 # Unacknowledged messages beyond the queue and the running tasks: replies waiting for
 # their PUBACK, refusals and BUSY answers being sent, deliveries of an id in flight that

@@ -6,12 +6,14 @@ the outcome to delivery.
 A job stopped by shutdown (TaskHandedBack) is handed back: no reply, no ack, its
 accept record dropped, so the broker's redelivery after the restart runs it again.
 
+Jobs run one at a time, or several at once while the queued ones make a batch with the
+running ones by the engine's rule (`Answerer.at_once`, inference/batch_rule.py): decided
+when a job is queued (the queue's offer event) or one ends.
+
 Each run is counted in the task store before it starts: if the process dies during it,
 the count survives, and a task that took the process down `[queue] max_task_aborts`
-times is answered by admission instead of being run again (docs/protocol.md). Every task
-running when the process died is counted, so a task that was counted before runs alone
-(no other job beside it, none started while it runs): a second abort is then its own,
-never a neighbour's from the same batch.
+times is answered by admission instead of being run again (docs/protocol.md). A task
+counted before runs alone (alone.py).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from edgeagent.protocol.reply import (
     Timing,
     Usage,
 )
+from edgeagent.service.pipeline.alone import AloneGate
 from edgeagent.service.pipeline.delivery import Delivery
 from edgeagent.service.pipeline.dispatch import Settled, settle
 from edgeagent.service.pipeline.jobs import InFlightRegistry, Job
@@ -45,49 +48,15 @@ from edgeagent.service.pipeline.queue import TaskQueue
 from edgeagent.service.views.telemetry import Telemetry
 
 log = structlog.get_logger("edgeagent.service.pipeline.worker")
-_BATCH_POLL_S = 0.05  # how often a running batch looks for queued jobs to take along
-
-
-class AloneGate:
-    """Jobs run side by side, except one that must run alone: it waits until none runs,
-    and none starts until it is done (a waiting lone job goes before new side-by-side
-    ones). Event loop only."""
-
-    def __init__(self) -> None:
-        self._beside = 0  # jobs running side by side
-        self._alone = False  # a lone job runs
-        self._lone_waiting = 0
-        self._changed = asyncio.Event()
-
-    def _open(self, *, alone: bool) -> bool:
-        if alone:
-            return self._beside == 0 and not self._alone
-        return not self._alone and self._lone_waiting == 0
-
-    async def enter(self, *, alone: bool) -> None:
-        self._lone_waiting += alone
-        try:
-            while not self._open(alone=alone):
-                self._changed.clear()
-                await self._changed.wait()
-        finally:
-            self._lone_waiting -= alone
-            self._changed.set()  # a lone job no longer waiting may let others in
-        if alone:
-            self._alone = True
-        else:
-            self._beside += 1
-
-    def leave(self, *, alone: bool) -> None:
-        if alone:
-            self._alone = False
-        else:
-            self._beside -= 1
-        self._changed.set()
 
 
 class Answerer(Protocol):
     async def answer(self, task: Task) -> Answer: ...
+    def at_once(self, running: int, waiting: int) -> int:
+        """Tasks to hand over at once with `running` running and `waiting` queued: the
+        engine decodes concurrent tasks together only from a few of them on
+        (inference/batch_rule.py); below that, one job at a time, as the queue expects."""
+        ...
 
 
 class HeldActions(Protocol):
@@ -137,6 +106,7 @@ class Worker:
         self.current: Job | None = None
         self._running: list[Job] = []
         self._lanes = 1
+        self._lane_group: asyncio.TaskGroup | None = None  # while run() runs
         # One event for every running job: a shutdown's hand-back of `current` stops all.
         self._cancel = threading.Event()
         self._gate = AloneGate()
@@ -146,23 +116,40 @@ class Worker:
     def reconfigure(self, cfg: Config) -> None:
         self.cfg = cfg
 
-    async def run(self) -> None:
-        async with asyncio.TaskGroup() as lanes:
-            lanes.create_task(self._lane(extra=False))
-            while True:  # more lanes while queued jobs make a batch (see _batch_ready)
-                await asyncio.sleep(_BATCH_POLL_S)
-                while self._batch_ready():
-                    self._lanes += 1
-                    lanes.create_task(self._lane(extra=True))
+    @property
+    def lanes(self) -> int:
+        """Jobs the worker takes at once now: 1, or up to the engine's `at_once` while
+        the queued jobs make a batch with the running ones."""
+        return self._lanes
 
-    def _batch_ready(self) -> bool:
-        """Another job may start beside the running ones: the engine decodes concurrent
-        tasks together from Engine.min_batch of them on, up to Engine.parallel
-        (inference/batch.py). Below that, one job at a time, as the queue expects."""
-        lanes = int(getattr(self._engine, "parallel", 1))
-        batch = int(getattr(self._engine, "min_batch", lanes + 1))
+    async def run(self) -> None:
+        """One lane takes jobs one at a time; more lanes join while the queued jobs make a
+        batch: decided when a job is queued (the queue's offer) or one ends, never polled."""
+        stop_watching = self._queue.watch(self._add_lanes)
+        try:
+            async with asyncio.TaskGroup() as lanes:
+                self._lane_group = lanes
+                try:
+                    await self._lane(extra=False)
+                finally:
+                    self._lane_group = None
+        finally:
+            stop_watching()
+
+    def _lanes_wanted(self) -> int:
+        """Lanes for the jobs running and queued now (Answerer.at_once)."""
         waiting = len(self._queue)
-        return waiting > 0 and self._lanes < lanes and len(self._running) + waiting >= batch
+        return self._engine.at_once(len(self._running), waiting) if waiting else 1
+
+    def _add_lanes(self) -> None:
+        while self._lane_group is not None and self._lanes < self._lanes_wanted():
+            lane = self._lane(extra=True)
+            try:
+                self._lane_group.create_task(lane)
+            except RuntimeError:  # the group is shutting down (a lane crashed): no new lane
+                lane.close()
+                return
+            self._lanes += 1
 
     async def _lane(self, *, extra: bool) -> None:
         try:
@@ -175,8 +162,9 @@ class Worker:
                     await self._run_tracked(job)
                 finally:
                     self._gate.leave(alone=alone)
-                if extra and not self._batch_ready():
+                if extra and self._lanes > self._lanes_wanted():
                     return
+                self._add_lanes()  # the engine may take more now (the governor's parallel)
         finally:
             self._lanes -= extra
 

@@ -23,6 +23,7 @@ from edgeagent.errors import EdgeAgentError, ErrorCode, TaskHandedBack
 from edgeagent.inference.batch import Batcher
 from edgeagent.inference.batch_costs import MEASURE_EVERY, BatchCosts
 from edgeagent.inference.batch_costs import WARM_UP as BATCH_WARM_UP
+from edgeagent.inference.batch_rule import BatchRule
 from edgeagent.inference.contract import schema_spec
 from edgeagent.inference.scheduler import TaskScheduler
 from edgeagent.inference.task import Task
@@ -30,7 +31,7 @@ from edgeagent.inference.task import Task
 
 def test_below_min_batch_tasks_run_one_at_a_time_highest_priority_first():
     model = FakeSlotModel()
-    batcher = Batcher(model, min_batch=3)
+    batcher = Batcher(model, BatchRule(3, model.max_seq))
     handles = open_all(batcher, {"low": 0, "high": 5})
     log = []
     jobs = {n: (lambda n=n: greedy(handles[n], [n == "high", 3, 4], 5, log, n)) for n in handles}
@@ -45,7 +46,7 @@ def test_below_min_batch_tasks_run_one_at_a_time_highest_priority_first():
 
 def test_from_min_batch_on_sequences_share_decodes_within_the_invariant_size():
     model = FakeSlotModel(max_seq=4, invariant_rows=3)
-    batcher = Batcher(model, min_batch=3)
+    batcher = Batcher(model, BatchRule(3, model.max_seq))
     prompts = {f"t{i}": [i + 1, 2, 3] for i in range(4)}
     run_greedy(batcher, prompts, 6)
     # One KV stream per sequence, but no more than tokens one exact decode holds (3): the
@@ -54,13 +55,13 @@ def test_from_min_batch_on_sequences_share_decodes_within_the_invariant_size():
     assert any(len(d) > 1 for d in model.kv.decodes)
     # No decode mixes sequences beyond the size whose logits equal single steps.
     assert all(sum(n for _, n in d) <= 3 for d in model.kv.decodes if len(d) > 1)
-    assert batcher.batched_steps > 0
+    assert batcher.stats.batched_steps > 0
 
 
 def test_a_running_sequence_keeps_its_kv_when_the_batch_starts():
     model = FakeSlotModel(max_seq=4)
-    batcher = Batcher(model, min_batch=2)
-    first = batcher.open(reserve=32)
+    batcher = Batcher(model, BatchRule(2, model.max_seq))
+    first = batcher.open()
     started = threading.Event()
     go_on = threading.Event()
     log = []
@@ -77,7 +78,7 @@ def test_a_running_sequence_keeps_its_kv_when_the_batch_starts():
 
     def late_job():
         assert started.wait(5)
-        handle = batcher.open(reserve=32)
+        handle = batcher.open()
         go_on.set()
         return greedy(handle, [1, 1], 3, log, "late")
 
@@ -90,8 +91,8 @@ def test_a_running_sequence_keeps_its_kv_when_the_batch_starts():
 
 def test_feed_all_rewind_and_a_long_feed():
     model = FakeSlotModel(invariant_rows=2)
-    batcher = Batcher(model, min_batch=4)
-    handle = batcher.open(reserve=64)
+    batcher = Batcher(model, BatchRule(4, model.max_seq))
+    handle = batcher.open()
 
     def job():
         handle.prefill([1, 2])
@@ -109,9 +110,9 @@ def test_feed_all_rewind_and_a_long_feed():
 
 def test_a_waiting_sequence_past_its_deadline_is_failed():
     model = FakeSlotModel()
-    batcher = Batcher(model, min_batch=4)
-    busy = batcher.open(reserve=32, priority=1)
-    late = batcher.open(reserve=32, deadline=time.monotonic() + 0.05)
+    batcher = Batcher(model, BatchRule(4, model.max_seq))
+    busy = batcher.open(priority=1)
+    late = batcher.open(deadline=time.monotonic() + 0.05)
     release = threading.Event()
 
     def hold():
@@ -134,9 +135,9 @@ def test_a_waiting_sequence_past_its_deadline_is_failed():
 @pytest.mark.parametrize("when", ["waiting", "running"])
 def test_a_cancelled_sequence_is_handed_back(when):
     model = FakeSlotModel()
-    batcher = Batcher(model, min_batch=4)
+    batcher = Batcher(model, BatchRule(4, model.max_seq))
     cancel = threading.Event()
-    handle = batcher.open(reserve=32, cancel=cancel)
+    handle = batcher.open(cancel=cancel)
     if when == "waiting":
         cancel.set()
 
@@ -154,7 +155,7 @@ def test_a_cancelled_sequence_is_handed_back(when):
 
 def test_not_exact_decodes_as_many_sequences_as_fit():
     model = FakeSlotModel(max_seq=4, invariant_rows=1)
-    batcher = Batcher(model, min_batch=2, exact=False)
+    batcher = Batcher(model, BatchRule(2, model.max_seq), exact=False)
     prompts = {f"t{i}": [i + 1, 5] for i in range(4)}
     run_greedy(batcher, prompts, 4)
     assert model.streams[0] == (4, {})
@@ -182,10 +183,9 @@ class SlowStepBatcher(Batcher):
 def test_tasks_back_to_back_do_not_wait_for_the_step_of_the_previous_one():
     inference = ThreadPoolExecutor(max_workers=1)
     scheduler = TaskScheduler(
-        SlowStepBatcher(FakeSlotModel()),
+        SlowStepBatcher(FakeSlotModel(), BatchRule(max_parallel=2)),
         run=lambda task: task.content,  # opens no sequence: the loop's step has none
         on_inference_thread=inference.submit,
-        parallel=2,
     )
     spec = schema_spec({"type": "object"})
     started = time.monotonic()
@@ -223,7 +223,7 @@ def test_when_batches_do_not_pay_sequences_run_one_at_a_time_with_the_same_answe
 ):
     monkeypatch.setattr("edgeagent.inference.batch_costs.MEASURE_EVERY", 10**9)  # no re-measuring
     model = FakeSlotModel(max_seq=4, invariant_rows=3)
-    batcher = Batcher(model, min_batch=3)
+    batcher = Batcher(model, BatchRule(3, model.max_seq))
     batcher.costs.alone_ms, batcher.costs.batched_ms = 1.0, 5.0
     batcher.costs.batches = BATCH_WARM_UP
     prompts = {f"t{i}": [i + 1, 2, 3] for i in range(3)}

@@ -12,6 +12,7 @@ from support.batch_fakes import FakeKv, FakeSlotModel, run_greedy
 
 from edgeagent.inference.batch import Batcher
 from edgeagent.inference.batch_costs import PROBE_CONTEXT, WARM_UP, BatchCosts, probe_batch_costs
+from edgeagent.inference.batch_rule import BatchRule
 from edgeagent.inference.contract import schema_spec
 from edgeagent.inference.scheduler import TaskScheduler
 from edgeagent.inference.task import Task
@@ -22,7 +23,7 @@ SPEC = schema_spec({"type": "object"})
 def batched_model():
     """A fake model after a burst: a batch context of 3 streams, sequence 0 holding KV."""
     model = FakeSlotModel(max_seq=4, invariant_rows=3)
-    batcher = Batcher(model, min_batch=2)
+    batcher = Batcher(model, BatchRule(2, model.max_seq))
     run_greedy(batcher, {f"t{i}": [i + 1, 2, 3] for i in range(3)}, 4)
     assert model.n_seq == 3
     return model, batcher
@@ -41,7 +42,7 @@ def test_after_a_batch_the_streams_are_given_back_and_sequence_0_keeps_its_kv():
 
 def test_nothing_is_given_back_while_a_sequence_is_open():
     model, batcher = batched_model()
-    handle = batcher.open(reserve=8)
+    handle = batcher.open()
     assert not batcher.give_back()
     assert model.n_seq == 3
     done = threading.Thread(target=handle.close)
@@ -62,7 +63,7 @@ class RecordingBatcher(Batcher):
     """Counts give-backs and the thread they run on."""
 
     def __init__(self, model):
-        super().__init__(model)
+        super().__init__(model, BatchRule(max_parallel=2))
         self.given_back = []
 
     def give_back(self):
@@ -77,7 +78,6 @@ def scheduler_on(batcher, idle_s):
         batcher,
         run=lambda task: task.content,
         on_inference_thread=inference.submit,
-        parallel=2,
         idle_s=idle_s,
     )
     try:
@@ -188,6 +188,6 @@ def test_a_probed_batcher_that_does_not_pay_never_allocates_streams(monkeypatch)
     model = FakeSlotModel(max_seq=4, invariant_rows=3)
     costs = BatchCosts()
     costs.alone_ms, costs.batched_ms, costs.batches = 1.0, 1.0, WARM_UP
-    batcher = Batcher(model, min_batch=2, costs=costs)
+    batcher = Batcher(model, BatchRule(2, model.max_seq), costs=costs)
     run_greedy(batcher, {f"t{i}": [i + 1, 2] for i in range(3)}, 3)
     assert model.streams == []

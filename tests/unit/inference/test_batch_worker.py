@@ -1,7 +1,7 @@
 """The service worker hands a batch's worth of queued jobs to an engine that batches.
 
-The engine here is the service tests' fake (tests/support/fake_engine.py) with the two
-attributes the worker reads from `inference.engine.Engine`: `parallel` and `min_batch`.
+The engine here is the service tests' fake (tests/support/fake_engine.py) with a batch
+rule of its own (inference/batch_rule.py), which the worker reads through `at_once`.
 """
 
 from __future__ import annotations
@@ -12,15 +12,15 @@ from structlog.testing import capture_logs
 from support.fake_engine import SCHEMA, FakeEngine
 from support.service_parts import make_daemon
 
+from edgeagent.inference.batch_rule import BatchRule
+
 STATUS = "edgeagent/dev1/status"
 
 
 class BatchingEngine(FakeEngine):
-    parallel = 4
-    min_batch = 3
-
     def __init__(self) -> None:
         super().__init__()
+        self.batching = BatchRule(min_batch=3, max_parallel=4)
         self.inside = 0
         self.most = 0
         self.entered = asyncio.Event()
@@ -63,17 +63,21 @@ def test_queued_jobs_that_make_a_batch_run_together():
         engine.hold = True
         daemon.link.deliver(task(0))
         await engine.running.wait()
-        for n in range(1, 6):
+        await daemon.admission.admit(daemon.link.message(task(1)))
+        assert daemon.worker.lanes == 1  # 1 running + 1 waiting < min_batch 3
+        await daemon.admission.admit(daemon.link.message(task(2)))
+        # The offer that makes a batch adds the lanes at once: up to `parallel` run.
+        assert daemon.worker.lanes == engine.batching.parallel
+        for n in range(3, 6):
             await daemon.admission.admit(daemon.link.message(task(n)))
-        # One running and five waiting make a batch: up to `parallel` run at once.
-        await engine.until_inside(engine.parallel)
+        await engine.until_inside(engine.batching.parallel)
         assert len(daemon.queue) == 2
         engine.hold = False
         for _ in range(6):
             engine.release()
             await asyncio.sleep(0.02)
         await daemon.link.wait_for_acks(6)
-        assert engine.most == engine.parallel
+        assert engine.most == engine.batching.parallel
         daemon.request_stop()
         assert await served == 0
 
@@ -89,8 +93,8 @@ def test_below_min_batch_one_job_at_a_time_and_the_queue_bound_holds():
         daemon.link.deliver(task(0))
         await engine.running.wait()
         await daemon.admission.admit(daemon.link.message(task(1)))
-        await asyncio.sleep(0.2)  # longer than the worker's look at the queue
-        assert engine.inside == 1  # 1 running + 1 waiting < min_batch 3
+        # The worker looked when the job was queued: 1 running + 1 waiting < min_batch 3.
+        assert daemon.worker.lanes == 1
         assert len(daemon.queue) == 1
         daemon.link.deliver(task(2))  # the queue is full
         await daemon.link.wait_for_acks(1)

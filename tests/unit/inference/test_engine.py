@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -35,7 +36,7 @@ def engine(factory):
 
 def test_answer_runs_on_the_inference_thread(engine, factory):
     threads = []
-    engine.submit(lambda: threads.append(threading.current_thread().name)).result()
+    engine.call_blocking(lambda _runner: threads.append(threading.current_thread().name))
     answer = asyncio.run(engine.answer(Task(content="Is it fine?", spec=SPEC, max_tokens=20)))
     assert answer.output == {"ok": True}
     assert answer.n_ctx == 1024
@@ -52,8 +53,12 @@ USER = [{"role": "user", "content": "Is it open?"}]
 
 def fixed_text(engine, spec, content):
     """The text of the prompt part that may be reused across callers."""
-    prompt = engine.submit(lambda: engine.prompt_tokens(spec, content)).result()
-    return engine.detokenize(prompt[: prompt.keep]), engine.detokenize(prompt)
+    return engine.call_blocking(
+        lambda runner: (
+            runner.detokenize((prompt := runner.prompt(spec, content))[: prompt.keep]),
+            runner.detokenize(prompt),
+        )
+    )
 
 
 @pytest.mark.parametrize(
@@ -107,10 +112,17 @@ def test_share_schemas_puts_the_schema_into_the_shared_part(factory):
 def test_the_engine_exposes_what_the_memory_loop_needs(engine):
     assert engine.n_ctx == 1024
     assert engine.n_ctx_train == 8192
-    assert engine.metadata == METADATA
-    kv, compute = engine.buffer_bytes()
+    capacity = engine.capacity
+    assert capacity.n_ctx == 1024
+    assert capacity.metadata == METADATA
+    kv, compute = capacity.buffer_bytes()
     assert kv == 1024 * KV_BYTES_PER_TOKEN
     assert compute > 0
+    # One sequence and no prefix cache: the branches of a real model with parallel = 1.
+    assert (capacity.max_parallel, capacity.prefix_cache_max) == (1, 0)
+    assert capacity.sequences_held() == (1, 0)
+    assert capacity.batch_probe is None
+    assert engine.at_once(running=1, waiting=7) == 1
 
 
 def test_start_loads_at_the_asked_context_and_resize_follows(factory):
@@ -148,7 +160,11 @@ def test_prompt_and_max_tokens_over_the_context_is_context_budget(engine):
 def test_decode_steps_show_progress_to_the_watchdog(engine):
     before = engine.last_progress
     seen = []
-    engine.model.on_progress = lambda: seen.append(engine.busy)  # type: ignore[misc]
+
+    def watch(runner):
+        runner.model.on_progress = lambda: seen.append(engine.busy)
+
+    engine.call_blocking(watch)
     engine.answer_blocking(Task(content="x", spec=SPEC, max_tokens=20))
     assert seen
     assert all(seen)
@@ -161,8 +177,9 @@ def test_close_frees_the_model(factory):
     engine.load()
     assert engine.close(timeout=5)
     assert factory.models[0].closed
+    assert engine.n_ctx == 0
     with pytest.raises(EdgeAgentError) as info:
-        _ = engine.model
+        _ = engine.capacity.n_ctx_train
     assert info.value.code is ErrorCode.INTERNAL
 
 
@@ -171,7 +188,8 @@ def test_close_with_a_wedged_call_returns_false_without_waiting(factory):
     engine.load()
     model = factory.models[0]
     model.wedge_prefill = True
-    stuck = engine.submit(lambda: engine.run_once(Task(content="x", spec=SPEC, max_tokens=20), "x"))
+    caller = ThreadPoolExecutor(max_workers=1)
+    stuck = caller.submit(engine.answer_blocking, Task(content="x", spec=SPEC, max_tokens=20))
     assert model.wedged.wait(5)
     try:
         assert engine.close(timeout=0.05) is False
@@ -179,3 +197,34 @@ def test_close_with_a_wedged_call_returns_false_without_waiting(factory):
     finally:
         model.unwedge.set()  # let the left-behind thread finish
         stuck.result(5)
+        caller.shutdown()
+
+
+def test_a_model_that_holds_several_sequences_gets_the_batcher_whatever_its_class():
+    """The engine reads the model's protocol (engine_model.EngineModel), not its class:
+    the scripted model, loaded to hold two sequences, gets the scheduler and the batcher
+    a real one gets, and answers through them as it does alone."""
+    task = Task(content="Is it fine?", spec=SPEC, max_tokens=20)
+    alone = Engine(CFG, factory=ScriptedFactory(text='{"ok":true}'))
+    alone.load()
+    try:
+        expected = alone.answer_blocking(task)
+        assert alone.call_blocking(lambda runner: runner.batcher) is None
+    finally:
+        alone.close(timeout=5)
+    cfg = CFG.model_copy(update={"parallel": 2})
+    engine = Engine(cfg, factory=ScriptedFactory(text='{"ok":true}', max_seq=2), min_batch=2)
+    engine.load()
+    try:
+        assert (engine.capacity.max_parallel, engine.capacity.parallel) == (2, 2)
+        assert engine.at_once(running=0, waiting=1) == 1
+        assert engine.at_once(running=1, waiting=1) == 2
+        answer = asyncio.run(engine.answer(task))
+        assert (answer.output, answer.completion_tokens) == (
+            expected.output,
+            expected.completion_tokens,
+        )
+        stats = engine.call_blocking(lambda runner: runner.batcher.stats)
+        assert stats.steps > 0  # the batcher served its prompt and its tokens
+    finally:
+        engine.close(timeout=5)

@@ -19,7 +19,7 @@ FIXED = 20  # prompt tokens around the input (system prompt, schema, template)
 
 @dataclass
 class WordRunner:
-    """A Runner whose tokens are words; run_once answers with `answer_words` words."""
+    """A runner whose tokens are words; `run` answers with `answer_words` words."""
 
     n_ctx: int
     answer_words: int = 2
@@ -38,12 +38,12 @@ class WordRunner:
     def detokenize(self, tokens) -> str:
         return " ".join(self._words[t] for t in tokens)
 
-    def prompt_tokens(self, _spec, content) -> list[int]:
+    def prompt(self, _spec, content) -> list[int]:
         text = content if isinstance(content, str) else content[-1]["content"]
         return [0] * FIXED + self.tokenize(text)
 
-    def run_once(self, task: Task, content) -> Answer:
-        prompt = len(self.prompt_tokens(task.spec, content))
+    def run(self, task: Task, content) -> Answer:
+        prompt = len(self.prompt(task.spec, content))
         if prompt + task.max_tokens > self.n_ctx:
             raise EdgeAgentError(ErrorCode.CONTEXT_BUDGET, "does not fit")
         text = content if isinstance(content, str) else content[-1]["content"]
@@ -72,7 +72,7 @@ def task(content, policy, max_tokens=30) -> Task:
 
 def test_input_that_fits_runs_once_unchanged():
     runner = WordRunner(n_ctx=200)
-    answer = answer_within_budget(runner, task(words(100), OverflowPolicy.REJECT))
+    answer = answer_within_budget(runner, task(words(100), OverflowPolicy.REJECT), runner.run)
     assert runner.runs == [words(100)]
     assert (answer.chunks, answer.truncated) == (1, 0)
 
@@ -80,14 +80,14 @@ def test_input_that_fits_runs_once_unchanged():
 def test_reject_refuses_what_does_not_fit():
     runner = WordRunner(n_ctx=100)
     with pytest.raises(EdgeAgentError) as info:
-        answer_within_budget(runner, task(words(100), OverflowPolicy.REJECT))
+        answer_within_budget(runner, task(words(100), OverflowPolicy.REJECT), runner.run)
     assert info.value.code is ErrorCode.CONTEXT_BUDGET
     assert runner.runs == []
 
 
 def test_truncate_keeps_head_and_tail_around_a_marker():
     runner = WordRunner(n_ctx=150)
-    answer = answer_within_budget(runner, task(words(200), OverflowPolicy.TRUNCATE))
+    answer = answer_within_budget(runner, task(words(200), OverflowPolicy.TRUNCATE), runner.run)
     (run,) = runner.runs
     kept = run.split(" ")
     assert kept[0] == "w0"
@@ -104,7 +104,7 @@ def test_truncate_cuts_only_the_last_user_message():
         {"role": "assistant", "content": "first answer"},
         {"role": "user", "content": words(200)},
     ]
-    answer = answer_within_budget(runner, task(messages, OverflowPolicy.TRUNCATE))
+    answer = answer_within_budget(runner, task(messages, OverflowPolicy.TRUNCATE), runner.run)
     assert answer.truncated > 0
     assert runner.runs[0].startswith("w0 ")
 
@@ -113,7 +113,7 @@ def test_chunk_maps_over_parts_then_combines_them_in_order():
     # Room for 84 input words a run (150 - 20 fixed - 16 safety - 30 max_tokens), chunks
     # overlapping by 21: four parts.
     runner = WordRunner(n_ctx=150)
-    answer = answer_within_budget(runner, task(words(250), OverflowPolicy.CHUNK))
+    answer = answer_within_budget(runner, task(words(250), OverflowPolicy.CHUNK), runner.run)
     *parts, combine = runner.runs
     assert [len(p.split(" ")) for p in parts] == [84, 84, 84, 61]
     assert parts[0].startswith("w0 ")
@@ -131,19 +131,21 @@ def test_chunk_maps_over_parts_then_combines_them_in_order():
 
 def test_chunk_keeps_the_final_runs_confidence_and_any_cut_short():
     runner = WordRunner(n_ctx=150, cut_short_runs=(2,))
-    answer = answer_within_budget(runner, task(words(250), OverflowPolicy.CHUNK))
+    answer = answer_within_budget(runner, task(words(250), OverflowPolicy.CHUNK), runner.run)
     assert len(runner.runs) == 5
     assert answer.confidence == 0.5  # the combining run's
     assert answer.cut_short  # a partial answer was cut short
     runner = WordRunner(n_ctx=150)
-    assert not answer_within_budget(runner, task(words(250), OverflowPolicy.CHUNK)).cut_short
+    assert not answer_within_budget(
+        runner, task(words(250), OverflowPolicy.CHUNK), runner.run
+    ).cut_short
 
 
 def test_chunk_combines_again_when_the_partial_answers_do_not_fit_together():
     # 12 parts, each answered with 11 tokens: the 12 partial answers and the combine
     # intro (172 tokens) are themselves split into 3 parts, whose 3 answers then fit.
     runner = WordRunner(n_ctx=150, answer_words=10)
-    answer = answer_within_budget(runner, task(words(760), OverflowPolicy.CHUNK))
+    answer = answer_within_budget(runner, task(words(760), OverflowPolicy.CHUNK), runner.run)
     assert len(runner.runs) == 12 + 3 + 1
     level_one = runner.runs[12:15]
     assert level_one[0].startswith(
@@ -159,5 +161,5 @@ def test_chunk_gives_up_when_partial_answers_never_fit():
     # Every partial answer is as long as the room for input: combining never shrinks.
     runner = WordRunner(n_ctx=150, answer_words=100)
     with pytest.raises(EdgeAgentError) as info:
-        answer_within_budget(runner, task(words(300), OverflowPolicy.CHUNK))
+        answer_within_budget(runner, task(words(300), OverflowPolicy.CHUNK), runner.run)
     assert info.value.code is ErrorCode.CONTEXT_BUDGET

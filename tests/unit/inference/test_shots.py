@@ -139,7 +139,7 @@ class _Runner:
     n_ctx: int
     runs: list[tuple[Shot, ...]] = field(default_factory=list)
 
-    def prompt_tokens(self, _spec, content, shots=()) -> list[int]:
+    def prompt(self, _spec, content, shots=()) -> list[int]:
         return [0] * (len(content) + sum(s.cost() for s in shots))
 
     def tokenize(self, text: str) -> list[int]:
@@ -148,7 +148,7 @@ class _Runner:
     def detokenize(self, tokens) -> str:
         return "x" * len(tokens)
 
-    def run_once(self, task: Task, _content) -> Answer:
+    def run(self, task: Task, _content) -> Answer:
         self.runs.append(task.shots)
         return Answer({"action": "notify"}, 1, 0, 1, 0.0, 0.0, self.n_ctx)
 
@@ -157,8 +157,8 @@ def test_examples_are_dropped_before_the_input_would_be_cut():
     spec = action_spec(CATALOG)
     task = Task(content="w" * 100, spec=spec, max_tokens=10, shots=(WATER_3,))
     roomy = _Runner(n_ctx=1000)
-    answer_within_budget(roomy, task)
+    answer_within_budget(roomy, task, roomy.run)
     assert roomy.runs == [(WATER_3,)]
     tight = _Runner(n_ctx=120)  # the input fits, the input and the example do not
-    answer_within_budget(tight, task)
+    answer_within_budget(tight, task, tight.run)
     assert tight.runs == [()]

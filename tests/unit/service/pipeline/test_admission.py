@@ -16,8 +16,8 @@ from support.service_parts import Parts
 
 from edgeagent.config import QueueConfig, SchemaLimits
 from edgeagent.errors import EdgeAgentError, ErrorCode
+from edgeagent.inference.batch_rule import MAX_PARALLEL
 from edgeagent.inference.contract import compile_contract as real_compile
-from edgeagent.inference.scheduler import MAX_PARALLEL
 from edgeagent.protocol.request import Request
 from edgeagent.service.pipeline.admission import (
     COPY_ADDRESSES,

@@ -17,6 +17,7 @@ from support.fake_link import NOT_AUTHORIZED, FakeLink
 from support.service_parts import Parts
 
 from edgeagent.errors import EdgeAgentError, ErrorCode
+from edgeagent.inference.batch_rule import BatchRule
 from edgeagent.protocol.reply import (
     ActionInfo,
     ActionMessage,
@@ -452,7 +453,7 @@ def test_a_task_that_aborted_the_process_runs_alone_when_others_are_batched(tmp_
         second = await Parts.on(path).start()
         engine = second.engine
         engine.hold = True
-        engine.parallel, engine.min_batch = 4, 2  # the engine decodes 2..4 tasks together
+        engine.batching = BatchRule(min_batch=2, max_parallel=4)  # 2..4 tasks together
         second.link.deliver(task("b"))
         second.link.deliver(task("c"))
         await second.link.wait_until(lambda: len(engine.active) == 2)  # b and c together
