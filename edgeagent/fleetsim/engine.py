@@ -17,6 +17,7 @@ from typing import Any
 
 from edgeagent.errors import TaskHandedBack
 from edgeagent.inference.task import Answer, Task
+from edgeagent.service.ports import MemoryVerdict
 
 # The bench's task schema, and the answer the scripted engine gives to it.
 SCHEMA: dict[str, Any] = {
@@ -108,7 +109,10 @@ class StaticMemory:
     def __init__(self, budget_tokens: int) -> None:
         self.decision = _Verdict(_Budget(budget_tokens))
 
-    async def start(self) -> object:
+    async def start(
+        self,
+        on_change: Callable[[MemoryVerdict], None],  # noqa: ARG002 - nothing ever changes to report
+    ) -> object:
         return self.decision
 
     async def run(self) -> None:

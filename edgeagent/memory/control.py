@@ -78,12 +78,11 @@ class MemoryControlLoop:
         cfg: Config,
         *,
         read: Callable[[], MemoryReading] = read_memory,
-        on_change: Callable[[Decision], None] | None = None,
     ) -> None:
         self.engine = engine
         self.cfg = cfg
         self._read = read
-        self._on_change = on_change
+        self._on_change: Callable[[Decision], None] | None = None  # start()'s
         self.governor: Governor | None = None
         self.decision: Decision | None = None
         self.reading: MemoryReading | None = None
@@ -100,8 +99,11 @@ class MemoryControlLoop:
         self.decision = self.governor.observe(self.reading, cache_bytes=cache, streams=streams)
         return self.decision
 
-    async def start(self) -> Decision:
-        """First sizing, right after the model was loaded at a small context."""
+    async def start(self, on_change: Callable[[Decision], None] | None = None) -> Decision:
+        """First sizing, right after the model was loaded at a small context. Each
+        decision applied from then on (this one too) goes to `on_change`: the daemon
+        pauses admission and says so."""
+        self._on_change = on_change
         self.governor = Governor.from_config(
             self.cfg.memory,
             n_ctx_configured=self.cfg.model.n_ctx,

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from edgeagent.config import Config
+from edgeagent.config import Config, load_config
 from edgeagent.inference.engine import Engine
 from edgeagent.memory.control import MemoryControlLoop
 from edgeagent.mqtt.link import MqttLink
@@ -25,10 +25,21 @@ from edgeagent.service.holds.outbox import Outbox
 from edgeagent.service.learning.learner import Learner
 from edgeagent.service.pipeline.admission import receive_window
 from edgeagent.service.pipeline.asyncstore import AsyncTaskStore
+from edgeagent.service.pipeline.jobs import Job
 from edgeagent.service.pipeline.publishing import ConfirmedPublisher
-from edgeagent.service.ports import DeliveryLink, InferenceEngine, MemoryLoop
+from edgeagent.service.pipeline.queue import TaskQueue
+from edgeagent.service.pipeline.stages import build_stages
+from edgeagent.service.ports import (
+    DeliveryLink,
+    InferenceEngine,
+    MemoryLoop,
+    ServiceLink,
+    StatusNotifier,
+)
 from edgeagent.service.system import sdnotify
+from edgeagent.service.system.board import read_board
 from edgeagent.service.views.operators import OperatorViews
+from edgeagent.service.views.telemetry import Telemetry
 
 STORE_FILE = "journal.sqlite3"
 
@@ -44,22 +55,15 @@ def build_daemon(
     `learner` hears every resolved hold (service/holds/learning.py) and gives each action
     task its learned examples (service/learning); default: what `[catalog] learn` asks."""
     engine = engine or Engine(cfg.model)
-    daemon: Daemon
-    # A lambda, not the bound method: `daemon` does not exist yet when the loop is built.
-    memory = MemoryControlLoop(
-        engine.capacity,
-        cfg,
-        on_change=lambda d: daemon.memory_changed(d),  # noqa: PLW0108
-    )
-    daemon = assemble(
+    return assemble(
         cfg,
         engine=engine,
-        memory=memory,
+        # The daemon hears its decisions from start() on (Daemon.memory_changed).
+        memory=MemoryControlLoop(engine.capacity, cfg),
         notifier=sdnotify.Notifier.from_env(),
         learner=learner if learner is not None else Learner.open(cfg),
         config_path=config_path,
     )
-    return daemon
 
 
 def assemble(
@@ -74,7 +78,7 @@ def assemble(
     """The real link, task store, hold desk, watchdog and operators' views around an
     engine and a memory loop: `build_daemon`'s, or the fleet simulator's scripted ones
     (fleetsim/)."""
-    topics = Topics(cfg.mqtt.topic_prefix, cfg.device.id, cfg.mqtt.shared_group or None)
+    topics = topics_for(cfg)
     link = MqttLink(
         cfg.mqtt,
         client_id=cfg.mqtt.client_id or f"edgeagent-{cfg.device.id}",
@@ -99,8 +103,9 @@ def assemble(
         learner=learner,
         on_dispatched=operators.dispatched,
     )
-    return Daemon(
+    return wire(
         cfg,
+        topics=topics,
         link=link,
         store=store,
         notifier=notifier,
@@ -111,6 +116,79 @@ def assemble(
         holds=holds,
         learner=learner,
         config_path=config_path,
+    )
+
+
+def topics_for(cfg: Config) -> Topics:
+    """The device's topics: made once, here, and passed to everything that publishes."""
+    return Topics(cfg.mqtt.topic_prefix, cfg.device.id, cfg.mqtt.shared_group or None)
+
+
+def wire(
+    cfg: Config,
+    *,
+    topics: Topics,
+    link: ServiceLink,
+    store: AsyncTaskStore,
+    notifier: StatusNotifier,
+    engine: InferenceEngine,
+    memory: MemoryLoop,
+    watchdog: sdnotify.Watchdog | None = None,
+    operators: OperatorViews | None = None,
+    holds: HoldDesk | None = None,
+    learner: Learner | None = None,
+    config_path: Path | None = None,
+    load: Callable[[Path], Config] = load_config,
+    clock: Callable[[], float] = time.monotonic,
+) -> Daemon:
+    """The heartbeat, the task pipeline and the daemon around them, from collaborators
+    made elsewhere: `assemble`'s real ones, or the fakes of the unit tests."""
+    queue: TaskQueue[Job] = TaskQueue(cfg.queue.size)
+    telemetry = Telemetry(
+        device=cfg.device.id,
+        topics=topics,
+        link=link,
+        notifier=notifier,
+        queue=queue,
+        engine=engine,
+        memory=memory,
+        store=store,
+        period_s=cfg.mqtt.heartbeat_s,
+        on_heartbeat=operators.heartbeat_taken if operators else None,
+        # The SoC temperature for Home Assistant, the metrics and the fleet view.
+        board=lambda: read_board().as_dict(),
+        holds=holds.heartbeat if holds else None,
+    )
+    stages = build_stages(
+        cfg,
+        topics=topics,
+        queue=queue,
+        link=link,
+        store=store,
+        engine=engine,
+        telemetry=telemetry,
+        holds=holds,
+        learned=learner,
+        on_reply=operators.replied if operators else None,
+        on_dispatched=operators.dispatched if operators else None,
+        clock=clock,
+    )
+    return Daemon(
+        cfg,
+        topics=topics,
+        link=link,
+        store=store,
+        notifier=notifier,
+        engine=engine,
+        memory=memory,
+        telemetry=telemetry,
+        stages=stages,
+        watchdog=watchdog,
+        operators=operators,
+        holds=holds,
+        learner=learner,
+        config_path=config_path,
+        load=load,
     )
 
 

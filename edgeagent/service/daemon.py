@@ -5,9 +5,9 @@
 
 Lifecycle (State): STARTING -> LOADING -> SERVING <-> PAUSED -> DRAINING -> STOPPED.
 The event loop owns all state; the model runs on the engine's inference thread, the
-task store on its own thread, MQTT on paho's. The daemon knows its collaborators by
-the Protocols of service/ports.py: `service.assembly.build_daemon` passes the real ones,
-tests pass fakes.
+task store on its own thread, MQTT on paho's. The daemon builds nothing: `service.assembly`
+makes its collaborators (the real ones; tests/support the fakes) and the daemon knows
+them by the Protocols of service/ports.py.
 """
 
 from __future__ import annotations
@@ -28,12 +28,8 @@ from edgeagent.mqtt.link import Incoming, PublishRefused, with_timeout
 from edgeagent.protocol.topics import Topics
 from edgeagent.service.holds.desk import HoldDesk
 from edgeagent.service.learning.learner import Learner
-from edgeagent.service.pipeline.admission import Admission
 from edgeagent.service.pipeline.asyncstore import AsyncTaskStore
-from edgeagent.service.pipeline.delivery import Delivery
-from edgeagent.service.pipeline.jobs import InFlightRegistry, Job
-from edgeagent.service.pipeline.queue import TaskQueue
-from edgeagent.service.pipeline.worker import Worker
+from edgeagent.service.pipeline.stages import Stages
 from edgeagent.service.ports import (
     InferenceEngine,
     MemoryLoop,
@@ -42,7 +38,6 @@ from edgeagent.service.ports import (
     StatusNotifier,
 )
 from edgeagent.service.system import sdnotify
-from edgeagent.service.system.board import read_board
 from edgeagent.service.system.logsetup import configure_logging
 from edgeagent.service.views.operators import OperatorViews
 from edgeagent.service.views.telemetry import Telemetry
@@ -66,90 +61,49 @@ class State(StrEnum):
 
 
 class Daemon:
+    """Runs and stops what service/assembly.py built; owns the lifecycle state."""
+
     def __init__(
         self,
         cfg: Config,
         *,
+        topics: Topics,
         link: ServiceLink,
         store: AsyncTaskStore,
         notifier: StatusNotifier,
         engine: InferenceEngine,
         memory: MemoryLoop,
+        telemetry: Telemetry,
+        stages: Stages,
         watchdog: sdnotify.Watchdog | None = None,
         operators: OperatorViews | None = None,
         holds: HoldDesk | None = None,
         learner: Learner | None = None,
         config_path: Path | None = None,
         load: Callable[[Path], Config] = load_config,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.cfg = cfg
         self.config_path = config_path
         self.state = State.STARTING
+        self.topics = topics
         self.link = link
         self.store = store
         self.notifier = notifier
         self.engine = engine
         self.memory = memory
         self.watchdog = watchdog
-        # Operators' rulings in, learned examples out (service/learning); None: not learning.
-        self.learner = learner
-        self._load = load
-        self.topics = Topics(cfg.mqtt.topic_prefix, cfg.device.id, cfg.mqtt.shared_group or None)
-        self.queue: TaskQueue[Job] = TaskQueue(cfg.queue.size)
-        inflight = InFlightRegistry()
+        self.telemetry = telemetry
+        self.queue = stages.queue
+        self.admission = stages.admission
+        self.worker = stages.worker
+        self.delivery = stages.delivery
         # Where operators look (docs/integrations.md): Prometheus and Home Assistant.
         self.operators = operators
         # Held actions operators confirm over MQTT (service/holds); None: replies only.
         self.holds = holds
-        self.telemetry = Telemetry(
-            device=cfg.device.id,
-            topics=self.topics,
-            link=link,
-            notifier=notifier,
-            queue=self.queue,
-            engine=engine,
-            memory=memory,
-            store=store,
-            state=lambda: str(self.state),
-            period_s=cfg.mqtt.heartbeat_s,
-            on_heartbeat=operators.heartbeat_taken if operators else None,
-            # The SoC temperature for Home Assistant, the metrics and the fleet view.
-            board=lambda: read_board().as_dict(),
-            holds=holds.heartbeat if holds else None,
-        )
-        self.delivery = Delivery(
-            link=link,
-            store=store,
-            inflight=inflight,
-            topics=self.topics,
-            device=cfg.device.id,
-            on_reply=operators.replied if operators else None,
-            on_dispatched=operators.dispatched if operators else None,
-        )
-        self.admission = Admission(
-            cfg,
-            topics=self.topics,
-            queue=self.queue,
-            inflight=inflight,
-            store=store,
-            delivery=self.delivery,
-            counters=self.telemetry.counters,
-            on_queued=self.telemetry.refresh_status,
-            clock=clock,
-        )
-        self.worker = Worker(
-            cfg,
-            queue=self.queue,
-            engine=engine,
-            delivery=self.delivery,
-            store=store,
-            inflight=inflight,
-            telemetry=self.telemetry,
-            clock=clock,
-            holds=holds,
-            learned=learner,
-        )
+        # Operators' rulings in, learned examples out (service/learning); None: not learning.
+        self.learner = learner
+        self._load = load
         self._stop = asyncio.Event()
         # Set when shutdown had to leave a stuck inference thread behind.
         self.abandoned_inference = False
@@ -182,7 +136,7 @@ class Daemon:
             load_ms=round((time.perf_counter() - started) * 1000),
             n_ctx_train=self.engine.n_ctx_train,
         )
-        await self.memory.start()
+        await self.memory.start(on_change=self.memory_changed)
         if self.operators is not None:
             self.operators.start()
         self._set_state(State.SERVING)
@@ -294,7 +248,7 @@ class Daemon:
 
     def _set_state(self, state: State) -> None:
         self.state = state
-        self.telemetry.state_changed()
+        self.telemetry.state_changed(str(state))
 
     def _on_connect(self) -> None:
         self.telemetry.publish_heartbeat()  # this run's, before `online` shows old values

@@ -149,9 +149,11 @@ class FakeMemory:
     def __init__(self) -> None:
         self.decision: FakeDecision | None = FakeDecision()
         self.started = False
+        self.on_change: Callable[[Any], None] | None = None
 
-    async def start(self) -> object:
+    async def start(self, on_change: Callable[[Any], None] | None = None) -> object:
         self.started = True
+        self.on_change = on_change  # a test tells the daemon of a new decision through it
         return self.decision
 
     async def run(self) -> None:

@@ -16,8 +16,7 @@ from typing import Any
 from edgeagent.config import Config
 from edgeagent.mqtt.link import Incoming
 from edgeagent.protocol.topics import Topics
-from edgeagent.service.assembly import build_hold_desk
-from edgeagent.service.daemon import Daemon
+from edgeagent.service.assembly import build_hold_desk, topics_for, wire
 from edgeagent.service.holds.desk import HoldDesk
 from edgeagent.service.holds.learning import Learner
 from edgeagent.service.pipeline.asyncstore import AsyncTaskStore
@@ -74,8 +73,9 @@ class HoldParts:
             clock=self.clock,
         )
         self.engine = FakeEngine()
-        self.daemon = Daemon(
+        self.daemon = wire(
             self.cfg,
+            topics=topics_for(self.cfg),
             link=self.link,
             store=self.store,
             notifier=FakeNotifier(),

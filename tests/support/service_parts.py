@@ -13,6 +13,7 @@ from typing import Any
 
 from edgeagent.config import Config
 from edgeagent.mqtt.link import Incoming
+from edgeagent.service.assembly import topics_for, wire
 from edgeagent.service.daemon import Daemon
 from edgeagent.service.pipeline.asyncstore import AsyncTaskStore
 from edgeagent.service.pipeline.taskstore import TaskStore
@@ -30,8 +31,9 @@ def make_daemon(
     **sections: dict[str, Any],
 ) -> Daemon:
     cfg = cfg or service_config(**sections)
-    return Daemon(
+    return wire(
         cfg,
+        topics=topics_for(cfg),
         link=link or FakeLink(),
         store=store or AsyncTaskStore(TaskStore(store_path, max_age_s=3600, max_rows=1000)),
         notifier=FakeNotifier(),

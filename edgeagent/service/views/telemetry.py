@@ -76,7 +76,6 @@ class Telemetry:
         engine: ContextView,
         memory: MemoryLoop,
         store: StoreHealth,
-        state: Callable[[], str],
         period_s: float,
         wall_clock: Callable[[], float] = time.time,
         memory_usage: Callable[[], dict[str, float]] = host_memory,
@@ -93,7 +92,7 @@ class Telemetry:
         self._engine = engine
         self._memory = memory
         self._store = store
-        self._state = state
+        self._state = "starting"  # the daemon's lifecycle state, as it last said
         self._period_s = period_s
         self._wall_clock = wall_clock
         self._memory_usage = memory_usage
@@ -114,7 +113,7 @@ class Telemetry:
         degraded = self._store.degraded
         return {
             "device": self._device,
-            "state": self._state(),
+            "state": self._state,
             "ts": round(self._wall_clock(), 3),
             "queue": {"depth": len(self._queue), "capacity": self._queue.capacity},
             "tasks": {
@@ -146,7 +145,7 @@ class Telemetry:
         budget = (
             f" (budget {decision.budget.tokens}, {decision.budget.limited_by})" if decision else ""
         )
-        state = self._state()
+        state = self._state
         line = (
             f"{state}; queue {len(self._queue)}/{self._queue.capacity}; "
             f"ctx {self._engine.n_ctx}{budget}; "
@@ -164,11 +163,13 @@ class Telemetry:
     def refresh_status(self) -> None:
         self._notifier.status(self.status_line())
 
-    def state_changed(self) -> None:
-        """A lifecycle transition: systemd's STATUS= and the heartbeat say it at once, so
-        Home Assistant and the fleet view see `draining` (and the rest) when it happens,
+    def state_changed(self, state: str) -> None:
+        """A lifecycle transition (daemon.State): systemd's STATUS= and the heartbeat say
+        it at once, so Home Assistant and the fleet view see `draining` (and the rest) when
+        it happens,
         not up to a heartbeat period later, or never: `stopped` goes out before the
         daemon's `offline` and its disconnect."""
+        self._state = state
         self.publish_heartbeat()
         self.refresh_status()
 

@@ -85,8 +85,8 @@ def started():
     engine = FakeEngine(512)
     readings = Readings(64 * MIB)
     changes: list[Decision] = []
-    loop = MemoryControlLoop(engine, CFG, read=readings, on_change=changes.append)
-    asyncio.run(loop.start())
+    loop = MemoryControlLoop(engine, CFG, read=readings)
+    asyncio.run(loop.start(on_change=changes.append))
     return loop, engine, readings, changes
 
 
@@ -179,10 +179,10 @@ def test_run_samples_until_cancelled():
         if decision.change is ContextChange.SHRINK:
             shrunk.set()
 
-    loop = MemoryControlLoop(engine, cfg, read=readings, on_change=on_change)
+    loop = MemoryControlLoop(engine, cfg, read=readings)
 
     async def scenario() -> None:
-        await loop.start()
+        await loop.start(on_change=on_change)
         readings.available = available_for(1024, held=4096)
         task = asyncio.create_task(loop.run())
         await asyncio.wait_for(shrunk.wait(), 5)

@@ -17,6 +17,7 @@ from support.fake_link import FakeLink
 from support.service_parts import make_daemon
 
 from edgeagent.config import ActionConfig
+from edgeagent.service.assembly import topics_for, wire
 from edgeagent.service.daemon import Daemon, State
 from edgeagent.service.pipeline.asyncstore import AsyncTaskStore
 from edgeagent.service.pipeline.taskstore import TaskStore
@@ -159,8 +160,9 @@ def test_reload_applies_the_new_catalog_without_a_restart(tmp_path):
         reloaded = cfg.model_copy(update={"actions": [*cfg.actions, vent]})
         link = FakeLink()
         notifier = FakeNotifier()
-        daemon = Daemon(
+        daemon = wire(
             cfg,
+            topics=topics_for(cfg),
             link=link,
             store=AsyncTaskStore(TaskStore(":memory:", max_age_s=60, max_rows=100)),
             notifier=notifier,

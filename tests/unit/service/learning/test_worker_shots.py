@@ -9,6 +9,7 @@ from support.fake_link import FakeLink
 from support.service_parts import Parts
 
 from edgeagent.inference.shots import Shot
+from edgeagent.service.assembly import topics_for, wire
 from edgeagent.service.daemon import Daemon
 from edgeagent.service.learning.learner import Learner
 from edgeagent.service.learning.store import LearnedExample, LearnedStore
@@ -32,8 +33,9 @@ def daemon(tmp_path, *, learn: bool) -> Daemon:
             at=0.0,
         )
     )
-    return Daemon(
+    return wire(
         cfg,
+        topics=topics_for(cfg),
         link=FakeLink(),
         store=AsyncTaskStore(TaskStore(":memory:", max_age_s=3600, max_rows=100)),
         notifier=FakeNotifier(),

@@ -201,7 +201,7 @@ class _Store:
 def _telemetry(board: dict[str, object]) -> Telemetry:
     engine = FakeEngine()
     engine.n_ctx = 1024
-    return Telemetry(
+    telemetry = Telemetry(
         device="dev1",
         topics=Topics("edgeagent", "dev1", "edgeagent"),
         link=FakeLink(),
@@ -210,11 +210,12 @@ def _telemetry(board: dict[str, object]) -> Telemetry:
         engine=engine,
         memory=FakeMemory(),
         store=_Store(),
-        state=lambda: "serving",
         period_s=3600,
         memory_usage=lambda: {"rss_mb": 1.0, "host_available_mb": 2.0},
         board=lambda: board,
     )
+    telemetry.state_changed("serving")
+    return telemetry
 
 
 def test_heartbeat_and_status_carry_the_board_only_when_known(tmp_path: Path) -> None:

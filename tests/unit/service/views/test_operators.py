@@ -16,7 +16,7 @@ from support.service_parts import Parts
 
 from edgeagent.inference.task import Task
 from edgeagent.protocol.topics import Topics
-from edgeagent.service.daemon import Daemon
+from edgeagent.service.assembly import topics_for, wire
 from edgeagent.service.pipeline.asyncstore import AsyncTaskStore
 from edgeagent.service.pipeline.taskstore import TaskStore
 from edgeagent.service.views.operators import OperatorViews
@@ -52,8 +52,9 @@ def with_operators(link: FakeLink | None = None, **sections: dict[str, Any]) -> 
     link = link or FakeLink()
     store = AsyncTaskStore(TaskStore(":memory:", max_age_s=3600, max_rows=1000))
     topics = Topics(cfg.mqtt.topic_prefix, cfg.device.id, cfg.mqtt.shared_group)
-    daemon = Daemon(
+    daemon = wire(
         cfg,
+        topics=topics_for(cfg),
         link=link,
         store=store,
         notifier=FakeNotifier(),

@@ -28,7 +28,6 @@ class Harness:
         self.engine.n_ctx = 1024
         self.memory = FakeMemory()
         self.store = Store()
-        self.state = "serving"
         self.telemetry = Telemetry(
             device="dev1",
             topics=Topics("edgeagent", "dev1", "edgeagent"),
@@ -38,11 +37,16 @@ class Harness:
             engine=self.engine,
             memory=self.memory,
             store=self.store,
-            state=lambda: self.state,
             period_s=3600,
             wall_clock=lambda: 1764403200.12345,
             memory_usage=lambda: {"rss_mb": 612.3, "host_available_mb": 2210.0},
         )
+        self.set_state("serving")
+
+    def set_state(self, state: str) -> None:
+        """The daemon's transition, without the STATUS= it sends (tests count those)."""
+        self.telemetry.state_changed(state)
+        self.notifier.sent.clear()
 
 
 def test_tokens_per_s_over_the_recent_tasks():
@@ -84,7 +88,7 @@ def test_status_line_names_budget_pause_reason_and_a_degraded_store():
     assert h.telemetry.status_line() == (
         "serving; queue 0/4; ctx 1024 (budget 2048, config); done 0 failed 0; - tok/s"
     )
-    h.state = "paused"
+    h.set_state("paused")
     h.memory.decision = FakeDecision(paused=True, reason="available 80 MB < min")
     h.store.degraded = "accept: database or disk is full"
     assert h.telemetry.status_line().endswith(
