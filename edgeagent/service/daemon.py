@@ -23,6 +23,7 @@ from pathlib import Path
 import structlog
 
 from edgeagent.config import Config, load_config
+from edgeagent.config.reload import reloaded
 from edgeagent.errors import EdgeAgentError
 from edgeagent.mqtt.link import Incoming, PublishRefused, with_timeout
 from edgeagent.protocol.topics import Topics
@@ -172,12 +173,8 @@ class Daemon:
             self._stop.set()
 
     def reload(self) -> None:
-        """SIGHUP: re-read the config; apply what can change without a restart.
-
-        Live: the action catalog, queue deadlines, memory policy, log level. The model,
-        broker connection, device id, state dir, [homeassistant] and [metrics] need a
-        restart; a change there is logged and ignored.
-        """
+        """SIGHUP: re-read the config; apply what can change without a restart
+        (config/reload.py); a change to the rest is logged and ignored."""
         if self.config_path is None or self.state not in (State.SERVING, State.PAUSED):
             return  # still starting (READY=1 would come too early) or stopping
         self.notifier.reloading()
@@ -195,19 +192,9 @@ class Daemon:
         except EdgeAgentError as exc:
             log.error("reload failed; keeping the running config", error=exc.message)  # noqa: TRY400 - message is the useful part
             return
-        fixed = {
-            "model": new.model != self.cfg.model,
-            "mqtt": new.mqtt != self.cfg.mqtt,
-            "device": new.device != self.cfg.device,
-            "state": new.state != self.cfg.state,
-            # Discovery runs on connect, the metrics endpoint is bound at start.
-            "homeassistant": new.homeassistant != self.cfg.homeassistant,
-            "metrics": new.metrics != self.cfg.metrics,
-        }
-        needs_restart = sorted(k for k, changed in fixed.items() if changed)
+        self.cfg, needs_restart = reloaded(self.cfg, new)
         if needs_restart:
             log.warning("reload: these sections need a restart", sections=needs_restart)
-        self.cfg = new.model_copy(update={k: getattr(self.cfg, k) for k in fixed})
         self.admission.reconfigure(self.cfg)
         self.worker.reconfigure(self.cfg)
         if self.learner is not None:
