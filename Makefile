@@ -56,9 +56,9 @@ FLEET_TEST := tests/integration/test_ansible.py
 test: system-deps prebuild venv lint typecheck
 	@export EDGEAGENT_TEST_MODEL=$$($(BIN)/python scripts/fetch_model.py smollm2) || exit 1; \
 	mkdir -p $(ARTIFACTS); \
-	$(BIN)/pytest $(FLEET_TEST) >$(ARTIFACTS)/pytest-fleet.log 2>&1 & fleet=$$!; \
+	$(BIN)/pytest --durations=15 $(FLEET_TEST) >$(ARTIFACTS)/pytest-fleet.log 2>&1 & fleet=$$!; \
 	trap 'kill $$fleet 2>/dev/null' INT TERM; \
-	$(BIN)/pytest --ignore=$(FLEET_TEST); rest=$$?; \
+	$(BIN)/pytest --durations=40 --ignore=$(FLEET_TEST); rest=$$?; \
 	echo "waiting for the fleet test ($(ARTIFACTS)/pytest-fleet.log)"; \
 	wait $$fleet; fleet_rc=$$?; cat $(ARTIFACTS)/pytest-fleet.log; \
 	echo "pytest: fleet test exit $$fleet_rc, other tests exit $$rest"; \
