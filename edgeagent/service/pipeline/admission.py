@@ -197,13 +197,8 @@ class Admission:
         if entry is not None:
             if entry.fingerprint != fingerprint:
                 self._refusals.conflict(waiting, request)
-            elif not self._ledger.join(entry, waiting):
-                error = EdgeAgentError(
-                    ErrorCode.BUSY,
-                    f"{len(entry.waiting)} deliveries of task {entry.task_id!r} with different "
-                    "reply addresses already wait for its reply",
-                )
-                self._refusals.untracked(message, entry.task_id, reply_route, error)
+            elif (busy := self._ledger.join(entry, waiting)) is not None:
+                self._refusals.untracked(message, entry.task_id, reply_route, busy)
             return
         # Only admission opens entries and it handles one message at a time, so the id
         # cannot come in flight during this lookup.
@@ -220,15 +215,8 @@ class Admission:
         if isinstance(decided, AnswerFromStore):
             self._answer_from_store(request.id, decided, waiting, fingerprint)
         elif isinstance(decided, Poison):
-            log.error(
-                "task aborted the daemon too often; answered instead of run again",
-                task_id=request.id,
-                aborts=decided.aborts,
-            )
             entry = self._ledger.open(request.id, fingerprint, waiting)
-            # Final, unlike other INTERNAL errors: a re-send of this task gets this answer
-            # instead of taking the daemon down again (until the store forgets it).
-            await self._refusals.tracked(entry, decided.error, replayable=True)
+            await self._refusals.poison(entry, decided)
         elif isinstance(decided, CoolDown):
             self._refusals.untracked(message, request.id, reply_route, decided.error)
         else:

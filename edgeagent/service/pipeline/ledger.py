@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from edgeagent.errors import EdgeAgentError, ErrorCode
 from edgeagent.mqtt.link import Incoming
 from edgeagent.protocol.reply import ReplyRoute
 from edgeagent.service.ports import Acknowledger
@@ -87,9 +88,9 @@ class Ledger:
         self._entries[task_id] = entry
         return entry
 
-    def join(self, entry: InFlight, copy: Waiting) -> bool:
-        """Another delivery of a task in flight; False when it cannot be held (the caller
-        answers it BUSY, which acknowledges it).
+    def join(self, entry: InFlight, copy: Waiting) -> EdgeAgentError | None:
+        """Another delivery of a task in flight: held or acknowledged (None), or the BUSY
+        error the caller answers it with (which acknowledges it) when it cannot be held.
 
         Its reply is the one in progress, sent once to each distinct address; but a held
         copy is an unacknowledged message, and enough of them fill the broker's window:
@@ -118,12 +119,16 @@ class Ledger:
                     entry.served.discard(copy.route)
                 self._ack(message)
             log.debug("task already in flight", task_id=entry.task_id, dup=message.dup)
-            return True
+            return None
         if len(entry.waiting) < COPY_ADDRESSES:
             entry.waiting.append(copy)  # acknowledged after the reply in progress
             log.debug("task already in flight", task_id=entry.task_id, dup=message.dup)
-            return True
-        return False
+            return None
+        return EdgeAgentError(
+            ErrorCode.BUSY,
+            f"{len(entry.waiting)} deliveries of task {entry.task_id!r} with different reply "
+            "addresses already wait for its reply",
+        )
 
     def close(self, entry: InFlight) -> None:
         """The reply is out (or cannot be sent): acknowledge every delivery that waited.

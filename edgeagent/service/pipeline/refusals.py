@@ -19,6 +19,7 @@ from edgeagent.protocol.reply import ErrorReply, ReplyRoute
 from edgeagent.protocol.request import Request
 from edgeagent.service.pipeline.delivery import Delivery
 from edgeagent.service.pipeline.ledger import InFlight, Ledger, Waiting
+from edgeagent.service.pipeline.verdicts import Poison
 from edgeagent.service.views.telemetry import Counters
 
 log = structlog.get_logger("edgeagent.service.pipeline.admission")
@@ -62,6 +63,16 @@ class Refusals:
         except Exception:  # a bug: the entry's messages must not stay unacknowledged
             log.exception("recording a refusal failed; acknowledging", task_id=entry.task_id)
             self._ledger.close(entry)
+
+    async def poison(self, entry: InFlight, poison: Poison) -> None:
+        log.error(
+            "task aborted the daemon too often; answered instead of run again",
+            task_id=entry.task_id,
+            aborts=poison.aborts,
+        )
+        # Final, unlike other INTERNAL errors: a re-send of this task gets this answer
+        # instead of taking the daemon down again (until the store forgets it).
+        await self.tracked(entry, poison.error, replayable=True)
 
     def _log(self, task_id: str | None, error: EdgeAgentError) -> None:
         self._counters.failed += 1
