@@ -22,6 +22,7 @@ from edgeagent.service.pipeline.ledger import InFlight, Ledger, Waiting
 from edgeagent.service.pipeline.verdicts import Poison
 from edgeagent.service.views.telemetry import Counters
 
+# Admission's logger: refusals are admission's decisions, and their log lines keep its name.
 log = structlog.get_logger("edgeagent.service.pipeline.admission")
 
 
