@@ -4,7 +4,8 @@ For one task id, in this order:
 
     store the outcome -> publish the action (dispatch = true, not held) until the
     broker confirms (or refuses) it -> mark it -> publish the reply -> mark it
-    -> acknowledge every delivery of the id that waited for this reply
+    -> close the id's ledger entry: every delivery that waited for this reply is
+       acknowledged (ledger.py)
 
 so a crash at any point leaves the task message unacknowledged and the store knows
 exactly what the broker already has: the redelivery publishes only what is missing.
@@ -39,7 +40,6 @@ from typing import Any, Protocol
 import structlog
 
 from edgeagent.errors import EdgeAgentError, ErrorCode
-from edgeagent.mqtt.link import Incoming
 from edgeagent.protocol.reply import (
     ActionMessage,
     ErrorReply,
@@ -48,14 +48,14 @@ from edgeagent.protocol.reply import (
     encode,
 )
 from edgeagent.protocol.topics import Topics
-from edgeagent.service.pipeline.jobs import InFlight, InFlightRegistry, Waiting
+from edgeagent.service.pipeline.ledger import InFlight, Ledger, Waiting
 from edgeagent.service.pipeline.publishing import (
     QUEUE_FULL_BACKOFF_S,
     UNCONFIRMED_LOG_S,
     ConfirmedPublisher,
 )
 from edgeagent.service.pipeline.taskstore import Confirmation, Outcome, TaskRecord
-from edgeagent.service.ports import DeliveryLink
+from edgeagent.service.ports import Publisher
 
 log = structlog.get_logger("edgeagent.service.pipeline.delivery")
 
@@ -129,9 +129,9 @@ class Delivery:
     def __init__(
         self,
         *,
-        link: DeliveryLink,
+        link: Publisher,
         store: OutcomeStore,
-        inflight: InFlightRegistry,
+        ledger: Ledger,
         topics: Topics,
         device: str,
         unconfirmed_log_s: float = UNCONFIRMED_LOG_S,
@@ -139,9 +139,8 @@ class Delivery:
         on_reply: Callable[[Reply], None] | None = None,
         on_dispatched: Callable[[str, str], None] | None = None,
     ) -> None:
-        self._link = link
         self._store = store
-        self._inflight = inflight
+        self._ledger = ledger
         self._topics = topics
         self._device = device
         self._publisher = ConfirmedPublisher(
@@ -205,9 +204,6 @@ class Delivery:
         self._observe(reply)
         self._spawn(self._answer_once(waiting, reply))
 
-    def acknowledge(self, message: Incoming) -> None:
-        self._ack(message)
-
     async def wait_idle(self, *, within_s: float) -> bool:
         """Shutdown: wait for deliveries in progress; False if some did not finish."""
         if not self._tasks:
@@ -241,12 +237,6 @@ class Delivery:
         except Exception:  # Home Assistant's view must never cost a task its reply
             log.exception("dispatch observer failed", task_id=task_id)
 
-    def _ack(self, message: Incoming) -> None:
-        try:
-            self._link.ack(message)
-        except Exception:  # the link's to report; the broker redelivers what stays unacked
-            log.exception("acknowledging a task failed", mid=message.mid)
-
     def _spawn(self, body: Coroutine[object, object, None]) -> None:
         task = asyncio.create_task(body)
         self._tasks.add(task)
@@ -265,12 +255,12 @@ class Delivery:
             # for a re-send; the messages are acknowledged so none holds a broker slot.
             log.exception("delivery failed; acknowledging its messages", task_id=entry.task_id)
             self._report(entry.task_id, EdgeAgentError(ErrorCode.INTERNAL, type(exc).__name__))
-            for waiting in self._inflight.close(entry):
-                self._ack(waiting.message)
+            self._ledger.close(entry)
         finally:
             # Cancelled (shutdown): the deliveries stay unacknowledged and come back
-            # from the broker; the id must not stay in flight meanwhile.
-            self._inflight.close(entry)
+            # from the broker; the id must not stay in flight meanwhile. (A no-op once
+            # the entry is closed.)
+            self._ledger.hand_back(entry)
 
     async def _deliver_steps(self, entry: InFlight, plan: Plan) -> None:
         task_id = entry.task_id
@@ -294,8 +284,7 @@ class Delivery:
         # served one, get the reply too; no await between the last check and closing the
         # entry, so none is missed.
         await self._send_reply(entry, reply)
-        for waiting in self._inflight.close(entry):
-            self._ack(waiting.message)
+        self._ledger.close(entry)
 
     async def _send_reply(self, entry: InFlight, payload: str) -> bool:
         """Publish to every waiting address not yet served; True if one refused it."""
@@ -327,4 +316,4 @@ class Delivery:
             )
         except Exception:  # a bug: the message is still acknowledged (see the module doc)
             log.exception("answering a refused task failed; acknowledging it", task_id=reply.id)
-        self._ack(waiting.message)
+        self._ledger.acknowledge_untracked(waiting.message)

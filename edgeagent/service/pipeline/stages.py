@@ -1,10 +1,11 @@
-"""The task pipeline's stages, built together around one queue and one in-flight registry.
+"""The task pipeline's stages, built together around one queue and one in-flight ledger.
 
-    link -> Admission -> TaskQueue -> Worker (engine) -> Delivery -> ack
+    link -> Admission -> TaskQueue -> Worker (engine) -> Delivery -> Ledger (ack)
 
-They share the queue and the ids in flight, so they are made in one place: the daemon's
-assembly (service/assembly.py) with the real collaborators, the unit tests
-(tests/support/service_parts.py) with fakes. The daemon only runs and stops them.
+They share the queue and the ledger of ids in flight (the one place task messages are
+acknowledged), so they are made in one place: the daemon's assembly (service/assembly.py)
+with the real collaborators, the unit tests (tests/support/service_parts.py) with fakes.
+The daemon only runs and stops them.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from edgeagent.protocol.topics import Topics
 from edgeagent.service.pipeline.admission import Admission
 from edgeagent.service.pipeline.asyncstore import AsyncTaskStore
 from edgeagent.service.pipeline.delivery import Delivery
-from edgeagent.service.pipeline.jobs import InFlightRegistry, Job
+from edgeagent.service.pipeline.jobs import Job
+from edgeagent.service.pipeline.ledger import Ledger
 from edgeagent.service.pipeline.queue import TaskQueue
 from edgeagent.service.pipeline.worker import Answerer, HeldActions, LearnedShots, Worker
 from edgeagent.service.ports import DeliveryLink
@@ -51,11 +53,11 @@ def build_stages(
 ) -> Stages:
     """`queue` is the one Telemetry reports on; `on_reply`/`on_dispatched` feed the
     operators' views (service/views/operators.py)."""
-    inflight = InFlightRegistry()
+    ledger = Ledger(link)
     delivery = Delivery(
         link=link,
         store=store,
-        inflight=inflight,
+        ledger=ledger,
         topics=topics,
         device=cfg.device.id,
         on_reply=on_reply,
@@ -65,7 +67,7 @@ def build_stages(
         cfg,
         topics=topics,
         queue=queue,
-        inflight=inflight,
+        ledger=ledger,
         store=store,
         delivery=delivery,
         counters=telemetry.counters,
@@ -78,7 +80,7 @@ def build_stages(
         engine=engine,
         delivery=delivery,
         store=store,
-        inflight=inflight,
+        ledger=ledger,
         telemetry=telemetry,
         clock=clock,
         holds=holds,

@@ -43,7 +43,8 @@ from edgeagent.protocol.reply import (
 from edgeagent.service.pipeline.alone import AloneGate
 from edgeagent.service.pipeline.delivery import Delivery
 from edgeagent.service.pipeline.dispatch import Settled, settle
-from edgeagent.service.pipeline.jobs import InFlightRegistry, Job
+from edgeagent.service.pipeline.jobs import Job
+from edgeagent.service.pipeline.ledger import Ledger
 from edgeagent.service.pipeline.queue import TaskQueue
 from edgeagent.service.views.telemetry import Telemetry
 
@@ -87,7 +88,7 @@ class Worker:
         engine: Answerer,
         delivery: Delivery,
         store: RunRecords,
-        inflight: InFlightRegistry,
+        ledger: Ledger,
         telemetry: Telemetry,
         clock: Callable[[], float] = time.monotonic,
         holds: HeldActions | None = None,
@@ -100,7 +101,7 @@ class Worker:
         self._engine = engine
         self._delivery = delivery
         self._store = store
-        self._inflight = inflight
+        self._ledger = ledger
         self._telemetry = telemetry
         self._clock = clock
         self.current: Job | None = None
@@ -190,7 +191,7 @@ class Worker:
 
     async def hand_back(self, job: Job) -> None:
         """Give a job back to the broker: its deliveries stay unacknowledged."""
-        self._inflight.close(job.entry)
+        self._ledger.hand_back(job.entry)
         await self._store.forget(job.task_id)
         log.info("task handed back", task_id=job.task_id)
 

@@ -114,7 +114,7 @@ def check(parts: Parts, sent: list[Sent]) -> None:
     for published in parts.link.on("edgeagent/dev1/actions/set_irrigation"):
         assert "status" not in published.body  # only action messages, never a reply
     assert parts.link.invalid == []  # the policy refused them before the link had to
-    assert len(parts.daemon.admission._inflight) == 0
+    assert len(parts.daemon.admission._ledger) == 0
     assert parts.daemon.delivery.in_progress == 0
     assert not any(task.done() for task in parts._tasks)  # admission and worker still run
 

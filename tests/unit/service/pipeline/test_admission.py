@@ -19,15 +19,12 @@ from edgeagent.errors import EdgeAgentError, ErrorCode
 from edgeagent.inference.batch_rule import MAX_PARALLEL
 from edgeagent.inference.contract import compile_contract as real_compile
 from edgeagent.protocol.request import Request
-from edgeagent.service.pipeline.admission import (
-    COPY_ADDRESSES,
-    RUNNING_TASKS,
-    derived_id,
-    receive_window,
-)
+from edgeagent.service.pipeline.admission import RUNNING_TASKS, receive_window
 from edgeagent.service.pipeline.asyncstore import AsyncTaskStore
 from edgeagent.service.pipeline.contracts import CompileThreads, ContractCache
 from edgeagent.service.pipeline.crash_budget import CRASH_BUDGET, CRASH_WINDOW_S
+from edgeagent.service.pipeline.ledger import COPY_ADDRESSES
+from edgeagent.service.pipeline.reading import derived_id
 from edgeagent.service.pipeline.taskstore import Confirmation, TaskState, TaskStore
 
 RESULTS = "edgeagent/dev1/results"
@@ -414,7 +411,7 @@ def test_an_internal_error_in_admission_still_ends_in_a_reply_and_an_ack():
             await parts.link.wait_for_acks(1)
         assert parts.link.bodies(f"{RESULTS}/t1")[0]["error"]["code"] == "INTERNAL"
         assert "internal error admitting a task" in [e["event"] for e in logs]
-        assert "t1" not in parts.daemon.admission._inflight
+        assert "t1" not in parts.daemon.admission._ledger
         await parts.crash()
 
     run(scenario())
@@ -689,7 +686,8 @@ def test_a_payload_dropped_by_the_link_is_answered_without_being_read(monkeypatc
     def never(*_args):
         raise AssertionError("an oversized payload was read")
 
-    monkeypatch.setattr("edgeagent.service.pipeline.admission.parse_request", never)
+    monkeypatch.setattr("edgeagent.service.pipeline.reading.parse_request", never)
+    monkeypatch.setattr("edgeagent.service.pipeline.reading.salvage", never)
     monkeypatch.setattr("edgeagent.service.pipeline.admission.salvage", never)
 
     async def scenario():
@@ -734,7 +732,7 @@ def test_a_link_that_raises_on_publish_still_gets_every_message_acked():
         refused = [e for e in logs if e["event"] == "broker refused a publish"]
         assert len(refused) == 2
         assert parts.link.acked[0].payload == b"{not json"
-        assert not parts.daemon.admission._inflight
+        assert not parts.daemon.admission._ledger
         await parts.crash()
 
     run(scenario())
@@ -756,7 +754,7 @@ def test_a_bug_in_delivery_still_ends_in_the_acks(monkeypatch):
         assert parts.link.bodies(ERRORS)[0]["error"]["code"] == "INTERNAL"
         assert "delivery failed; acknowledging its messages" in [e["event"] for e in logs]
         await parts.daemon.delivery.wait_idle(within_s=1)
-        assert not parts.daemon.admission._inflight
+        assert not parts.daemon.admission._ledger
         await parts.crash()
 
     run(scenario())
@@ -842,11 +840,11 @@ def test_a_task_still_compiling_at_shutdown_is_left_to_the_broker():
         parts = await started(contracts=ContractCache(compile_contract=compile_contract))
         message = parts.link.deliver(TASK)
         await asyncio.to_thread(entered.wait, 5)
-        assert "t1" in parts.daemon.admission._inflight
+        assert "t1" in parts.daemon.admission._ledger
         parts.daemon.admission.close()  # SIGTERM
         await parts.daemon.admission.settle()
         release.set()
-        assert "t1" not in parts.daemon.admission._inflight
+        assert "t1" not in parts.daemon.admission._ledger
         assert parts.link.ack_attempts == []  # not acked: the broker delivers it again
         assert parts.link.published == []
         assert (await parts.record("t1")) is None  # never accepted
@@ -870,7 +868,7 @@ def test_a_refusal_that_cannot_be_recorded_still_ends_in_the_ack(monkeypatch):
             await parts.link.wait_for_acks(1)
         assert parts.link.acked == [message]
         assert "recording a refusal failed; acknowledging" in [e["event"] for e in logs]
-        assert not parts.daemon.admission._inflight
+        assert not parts.daemon.admission._ledger
         await parts.crash()
 
     run(scenario())

@@ -32,7 +32,7 @@ from edgeagent.protocol.reply import (
 from edgeagent.protocol.topics import Topics
 from edgeagent.service.pipeline.asyncstore import AsyncTaskStore
 from edgeagent.service.pipeline.delivery import Delivery, Plan
-from edgeagent.service.pipeline.jobs import InFlightRegistry, Waiting
+from edgeagent.service.pipeline.ledger import Ledger, Waiting
 from edgeagent.service.pipeline.taskstore import Confirmation, TaskStore
 
 TOPICS = Topics("edgeagent", "dev1", "edgeagent")
@@ -309,7 +309,7 @@ def test_a_full_outgoing_queue_is_retried_not_dropped():
         delivery = Delivery(
             link=link,
             store=store,
-            inflight=InFlightRegistry(),
+            ledger=Ledger(link),
             topics=TOPICS,
             device="dev1",
             queue_full_backoff_s=0,
@@ -499,11 +499,11 @@ def test_a_held_action_is_stored_without_its_message_and_never_dispatched(tmp_pa
         link = FakeLink()
         link.connected.set()
         store = AsyncTaskStore(TaskStore(path, max_age_s=60, max_rows=100))
-        inflight = InFlightRegistry()
-        delivery = Delivery(link=link, store=store, inflight=inflight, topics=TOPICS, device="dev1")
+        ledger = Ledger(link)
+        delivery = Delivery(link=link, store=store, ledger=ledger, topics=TOPICS, device="dev1")
         message = link.message(ACTION_TASK)
         await store.accept("t1", "fp")
-        entry = inflight.open("t1", "fp", Waiting(message, ReplyRoute(RESULT)))
+        entry = ledger.open("t1", "fp", Waiting(message, ReplyRoute(RESULT)))
         with capture_logs() as logs:
             await delivery.finish(entry, reply, ActionMessage("t1", "dev1", output))
             await link.wait_for_acks(1)
