@@ -144,8 +144,8 @@ def wire(
     """The heartbeat, the task pipeline and the daemon around them, from collaborators
     made elsewhere: `assemble`'s real ones, or the fakes of the unit tests."""
     queue: TaskQueue[Job] = TaskQueue(cfg.queue.size)
-    telemetry = Telemetry(
-        device=cfg.device.id,
+    telemetry = build_telemetry(
+        cfg,
         topics=topics,
         link=link,
         notifier=notifier,
@@ -153,11 +153,8 @@ def wire(
         engine=engine,
         memory=memory,
         store=store,
-        period_s=cfg.mqtt.heartbeat_s,
-        on_heartbeat=operators.heartbeat_taken if operators else None,
-        # The SoC temperature for Home Assistant, the metrics and the fleet view.
-        board=lambda: read_board().as_dict(),
-        holds=holds.heartbeat if holds else None,
+        operators=operators,
+        holds=holds,
     )
     stages = build_stages(
         cfg,
@@ -226,4 +223,35 @@ def build_hold_desk(
         metrics=metrics,
         learner=learner,
         clock=clock,
+    )
+
+
+def build_telemetry(
+    cfg: Config,
+    *,
+    topics: Topics,
+    link: ServiceLink,
+    notifier: StatusNotifier,
+    queue: TaskQueue[Job],
+    engine: InferenceEngine,
+    memory: MemoryLoop,
+    store: AsyncTaskStore,
+    operators: OperatorViews | None = None,
+    holds: HoldDesk | None = None,
+) -> Telemetry:
+    """The heartbeat and STATUS= over the queue, engine, memory loop and store."""
+    return Telemetry(
+        device=cfg.device.id,
+        topics=topics,
+        link=link,
+        notifier=notifier,
+        queue=queue,
+        engine=engine,
+        memory=memory,
+        store=store,
+        period_s=cfg.mqtt.heartbeat_s,
+        on_heartbeat=operators.heartbeat_taken if operators else None,
+        # The SoC temperature for Home Assistant, the metrics and the fleet view.
+        board=lambda: read_board().as_dict(),
+        holds=holds.heartbeat if holds else None,
     )

@@ -34,7 +34,7 @@ from edgeagent.mqtt.link import RECEIVE_MAXIMUM_LIMIT, Incoming
 from edgeagent.protocol.request import Request, salvage
 from edgeagent.protocol.topics import Topics
 from edgeagent.service.pipeline.contracts import ContractCache
-from edgeagent.service.pipeline.delivery import Delivery
+from edgeagent.service.pipeline.delivery import Replier
 from edgeagent.service.pipeline.jobs import Job
 from edgeagent.service.pipeline.ledger import InFlight, Ledger, Waiting
 from edgeagent.service.pipeline.queue import TaskQueue
@@ -85,7 +85,7 @@ class Admission:
         queue: TaskQueue[Job],
         ledger: Ledger,
         store: RecordLookup,
-        delivery: Delivery,
+        delivery: Replier,
         counters: Counters,
         on_queued: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,

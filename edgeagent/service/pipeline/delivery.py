@@ -88,6 +88,27 @@ class OutcomeStore(Protocol):
     async def mark_action(self, task_id: str, state: Confirmation) -> None: ...
 
 
+class Finisher(Protocol):
+    """What the worker hands a task's outcome to (Delivery)."""
+
+    async def finish(
+        self,
+        entry: InFlight,
+        reply: Reply,
+        action: ActionMessage | None = None,
+        *,
+        replayable: bool = True,
+    ) -> None: ...
+
+
+class Replier(Finisher, Protocol):
+    """What admission answers through (Delivery): also replies from the store and
+    replies that are not recorded."""
+
+    def resume(self, entry: InFlight, plan: Plan) -> None: ...
+    def answer_once(self, waiting: Waiting, reply: ErrorReply) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Plan:
     """What is still to be published for one task id."""

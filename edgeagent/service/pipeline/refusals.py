@@ -17,7 +17,7 @@ from edgeagent.errors import EdgeAgentError, ErrorCode
 from edgeagent.mqtt.link import Incoming
 from edgeagent.protocol.reply import ErrorReply, ReplyRoute
 from edgeagent.protocol.request import Request
-from edgeagent.service.pipeline.delivery import Delivery
+from edgeagent.service.pipeline.delivery import Replier
 from edgeagent.service.pipeline.ledger import InFlight, Ledger, Waiting
 from edgeagent.service.pipeline.verdicts import Poison
 from edgeagent.service.views.telemetry import Counters
@@ -28,7 +28,7 @@ log = structlog.get_logger("edgeagent.service.pipeline.admission")
 
 class Refusals:
     def __init__(
-        self, *, delivery: Delivery, ledger: Ledger, counters: Counters, device: str
+        self, *, delivery: Replier, ledger: Ledger, counters: Counters, device: str
     ) -> None:
         self._delivery = delivery
         self._ledger = ledger

@@ -41,7 +41,7 @@ from edgeagent.protocol.reply import (
     Usage,
 )
 from edgeagent.service.pipeline.alone import AloneGate
-from edgeagent.service.pipeline.delivery import Delivery
+from edgeagent.service.pipeline.delivery import Finisher
 from edgeagent.service.pipeline.dispatch import Settled, settle
 from edgeagent.service.pipeline.jobs import Job
 from edgeagent.service.pipeline.ledger import Ledger
@@ -86,7 +86,7 @@ class Worker:
         *,
         queue: TaskQueue[Job],
         engine: Answerer,
-        delivery: Delivery,
+        delivery: Finisher,
         store: RunRecords,
         ledger: Ledger,
         telemetry: Telemetry,

@@ -76,7 +76,7 @@ async def drive(parts: Parts, cases: list[Case]) -> list[Sent]:
         )
         sent.append(Sent(case, task_id, message, correlation))
     await parts.link.wait_until(lambda: len(parts.link.acked) >= len(sent), within_s=60)
-    assert await parts.daemon.delivery.wait_idle(within_s=5)  # acked: their tasks end now
+    assert await parts.delivery.wait_idle(within_s=5)  # acked: their tasks end now
     by_correlation = {s.correlation: s for s in sent}
     by_id = {s.task_id: s for s in sent}
     for published in parts.link.published:
@@ -114,8 +114,8 @@ def check(parts: Parts, sent: list[Sent]) -> None:
     for published in parts.link.on("edgeagent/dev1/actions/set_irrigation"):
         assert "status" not in published.body  # only action messages, never a reply
     assert parts.link.invalid == []  # the policy refused them before the link had to
-    assert len(parts.daemon.admission._ledger) == 0
-    assert parts.daemon.delivery.in_progress == 0
+    assert len(parts.admission._ledger) == 0
+    assert parts.delivery.in_progress == 0
     assert not any(task.done() for task in parts._tasks)  # admission and worker still run
 
 

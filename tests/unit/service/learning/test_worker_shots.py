@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import asyncio
 
-from support.fake_engine import FakeEngine, FakeMemory, FakeNotifier, service_config
+from support.fake_engine import FakeEngine, service_config
 from support.fake_link import FakeLink
 from support.service_parts import Parts
 
 from edgeagent.inference.shots import Shot
-from edgeagent.service.assembly import topics_for, wire
-from edgeagent.service.daemon import Daemon
 from edgeagent.service.learning.learner import Learner
 from edgeagent.service.learning.store import LearnedExample, LearnedStore
 from edgeagent.service.pipeline.asyncstore import AsyncTaskStore
 from edgeagent.service.pipeline.taskstore import TaskStore
 
 
-def daemon(tmp_path, *, learn: bool) -> Daemon:
+def learning_parts(tmp_path, *, learn: bool) -> Parts:
     cfg = service_config(tmp_path, catalog={"learn": learn})
     store = LearnedStore(tmp_path / "learned.sqlite3", max_rows=10)
     store.add(
@@ -33,14 +31,11 @@ def daemon(tmp_path, *, learn: bool) -> Daemon:
             at=0.0,
         )
     )
-    return wire(
-        cfg,
-        topics=topics_for(cfg),
+    return Parts(
+        cfg=cfg,
         link=FakeLink(),
         store=AsyncTaskStore(TaskStore(":memory:", max_age_s=3600, max_rows=100)),
-        notifier=FakeNotifier(),
         engine=FakeEngine(),
-        memory=FakeMemory(),
         learner=Learner(store, actions=cfg.actions, settings=cfg.catalog),
     )
 
@@ -52,7 +47,7 @@ async def run_task(parts: Parts, request: dict) -> None:
 
 def test_an_action_task_carries_the_most_similar_learned_examples(tmp_path):
     async def scenario():
-        parts = await Parts(daemon(tmp_path, learn=True)).start()
+        parts = await (learning_parts(tmp_path, learn=True)).start()
         await run_task(
             parts,
             {"id": "t1", "input": "Water zone 4 for 5 minutes.", "actions": ["set_irrigation"]},
@@ -68,14 +63,14 @@ def test_an_action_task_carries_the_most_similar_learned_examples(tmp_path):
 
 def test_no_examples_when_learning_is_off_or_for_schema_tasks(tmp_path):
     async def scenario():
-        parts = await Parts(daemon(tmp_path, learn=False)).start()
+        parts = await (learning_parts(tmp_path, learn=False)).start()
         await run_task(
             parts,
             {"id": "t1", "input": "Water zone 4 for 5 minutes.", "actions": ["set_irrigation"]},
         )
         assert parts.engine.tasks[0].shots == ()
         await parts.crash()
-        on = await Parts(daemon(tmp_path / "on", learn=True)).start()
+        on = await (learning_parts(tmp_path / "on", learn=True)).start()
         schema = {"type": "object", "properties": {"zone": {"type": "integer"}}}
         await run_task(on, {"id": "t2", "input": "Water zone 4 for 5 minutes.", "schema": schema})
         assert on.engine.tasks[0].shots == ()

@@ -41,7 +41,7 @@ def run(coro):
 async def started(contracts: ContractCache | None = None, **kwargs) -> Parts:
     parts = Parts.on(**kwargs)
     if contracts is not None:
-        parts.daemon.admission.contracts = contracts
+        parts.admission.contracts = contracts
     return await parts.start()
 
 
@@ -61,7 +61,7 @@ def test_unparseable_payload_is_answered_on_the_errors_topic_and_acked():
         assert parts.link.acked == [message]
         (line,) = [e for e in logs if e["event"] == "task"]
         assert (line["status"], line["error_code"]) == ("error", "INVALID_REQUEST")
-        assert parts.daemon.telemetry.counters.failed == 1
+        assert parts.telemetry.counters.failed == 1
         await parts.crash()
 
     run(scenario())
@@ -356,15 +356,15 @@ def test_paused_and_full_queue_answer_busy():
             await parts.link.wait_for_acks(1)
         full = parts.link.bodies(f"{RESULTS}/full")[0]
         assert full["error"] == {"code": "BUSY", "message": "queue full (1 tasks waiting)"}
-        assert parts.daemon.telemetry.counters.busy == 1
-        parts.daemon.admission.pause("available 80 MB is below the minimum")
+        assert parts.telemetry.counters.busy == 1
+        parts.admission.pause("available 80 MB is below the minimum")
         with capture_logs():
             parts.link.deliver({**TASK, "id": "paused"})
             await parts.link.wait_for_acks(2)
         paused = parts.link.bodies(f"{RESULTS}/paused")[0]["error"]
         assert paused["code"] == "BUSY"
         assert "available 80 MB" in paused["message"]
-        parts.daemon.admission.resume()
+        parts.admission.resume()
         parts.engine.hold = False
         parts.engine.release()
         await parts.link.wait_for_acks(4)
@@ -376,9 +376,9 @@ def test_paused_and_full_queue_answer_busy():
 def test_the_accept_record_is_written_before_the_task_is_queued():
     async def scenario():
         parts = Parts.on()
-        parts.link.start(parts.daemon.admission.offer)  # admission only: nothing runs
+        parts.link.start(parts.admission.offer)  # admission only: nothing runs
         await parts.admit(parts.link.message(TASK))
-        assert len(parts.daemon.queue) == 1
+        assert len(parts.queue) == 1
         assert (await parts.record("t1")).state is TaskState.ACCEPTED
         await parts.crash()
 
@@ -388,7 +388,7 @@ def test_the_accept_record_is_written_before_the_task_is_queued():
 def test_after_close_messages_are_left_to_the_broker():
     async def scenario():
         parts = await started()
-        parts.daemon.admission.close()
+        parts.admission.close()
         parts.link.deliver(TASK)
         await parts.admit(parts.link.message(TASK))
         assert parts.link.published == []
@@ -405,13 +405,13 @@ def test_an_internal_error_in_admission_still_ends_in_a_reply_and_an_ack():
         def broken(_request, _catalog):
             raise RuntimeError("a bug")
 
-        parts.daemon.admission.contracts.spec_for = broken
+        parts.admission.contracts.spec_for = broken
         with capture_logs() as logs:
             parts.link.deliver(TASK)
             await parts.link.wait_for_acks(1)
         assert parts.link.bodies(f"{RESULTS}/t1")[0]["error"]["code"] == "INTERNAL"
         assert "internal error admitting a task" in [e["event"] for e in logs]
-        assert "t1" not in parts.daemon.admission._ledger
+        assert "t1" not in parts.admission._ledger
         await parts.crash()
 
     run(scenario())
@@ -509,21 +509,21 @@ def test_jobs_keep_their_arrival_order_when_contracts_compile_out_of_it():
 
     async def scenario():
         parts = Parts.on()
-        parts.daemon.admission.contracts = ContractCache(compile_contract=compile_contract)
+        parts.admission.contracts = ContractCache(compile_contract=compile_contract)
         queued: list[asyncio.Event] = [asyncio.Event(), asyncio.Event()]
 
         def on_queued() -> None:  # the n-th job queued sets the n-th event
-            queued[len(parts.daemon.queue) - 1].set()
+            queued[len(parts.queue) - 1].set()
 
-        parts.daemon.admission._on_queued = on_queued
-        parts.link.start(parts.daemon.admission.offer)
-        admitting = asyncio.create_task(parts.daemon.admission.run())  # no worker: jobs wait
+        parts.admission._on_queued = on_queued
+        parts.link.start(parts.admission.offer)
+        admitting = asyncio.create_task(parts.admission.run())  # no worker: jobs wait
         parts.link.deliver({**TASK, "id": "first", "schema": {**SCHEMA, "title": "slow"}})
         parts.link.deliver({**TASK, "id": "second"})
         await queued[0].wait()  # "second" is queued while "first" compiles
         release.set()
         await queued[1].wait()
-        assert [(await parts.daemon.queue.take()).task_id for _ in range(2)] == ["first", "second"]
+        assert [(await parts.queue.take()).task_id for _ in range(2)] == ["first", "second"]
         admitting.cancel()
         await parts.crash()
 
@@ -556,7 +556,7 @@ def test_a_compile_thread_that_cannot_start_answers_busy_and_takes_no_slot(monke
             assert [e["code"] for e in refused] == ["BUSY"] * 3
             assert "cannot start a schema compile thread" in refused[0]["message"]
             assert threads.busy == 0
-            parts.daemon.admission.reconfigure(parts.daemon.cfg)  # what SIGHUP does
+            parts.admission.reconfigure(parts.cfg)  # what SIGHUP does
             parts.link.deliver({**TASK, "id": "later", "schema": {**SCHEMA, "title": "0"}})
             parts.link.deliver({"id": "a1", "input": "x", "action": "notify"})
             await parts.link.wait_for_acks(5)
@@ -732,7 +732,7 @@ def test_a_link_that_raises_on_publish_still_gets_every_message_acked():
         refused = [e for e in logs if e["event"] == "broker refused a publish"]
         assert len(refused) == 2
         assert parts.link.acked[0].payload == b"{not json"
-        assert not parts.daemon.admission._ledger
+        assert not parts.admission._ledger
         await parts.crash()
 
     run(scenario())
@@ -753,8 +753,8 @@ def test_a_bug_in_delivery_still_ends_in_the_acks(monkeypatch):
         assert parts.link.bodies(f"{RESULTS}/t1")[0]["status"] == "ok"
         assert parts.link.bodies(ERRORS)[0]["error"]["code"] == "INTERNAL"
         assert "delivery failed; acknowledging its messages" in [e["event"] for e in logs]
-        await parts.daemon.delivery.wait_idle(within_s=1)
-        assert not parts.daemon.admission._ledger
+        await parts.delivery.wait_idle(within_s=1)
+        assert not parts.admission._ledger
         await parts.crash()
 
     run(scenario())
@@ -767,7 +767,7 @@ def test_a_bug_before_any_entry_is_answered_internal_and_acked(monkeypatch):
         def broken(_message):
             raise RuntimeError("a bug")
 
-        monkeypatch.setattr(parts.daemon.admission, "_parse", broken)
+        monkeypatch.setattr(parts.admission, "_parse", broken)
         with capture_logs():
             parts.link.deliver({**TASK, "reply_to": "replies/r"})
             await parts.link.wait_for_acks(1)
@@ -786,8 +786,8 @@ def test_a_bug_before_any_entry_is_answered_internal_and_acked(monkeypatch):
 def test_a_full_incoming_queue_answers_busy_and_acks(monkeypatch):
     async def scenario():
         parts = Parts.on()
-        parts.link.start(parts.daemon.admission.offer)  # no admission loop: nothing is taken
-        monkeypatch.setattr(parts.daemon.admission, "_incoming", asyncio.Queue(1))
+        parts.link.start(parts.admission.offer)  # no admission loop: nothing is taken
+        monkeypatch.setattr(parts.admission, "_incoming", asyncio.Queue(1))
         parts.link.deliver(TASK)
         with capture_logs():
             extra = parts.link.deliver(TASK, response_topic="replies/a")
@@ -840,11 +840,11 @@ def test_a_task_still_compiling_at_shutdown_is_left_to_the_broker():
         parts = await started(contracts=ContractCache(compile_contract=compile_contract))
         message = parts.link.deliver(TASK)
         await asyncio.to_thread(entered.wait, 5)
-        assert "t1" in parts.daemon.admission._ledger
-        parts.daemon.admission.close()  # SIGTERM
-        await parts.daemon.admission.settle()
+        assert "t1" in parts.admission._ledger
+        parts.admission.close()  # SIGTERM
+        await parts.admission.settle()
         release.set()
-        assert "t1" not in parts.daemon.admission._ledger
+        assert "t1" not in parts.admission._ledger
         assert parts.link.ack_attempts == []  # not acked: the broker delivers it again
         assert parts.link.published == []
         assert (await parts.record("t1")) is None  # never accepted
@@ -862,13 +862,13 @@ def test_a_refusal_that_cannot_be_recorded_still_ends_in_the_ack(monkeypatch):
         async def broken(*_args, **_kwargs):
             raise RuntimeError("a bug")
 
-        monkeypatch.setattr(parts.daemon.delivery, "finish", broken)
+        monkeypatch.setattr(parts.delivery, "finish", broken)
         with capture_logs() as logs:
             message = parts.link.deliver({"id": "r1", "input": "x", "action": "launch_rocket"})
             await parts.link.wait_for_acks(1)
         assert parts.link.acked == [message]
         assert "recording a refusal failed; acknowledging" in [e["event"] for e in logs]
-        assert not parts.daemon.admission._ledger
+        assert not parts.admission._ledger
         await parts.crash()
 
     run(scenario())

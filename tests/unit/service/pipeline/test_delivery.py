@@ -425,7 +425,7 @@ def test_queued_tasks_are_not_counted_when_another_one_takes_the_process_down(tm
         first.link.deliver(ACTION_TASK)
         await first.engine.running.wait()
         queued = first.link.deliver({**SCHEMA_TASK, "id": "q"})
-        await first.link.wait_until(lambda: len(first.daemon.queue) == 1)
+        await first.link.wait_until(lambda: len(first.queue) == 1)
         assert (await first.record("q")).runs == 0
         await first.crash()
         # With a limit of one abort, the waiting task still runs: it never ran.
@@ -459,14 +459,14 @@ def test_a_task_that_aborted_the_process_runs_alone_when_others_are_batched(tmp_
         await second.link.wait_until(lambda: len(engine.active) == 2)  # b and c together
         second.link.redeliver(suspect)
         # A lane takes "a" from the queue, and it waits for b and c to end.
-        gate = second.daemon.worker._gate
+        gate = second.worker._gate
         await second.link.wait_until(lambda: gate._lone_waiting == 1)
         # In either order: each lane commits its run count off the loop before it starts.
         assert sorted(t.content for t in engine.active) == ["task b", "task c"]
         engine.release()
         await second.link.wait_until(lambda: [t.content for t in engine.active] == ["task a"])
         second.link.deliver(task("d"))  # arrives while "a" runs alone: it waits
-        await second.link.wait_until(lambda: len(second.daemon.queue) == 0)
+        await second.link.wait_until(lambda: len(second.queue) == 0)
         assert [t.content for t in engine.active] == ["task a"]
         assert gate._alone
         engine.release()

@@ -10,13 +10,12 @@ import asyncio
 from typing import Any
 
 from structlog.testing import capture_logs
-from support.fake_engine import FakeEngine, FakeMemory, FakeNotifier, default_output, service_config
+from support.fake_engine import FakeEngine, default_output, service_config
 from support.fake_link import NOT_AUTHORIZED, FakeLink
 from support.service_parts import Parts
 
 from edgeagent.inference.task import Task
 from edgeagent.protocol.topics import Topics
-from edgeagent.service.assembly import topics_for, wire
 from edgeagent.service.pipeline.asyncstore import AsyncTaskStore
 from edgeagent.service.pipeline.taskstore import TaskStore
 from edgeagent.service.views.operators import OperatorViews
@@ -52,17 +51,13 @@ def with_operators(link: FakeLink | None = None, **sections: dict[str, Any]) -> 
     link = link or FakeLink()
     store = AsyncTaskStore(TaskStore(":memory:", max_age_s=3600, max_rows=1000))
     topics = Topics(cfg.mqtt.topic_prefix, cfg.device.id, cfg.mqtt.shared_group)
-    daemon = wire(
-        cfg,
-        topics=topics_for(cfg),
+    return Parts(
+        cfg=cfg,
         link=link,
         store=store,
-        notifier=FakeNotifier(),
         engine=FakeEngine(_forging),
-        memory=FakeMemory(),
         operators=OperatorViews(cfg, topics=topics, link=link, store=store),
     )
-    return Parts(daemon)
 
 
 def test_a_schema_task_shaped_like_an_action_never_becomes_the_last_action():
