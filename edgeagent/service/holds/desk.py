@@ -27,7 +27,7 @@ import structlog
 from edgeagent.config import Config
 from edgeagent.errors import EdgeAgentError, ErrorCode
 from edgeagent.inference.grounding import content_text
-from edgeagent.mqtt.link import Incoming
+from edgeagent.mqtt.incoming import Incoming
 from edgeagent.protocol.reply import OkReply
 from edgeagent.protocol.topics import Topics
 from edgeagent.service.holds import records

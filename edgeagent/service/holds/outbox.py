@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import structlog
 
 from edgeagent.errors import EdgeAgentError, ErrorCode
-from edgeagent.mqtt.link import Incoming
+from edgeagent.mqtt.incoming import Incoming
 from edgeagent.protocol.reply import ErrorReply, ReplyRoute, encode
 from edgeagent.protocol.reply_policy import ReplyPolicy
 from edgeagent.protocol.topics import Topics

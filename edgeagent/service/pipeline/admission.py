@@ -34,7 +34,8 @@ import structlog
 
 from edgeagent.config import Config
 from edgeagent.errors import EdgeAgentError, ErrorCode
-from edgeagent.mqtt.link import RECEIVE_MAXIMUM_LIMIT, Incoming
+from edgeagent.mqtt.incoming import Incoming
+from edgeagent.mqtt.limits import RECEIVE_MAXIMUM_LIMIT
 from edgeagent.protocol.reply import ErrorReply, ReplyRoute, route
 from edgeagent.protocol.reply_policy import ReplyPolicy, check_reply_topic
 from edgeagent.protocol.request import Request, parse_request, salvage

@@ -39,7 +39,7 @@ from typing import Any, Protocol
 import structlog
 
 from edgeagent.errors import EdgeAgentError, ErrorCode
-from edgeagent.mqtt.link import Incoming
+from edgeagent.mqtt.incoming import Incoming
 from edgeagent.protocol.reply import (
     ActionMessage,
     ErrorReply,

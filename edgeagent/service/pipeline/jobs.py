@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass, field
 
 from edgeagent.inference.contract import OutputSpec
-from edgeagent.mqtt.link import Incoming
+from edgeagent.mqtt.incoming import Incoming
 from edgeagent.protocol.reply import ReplyRoute
 from edgeagent.protocol.request import Request
 
