@@ -45,7 +45,7 @@ from edgeagent.service.pipeline.contracts import ContractCache
 from edgeagent.service.pipeline.delivery import Delivery, Plan
 from edgeagent.service.pipeline.jobs import InFlight, InFlightRegistry, Job, Waiting
 from edgeagent.service.pipeline.queue import TaskQueue
-from edgeagent.service.pipeline.taskstore import TaskRecord, TaskState
+from edgeagent.service.pipeline.task_records import TaskRecord, TaskState
 from edgeagent.service.views.telemetry import Counters
 
 log = structlog.get_logger("edgeagent.service.pipeline.admission")
