@@ -5,37 +5,27 @@ before each attempt is ours (mqtt/backoff.py: exponential, with full jitter, so 
 does not reconnect in lockstep after a broker restart), set from its callbacks on its
 thread before it waits. Its other callbacks do nothing but hand events to the event
 loop (call_soon_threadsafe), so all our state is touched from one thread — except the
-connection generation, which paho's thread stamps where the connection happens (see
-below).
+connection generation (mqtt/generation.py) and the publishes waiting for their PUBACK
+(mqtt/pubacks.py), which paho's thread updates under their locks.
 
-Delivery: QoS 1 with manual acknowledgement. An incoming task is acknowledged only
-after its reply was confirmed by the broker (PUBACK with a success reason code), so a
-crash at any point makes the broker deliver it again. A publish's future resolves on
-a success PUBACK and fails with PublishRefused on a failure reason code (MQTT v5; a
-3.1.1 broker has no way to refuse).
+Delivery: QoS 1 with manual acknowledgement. An incoming task (mqtt/incoming.py) is
+acknowledged only after its reply was confirmed by the broker (PUBACK with a success
+reason code), so a crash at any point makes the broker deliver it again; an ack goes out
+only on the connection the message came on. A publish's future fails with
+PublishRefused or PublishInvalid (mqtt/refusals.py) when it cannot be delivered.
 
-Acks carry the connection generation they belong to: a packet id from a dropped
-connection must never be acked on the next one, where it may name a different
-message. The generation is advanced on paho's thread when a connection is lost and
-right before a new one is opened (on_pre_connect, after paho dropped the packets
-still queued for the old socket); an ack checks it and queues its PUBACK under the
-same lock, so it either goes out on its own connection or not at all.
-
-Hostile input: a task message's payload larger than `max_payload_bytes` is dropped here
-(only its size travels on), so nothing downstream can read it; on MQTT v5 the broker does
-not even send it (Maximum Packet Size). A publish that paho or the broker would choke on
-(a wildcard, a control character, a lone surrogate, a malformed payload) never reaches
-paho: its future fails with PublishInvalid, which delivery treats like a refusal.
+Hostile input: an oversize task payload is dropped on arrival (mqtt/incoming.py) and,
+on MQTT v5, not even sent by the broker (mqtt/limits.py). A publish that paho or the
+broker would choke on (a wildcard, a control character, a lone surrogate, a malformed
+payload) never reaches paho: its future fails with PublishInvalid.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import structlog
@@ -45,84 +35,20 @@ from edgeagent.config import MqttConfig
 from edgeagent.errors import EdgeAgentError, ErrorCode
 from edgeagent.mqtt.backoff import Backoff, ReconnectSchedule
 from edgeagent.mqtt.client import mqtt_properties, new_client
+from edgeagent.mqtt.generation import Generation
+from edgeagent.mqtt.incoming import Incoming, incoming_message
+from edgeagent.mqtt.limits import (
+    MAX_QUEUED_PUBLISHES,
+    RECEIVE_MAXIMUM,
+    RECEIVE_MAXIMUM_LIMIT,
+    connect_properties,
+    maximum_packet_size,
+)
+from edgeagent.mqtt.pubacks import Pubacks, settle
+from edgeagent.mqtt.refusals import PublishInvalid
 from edgeagent.protocol.reply_policy import topic_name_problem
 
 log = structlog.get_logger("edgeagent.mqtt.link")
-T = TypeVar("T")
-
-# Replies waiting for the broker while it is away are kept by paho; bound them.
-MAX_QUEUED_PUBLISHES = 1000
-# MQTT v5 Receive Maximum when the caller names none: at most this many task messages
-# are delivered to us unacknowledged at a time, which bounds every per-message structure
-# downstream (incoming queue, deliveries waiting for their reply). The daemon sets it from
-# its queue (service.admission.receive_window). MQTT 3.1.1 brokers apply their own limit
-# (mosquitto: max_inflight_messages, default 20).
-RECEIVE_MAXIMUM = 40
-RECEIVE_MAXIMUM_LIMIT = 65535  # the property is a two-byte integer
-# Maximum Packet Size counts the whole PUBLISH, not only its payload: fixed header (at
-# most 5 bytes), packet id, property length, the topic, and the properties. The Response
-# Topic is bounded by reply_topic_max_bytes (a longer one is refused anyway); this is
-# what is left for Correlation Data, User Properties and the rest, so a task with a
-# payload within max_payload_bytes is never dropped by the broker for its properties.
-PACKET_HEADROOM_BYTES = 8192
-# A v5 reason code for what the link refuses itself (MQTT v5: 0x90 Topic Name invalid).
-TOPIC_NAME_INVALID = 0x90
-
-
-@dataclass(frozen=True, slots=True)
-class Incoming:
-    topic: str
-    payload: bytes
-    qos: int
-    mid: int
-    dup: bool  # the broker marks a redelivery (after a reconnect) with DUP
-    generation: int  # connection this message arrived on (stamped on paho's thread)
-    response_topic: str | None  # as sent: "" is an (invalid) empty Response Topic
-    correlation_data: bytes | None
-    # The size of a payload over max_payload_bytes, which the link dropped (payload is
-    # then b""): admission answers PAYLOAD_TOO_LARGE without anything reading it.
-    oversize: int | None = None
-
-
-class PublishRefused(Exception):  # noqa: N818 - names what the broker did
-    """The broker answered a publish with a failure reason code (PUBACK >= 0x80)."""
-
-    def __init__(self, reason_code: int, reason: str) -> None:
-        super().__init__(f"broker refused the publish: {reason} ({reason_code})")
-        self.reason_code = reason_code
-        self.reason = reason
-
-
-class PublishInvalid(PublishRefused):
-    """A publish the link refused itself, before paho or the broker saw it: a topic that
-    is no valid topic name (paho would raise, mosquitto drop the connection) or a payload
-    that cannot be encoded. Final, like a broker's refusal."""
-
-    def __init__(self, topic: str, problem: str) -> None:
-        super().__init__(TOPIC_NAME_INVALID, f"not publishable: {problem}")
-        self.topic = topic
-
-
-async def with_timeout(awaitable: asyncio.Future[T], seconds: float, what: str) -> T:
-    """Await with a deadline; a timeout becomes a typed TIMEOUT error."""
-    try:
-        return await asyncio.wait_for(awaitable, seconds)
-    except TimeoutError as exc:
-        raise EdgeAgentError(ErrorCode.TIMEOUT, f"{what} timed out after {seconds:g} s") from exc
-
-
-def maximum_packet_size(cfg: MqttConfig, subscriptions: list[str]) -> int:
-    """MQTT v5 Maximum Packet Size for our CONNECT: a task of max_payload_bytes fits with
-    its topic and properties; anything much larger is dropped by the broker unsent."""
-    longest_topic = max((len(t.encode()) for t in subscriptions), default=0)
-    return cfg.max_payload_bytes + longest_topic + cfg.reply_topic_max_bytes + PACKET_HEADROOM_BYTES
-
-
-def refusal(reason_code: Any) -> PublishRefused | None:
-    """None for a success reason code (v3.1.1 PUBACKs carry none), else the refusal."""
-    if not getattr(reason_code, "is_failure", False):
-        return None
-    return PublishRefused(int(reason_code.value), str(reason_code))
 
 
 class MqttLink:
@@ -160,7 +86,6 @@ class MqttLink:
         self.attempted_at: float | None = None
         self.connected_at: float | None = None
         self.session_present = False  # the last CONNACK's Session Present flag
-        self.refusals = 0  # PUBACKs with a failure reason code (metrics)
         self._v5 = cfg.protocol == "5"
         self._client = client or new_client(
             cfg,
@@ -183,19 +108,19 @@ class MqttLink:
         self._client.on_connect_fail = self._paho_connect_fail
         self._client.on_message = self._paho_message
         self._client.on_publish = self._paho_publish
-        # Guards the generation and the publish bookkeeping, shared with paho's thread.
-        self._lock = threading.Lock()
-        self._generation = 0
-        # mid -> future of a publish waiting for PUBACK. The PUBACK can arrive before
-        # publish() returns the mid to us, so early outcomes are remembered too.
-        self._pending: dict[int, asyncio.Future[None]] = {}
-        self._early: dict[int, PublishRefused | None] = {}
+        # Both shared with paho's thread, each under its own lock.
+        self._generation = Generation()
+        self._pubacks = Pubacks()
         self._closing = False
 
     @property
     def generation(self) -> int:
-        with self._lock:
-            return self._generation
+        return self._generation.current()
+
+    @property
+    def refusals(self) -> int:
+        """PUBACKs with a failure reason code so far (metrics)."""
+        return self._pubacks.refusals
 
     # -- paho thread ---------------------------------------------------------------
 
@@ -206,8 +131,7 @@ class MqttLink:
 
     def _paho_pre_connect(self, _c: Any, _u: Any) -> None:
         # A new connection is about to be opened: packet ids of the old one are void.
-        with self._lock:
-            self._generation += 1
+        self._generation.advance()
         self.attempted_at = time.monotonic()
 
     def _paho_connect(self, _c: Any, _u: Any, flags: Any, reason: Any, _props: Any) -> None:
@@ -225,8 +149,7 @@ class MqttLink:
         self._to_loop(self._connected)
 
     def _paho_disconnect(self, _c: Any, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
-        with self._lock:
-            self._generation += 1  # acks queued from now on would reach no one
+        self._generation.advance()  # acks queued from now on would reach no one
         self.reconnect_delay = self._reconnects.before_wait(self._client)
         self._to_loop(self._disconnected, str(reason))
 
@@ -235,41 +158,17 @@ class MqttLink:
         self.reconnect_delay = self._reconnects.before_wait(self._client)
 
     def _paho_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        props = getattr(msg, "properties", None)
-        response_topic = getattr(props, "ResponseTopic", None) if props else None
-        correlation = getattr(props, "CorrelationData", None) if props else None
-        with self._lock:
-            generation = self._generation
-        payload = bytes(msg.payload)
-        oversize = None
-        if len(payload) > self.cfg.max_payload_bytes:
-            # Never handed on: a 30 MiB payload must not wait in the incoming queue or
-            # reach a parser (MQTT 3.1.1 has no Maximum Packet Size to stop it earlier).
-            oversize, payload = len(payload), b""
-        incoming = Incoming(
-            topic=msg.topic,
-            payload=payload,
-            qos=msg.qos,
-            mid=msg.mid,
-            dup=bool(msg.dup),
-            generation=generation,
-            # Only an absent Response Topic is None: an empty one is refused by admission.
-            response_topic=response_topic if isinstance(response_topic, str) else None,
-            correlation_data=bytes(correlation) if correlation else None,
-            oversize=oversize,
+        incoming = incoming_message(
+            msg,
+            generation=self._generation.current(),
+            max_payload_bytes=self.cfg.max_payload_bytes,
         )
         self._to_loop(self._on_message, incoming)
 
     def _paho_publish(self, _c: Any, _u: Any, mid: int, reason: Any, _props: Any) -> None:
-        outcome = refusal(reason)
-        if outcome is not None:
-            self.refusals += 1  # paho's thread is the only writer
-        with self._lock:
-            future = self._pending.pop(mid, None)
-            if future is None:
-                self._early[mid] = outcome
-        if future is not None:
-            self._to_loop(_settle, future, outcome)
+        settled = self._pubacks.acked(mid, reason)
+        if settled is not None:
+            self._to_loop(settle, *settled)
 
     # -- event loop side -------------------------------------------------------------
 
@@ -300,12 +199,11 @@ class MqttLink:
         self._on_connect_cb = on_connect
         props = None
         if self._v5:
-            props = mqtt_properties(PacketTypes.CONNECT)
-            props.SessionExpiryInterval = self.cfg.session_expiry_s
-            # The broker never has more unacknowledged tasks with us than we can hold,
-            # and never sends a packet larger than a task may be (it drops it instead).
-            props.ReceiveMaximum = self.receive_maximum
-            props.MaximumPacketSize = self.maximum_packet_size
+            props = connect_properties(
+                self.cfg,
+                receive_maximum=self.receive_maximum,
+                max_packet_size=self.maximum_packet_size,
+            )
         self._client.connect_async(
             self.cfg.host,
             self.cfg.port,
@@ -344,8 +242,8 @@ class MqttLink:
             if self._v5 and correlation_data is not None:
                 props = mqtt_properties(PacketTypes.PUBLISH)
                 props.CorrelationData = correlation_data
-            # Not under self._lock: paho calls _paho_publish holding its own message lock,
-            # which publish() takes too; holding ours across it could deadlock.
+            # Not under the Pubacks lock: paho calls _paho_publish holding its own message
+            # lock, which publish() takes too; holding ours across it could deadlock.
             info = self._client.publish(topic, data, qos=1, retain=retain, properties=props)
         except Exception as exc:  # whatever paho raises, the caller gets a settled future
             future.set_exception(PublishInvalid(topic, f"{type(exc).__name__}: {exc}"))
@@ -353,39 +251,26 @@ class MqttLink:
         if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
             future.set_exception(EdgeAgentError(ErrorCode.BUSY, "too many unsent MQTT messages"))
             return future
-        with self._lock:
-            if info.mid in self._early:
-                _settle(future, self._early.pop(info.mid))
-            else:
-                self._pending[info.mid] = future
+        self._pubacks.expect(info.mid, future)
         return future
 
     def ack(self, message: Incoming) -> bool:
         """Acknowledge a task; False if its connection is gone (the broker will resend it)."""
         if message.qos == 0:
             return False
-        with self._lock:
-            if message.generation != self._generation:
-                return False
-            try:
-                return self._client.ack(message.mid, message.qos) == mqtt.MQTT_ERR_SUCCESS
-            except Exception:  # a socket error here is a lost connection: redelivered
-                log.exception("ack failed", mid=message.mid)
-                return False
+        return self._generation.if_current(message.generation, lambda: self._send_ack(message))
+
+    def _send_ack(self, message: Incoming) -> bool:
+        try:
+            return self._client.ack(message.mid, message.qos) == mqtt.MQTT_ERR_SUCCESS
+        except Exception:  # a socket error here is a lost connection: redelivered
+            log.exception("ack failed", mid=message.mid)
+            return False
 
     def stop(self) -> None:
         self._closing = True
         self._client.disconnect()
         self._client.loop_stop()
-
-
-def _settle(future: asyncio.Future[None], outcome: PublishRefused | None) -> None:
-    if future.done():
-        return
-    if outcome is None:
-        future.set_result(None)
-    else:
-        future.set_exception(outcome)
 
 
 def _drop(_message: Incoming) -> None:

@@ -25,7 +25,9 @@ import structlog
 from edgeagent.config import Config, load_config
 from edgeagent.config.reload import reloaded
 from edgeagent.errors import EdgeAgentError
-from edgeagent.mqtt.link import Incoming, PublishRefused, with_timeout
+from edgeagent.mqtt.incoming import Incoming
+from edgeagent.mqtt.refusals import PublishRefused
+from edgeagent.mqtt.timeouts import with_timeout
 from edgeagent.protocol.topics import Topics
 from edgeagent.service.holds.desk import HoldDesk
 from edgeagent.service.learning.learner import Learner

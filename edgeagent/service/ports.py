@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from edgeagent.inference.task import Answer, Task
-from edgeagent.mqtt.link import Incoming
+from edgeagent.mqtt.incoming import Incoming
 
 
 class Publisher(Protocol):

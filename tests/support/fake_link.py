@@ -20,7 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from edgeagent.mqtt.link import Incoming, PublishInvalid, PublishRefused
+from edgeagent.mqtt.incoming import Incoming
+from edgeagent.mqtt.refusals import PublishInvalid, PublishRefused
 from edgeagent.protocol.reply_policy import topic_name_problem
 
 NOT_AUTHORIZED = 135  # mosquitto's PUBACK reason when an ACL denies the topic

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeagent.config import Config
-from edgeagent.mqtt.link import Incoming
+from edgeagent.mqtt.incoming import Incoming
 from edgeagent.protocol.topics import Topics
 from edgeagent.service.assembly import build_hold_desk, topics_for, wire
 from edgeagent.service.holds.desk import HoldDesk

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeagent.config import Config
-from edgeagent.mqtt.link import Incoming
+from edgeagent.mqtt.incoming import Incoming
 from edgeagent.service.assembly import build_telemetry, topics_for, wire
 from edgeagent.service.daemon import Daemon
 from edgeagent.service.learning.learner import Learner

@@ -18,7 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from edgeagent.service.pipeline.taskstore import Confirmation, Outcome, TaskStore
+from edgeagent.service.pipeline.task_records import Confirmation, Outcome
+from edgeagent.service.pipeline.taskstore import TaskStore
 
 REPLY = json.dumps({"id": "x", "status": "ok", "output": {"action": "notify", "args": {}}})
 OUTCOME = Outcome(REPLY, action_topic="edgeagent/d/actions/notify", action=REPLY)

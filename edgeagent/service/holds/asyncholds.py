@@ -15,7 +15,7 @@ import structlog
 
 from edgeagent.service.holds.holdstore import HoldStore
 from edgeagent.service.holds.records import Draft, HoldRecord, HoldState, Resolved
-from edgeagent.service.pipeline.taskstore import Confirmation
+from edgeagent.service.pipeline.task_records import Confirmation
 
 log = structlog.get_logger("edgeagent.service.holds.asyncholds")
 T = TypeVar("T")

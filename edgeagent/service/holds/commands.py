@@ -26,7 +26,7 @@ from edgeagent.config import ActionConfig
 from edgeagent.errors import EdgeAgentError, ErrorCode
 from edgeagent.inference.schema_validator import final_validator
 from edgeagent.inference.tighten import close_objects
-from edgeagent.mqtt.link import Incoming
+from edgeagent.mqtt.incoming import Incoming
 from edgeagent.protocol.reply import ReplyRoute
 from edgeagent.protocol.reply_policy import ReplyPolicy, check_reply_topic
 from edgeagent.protocol.request import ID_RE, LATEST

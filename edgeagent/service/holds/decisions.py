@@ -1,5 +1,5 @@
-"""What a command decides on a pending hold, why a hold that is not pending is none, and
-the one journald line every resolution gets."""
+"""What a command decides on a pending hold, why a hold that is not pending is none, the
+one journald line every resolution gets, and what the learner is told of it."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from edgeagent.errors import EdgeAgentError, ErrorCode
 from edgeagent.service.holds import records
 from edgeagent.service.holds.commands import Command, check_args, edits
 from edgeagent.service.holds.records import Decision, HoldRecord, HoldState, Resolved
+from edgeagent.service.holds.resolution import HoldResolution
 
 log = structlog.get_logger("edgeagent.service.holds.decisions")
 
@@ -66,4 +67,19 @@ def log_resolution(record: HoldRecord, resolved: Resolved, note: str | None = No
         edits=changed,
         held_for_s=round(resolved.at - record.draft.held_at, 1),
         **({"note": note} if note is not None else {}),
+    )
+
+
+def learned(record: HoldRecord, resolved: Resolved, text: str | bool) -> HoldResolution:
+    """What the learner is told of a committed resolution; `text` is the hold's input as
+    the store returned it when resolving (not a str when the store failed: told as "")."""
+    return HoldResolution(
+        task_id=record.task_id,
+        text=text if isinstance(text, str) else "",
+        action=record.draft.action,
+        args=record.draft.args,
+        decision=str(resolved.decision),
+        final_args=resolved.final_args,
+        by=resolved.by,
+        at=resolved.at,
     )

@@ -17,7 +17,6 @@ for a confirm after the action's PUBACK is recorded (outbox.py).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from collections.abc import Callable
 from typing import Any
@@ -27,23 +26,22 @@ import structlog
 from edgeagent.config import Config
 from edgeagent.errors import EdgeAgentError, ErrorCode
 from edgeagent.inference.grounding import content_text
-from edgeagent.mqtt.link import Incoming
+from edgeagent.mqtt.incoming import Incoming
 from edgeagent.protocol.reply import OkReply
 from edgeagent.protocol.topics import Topics
 from edgeagent.service.holds import records
 from edgeagent.service.holds.asyncholds import AsyncHoldStore, StoreThread
 from edgeagent.service.holds.commands import Command, answer_route, parse_command
-from edgeagent.service.holds.decisions import decide, log_resolution, not_pending
+from edgeagent.service.holds.decisions import decide, learned, log_resolution, not_pending
 from edgeagent.service.holds.learning import Learner, LearnerHook
 from edgeagent.service.holds.metrics import HoldMetrics
 from edgeagent.service.holds.outbox import Asker, Outbox
+from edgeagent.service.holds.pending import PendingHolds
 from edgeagent.service.holds.records import Decision, HoldRecord, HoldState, Resolved
-from edgeagent.service.holds.resolution import HoldResolution
 from edgeagent.service.pipeline.jobs import Job
 
 log = structlog.get_logger("edgeagent.service.holds.desk")
 
-EXPIRY_CHECK_MAX_S = 60.0  # re-read the wall clock at least this often (NTP may move it)
 PRUNE_EVERY_S = 3600.0
 
 
@@ -69,7 +67,7 @@ class HoldDesk:
         self._learner = LearnerHook(learner, thread)
         self._clock = clock  # wall clock: expires_at is what operators read
         self._intake: asyncio.Queue[tuple[Incoming, str, str]] = asyncio.Queue(intake_size)
-        self._pending: dict[str, HoldRecord] = {}  # without their input (text)
+        self._pending = PendingHolds()
         self._deciding = asyncio.Lock()
         self._wake = asyncio.Event()
         self._closed = False
@@ -119,7 +117,7 @@ class HoldDesk:
                 log.error("hold not opened; the action stays held", task_id=task_id)
                 return
             while len(self._pending) >= self._cfg.catalog.max_pending_holds:
-                oldest = min(self._pending.values(), key=lambda r: r.seq)
+                oldest = self._pending.oldest()
                 log.warning("too many pending holds; the oldest expires", task_id=oldest.task_id)
                 await self._expire(oldest)
             self._keep(record)
@@ -130,11 +128,7 @@ class HoldDesk:
     # -- what operators see --------------------------------------------------------------
 
     def heartbeat(self) -> dict[str, Any]:
-        latest = max(self._pending.values(), key=lambda r: r.seq, default=None)
-        return {
-            "held": len(self._pending),
-            "latest_hold": None if latest is None else records.heartbeat_entry(latest),
-        }
+        return self._pending.heartbeat()
 
     # -- running -------------------------------------------------------------------------
 
@@ -171,9 +165,7 @@ class HoldDesk:
                     self.outbox.settle(record)
 
     def _keep(self, record: HoldRecord) -> None:
-        self._pending[record.task_id] = dataclasses.replace(
-            record, draft=dataclasses.replace(record.draft, text="")
-        )
+        self._pending.keep(record)
         if self._metrics is not None:
             self._metrics.pending(len(self._pending))
 
@@ -189,16 +181,14 @@ class HoldDesk:
 
     async def _expiry(self) -> None:
         while True:
-            now = self._clock()
-            for record in [r for r in self._pending.values() if r.draft.expires_at <= now]:
+            for record in self._pending.due(self._clock()):
                 async with self._deciding:
                     if record.task_id in self._pending:
                         await self._expire(record)
-            soonest = min((r.draft.expires_at for r in self._pending.values()), default=None)
-            wait_s = EXPIRY_CHECK_MAX_S if soonest is None else soonest - self._clock()
+            wait_s = self._pending.next_check_s(self._clock)
             self._wake.clear()
             try:
-                async with asyncio.timeout(min(max(wait_s, 0.01), EXPIRY_CHECK_MAX_S)):
+                async with asyncio.timeout(wait_s):
                     await self._wake.wait()
             except TimeoutError:
                 pass
@@ -239,7 +229,7 @@ class HoldDesk:
     async def _target(self, command: Command) -> HoldRecord:
         """The pending hold a command names, or the typed error why there is none."""
         if command.latest:
-            newest = max(self._pending.values(), key=lambda r: r.seq, default=None)
+            newest = self._pending.newest()
             if newest is None:
                 raise EdgeAgentError(ErrorCode.HOLD_UNKNOWN, "no hold is pending")
             if command.task_id not in (None, newest.task_id):
@@ -281,26 +271,15 @@ class HoldDesk:
         """Record the decision, then publish what it owes (outbox)."""
         text = await self._store.resolve(record.task_id, resolved)
         if text is False:  # not pending in the store: resolved meanwhile (a bug)
-            self._pending.pop(record.task_id, None)
+            self._pending.drop(record.task_id)
             await self._pending_hold(record.task_id)
             raise EdgeAgentError(ErrorCode.INTERNAL, f"hold {record.task_id!r} is not pending")
         # True: the store failed; degraded, the resolution goes on in memory.
-        self._pending.pop(record.task_id, None)
+        self._pending.drop(record.task_id)
         done = records.resolved_record(record, resolved)
         self.outbox.settle(done, asker)
         log_resolution(record, resolved, note)
         if self._metrics is not None:
             self._metrics.resolved(resolved.decision)
             self._metrics.pending(len(self._pending))
-        self._learner.tell(
-            HoldResolution(
-                task_id=record.task_id,
-                text=text if isinstance(text, str) else "",
-                action=record.draft.action,
-                args=record.draft.args,
-                decision=str(resolved.decision),
-                final_args=resolved.final_args,
-                by=resolved.by,
-                at=resolved.at,
-            )
-        )
+        self._learner.tell(learned(record, resolved, text))

@@ -23,7 +23,7 @@ from typing import Any
 
 from edgeagent.protocol.reply import ReplyRoute
 from edgeagent.service.holds.records import Decision, Draft, HoldRecord, HoldState, Resolved
-from edgeagent.service.pipeline.taskstore import Confirmation
+from edgeagent.service.pipeline.task_records import Confirmation
 from edgeagent.service.system.sqlite import write_transaction
 
 SCHEMA_VERSION = 1
@@ -91,7 +91,7 @@ class HoldStore:
             version = int(row[0]) if row else 0
             if version >= SCHEMA_VERSION:
                 return
-            # A later version adds its columns here (ALTER TABLE), as taskstore does.
+            # A later version adds its columns here (ALTER TABLE), as task_schema.py does.
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     self._db.execute(statement)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import structlog
 
 from edgeagent.errors import EdgeAgentError, ErrorCode
-from edgeagent.mqtt.link import Incoming
+from edgeagent.mqtt.incoming import Incoming
 from edgeagent.protocol.reply import ErrorReply, ReplyRoute, encode
 from edgeagent.protocol.reply_policy import ReplyPolicy
 from edgeagent.protocol.topics import Topics
@@ -35,7 +35,7 @@ from edgeagent.service.holds import records
 from edgeagent.service.holds.asyncholds import AsyncHoldStore
 from edgeagent.service.holds.records import HoldRecord, HoldState
 from edgeagent.service.pipeline.publishing import ConfirmedPublisher
-from edgeagent.service.pipeline.taskstore import Confirmation
+from edgeagent.service.pipeline.task_records import Confirmation
 from edgeagent.service.ports import Acknowledger
 
 log = structlog.get_logger("edgeagent.service.holds.outbox")

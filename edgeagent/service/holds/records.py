@@ -21,7 +21,7 @@ from enum import StrEnum
 from typing import Any
 
 from edgeagent.protocol.reply import ActionMessage, OkReply, ReplyRoute, encode
-from edgeagent.service.pipeline.taskstore import Confirmation
+from edgeagent.service.pipeline.task_records import Confirmation
 
 INPUT_SHOWN = 200  # characters of the task's input in the notice
 

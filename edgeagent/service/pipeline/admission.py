@@ -30,7 +30,8 @@ import structlog
 
 from edgeagent.config import Config
 from edgeagent.errors import EdgeAgentError, ErrorCode
-from edgeagent.mqtt.link import RECEIVE_MAXIMUM_LIMIT, Incoming
+from edgeagent.mqtt.incoming import Incoming
+from edgeagent.mqtt.limits import RECEIVE_MAXIMUM_LIMIT
 from edgeagent.protocol.request import Request, salvage
 from edgeagent.protocol.topics import Topics
 from edgeagent.service.pipeline.contracts import ContractCache
@@ -40,7 +41,7 @@ from edgeagent.service.pipeline.ledger import InFlight, Ledger, Waiting
 from edgeagent.service.pipeline.queue import TaskQueue
 from edgeagent.service.pipeline.reading import ReplyAddresses, Unreadable, read_request
 from edgeagent.service.pipeline.refusals import Refusals
-from edgeagent.service.pipeline.taskstore import TaskRecord
+from edgeagent.service.pipeline.task_records import TaskRecord
 from edgeagent.service.pipeline.verdicts import AnswerFromStore, CoolDown, Poison, verdict
 from edgeagent.service.views.telemetry import Counters
 

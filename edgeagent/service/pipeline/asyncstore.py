@@ -25,13 +25,8 @@ from typing import Protocol, TypeVar
 
 import structlog
 
-from edgeagent.service.pipeline.taskstore import (
-    Confirmation,
-    Outcome,
-    TaskRecord,
-    TaskStore,
-    is_content_error,
-)
+from edgeagent.service.pipeline.task_records import Confirmation, Outcome, TaskRecord
+from edgeagent.service.pipeline.taskstore import TaskStore, is_content_error
 
 log = structlog.get_logger("edgeagent.service.pipeline.asyncstore")
 T = TypeVar("T")

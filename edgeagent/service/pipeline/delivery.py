@@ -54,7 +54,7 @@ from edgeagent.service.pipeline.publishing import (
     UNCONFIRMED_LOG_S,
     ConfirmedPublisher,
 )
-from edgeagent.service.pipeline.taskstore import Confirmation, Outcome, TaskRecord
+from edgeagent.service.pipeline.task_records import Confirmation, Outcome, TaskRecord
 from edgeagent.service.ports import Publisher
 
 log = structlog.get_logger("edgeagent.service.pipeline.delivery")

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from edgeagent.errors import EdgeAgentError, ErrorCode
-from edgeagent.mqtt.link import Incoming
+from edgeagent.mqtt.incoming import Incoming
 from edgeagent.protocol.reply import ReplyRoute
 from edgeagent.service.ports import Acknowledger
 

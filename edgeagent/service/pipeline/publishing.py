@@ -15,7 +15,7 @@ import asyncio
 import structlog
 
 from edgeagent.errors import EdgeAgentError, ErrorCode
-from edgeagent.mqtt.link import PublishInvalid, PublishRefused
+from edgeagent.mqtt.refusals import PublishInvalid, PublishRefused
 from edgeagent.protocol.reply import ErrorReply, encode
 from edgeagent.protocol.topics import Topics
 from edgeagent.service.ports import Publisher

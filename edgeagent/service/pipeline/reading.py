@@ -14,7 +14,7 @@ import hashlib
 from dataclasses import dataclass
 
 from edgeagent.errors import EdgeAgentError, ErrorCode
-from edgeagent.mqtt.link import Incoming
+from edgeagent.mqtt.incoming import Incoming
 from edgeagent.protocol.reply import ReplyRoute, route
 from edgeagent.protocol.reply_policy import ReplyPolicy, check_reply_topic
 from edgeagent.protocol.request import Request, parse_request, salvage

@@ -14,7 +14,7 @@ from __future__ import annotations
 import structlog
 
 from edgeagent.errors import EdgeAgentError, ErrorCode
-from edgeagent.mqtt.link import Incoming
+from edgeagent.mqtt.incoming import Incoming
 from edgeagent.protocol.reply import ErrorReply, ReplyRoute
 from edgeagent.protocol.request import Request
 from edgeagent.service.pipeline.delivery import Replier

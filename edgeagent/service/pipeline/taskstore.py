@@ -15,9 +15,10 @@ restart and answered instead of run again (see Admission; `[queue] max_task_abor
 `running` marks a run started and not ended: found set at open, the process died during
 a run, and the store records that death (`death_ages`) for Admission's crash budget,
 which holds restarts within systemd's start limit however many tasks kill the process.
-Rows are pruned by age and count so the file stays small on an SD card; age is
-measured on the store's own clock (see `StoreClock`), never on a wall clock that a Pi
-without a real-time clock may not have set yet.
+
+The rows' types are in task_records.py, the tables and their migrations in
+task_schema.py, the store's clock and pruning in task_retention.py; this module holds
+the queries.
 
 This class is synchronous and raises sqlite3.Error; `AsyncTaskStore` runs it on its
 own thread and turns failures into a degraded mode. `open_task_store` handles a file
@@ -28,42 +29,24 @@ gives an in-memory store.
 from __future__ import annotations
 
 import contextlib
-import json
 import sqlite3
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 
 import structlog
 
-from edgeagent.errors import ErrorCode
+from edgeagent.service.pipeline.task_records import Confirmation, Outcome, TaskRecord, TaskState
+from edgeagent.service.pipeline.task_retention import (
+    StoreClock,
+    newest_timestamp,
+    prune_finished,
+)
+from edgeagent.service.pipeline.task_schema import migrate
 from edgeagent.service.system.sqlite import write_transaction
 
 log = structlog.get_logger("edgeagent.service.pipeline.taskstore")
 
-SCHEMA_VERSION = 4
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS tasks (
-    id           TEXT PRIMARY KEY,
-    fingerprint  TEXT NOT NULL,
-    state        TEXT NOT NULL,
-    reply        TEXT,
-    accepted_at  REAL NOT NULL,   -- wall clock, for people reading the file
-    updated_at   REAL NOT NULL,   -- store clock (StoreClock), for pruning
-    replayable   INTEGER NOT NULL DEFAULT 1,
-    reply_state  TEXT,
-    action_topic TEXT,
-    action       TEXT,
-    action_state TEXT,
-    runs         INTEGER NOT NULL DEFAULT 0, -- runs started while accepted (poison tasks)
-    running      INTEGER NOT NULL DEFAULT 0  -- a run started and not ended yet
-);
-CREATE INDEX IF NOT EXISTS tasks_updated ON tasks(updated_at);
--- Process deaths during a run (store clock), newest DEATHS_KEPT: the crash budget.
-CREATE TABLE IF NOT EXISTS deaths (at REAL NOT NULL);
-"""
+# Process deaths during a run kept for the crash budget (the newest ones).
 DEATHS_KEPT = 16
 _COLUMNS = (
     "id, fingerprint, state, reply, replayable, reply_state, action_topic, action, action_state, "
@@ -82,59 +65,6 @@ _UNREACHABLE = (
     "SQLITE_LOCKED",
     "SQLITE_NOMEM",
 )
-
-
-class TaskState(StrEnum):
-    ACCEPTED = "accepted"
-    FINISHED = "finished"
-
-
-class Confirmation(StrEnum):
-    PENDING = "pending"  # published (or about to be), no PUBACK yet
-    CONFIRMED = "confirmed"  # the broker took it
-    REFUSED = "refused"  # the broker answered with a failure reason code
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What a finished task publishes, stored before the first publish."""
-
-    reply: str  # the reply payload, sent byte for byte again on a redelivery
-    # A client's re-send of the id gets this reply. False for retryable errors and for
-    # refusals before the model ran: a re-send runs the task again.
-    replayable: bool = True
-    action_topic: str | None = None  # a `dispatch = true` action's topic and payload
-    action: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class TaskRecord:
-    id: str
-    fingerprint: str
-    state: TaskState
-    outcome: Outcome | None
-    reply_state: Confirmation | None
-    action_state: Confirmation | None  # None: nothing to dispatch
-    # Runs started since it was accepted; while `accepted`, every one of them ended with
-    # the process (the run that finishes it moves it to `finished`).
-    runs: int = 0
-
-
-class StoreClock:
-    """Seconds that only move forward and only while the daemon runs.
-
-    It starts at the newest timestamp in the file and adds time.monotonic() from
-    there: a wall clock set years forward by NTP (or not yet set) cannot make a row
-    look old. Rows therefore live at least max_age of service time, never less.
-    """
-
-    def __init__(self, start: float, monotonic: Callable[[], float] = time.monotonic) -> None:
-        self._start = start
-        self._monotonic = monotonic
-        self._opened = monotonic()
-
-    def now(self) -> float:
-        return self._start + (self._monotonic() - self._opened)
 
 
 def is_content_error(exc: BaseException) -> bool:
@@ -169,39 +99,14 @@ class TaskStore:
             check = self._db.execute("PRAGMA quick_check").fetchone()
             if check is None or check[0] != "ok":
                 raise sqlite3.DatabaseError(f"quick_check: {check[0] if check else 'no answer'}")
-            self._migrate()
-            self.clock = StoreClock(self._newest_timestamp())
+            migrate(self._db)
+            self.clock = StoreClock(newest_timestamp(self._db))
             self._deaths = self._count_death()
         except BaseException:
             self._db.close()
             raise
         self.max_age_s = max_age_s
         self.max_rows = max_rows
-
-    def _migrate(self) -> None:
-        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
-        if version >= SCHEMA_VERSION:
-            return
-        old = self._db.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'tasks'"
-        ).fetchone()
-        with self._transaction():
-            if old is not None and version < 2:
-                _upgrade_v1(self._db)
-            elif old is not None:
-                _add_columns(self._db)
-            # One statement at a time: executescript() would commit the transaction.
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    self._db.execute(statement)
-            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-
-    def _newest_timestamp(self) -> float:
-        row = self._db.execute(
-            "SELECT MAX(t) FROM (SELECT MAX(updated_at) AS t FROM tasks "
-            "UNION ALL SELECT MAX(at) FROM deaths)"
-        ).fetchone()
-        return float(row[0]) if row and row[0] is not None else 0.0
 
     def _count_death(self) -> list[float]:
         """Record a death of the last process during a run (a run still marked running);
@@ -339,61 +244,10 @@ class TaskStore:
 
     def prune(self) -> int:
         """Forget finished tasks older than max_age (store clock) and beyond max_rows."""
-        cutoff = self.clock.now() - self.max_age_s
-        with self._transaction():
-            removed = self._db.execute(
-                "DELETE FROM tasks WHERE updated_at < ? AND state != ?",
-                (cutoff, TaskState.ACCEPTED),
-            ).rowcount
-            removed += self._db.execute(
-                "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks WHERE state != ? "
-                "ORDER BY updated_at DESC LIMIT -1 OFFSET ?)",
-                (TaskState.ACCEPTED, self.max_rows),
-            ).rowcount
-        return removed
+        return prune_finished(
+            self._db, now=self.clock.now(), max_age_s=self.max_age_s, max_rows=self.max_rows
+        )
 
     def count(self) -> int:
         row = self._db.execute("SELECT COUNT(*) FROM tasks").fetchone()
         return int(row[0])
-
-
-def _add_columns(db: sqlite3.Connection) -> None:
-    """Columns later schemas added (v2: replayable to action_state; v3: runs; v4: running)."""
-    have = {row[1] for row in db.execute("PRAGMA table_info(tasks)")}
-    for column, kind in (
-        ("replayable", "INTEGER NOT NULL DEFAULT 1"),
-        ("reply_state", "TEXT"),
-        ("action_topic", "TEXT"),
-        ("action", "TEXT"),
-        ("action_state", "TEXT"),
-        ("runs", "INTEGER NOT NULL DEFAULT 0"),
-        ("running", "INTEGER NOT NULL DEFAULT 0"),
-    ):
-        if column not in have:
-            db.execute(f"ALTER TABLE tasks ADD COLUMN {column} {kind}")
-
-
-def _upgrade_v1(db: sqlite3.Connection) -> None:
-    """The first schema had state accepted/finished/replied and no action columns."""
-    _add_columns(db)
-    db.execute(
-        "UPDATE tasks SET state = ?, reply_state = ? WHERE state = 'replied'",
-        (TaskState.FINISHED, Confirmation.CONFIRMED),
-    )
-    db.execute(
-        "UPDATE tasks SET reply_state = ? WHERE state = ? AND reply_state IS NULL",
-        (Confirmation.PENDING, TaskState.FINISHED),
-    )
-    rows = db.execute("SELECT id, reply FROM tasks WHERE reply IS NOT NULL").fetchall()
-    for task_id, reply in rows:
-        if not _replayable(reply):
-            db.execute("UPDATE tasks SET replayable = 0 WHERE id = ?", (task_id,))
-
-
-def _replayable(reply: str) -> bool:
-    try:
-        body = json.loads(reply)
-        code = ErrorCode(body["error"]["code"]) if body.get("status") == "error" else None
-    except (ValueError, KeyError, TypeError):
-        return True
-    return code is None or not code.retryable

@@ -19,7 +19,7 @@ import structlog
 
 from edgeagent.config import Config
 from edgeagent.errors import EdgeAgentError
-from edgeagent.mqtt.link import PublishRefused
+from edgeagent.mqtt.refusals import PublishRefused
 from edgeagent.protocol.reply import OkReply, Reply
 from edgeagent.protocol.topics import Topics
 from edgeagent.service.ports import Publisher

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from edgeagent.config import HomeAssistantConfig, MqttConfig
-from edgeagent.mqtt.link import PACKET_HEADROOM_BYTES, maximum_packet_size
+from edgeagent.mqtt.limits import PACKET_HEADROOM_BYTES, maximum_packet_size
 from edgeagent.protocol.topics import Topics
 from edgeagent.service.views.homeassistant import DeviceInfo, discovery_configs
 

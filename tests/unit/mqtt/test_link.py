@@ -19,14 +19,10 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from edgeagent.config import MqttConfig
 from edgeagent.errors import EdgeAgentError, ErrorCode
-from edgeagent.mqtt.link import (
-    PACKET_HEADROOM_BYTES,
-    Incoming,
-    MqttLink,
-    PublishInvalid,
-    PublishRefused,
-    maximum_packet_size,
-)
+from edgeagent.mqtt.incoming import Incoming
+from edgeagent.mqtt.limits import PACKET_HEADROOM_BYTES, maximum_packet_size
+from edgeagent.mqtt.link import MqttLink
+from edgeagent.mqtt.refusals import PublishInvalid, PublishRefused
 
 SUCCESS = ReasonCode(PacketTypes.PUBACK, "Success")
 NOT_AUTHORIZED = ReasonCode(PacketTypes.PUBACK, "Not authorized")
@@ -80,7 +76,7 @@ def test_puback_success_resolves_the_publish():
     async def scenario():
         link, _ = make_link()
         future = link.publish("replies/a", "{}")
-        mid = next(iter(link._pending))
+        mid = next(iter(link._pubacks._pending))
         on_paho_thread(link._paho_publish, None, None, mid, SUCCESS, None)
         await future
 
@@ -95,8 +91,8 @@ def test_puback_before_publish_returns_its_mid_is_not_lost():
             link._paho_publish, None, None, mid, SUCCESS, None
         )
         await link.publish("replies/a", "{}")
-        assert link._pending == {}
-        assert link._early == {}
+        assert link._pubacks._pending == {}
+        assert link._pubacks._early == {}
 
     run(scenario())
 
@@ -105,7 +101,7 @@ def test_a_refusal_reason_code_fails_the_publish():
     async def scenario():
         link, paho = make_link()
         future = link.publish("actions/x", "{}")
-        mid = next(iter(link._pending))
+        mid = next(iter(link._pubacks._pending))
         on_paho_thread(link._paho_publish, None, None, mid, NOT_AUTHORIZED, None)
         with pytest.raises(PublishRefused) as refused:
             await future
@@ -200,7 +196,7 @@ def test_an_unpublishable_topic_is_refused_by_the_link_not_raised(topic):
         with pytest.raises(PublishInvalid) as refused:
             await future
         assert refused.value.reason_code == 0x90
-        assert link._pending == {}
+        assert link._pubacks._pending == {}
         assert paho._out_messages == {}  # paho never saw it: nothing to resend on reconnect
 
     run(scenario())

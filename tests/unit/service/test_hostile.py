@@ -23,7 +23,7 @@ from support.hostile_fuzz import draw_cases
 from support.service_parts import Parts
 
 from edgeagent.config import ActionConfig
-from edgeagent.mqtt.link import Incoming
+from edgeagent.mqtt.incoming import Incoming
 
 MAX_PAYLOAD = 256 * 1024
 WINDOW = 16  # unacknowledged messages at a time, as a broker keeping Receive Maximum would

@@ -243,7 +243,7 @@ def mosquitto_discovery_topics(prefix: str, device_id: str) -> list[str]:
     ]
 
 
-# [mqtt] defaults of edgeagent.config and edgeagent.mqtt.link's PACKET_HEADROOM_BYTES (a
+# [mqtt] defaults of edgeagent.config and edgeagent.mqtt.limits' PACKET_HEADROOM_BYTES (a
 # unit test keeps them equal).
 DEFAULT_MAX_PAYLOAD_BYTES = 262144
 DEFAULT_REPLY_TOPIC_MAX_BYTES = 256
@@ -252,7 +252,7 @@ PACKET_HEADROOM_BYTES = 8192
 
 def edgeagent_maximum_packet_size(device: dict[str, Any]) -> int:
     """The MQTT v5 Maximum Packet Size the device's daemon puts in its CONNECT
-    (edgeagent.mqtt.link.maximum_packet_size), from what the broker play knows of it."""
+    (edgeagent.mqtt.limits.maximum_packet_size), from what the broker play knows of it."""
     mqtt = device.get("mqtt_overrides") or {}
     topics = [f"{device['prefix']}/{device['device']}/tasks"]
     if device.get("fleet") and device.get("shared_group"):

@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 from support.fake_link import FakeLink
 from support.hold_parts import ACTION, ERRORS, START, TOPICS, HoldParts, held_config, held_task
 
-from edgeagent.mqtt.link import Incoming
+from edgeagent.mqtt.incoming import Incoming
 from edgeagent.service.holds.metrics import HoldMetrics
 from edgeagent.service.holds.resolution import HoldResolution
 

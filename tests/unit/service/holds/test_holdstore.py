@@ -8,7 +8,8 @@ import sqlite3
 from edgeagent.protocol.reply import ReplyRoute
 from edgeagent.service.holds.holdstore import SCHEMA_VERSION, HoldStore
 from edgeagent.service.holds.records import Decision, Draft, HoldState, Resolved
-from edgeagent.service.pipeline.taskstore import Confirmation, Outcome, TaskStore
+from edgeagent.service.pipeline.task_records import Confirmation, Outcome
+from edgeagent.service.pipeline.taskstore import TaskStore
 
 
 def draft(task_id: str = "t1", text: str = "Water zone 3 for 20 minutes") -> Draft:

@@ -15,7 +15,7 @@ from support.fake_link import FakeLink
 from support.hold_parts import ACTION, HoldParts, held_task
 
 from edgeagent.service.holds.records import HoldState
-from edgeagent.service.pipeline.taskstore import Confirmation
+from edgeagent.service.pipeline.task_records import Confirmation
 
 RESULT = "edgeagent/dev1/results/t1"
 

@@ -25,7 +25,8 @@ from edgeagent.service.pipeline.contracts import CompileThreads, ContractCache
 from edgeagent.service.pipeline.crash_budget import CRASH_BUDGET, CRASH_WINDOW_S
 from edgeagent.service.pipeline.ledger import COPY_ADDRESSES
 from edgeagent.service.pipeline.reading import derived_id
-from edgeagent.service.pipeline.taskstore import Confirmation, TaskState, TaskStore
+from edgeagent.service.pipeline.task_records import Confirmation, TaskState
+from edgeagent.service.pipeline.taskstore import TaskStore
 
 RESULTS = "edgeagent/dev1/results"
 ERRORS = "edgeagent/dev1/errors"

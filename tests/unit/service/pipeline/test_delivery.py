@@ -33,7 +33,8 @@ from edgeagent.protocol.topics import Topics
 from edgeagent.service.pipeline.asyncstore import AsyncTaskStore
 from edgeagent.service.pipeline.delivery import Delivery, Plan
 from edgeagent.service.pipeline.ledger import Ledger, Waiting
-from edgeagent.service.pipeline.taskstore import Confirmation, TaskStore
+from edgeagent.service.pipeline.task_records import Confirmation
+from edgeagent.service.pipeline.taskstore import TaskStore
 
 TOPICS = Topics("edgeagent", "dev1", "edgeagent")
 RESULT = "edgeagent/dev1/results/t1"

@@ -9,7 +9,7 @@ from structlog.testing import capture_logs
 from support.fake_link import FakeLink
 
 from edgeagent.errors import ErrorCode
-from edgeagent.mqtt.link import Incoming
+from edgeagent.mqtt.incoming import Incoming
 from edgeagent.protocol.reply import ReplyRoute
 from edgeagent.service.pipeline.ledger import COPY_ADDRESSES, Ledger, Waiting
 

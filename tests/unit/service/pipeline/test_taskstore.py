@@ -10,14 +10,9 @@ from support.store_files import write_v3_store
 
 from edgeagent.service.pipeline.asyncstore import AsyncTaskStore, open_task_store
 from edgeagent.service.pipeline.queue import TaskQueue
-from edgeagent.service.pipeline.taskstore import (
-    DEATHS_KEPT,
-    Confirmation,
-    Outcome,
-    StoreClock,
-    TaskState,
-    TaskStore,
-)
+from edgeagent.service.pipeline.task_records import Confirmation, Outcome, TaskState
+from edgeagent.service.pipeline.task_retention import StoreClock
+from edgeagent.service.pipeline.taskstore import DEATHS_KEPT, TaskStore
 
 OK = Outcome('{"id": "t1", "status": "ok"}')
 ACTION = Outcome(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from edgeagent.errors import ErrorCode
 from edgeagent.service.pipeline.crash_budget import CRASH_WINDOW_S
-from edgeagent.service.pipeline.taskstore import Confirmation, Outcome, TaskRecord, TaskState
+from edgeagent.service.pipeline.task_records import Confirmation, Outcome, TaskRecord, TaskState
 from edgeagent.service.pipeline.verdicts import AnswerFromStore, CoolDown, Poison, Run, verdict
 
 REPLY = '{"id": "t1", "status": "ok"}'
