@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from edgeagent.errors import EdgeAgentError, ErrorCode
 from edgeagent.service.pipeline import crash_budget
-from edgeagent.service.pipeline.delivery import Plan
+from edgeagent.service.pipeline.plan import Plan
 from edgeagent.service.pipeline.task_records import TaskRecord, TaskState
 
 

@@ -31,8 +31,9 @@ from edgeagent.protocol.reply import (
 )
 from edgeagent.protocol.topics import Topics
 from edgeagent.service.pipeline.asyncstore import AsyncTaskStore
-from edgeagent.service.pipeline.delivery import Delivery, Plan
+from edgeagent.service.pipeline.delivery import Delivery
 from edgeagent.service.pipeline.ledger import Ledger, Waiting
+from edgeagent.service.pipeline.plan import Plan
 from edgeagent.service.pipeline.task_records import Confirmation
 from edgeagent.service.pipeline.taskstore import TaskStore
 
