@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from edgeagent.cli.command_io import EXIT_ERROR, EXIT_OK, EXIT_USAGE, add_config
-from edgeagent.config import load_config
+from edgeagent.config import Config, load_config
 from edgeagent.errors import EdgeAgentError
 
 
@@ -32,11 +32,18 @@ def register_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     run.set_defaults(func=cmd_run)
 
 
-def cmd_validate_config(args: argparse.Namespace) -> int:
+def _config_or_none(path: Path) -> Config | None:
+    """The config, or None once stderr has been told why (the caller exits 2)."""
     try:
-        cfg = load_config(args.path)
+        return load_config(path)
     except EdgeAgentError as exc:
         sys.stderr.write(exc.message + "\n")
+        return None
+
+
+def cmd_validate_config(args: argparse.Namespace) -> int:
+    cfg = _config_or_none(args.path)
+    if cfg is None:
         return EXIT_USAGE
     sys.stderr.write(
         f"{args.path}: OK (device {cfg.device.id}, model {cfg.model.path}, "
@@ -51,10 +58,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from edgeagent.service.assembly import build_daemon  # noqa: PLC0415
     from edgeagent.service.system.logsetup import configure_logging  # noqa: PLC0415
 
-    try:
-        cfg = load_config(args.config)
-    except EdgeAgentError as exc:
-        sys.stderr.write(exc.message + "\n")
+    cfg = _config_or_none(args.config)
+    if cfg is None:
         return EXIT_USAGE
     configure_logging(cfg.log.level, cfg.log.format, cfg.device.id)
     # When the watchdog kills us with SIGABRT, every thread's stack goes to the journal.
