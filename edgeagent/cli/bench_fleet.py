@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 
 def register(bench: argparse.ArgumentParser) -> None:
-    """The fleet options of `edgeagent bench` (cli/main.py)."""
+    """The fleet options of `edgeagent bench` (cli/bench_command.py)."""
     group = bench.add_argument_group("fleet simulation (--fleet N; no model needed)")
     group.add_argument("--fleet", type=int, metavar="N", help="simulate N devices (docs/scale.md)")
     group.add_argument("--host", help="an existing broker (default: the bench starts mosquitto)")

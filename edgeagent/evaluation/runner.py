@@ -58,7 +58,7 @@ class Outcome:
     # The decoder steered the answer to its shortest valid end near max_tokens.
     cut_short: bool = False
     # Why the daemon would hold this action answer (not dispatch it), if it would
-    # (inference/gate.py: protocol.reply.HoldReason).
+    # (inference/gate.py: protocol.hold.HoldReason).
     held: str | None = None
     # P(any action but "nothing to do") over the whole catalog, its content-free prior
     # and the calibrated act score the gate compares with min_act_confidence.

@@ -24,7 +24,7 @@ from edgeagent.config import ActionConfig
 from edgeagent.config.catalog import CatalogConfig, effective_min_confidence
 from edgeagent.inference.confidence import calibrated_act
 from edgeagent.inference.grounding import content_text, unsupported_arguments
-from edgeagent.protocol.reply import HoldReason, hold_reason
+from edgeagent.protocol.hold import HoldReason, hold_reason
 
 LOWERED = 0.5  # `unsupported_arguments = "lower"`: the confidence is multiplied by it
 

@@ -8,7 +8,8 @@ so the reading also walks the process's memory cgroup and all its ancestors and 
 the one with the least headroom. See docs/memory.md for the operator's view.
 
 Everything is read through `proc_root` and `cgroup_root` (and injectable psutil
-callables), so tests can drive it with fake trees. Nothing here needs a model.
+callables), so tests can drive it with fake trees; the cgroup files are parsed in
+cgroups.py. Nothing here needs a model.
 """
 
 from __future__ import annotations
@@ -20,12 +21,10 @@ from typing import TYPE_CHECKING, Protocol
 
 import psutil
 
-if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+from edgeagent.memory.cgroups import read_cgroups
 
-# cgroup v1 reports "no limit" as PAGE_COUNTER_MAX * page size (9223372036854771712 with 4 KiB
-# pages), v2 as "max". Anything this large is no limit on any machine that exists.
-UNLIMITED_THRESHOLD = 1 << 60
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 class MemorySource(StrEnum):
@@ -69,19 +68,6 @@ class MemoryReading:
     available_bytes: int  # min(host available, cgroup limit - cgroup usage), never negative
 
 
-@dataclass(frozen=True, slots=True)
-class _CgroupSample:
-    path: str
-    limit: int | None
-    usage: int | None
-
-    @property
-    def headroom(self) -> int | None:
-        if self.limit is None:
-            return None
-        return max(0, self.limit - (self.usage or 0))
-
-
 def _process_rss() -> int:
     return int(psutil.Process().memory_info().rss)
 
@@ -96,35 +82,8 @@ def read_memory(
     """Take one reading. Never raises for missing or unreadable cgroup files."""
     host = vm()
     host_available = int(host.available)
-    memberships = _parse_proc_cgroup(_read_text(proc_root / "self" / "cgroup") or "")
-
-    version: int | None = None
-    samples: list[_CgroupSample] = []
-    v1_mount = cgroup_root / "memory"
-    v2_mount = _v2_mount(cgroup_root)
-    v2_path = memberships.get("")
-    if "memory" in memberships and v1_mount.is_dir():
-        version = 1
-        samples = list(_walk(v1_mount, memberships["memory"], _sample_v1))
-    elif v2_path is not None and v2_mount is not None:
-        samples = list(_walk(v2_mount, v2_path, _sample_v2))
-        # Without the memory controller enabled there is no memory.current anywhere.
-        version = 2 if any(s.usage is not None or s.limit is not None for s in samples) else None
-
-    chosen: _CgroupSample | None = None
-    limited = [s for s in samples if s.headroom is not None]
-    if limited:
-        # min() keeps the first of equals, and samples run from the own cgroup upwards.
-        chosen = min(limited, key=lambda s: s.headroom or 0)
-    elif version is not None and samples:
-        chosen = samples[0]
-
-    psi = None
-    if v2_path is not None and v2_mount is not None:
-        own_v2, _ = _resolve(v2_mount, v2_path)
-        psi = _parse_psi(_read_text(own_v2 / "memory.pressure"))
-    if psi is None:
-        psi = _parse_psi(_read_text(proc_root / "pressure" / "memory"))
+    view = read_cgroups(proc_root, cgroup_root)
+    version, chosen, psi = view.version, view.tightest, view.psi_some_avg10
 
     available, source = host_available, MemorySource.HOST
     headroom = chosen.headroom if chosen is not None else None
@@ -158,154 +117,7 @@ def format_bytes(size: int | None) -> str:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-# --- parsing -------------------------------------------------------------------------------
-
-
-def _read_text(path: Path) -> str | None:
-    try:
-        return path.read_text(encoding="utf-8", errors="replace")
-    except OSError:  # missing, EACCES, ENODEV on a vanished cgroup: all mean "unknown"
-        return None
-
-
-def _parse_proc_cgroup(text: str) -> dict[str, str]:
-    """`ID:CONTROLLERS:PATH` lines -> {controller: path}; the v2 line `0::PATH` maps "" -> PATH."""
-    result: dict[str, str] = {}
-    for line in text.splitlines():
-        parts = line.strip().split(":", 2)
-        if len(parts) != 3:
-            continue
-        hierarchy_id, controllers, path = parts
-        if hierarchy_id == "0" and controllers == "":
-            result[""] = path
-            continue
-        for controller in controllers.split(","):
-            if controller:
-                result.setdefault(controller, path)
-    return result
-
-
-def _v2_mount(cgroup_root: Path) -> Path | None:
-    """The unified hierarchy: /sys/fs/cgroup itself (pure v2) or /sys/fs/cgroup/unified (hybrid)."""
-    for candidate in (cgroup_root, cgroup_root / "unified"):
-        if (candidate / "cgroup.controllers").is_file():
-            return candidate
-    return None
-
-
-def _resolve(mount: Path, cgroup_path: str) -> tuple[Path, str]:
-    """The directory of `cgroup_path` under `mount`.
-
-    Inside a container without its own cgroup namespace /proc/self/cgroup names the host's
-    path (/docker/<id>/...) while the mount shows only the container's subtree, so leading
-    components are dropped until a directory exists; the mount itself is the last resort.
-    """
-    parts = [p for p in cgroup_path.split("/") if p and p != ".."]
-    for start in range(len(parts) + 1):
-        rest = parts[start:]
-        candidate = mount.joinpath(*rest)
-        if candidate.is_dir():
-            return candidate, "/" + "/".join(rest)
-    return mount, "/"
-
-
-def _walk(
-    mount: Path, cgroup_path: str, sample: Callable[[Path, str], _CgroupSample]
-) -> Iterator[_CgroupSample]:
-    """Samples of the own cgroup, then of each ancestor up to the mount's root."""
-    directory, path = _resolve(mount, cgroup_path)
-    while True:
-        yield sample(directory, path)
-        if path == "/" or directory == mount:
-            return
-        directory = directory.parent
-        path = path.rsplit("/", 1)[0] or "/"
-
-
-def _parse_limit(text: str | None) -> int | None:
-    """'max', huge v1 sentinels, missing and garbage all mean: no limit."""
-    if text is None:
-        return None
-    value = text.strip()
-    if value == "max":
-        return None
-    try:
-        number = int(value)
-    except ValueError:
-        return None
-    return None if number >= UNLIMITED_THRESHOLD or number < 0 else number
-
-
-def _parse_int(text: str | None) -> int | None:
-    if text is None:
-        return None
-    try:
-        return int(text.strip())
-    except ValueError:
-        return None
-
-
-def _parse_stat(text: str | None) -> dict[str, int]:
-    stats: dict[str, int] = {}
-    for line in (text or "").splitlines():
-        key, _, value = line.partition(" ")
-        try:
-            stats[key] = int(value)
-        except ValueError:
-            continue
-    return stats
-
-
-def _usage_minus_inactive_file(usage: int | None, inactive_file: int | None) -> int | None:
-    if usage is None:
-        return None
-    return max(0, usage - (inactive_file or 0))
-
-
-def _sample_v1(directory: Path, path: str) -> _CgroupSample:
-    stats = _parse_stat(_read_text(directory / "memory.stat"))
-    inactive = stats.get("total_inactive_file", stats.get("inactive_file"))
-    usage = _parse_int(_read_text(directory / "memory.usage_in_bytes"))
-    return _CgroupSample(
-        path=path,
-        limit=_parse_limit(_read_text(directory / "memory.limit_in_bytes")),
-        usage=_usage_minus_inactive_file(usage, inactive),
-    )
-
-
-def _sample_v2(directory: Path, path: str) -> _CgroupSample:
-    limits = [
-        limit
-        for name in ("memory.max", "memory.high")
-        if (limit := _parse_limit(_read_text(directory / name))) is not None
-    ]
-    stats = _parse_stat(_read_text(directory / "memory.stat"))
-    usage = _parse_int(_read_text(directory / "memory.current"))
-    return _CgroupSample(
-        path=path,
-        limit=min(limits) if limits else None,
-        usage=_usage_minus_inactive_file(usage, stats.get("inactive_file")),
-    )
-
-
-def _parse_psi(text: str | None) -> float | None:
-    """The avg10 of the `some` line of a PSI file (percent of time some task stalled)."""
-    for line in (text or "").splitlines():
-        fields = line.split()
-        if not fields or fields[0] != "some":
-            continue
-        for field in fields[1:]:
-            key, _, value = field.partition("=")
-            if key == "avg10":
-                try:
-                    return float(value)
-                except ValueError:
-                    return None
-    return None
-
-
 __all__ = [
-    "UNLIMITED_THRESHOLD",
     "MemoryReading",
     "MemorySource",
     "format_bytes",

@@ -14,10 +14,10 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
 from edgeagent.errors import EdgeAgentError, ErrorCode
+from edgeagent.protocol.hold import Hold, rounded_confidence
 from edgeagent.protocol.topics import Topics
 
 
@@ -103,77 +103,6 @@ class ErrorInfo:
         return body
 
 
-class HoldReason(StrEnum):
-    """Why an action answer was held (not dispatched); docs/protocol.md."""
-
-    CONFIDENCE = "confidence"  # below the action's min_confidence
-    CONFIDENCE_UNKNOWN = "confidence_unknown"  # a min_confidence is set, no confidence known
-    CUT_SHORT = "cut_short"  # the decoder ended the answer at max_tokens
-    ACT_CONFIDENCE = "act_confidence"  # acting at all is below [catalog] min_act_confidence
-    UNSUPPORTED_ARGUMENT = "unsupported_argument"  # a number the input does not support
-
-
-def hold_reason(
-    *,
-    confidence: float | None,
-    cut_short: bool,
-    min_confidence: float | None,
-    act: float | None = None,
-    min_act_confidence: float | None = None,
-    unsupported: bool = False,
-) -> HoldReason | None:
-    """Whether an action answer is held, and why (None: it goes out as configured).
-
-    An answer the decoder had to end early is never acted on: its arguments may be cut;
-    nor one whose arguments hold a number the input does not support (`unsupported`,
-    when `[catalog] unsupported_arguments = "hold"`). With a `min_confidence`, an answer
-    below it is held, and so is one whose confidence is unknown (the operator asked for
-    a floor; nothing says the answer reaches it); the same for the act-or-not score
-    (`act`) and `min_act_confidence`.
-    """
-    if cut_short:
-        return HoldReason.CUT_SHORT
-    if unsupported:
-        return HoldReason.UNSUPPORTED_ARGUMENT
-    for value, floor, below in (
-        (confidence, min_confidence, HoldReason.CONFIDENCE),
-        (act, min_act_confidence, HoldReason.ACT_CONFIDENCE),
-    ):
-        if floor is None:
-            continue
-        if value is None:
-            return HoldReason.CONFIDENCE_UNKNOWN
-        if value < floor:
-            return below
-    return None
-
-
-def _rounded(confidence: float | None) -> float | None:
-    return None if confidence is None else round(confidence, 4)
-
-
-@dataclass(frozen=True, slots=True)
-class Hold:
-    """An action answer that was not dispatched: why, and what confirming it takes."""
-
-    reason: HoldReason
-    confidence: float | None
-    min_confidence: float | None
-    # Where the action message would have gone (a `dispatch = true` action), so a rule
-    # that confirms it can publish `output` there itself; None for reply-only actions.
-    topic: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "reason": str(self.reason),
-            "confidence": _rounded(self.confidence),
-            "min_confidence": self.min_confidence,
-        }
-        if self.topic is not None:
-            body["topic"] = self.topic
-        return body
-
-
 @dataclass(frozen=True, slots=True)
 class ActionInfo:
     """What an action reply says besides its output: how sure the model was, whether the
@@ -189,11 +118,11 @@ class ActionInfo:
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {
-            "confidence": _rounded(self.confidence),
+            "confidence": rounded_confidence(self.confidence),
             "dispatched": self.dispatched,
         }
         if self.act_confidence is not None:  # the catalog has a "nothing to do" action
-            body["act_confidence"] = _rounded(self.act_confidence)
+            body["act_confidence"] = rounded_confidence(self.act_confidence)
         if self.held is not None:
             body["held"] = self.held.to_json()
         if self.reason is not None:

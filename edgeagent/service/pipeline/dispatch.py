@@ -23,7 +23,8 @@ from typing import Any
 from edgeagent.config import Config
 from edgeagent.inference.gate import judge
 from edgeagent.inference.task import Answer
-from edgeagent.protocol.reply import ActionInfo, ActionMessage, Hold
+from edgeagent.protocol.hold import Hold
+from edgeagent.protocol.reply import ActionInfo, ActionMessage
 from edgeagent.protocol.topics import Topics
 
 

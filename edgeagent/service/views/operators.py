@@ -25,7 +25,7 @@ from edgeagent.protocol.topics import Topics
 from edgeagent.service.ports import Publisher
 from edgeagent.service.system.board import read_board
 from edgeagent.service.views import homeassistant
-from edgeagent.service.views.prometheus import MetricsExport
+from edgeagent.service.views.prometheus_export import MetricsExport
 
 log = structlog.get_logger("edgeagent.service.views.operators")
 

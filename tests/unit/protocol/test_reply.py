@@ -6,15 +6,13 @@ import json
 
 import pytest
 
+from edgeagent.protocol.hold import Hold, HoldReason, hold_reason
 from edgeagent.protocol.reply import (
     ActionInfo,
-    Hold,
-    HoldReason,
     OkReply,
     Timing,
     Usage,
     encode,
-    hold_reason,
 )
 
 USAGE = Usage(100, 10, 80)

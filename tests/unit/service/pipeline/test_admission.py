@@ -21,7 +21,8 @@ from edgeagent.inference.contract import compile_contract as real_compile
 from edgeagent.protocol.request import Request
 from edgeagent.service.pipeline.admission import RUNNING_TASKS, receive_window
 from edgeagent.service.pipeline.asyncstore import AsyncTaskStore
-from edgeagent.service.pipeline.contracts import CompileThreads, ContractCache
+from edgeagent.service.pipeline.compile_threads import CompileThreads
+from edgeagent.service.pipeline.contracts import ContractCache
 from edgeagent.service.pipeline.crash_budget import CRASH_BUDGET, CRASH_WINDOW_S
 from edgeagent.service.pipeline.ledger import COPY_ADDRESSES
 from edgeagent.service.pipeline.reading import derived_id

@@ -18,12 +18,11 @@ from support.service_parts import Parts
 
 from edgeagent.errors import EdgeAgentError, ErrorCode
 from edgeagent.inference.batch_rule import BatchRule
+from edgeagent.protocol.hold import Hold, HoldReason
 from edgeagent.protocol.reply import (
     ActionInfo,
     ActionMessage,
     ErrorReply,
-    Hold,
-    HoldReason,
     OkReply,
     ReplyRoute,
     Timing,

@@ -9,7 +9,7 @@ from support.fake_engine import service_config
 
 from edgeagent.config import ActionConfig
 from edgeagent.inference.task import Answer
-from edgeagent.protocol.reply import HoldReason
+from edgeagent.protocol.hold import HoldReason
 from edgeagent.service.pipeline.dispatch import settle
 
 EMPTY = {"type": "object", "properties": {}}

@@ -15,13 +15,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from edgeagent import __version__
-from edgeagent.service.views.prometheus import (
-    STATES,
-    HttpEndpoint,
-    Metrics,
-    MetricsExport,
-    TextfileWriter,
-)
+from edgeagent.service.views.prometheus import STATES, Metrics
+from edgeagent.service.views.prometheus_export import HttpEndpoint, MetricsExport, TextfileWriter
 from edgeagent.service.views.prometheus_http import MetricsServer
 
 HEARTBEAT = {
