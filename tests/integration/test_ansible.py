@@ -696,6 +696,14 @@ def test_first_deployment_on_the_emulated_pi(fleet: Fleet, request: pytest.Fixtu
     answered = [e for e in entries if str(e.get("TASK_ID", "")).startswith("rollout-probe-")]
     assert answered, [_message(e) for e in entries][-20:]
     assert all(e["_BOOT_ID"].replace("-", "") == boot_id.replace("-", "") for e in answered)
+    # Started once, after the reboot: the role does not restart the daemon (loading the
+    # model) seconds before rebooting the host.
+    every_boot = fleet.on(
+        ARM, "journalctl", "-u", "edgeagent.service", "-o", "json", "--no-pager"
+    ).stdout
+    messages = [_message(json.loads(x)) for x in every_boot.splitlines() if x.startswith("{")]
+    loads = [m for m in messages if m.startswith("model loaded")]
+    assert len(loads) == 1, loads
     healthy = re.search(rf"{ARM} is healthy: .* in ([\d.]+) ms", run.output)
     assert healthy is not None, run.output[-4000:]
     report_timing("probe answer on the arm64 host", float(healthy.group(1)) / 1000)
