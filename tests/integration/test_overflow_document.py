@@ -1,6 +1,7 @@
 """Inputs longer than the context budget: truncate, chunk (map-reduce), reject.
 
-Real SmolLM2, budget 2,048 tokens, a ~28,000-token document.
+Real SmolLM2, budget 2,048 tokens, a ~14,000-token document: seven budgets, so the map
+runs and their combine go as for any longer one, in half the time 28,000 tokens took.
 """
 
 from __future__ import annotations
@@ -75,9 +76,9 @@ def engine(model_path):
 
 @pytest.fixture(scope="module")
 def document(engine):
-    text = logbook(20_500)
+    text = logbook(10_300)
     n_tokens = len(engine.call_blocking(lambda runner: runner.tokenize(text)))
-    assert 27_000 <= n_tokens <= 29_500, n_tokens
+    assert 13_000 <= n_tokens <= 15_500, n_tokens
     return text
 
 
@@ -97,20 +98,20 @@ def test_truncate_keeps_head_and_tail(engine, document):
     SUMMARY.validate(answer.output)
     assert answer.n_ctx == BUDGET
     assert answer.chunks == 1
-    assert answer.truncated > 25_000
+    assert answer.truncated > 11_000
     assert answer.prompt_tokens + 128 <= BUDGET
 
 
-def test_chunk_summarises_a_28k_token_document(engine, document):
+def test_chunk_summarises_a_14k_token_document(engine, document):
     answer = engine.answer_blocking(
         Task(content=document, spec=SUMMARY, max_tokens=128, overflow="chunk")
     )
     SUMMARY.validate(answer.output)
     assert answer.n_ctx == BUDGET
     assert answer.truncated == 0
-    # ~28,000 tokens in chunks of at most ~1,800: at least 15 map runs, plus the combine.
-    assert answer.chunks >= 15
-    assert answer.prompt_tokens > 28_000  # every input token was read (plus prompts)
+    # ~14,000 tokens in chunks of at most ~1,800: at least 7 map runs, plus the combine.
+    assert answer.chunks >= 7
+    assert answer.prompt_tokens > 14_000  # every input token was read (plus prompts)
     print(
         f"chunk: {answer.chunks} chunks, {answer.prompt_tokens} prompt tokens, "
         f"{answer.completion_tokens} completion tokens, "
@@ -127,4 +128,4 @@ def test_messages_overflow_cuts_only_the_last_user_message(engine, document):
         Task(content=messages, spec=SUMMARY, max_tokens=128, overflow="truncate")
     )
     SUMMARY.validate(answer.output)
-    assert answer.truncated > 25_000
+    assert answer.truncated > 11_000
