@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 from pydantic import Field, model_validator
 
 from edgeagent.config.base import Section
@@ -35,7 +33,7 @@ class Config(Section):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     schema_limits: SchemaLimits = Field(default_factory=SchemaLimits)
     catalog: CatalogConfig = Field(default_factory=CatalogConfig)
-    actions: Annotated[list[ActionConfig], Field(default_factory=list)]
+    actions: list[ActionConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _unique_actions(self) -> Config:

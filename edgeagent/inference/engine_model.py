@@ -26,8 +26,13 @@ class EngineModel(DraftTarget, SlotModel, SequenceModel, Protocol):
     n_ctx_train: int
     lltokenizer: Any
     metadata: dict[str, str]
-    kv_buffer_bytes: int
-    compute_buffer_bytes: int
+
+    # Read only: what the context's buffers hold now (the memory loop's capacity view).
+    @property
+    def kv_buffer_bytes(self) -> int: ...
+    @property
+    def compute_buffer_bytes(self) -> int: ...
+
     # Called after every decode batch, so a long prompt shows progress to the watchdog.
     on_progress: Callable[[], None] | None
 

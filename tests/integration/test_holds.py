@@ -25,7 +25,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from support.daemon import DaemonProcess, write_config
-from support.mosquitto import Mosquitto, MqttProbe
+from support.mosquitto import Mosquitto, MqttProbe, property_of
 from support.tcp_proxy import TcpProxy
 
 pytestmark = [pytest.mark.model, pytest.mark.mqtt]
@@ -113,7 +113,7 @@ class Requester:
             return [
                 json.loads(m.payload)
                 for m in self.probe.messages
-                if m.topic == self.topic and m.properties.CorrelationData == task_id.encode()
+                if m.topic == self.topic and property_of(m, "CorrelationData") == task_id.encode()
             ]
 
         end = time.monotonic() + timeout

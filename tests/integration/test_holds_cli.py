@@ -26,7 +26,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from support.daemon import ROOT, write_config
-from support.mosquitto import Mosquitto, MqttProbe
+from support.mosquitto import Mosquitto, MqttProbe, property_of
 
 pytestmark = pytest.mark.mqtt
 
@@ -65,8 +65,10 @@ class ScriptedDevice:
         if answer is None or not getattr(msg.properties, "ResponseTopic", None):
             return
         props = Properties(PacketTypes.PUBLISH)
-        props.CorrelationData = msg.properties.CorrelationData
-        self.client.publish(msg.properties.ResponseTopic, json.dumps(answer), 1, properties=props)
+        props.CorrelationData = property_of(msg, "CorrelationData")
+        self.client.publish(
+            property_of(msg, "ResponseTopic"), json.dumps(answer), 1, properties=props
+        )
 
     def close(self) -> None:
         self.client.disconnect()

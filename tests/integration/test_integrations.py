@@ -34,7 +34,7 @@ from paho.mqtt.properties import Properties
 from prometheus_client.parser import text_string_to_metric_families
 from support import homeassistant_schema as ha
 from support.daemon import ROOT, DaemonProcess, write_config
-from support.mosquitto import Mosquitto, MqttProbe, free_port
+from support.mosquitto import Mosquitto, MqttProbe, free_port, property_of
 from support.nodered import flow_task
 
 from edgeagent.service.system.board import read_board
@@ -117,7 +117,7 @@ def _send_the_node_red_task(probe: MqttProbe) -> dict[str, Any]:
     props.CorrelationData = correlation.encode()
     probe.publish(topic, payload, properties=props)
     (message,) = probe.wait_for(response_topic, timeout=120)
-    assert message.properties.CorrelationData == correlation.encode()
+    assert property_of(message, "CorrelationData") == correlation.encode()
     reply: dict[str, Any] = json.loads(message.payload)
     assert reply["status"] == "ok", reply
     return reply

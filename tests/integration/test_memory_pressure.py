@@ -345,9 +345,9 @@ class Session:
 
     def check_alive(self) -> None:
         if not self.daemon.alive():
-            oom = self.cgroup.oom_control()
+            oom, proc = self.cgroup.oom_control(), self.daemon.proc
             pytest.fail(
-                f"the daemon died ({self.daemon.proc.returncode}); oom_control {oom}\n"
+                f"the daemon died ({proc.returncode if proc else None}); oom_control {oom}\n"
                 f"{self.daemon.log()[-4000:]}"
             )
 

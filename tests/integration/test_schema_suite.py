@@ -75,8 +75,11 @@ def suite_dir() -> Path:
                 member.name = member.name[len(SUITE_PATH) :]
             # The archive's sha256 is checked; the "data" filter (Python >= 3.11.4) also
             # refuses links and absolute paths.
-            safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-            archive.extractall(target, members=[m for m in members if m.name], **safe)
+            wanted = [m for m in members if m.name]
+            if hasattr(tarfile, "data_filter"):
+                archive.extractall(target, members=wanted, filter="data")
+            else:
+                archive.extractall(target, members=wanted)
     return target
 
 

@@ -291,7 +291,9 @@ def wait_answers(central: MqttProbe, task_id: str, count: int, timeout: float = 
 
 
 def bridge_state(central: MqttProbe, site: str) -> bytes | None:
-    states = [m.payload for m in central.messages if m.topic == f"edgeagent/{site}/fleet/bridge"]
+    states = [
+        bytes(m.payload) for m in central.messages if m.topic == f"edgeagent/{site}/fleet/bridge"
+    ]
     return states[-1] if states else None
 
 

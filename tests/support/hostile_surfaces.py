@@ -238,7 +238,7 @@ def retained(port: int, pattern: str, count: int, timeout: float = 20) -> dict[s
     """What the broker retains under `pattern`, once `count` topics are in (or timeout)."""
     client = Client(port, "retained")
     found: dict[str, bytes] = {}
-    client.client.on_message = lambda _c, _u, msg: found.__setitem__(msg.topic, msg.payload)
+    client.client.on_message = lambda _c, _u, msg: found.__setitem__(msg.topic, bytes(msg.payload))
     client.client.subscribe(pattern, qos=1)
     deadline = time.monotonic() + timeout
     while len(found) < count and time.monotonic() < deadline:

@@ -45,6 +45,11 @@ def free_port(address: str = "127.0.0.1") -> int:
         return fallback
 
 
+def property_of(message: mqtt.MQTTMessage, name: str) -> Any:
+    """A v5 property of a received message (paho sets them as attributes), or None."""
+    return getattr(message.properties, name, None)
+
+
 class Mosquitto:
     """A real mosquitto on address:port, restartable on the same port.
 
@@ -134,7 +139,7 @@ class MqttProbe:
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=f"probe-{uuid.uuid4().hex[:8]}",
-            protocol=protocol,
+            protocol=mqtt.MQTTProtocolVersion(protocol),
             clean_session=None if v5 else False,
         )
         self.client.on_message = lambda _c, _u, msg: self.messages.append(msg)

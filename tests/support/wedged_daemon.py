@@ -41,7 +41,7 @@ def wedging_model(cfg: ModelConfig) -> EngineModel:
         threading.Event().wait()  # never set: no return, no progress
         raise AssertionError("unreachable")
 
-    model.prefill = prefill_forever  # type: ignore[method-assign]
+    model.prefill = prefill_forever  # type: ignore[method-assign,assignment]
     return model
 
 

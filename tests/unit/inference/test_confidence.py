@@ -133,7 +133,9 @@ GATE_CATALOG = [
 def gate_answer(names: list[str] | None) -> Answer:
     """The scripted model wants "idle" (nothing to do); `names` restricts the request."""
     cfg = ModelConfig(path=Path("/nonexistent/model.gguf"), threads=1, n_ctx=1024, n_batch=64)
-    engine = Engine(cfg, factory=ScriptedFactory(text='{"action":"idle","args":{}}'))
+    # ScriptedKv answers the calls the engine makes of KvContext without being one.
+    scripted = ScriptedFactory(text='{"action":"idle","args":{}}')
+    engine = Engine(cfg, factory=scripted)  # type: ignore[arg-type]
     engine.load()
     try:
         spec = compile_contract(GATE_CATALOG, action_names=names, limits=SchemaLimits())

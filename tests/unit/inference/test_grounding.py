@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from edgeagent.config import ActionConfig
+from edgeagent.config.catalog import ActionExample
 from edgeagent.inference.grounding import numbers_in, unsupported_arguments
 
 WATER = ActionConfig(
@@ -14,7 +15,9 @@ WATER = ActionConfig(
         "type": "object",
         "properties": {"zone": {"type": "integer"}, "minutes": {"type": "integer"}},
     },
-    examples=[{"input": "Water zone 7 for ten minutes.", "args": {"zone": 7, "minutes": 10}}],
+    examples=[
+        ActionExample(input="Water zone 7 for ten minutes.", args={"zone": 7, "minutes": 10})
+    ],
 )
 
 

@@ -403,8 +403,9 @@ def test_real_machine_reading_is_sane() -> None:
     assert 0 <= reading.available_bytes <= reading.host_available_bytes
     if reading.cgroup_limit_bytes is not None:
         assert reading.cgroup_limit_bytes > 0
-        assert headroom(reading) is not None
-        assert reading.available_bytes <= headroom(reading)
+        room = headroom(reading)
+        assert room is not None
+        assert reading.available_bytes <= room
     if reading.cgroup_usage_bytes is not None:
         assert reading.cgroup_usage_bytes >= 0
     if reading.psi_some_avg10 is not None:

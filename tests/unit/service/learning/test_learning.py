@@ -6,6 +6,7 @@ import asyncio
 import json
 import sqlite3
 import threading
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -46,8 +47,8 @@ ACTIONS = [IRRIGATION, NOTHING]
 ON = CatalogConfig(learn=True)
 
 
-def example(text: str, **changes) -> LearnedExample:
-    fields = {
+def example(text: str, **changes: Any) -> LearnedExample:
+    fields: dict[str, Any] = {
         "text": text,
         "action": "set_irrigation",
         "args": {"zone": 1, "minutes": 5},
