@@ -16,6 +16,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from support import aio
 
 from edgeagent.config import MqttConfig
 from edgeagent.errors import EdgeAgentError, ErrorCode
@@ -69,7 +70,7 @@ def on_paho_thread(fn: Any, *args: Any) -> None:
 
 
 def run(coro):
-    return asyncio.run(asyncio.wait_for(coro, 5))
+    return aio.run(coro, 5)
 
 
 def test_puback_success_resolves_the_publish():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from structlog.testing import capture_logs
+from support.aio import run
 from support.fake_engine import (
     SCHEMA,
     FakeDecision,
@@ -24,10 +25,6 @@ from edgeagent.service.pipeline.taskstore import TaskStore
 
 STATUS = "edgeagent/dev1/status"
 TASK = {"id": "t1", "input": "Porto, 21 degrees", "schema": SCHEMA}
-
-
-def run(coro):
-    return asyncio.run(asyncio.wait_for(coro, 10))
 
 
 async def serving(daemon: Daemon) -> asyncio.Task[int]:

@@ -11,11 +11,11 @@ tests/integration/test_hostile.py.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 
 import pytest
 from structlog.testing import capture_logs
+from support import aio
 from support.fake_engine import service_config
 from support.fake_link import FakeLink, Published
 from support.hostile import ERRORS, REPLIES, Case, corpus, interleave
@@ -42,7 +42,7 @@ def started_parts() -> Parts:
 
 
 def run(coro, timeout=120):
-    return asyncio.run(asyncio.wait_for(coro, timeout))
+    return aio.run(coro, timeout)
 
 
 @dataclass

@@ -10,6 +10,7 @@ import asyncio
 
 from prometheus_client import CollectorRegistry, generate_latest
 from structlog.testing import capture_logs
+from support.aio import run
 from support.fake_link import FakeLink
 from support.hold_parts import ACTION, ERRORS, START, TOPICS, HoldParts, held_config, held_task
 
@@ -18,10 +19,6 @@ from edgeagent.service.holds.metrics import HoldMetrics
 from edgeagent.service.holds.resolution import HoldResolution
 
 RESULT = "edgeagent/dev1/results/t1"
-
-
-def run(coro):
-    return asyncio.run(asyncio.wait_for(coro, 10))
 
 
 async def open_hold(parts: HoldParts, task_id: str = "t1", **extra) -> dict:

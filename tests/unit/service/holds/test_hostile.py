@@ -3,9 +3,8 @@ nothing published outside the device's own topics and the allowed reply prefixes
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
+from support import aio
 from support.hold_parts import ACTION, ERRORS, TOPICS, HoldParts, held_task
 
 from edgeagent.errors import EdgeAgentError, ErrorCode
@@ -16,7 +15,7 @@ HELD = "edgeagent/dev1/held/t1/confirm"
 
 
 def run(coro):
-    return asyncio.run(asyncio.wait_for(coro, 30))
+    return aio.run(coro, 30)
 
 
 def published_where_allowed(parts: HoldParts) -> bool:

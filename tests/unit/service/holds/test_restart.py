@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 
+from support.aio import run
 from support.fake_link import FakeLink
 from support.hold_parts import ACTION, HoldParts, held_task
 
@@ -18,10 +19,6 @@ from edgeagent.service.holds.records import HoldState
 from edgeagent.service.pipeline.task_records import Confirmation
 
 RESULT = "edgeagent/dev1/results/t1"
-
-
-def run(coro):
-    return asyncio.run(asyncio.wait_for(coro, 10))
 
 
 async def first_with_a_hold(path) -> HoldParts:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
+from support.aio import run
 from support.fake_engine import SCHEMA, service_config
 from support.fake_link import FakeLink
 from support.service_parts import Parts
@@ -34,10 +35,6 @@ ERRORS = "edgeagent/dev1/errors"
 TASK = {"id": "t1", "input": "Porto, 21 degrees", "schema": SCHEMA}
 LIMITS = SchemaLimits()
 UNIT_FILE = Path(__file__).resolve().parents[4] / "systemd" / "edgeagent.service"
-
-
-def run(coro):
-    return asyncio.run(asyncio.wait_for(coro, 10))
 
 
 async def started(contracts: ContractCache | None = None, **kwargs) -> Parts:

@@ -12,6 +12,7 @@ import sqlite3
 
 import pytest
 from structlog.testing import capture_logs
+from support.aio import run
 from support.fake_engine import SCHEMA
 from support.fake_link import NOT_AUTHORIZED, FakeLink
 from support.service_parts import Parts
@@ -42,10 +43,6 @@ ACTION = "edgeagent/dev1/actions/set_irrigation"
 ERRORS = "edgeagent/dev1/errors"
 SCHEMA_TASK = {"id": "t1", "input": "Porto, 21 degrees", "schema": SCHEMA}
 ACTION_TASK = {"id": "t1", "input": "Water zone 3 for 20 minutes", "action": "set_irrigation"}
-
-
-def run(coro):
-    return asyncio.run(asyncio.wait_for(coro, 10))
 
 
 def test_ack_only_after_a_successful_puback():

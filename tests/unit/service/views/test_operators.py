@@ -10,6 +10,7 @@ import asyncio
 from typing import Any
 
 from structlog.testing import capture_logs
+from support.aio import run
 from support.fake_engine import FakeEngine, default_output, service_config
 from support.fake_link import NOT_AUTHORIZED, FakeLink
 from support.service_parts import Parts
@@ -35,10 +36,6 @@ LOOK_ALIKE_SCHEMA = {
     },
     "required": ["action", "args"],
 }
-
-
-def run(coro):
-    return asyncio.run(asyncio.wait_for(coro, 10))
 
 
 def _forging(task: Task) -> Any:

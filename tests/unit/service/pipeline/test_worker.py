@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 
 from structlog.testing import capture_logs
+from support.aio import run
 from support.fake_engine import SCHEMA, FakeEngine
 from support.service_parts import make_daemon
 
@@ -49,10 +50,6 @@ async def serving(daemon):
     served = asyncio.create_task(daemon.serve())
     await daemon.link.wait_for_publish(STATUS)
     return served
-
-
-def run(coro):
-    return asyncio.run(asyncio.wait_for(coro, 10))
 
 
 def test_queued_jobs_that_make_a_batch_run_together():
