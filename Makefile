@@ -42,8 +42,8 @@ demo: venv system-deps
 	PATH="$(abspath $(BIN)):$$PATH" EDGEAGENT_DEMO_MODEL=$(DEMO_MODEL) scripts/demo.sh
 
 lint: venv
-	$(BIN)/ruff check edgeagent tests scripts
-	$(BIN)/ruff format --check edgeagent tests scripts
+	$(BIN)/ruff check edgeagent tests scripts eval
+	$(BIN)/ruff format --check edgeagent tests scripts eval
 
 typecheck: venv
 	$(BIN)/mypy

@@ -26,6 +26,7 @@ import argparse
 import copy
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from edgeagent.config import ModelConfig
 from edgeagent.evaluation.metrics import summarize
 from edgeagent.evaluation.report import case_record, render_json, render_text
 from edgeagent.evaluation.runner import run_sets
-from edgeagent.evaluation.scoring import score
+from edgeagent.evaluation.scoring import CaseScore, score
 from edgeagent.evaluation.suite import load_suite, select
 from edgeagent.inference.confidence import ConfidenceTracker
 from edgeagent.inference.contract import OutputSpec
@@ -77,7 +78,8 @@ def compile_grammar(schema: dict[str, Any], *, spaced: bool = False) -> str:
     options: dict[str, Any] = {"whitespace_flexible": False, "lenient": False}
     if spaced:  # the layout of the template's tool calls: {"name": "x", "arguments": {...}}
         options |= {"key_separator": ": ", "item_separator": ", "}
-    return LLMatcher.grammar_from_json_schema(schema, overrides=options)
+    # llguidance types `overrides` as its TypedDict; these are its documented keys.
+    return LLMatcher.grammar_from_json_schema(schema, overrides=options)  # type: ignore[arg-type]
 
 
 class Scratch:
@@ -112,8 +114,8 @@ class Scratch:
             messages = build_messages(self.cfg.system_prompt, instructions, task.content)
             if id(spec) not in self._grammars:
                 items = []
-                for b in branches(spec):
-                    b = copy.deepcopy(b)
+                for branch in branches(spec):
+                    b = copy.deepcopy(branch)
                     reason = {"type": "string", "minLength": 3, "maxLength": 60}
                     b["properties"] = {"reason": reason, **b["properties"]}
                     b["required"] = ["reason", *b["required"]]
@@ -126,18 +128,32 @@ class Scratch:
         for b in branches(spec):
             name = b["properties"]["action"]["const"]
             args = b["properties"]["args"]
-            tools.append({"type": "function", "function": {
-                "name": name, "description": self._description(spec, name), "parameters": args}})  # fmt: skip
-            items.append({"type": "object", "properties": {"name": {"const": name}, "arguments": args},
-                          "required": ["name", "arguments"], "additionalProperties": False})  # fmt: skip
+            description = self._description(spec, name)
+            tools.append(
+                {
+                    "type": "function",
+                    "function": {"name": name, "description": description, "parameters": args},
+                }
+            )
+            items.append(
+                {
+                    "type": "object",
+                    "properties": {"name": {"const": name}, "arguments": args},
+                    "required": ["name", "arguments"],
+                    "additionalProperties": False,
+                }
+            )
         if id(spec) not in self._grammars:
-            self._grammars[id(spec)] = (compile_grammar(one_of(items), spaced=True), '"name": ')  # fmt: skip
+            grammar_of_tools = compile_grammar(one_of(items), spaced=True)
+            self._grammars[id(spec)] = (grammar_of_tools, '"name": ')
         grammar, key = self._grammars[id(spec)]
         content = task.content
         messages = [{"role": "system", "content": TOOL_SYSTEM}]
         messages += [{"role": "user", "content": content}] if isinstance(content, str) else [
             m for m in content if m["role"] != "system"]  # fmt: skip
-        rendered = self.model.chat(messages=messages, tools=tools).prompt + "<tool_call>\n"
+        # llama-cpp-python types these as its TypedDicts; plain dicts are what it reads.
+        chat = self.model.chat(messages=messages, tools=tools)  # type: ignore[arg-type]
+        rendered = chat.prompt + "<tool_call>\n"
         return self.model.tokenize(rendered, special=True), grammar, key
 
     @staticmethod
@@ -163,7 +179,7 @@ class Scratch:
             max_tokens=task.max_tokens,
             sampler=Sampler(),
             control=StepControl(),
-            confidence=ConfidenceTracker(key) if key else None,
+            confidence=ConfidenceTracker(key=key) if key else None,
         )
         output = json.loads(model.detokenize(generation.tokens))
         if self.variant == "tools" and task.spec.kind == "action":
@@ -181,10 +197,14 @@ class Scratch:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("suite", type=Path)
     parser.add_argument("--model", type=Path, required=True)
-    parser.add_argument("--variant", action="append", choices=["plain", "tools", "reason"], required=True)
+    parser.add_argument(
+        "--variant", action="append", choices=["plain", "tools", "reason"], required=True
+    )
     parser.add_argument("--system-prompt", help="replaces [model] system_prompt")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--n-ctx", type=int, default=4096)
@@ -201,7 +221,8 @@ def main() -> int:
     if args.system_prompt:
         settings["system_prompt"] = args.system_prompt
     cfg = ModelConfig.model_validate(settings)
-    results, all_scores = [], {}
+    results: list[Any] = []
+    all_scores: dict[str, Sequence[CaseScore]] = {}
     details = args.details.open("w", encoding="utf-8") if args.details else None
     for variant in args.variant:
         label = f"{variant}{args.label}"
@@ -222,8 +243,14 @@ def main() -> int:
     if details:
         details.close()
     if args.json_file:
-        meta = {"model": str(args.model), "threads": args.threads, "system_prompt": cfg.system_prompt}
-        args.json_file.write_text(json.dumps(render_json(results, meta), ensure_ascii=False, indent=1))
+        meta = {
+            "model": str(args.model),
+            "threads": args.threads,
+            "system_prompt": cfg.system_prompt,
+        }
+        args.json_file.write_text(
+            json.dumps(render_json(results, meta), ensure_ascii=False, indent=1)
+        )
     sys.stdout.write(render_text(results, all_scores if args.failures else None))
     return 0
 

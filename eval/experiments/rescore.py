@@ -63,7 +63,7 @@ def rescore(
     for record in records:
         eval_set = by_set[str(record["set"])]
         case = next(c for c in eval_set.cases if c.id == record["id"])
-        outcome = with_hold(outcome_of(record), eval_set)
+        outcome = with_hold(outcome_of(record), eval_set, case)
         result = score(case, outcome, eval_set.name, eval_set.no_action)
         scores.setdefault(str(record["system"]), []).append(result)
     return scores
