@@ -1,6 +1,6 @@
 """Hostile input against the live daemon: real SmolLM2, real mosquitto, `edgeagent run`.
 
-The fixed corpus of support/hostile.py (every payload and reply address of issue 11 that
+The fixed corpus of support/hostile.py (every hostile payload and reply address the threat model names that
 a broker carries at all) and hypothesis mutations of valid tasks (support/hostile_fuzz.py),
 with valid tasks interleaved, go to one daemon. The verdict (support/hostile_live.py):
 
