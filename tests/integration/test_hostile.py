@@ -1,7 +1,7 @@
 """Hostile input against the live daemon: real SmolLM2, real mosquitto, `edgeagent run`.
 
-The fixed corpus of support/hostile.py (every hostile payload and reply address the threat model names that
-a broker carries at all) and hypothesis mutations of valid tasks (support/hostile_fuzz.py),
+The fixed corpus of support/hostile.py (every hostile payload and reply address of the
+threat model that a broker carries at all) and hypothesis mutations of valid tasks (support/hostile_fuzz.py),
 with valid tasks interleaved, go to one daemon. The verdict (support/hostile_live.py):
 
 * the daemon never restarts or reconnects: same process, one model load, one connection,
