@@ -493,7 +493,10 @@ def _add_arm64_host(arm: Any, inventory: Path, host_vars_dir: Path) -> None:
         # The broker on the bridge, through the qemu user network's guest forward.
         "edgeagent_mqtt_host": service,
         "edgeagent_mqtt_port": 1883,
-        "edgeagent_model_threads": 2,
+        # One thread: llama.cpp's threads spin-wait for each other, and two of them on the
+        # emulated cores, which share the machine's two with the other tests, load and
+        # answer several times slower than one (the load-time probe alone: minutes).
+        "edgeagent_model_threads": 1,
         # Emulation runs ~18x slower than this machine: small decode batches keep each
         # llama_decode call (the watchdog's unit of progress) well below WatchdogSec.
         "edgeagent_model_n_batch": ARM_N_BATCH,

@@ -68,7 +68,8 @@ def logbook(target_words: int, seed: int = 7) -> str:
 
 @pytest.fixture(scope="module")
 def engine(model_path):
-    eng = Engine(ModelConfig(path=model_path, threads=2, n_ctx=BUDGET, n_batch=256, max_tokens=128))
+    # One thread: two spin-waiting threads collapse when the other tests share the cores.
+    eng = Engine(ModelConfig(path=model_path, threads=1, n_ctx=BUDGET, n_batch=256, max_tokens=128))
     eng.load()
     yield eng
     eng.close()
