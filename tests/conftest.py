@@ -8,6 +8,7 @@ scripts/fetch_model.py when EDGEAGENT_TEST_MODEL is not set).
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,6 +17,12 @@ from pathlib import Path
 import pytest
 from support.daemon import ROOT
 from support.mosquitto import Mosquitto, MqttProbe
+
+# A run started in the background (nohup, `cmd &` in a script) inherits SIGINT ignored,
+# and so would every process the tests start: the watch commands' tests stop theirs with
+# Ctrl-C. A handler here is reset to the default in each child at exec.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
