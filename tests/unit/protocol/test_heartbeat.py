@@ -18,6 +18,7 @@ from support.scripted_model import METADATA
 
 from edgeagent.cli.fleet_heartbeat import read_heartbeat
 from edgeagent.config import Config, MemoryConfig, ModelConfig
+from edgeagent.fleetsim.engine import StaticMemory
 from edgeagent.memory.control import MemoryControlLoop
 from edgeagent.memory.readings import MemoryReading, MemorySource
 from edgeagent.protocol.heartbeat import ContextInfo, Heartbeat, UntrustedHeartbeat
@@ -192,6 +193,11 @@ def test_the_memory_snapshot_fills_every_context_field_in_order() -> None:
     strict model (and a renamed one would leave the model's field unset)."""
     snapshot = memory_loop().snapshot()
     assert list(ContextInfo.model_fields) == ["n_ctx", *snapshot]
+
+
+def test_the_fleet_benchs_memory_fits_the_context() -> None:
+    """bench --fleet's daemons (fleetsim/engine.py) publish this snapshot."""
+    ContextInfo.model_validate({"n_ctx": 2048, **StaticMemory(2048).snapshot()})
 
 
 def full_body() -> dict[str, Any]:
