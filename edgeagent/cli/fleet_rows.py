@@ -16,8 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from edgeagent.cli.fleet_heartbeat import Heartbeat
 from edgeagent.cli.terminal_text import printable
+from edgeagent.protocol.heartbeat import UntrustedHeartbeat
 
 # A heartbeat older than this many periods means the device stopped reporting, whatever
 # its retained status says (a hung daemon whose connection stays up).
@@ -29,7 +29,7 @@ class Seen:
     """What the broker has retained for one device, as far as it could be read."""
 
     status: str | None = None
-    heartbeat: Heartbeat | None = None
+    heartbeat: UntrustedHeartbeat | None = None
     problem: str | None = None  # what was wrong with what the device published
     received: float = field(default=0.0)  # time.time() of the last message
 
@@ -52,7 +52,7 @@ class Row:
 
 
 def make_row(device: str, seen: Seen, *, now: float, heartbeat_s: float) -> Row:
-    beat = seen.heartbeat or Heartbeat()
+    beat = seen.heartbeat or UntrustedHeartbeat()
     age = max(now - beat.ts, 0.0) if beat.ts is not None else None
     online = seen.status == "online"
     queue_info, context = beat.queue, beat.context

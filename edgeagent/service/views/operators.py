@@ -20,6 +20,7 @@ import structlog
 from edgeagent.config import Config
 from edgeagent.errors import EdgeAgentError
 from edgeagent.mqtt.refusals import PublishRefused
+from edgeagent.protocol.heartbeat import Heartbeat
 from edgeagent.protocol.reply import OkReply, Reply
 from edgeagent.protocol.topics import Topics
 from edgeagent.service.ports import Publisher
@@ -96,7 +97,7 @@ class OperatorViews:
         )
         self._link.publish(topic, payload, retain=True).add_done_callback(_ignore_result)
 
-    def heartbeat_taken(self, beat: dict[str, Any]) -> None:
+    def heartbeat_taken(self, beat: Heartbeat) -> None:
         self._spawn(self._refresh_metrics(beat))
 
     def _spawn(self, body: Coroutine[Any, Any, None]) -> None:
@@ -113,7 +114,7 @@ class OperatorViews:
         except (EdgeAgentError, PublishRefused, OSError) as exc:
             log.warning("home assistant discovery not published", error=str(exc))
 
-    async def _refresh_metrics(self, beat: dict[str, Any]) -> None:
+    async def _refresh_metrics(self, beat: Heartbeat) -> None:
         rows = await self._store.count()  # on the store's thread
         self.metrics.refresh(
             beat,

@@ -15,19 +15,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Info, generate_
 from prometheus_client import Enum as EnumMetric
 
 from edgeagent import __version__
+from edgeagent.protocol.heartbeat import Heartbeat
 
 MIB = 2**20
 # The daemon's lifecycle states (service.daemon.State), as an enum metric.
 STATES = ("starting", "loading", "serving", "paused", "draining", "stopped")
-
-
-def _get(data: Mapping[str, Any], *path: str) -> Any:
-    value: Any = data
-    for key in path:
-        if not isinstance(value, Mapping):
-            return None
-        value = value.get(key)
-    return value
 
 
 class Metrics:
@@ -120,9 +112,10 @@ class Metrics:
         """`task_finished` from a reply's JSON (docs/protocol.md): ok or error replies alike."""
         usage = body.get("usage") or {}
         timing = body.get("timing") or {}
+        error, output = body.get("error"), body.get("output")
         self.task_finished(
             status=str(body.get("status")),
-            error_code=_get(body, "error", "code"),
+            error_code=error.get("code") if isinstance(error, Mapping) else None,
             prompt_tokens=int(usage.get("prompt_tokens", 0)),
             completion_tokens=int(usage.get("completion_tokens", 0)),
             prompt_s=float(timing.get("prompt_ms", 0.0)) / 1000,
@@ -130,43 +123,45 @@ class Metrics:
         )
         held = body.get("held")
         if isinstance(held, Mapping):
-            action = _get(body, "output", "action")
+            action = output.get("action") if isinstance(output, Mapping) else None
             self.held_actions.labels(action=str(action), reason=str(held.get("reason"))).inc()
 
     # -- per heartbeat ---------------------------------------------------------------
 
     def observe(
         self,
-        heartbeat: Mapping[str, Any],
+        heartbeat: Heartbeat,
         *,
         journal_rows: int | None = None,
         connects: int | None = None,
         puback_refusals: int | None = None,
     ) -> None:
-        """Gauges from a heartbeat (docs/protocol.md), plus what the heartbeat leaves out.
+        """Gauges from this daemon's heartbeat, plus what the heartbeat leaves out.
 
         `connects` and `puback_refusals` are the link's running totals; the counters
         advance by what is new since the last call.
         """
-        if (state := heartbeat.get("state")) in STATES:
-            self.state.state(state)
-        gauges = {
-            self.queue_depth: _get(heartbeat, "queue", "depth"),
-            self.queue_capacity: _get(heartbeat, "queue", "capacity"),
-            self.n_ctx: _get(heartbeat, "context", "n_ctx"),
-            self.context_budget: _get(heartbeat, "context", "budget"),
-            self.tokens_per_second: heartbeat.get("tokens_per_s"),
-            self.soc_temperature: _get(heartbeat, "board", "temp_c"),  # service/system/board.py
+        if heartbeat.state in STATES:
+            self.state.state(heartbeat.state)
+        context, memory = heartbeat.context, heartbeat.memory
+        # The governor's reading is the tighter of host and cgroup; host until its first.
+        available_mb = (
+            memory.host_available_mb if context.available_mb is None else context.available_mb
+        )
+        gauges: dict[Gauge, float | None] = {
+            self.queue_depth: heartbeat.queue.depth,
+            self.queue_capacity: heartbeat.queue.capacity,
+            self.n_ctx: context.n_ctx,
+            self.context_budget: context.budget,
+            self.tokens_per_second: heartbeat.tokens_per_s,
+            # service/system/board.py; no board, no temperature
+            self.soc_temperature: heartbeat.board.temp_c if heartbeat.board else None,
             self.journal_rows: journal_rows,
+            self.memory_available: available_mb * MIB,
+            self.rss: memory.rss_mb * MIB,
         }
-        available_mb = _get(heartbeat, "context", "available_mb")
-        if available_mb is None:
-            available_mb = _get(heartbeat, "memory", "host_available_mb")
-        rss_mb = _get(heartbeat, "memory", "rss_mb")
-        gauges[self.memory_available] = None if available_mb is None else available_mb * MIB
-        gauges[self.rss] = None if rss_mb is None else rss_mb * MIB
         for gauge, value in gauges.items():
-            if isinstance(value, (int, float)):
+            if value is not None:  # unknown: the gauge keeps what it last knew
                 gauge.set(value)
         if connects is not None and (reconnects := max(connects - 1, 0)) > self._reconnects_seen:
             self.reconnects.inc(reconnects - self._reconnects_seen)

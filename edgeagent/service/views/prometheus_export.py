@@ -15,13 +15,12 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import structlog
 
 from edgeagent.config import MetricsConfig
+from edgeagent.protocol.heartbeat import Heartbeat
 from edgeagent.service.views.prometheus import Metrics
 from edgeagent.service.views.prometheus_http import MetricsServer
 
@@ -115,7 +114,7 @@ class MetricsExport:
 
     def refresh(
         self,
-        heartbeat: Mapping[str, Any],
+        heartbeat: Heartbeat,
         *,
         journal_rows: int | None = None,
         connects: int | None = None,

@@ -13,7 +13,9 @@ from typing import Any, Protocol
 
 import psutil
 import structlog
+from pydantic import ValidationError
 
+from edgeagent.protocol.heartbeat import Heartbeat
 from edgeagent.protocol.topics import Topics
 from edgeagent.service.ports import HeartbeatLink, MemoryLoop, StatusNotifier
 from edgeagent.service.system.board import BoardReading, ThrottleWatch
@@ -79,7 +81,7 @@ class Telemetry:
         period_s: float,
         wall_clock: Callable[[], float] = time.time,
         memory_usage: Callable[[], dict[str, float]] = host_memory,
-        on_heartbeat: Callable[[dict[str, Any]], None] | None = None,
+        on_heartbeat: Callable[[Heartbeat], None] | None = None,
         board: Callable[[], dict[str, Any]] | None = None,
         holds: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
@@ -110,26 +112,33 @@ class Telemetry:
         self.counters.failed += 1
 
     def heartbeat(self) -> dict[str, Any]:
+        """The heartbeat's JSON object, as it is published."""
+        return self.beat().to_json()
+
+    def beat(self) -> Heartbeat:
+        """A heartbeat as of now (protocol/heartbeat.py has its fields)."""
         degraded = self._store.degraded
-        return {
-            "device": self._device,
-            "state": self._state,
-            "ts": round(self._wall_clock(), 3),
-            "queue": {"depth": len(self._queue), "capacity": self._queue.capacity},
-            "tasks": {
-                "done": self.counters.done,
-                "failed": self.counters.failed,
-                "busy": self.counters.busy,
-            },
-            "tokens_per_s": self.counters.tokens_per_s(),
-            "context": {"n_ctx": self._engine.n_ctx, **self._memory.snapshot()},
-            "memory": self._memory_usage(),
-            **self._board_field(),
-            **(self._holds() if self._holds is not None else {}),
-            "store": {"state": "ok"}
-            if degraded is None
-            else {"state": "degraded", "reason": degraded},
-        }
+        return Heartbeat.model_validate(
+            {
+                "device": self._device,
+                "state": self._state,
+                "ts": round(self._wall_clock(), 3),
+                "queue": {"depth": len(self._queue), "capacity": self._queue.capacity},
+                "tasks": {
+                    "done": self.counters.done,
+                    "failed": self.counters.failed,
+                    "busy": self.counters.busy,
+                },
+                "tokens_per_s": self.counters.tokens_per_s(),
+                "context": {"n_ctx": self._engine.n_ctx, **self._memory.snapshot()},
+                "memory": self._memory_usage(),
+                **self._board_field(),
+                **(self._holds() if self._holds is not None else {}),
+                "store": {"state": "ok"}
+                if degraded is None
+                else {"state": "degraded", "reason": degraded},
+            }
+        )
 
     def _board_field(self) -> dict[str, Any]:
         """`board` when the board tells anything; logs when throttling etc. start or end."""
@@ -176,11 +185,18 @@ class Telemetry:
     def publish_heartbeat(self) -> None:
         """Retained, while connected. Also on every connect (the daemon's hook), so the
         counters of the previous run are replaced at once."""
-        beat = self.heartbeat()
+        try:
+            heartbeat = self.beat()
+        except ValidationError:
+            # A reading the model does not describe (a bug, or a board that reports
+            # something new): this heartbeat is skipped and said so, the daemon serves on.
+            log.exception("heartbeat not published: a reading does not fit its model")
+            return
         if self._on_heartbeat is not None:
-            self._on_heartbeat(beat)  # connected or not: the metrics stay current
+            self._on_heartbeat(heartbeat)  # connected or not: the metrics stay current
         if not self._link.connected.is_set():
             return  # not queued for later: a stale heartbeat is worth nothing
+        beat = heartbeat.to_json()
         future = self._link.publish(self._topics.heartbeat, json.dumps(beat), retain=True)
         future.add_done_callback(_ignore_result)
 

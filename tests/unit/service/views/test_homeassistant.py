@@ -11,6 +11,7 @@ import pytest
 from support import homeassistant_schema as ha
 
 from edgeagent.config import HomeAssistantConfig
+from edgeagent.protocol.heartbeat import Heartbeat
 from edgeagent.protocol.topics import Topics
 from edgeagent.service.views.homeassistant import (
     MIN_HOME_ASSISTANT,
@@ -28,17 +29,22 @@ ROOT = Path(__file__).resolve().parents[4]
 TOPICS = Topics("edgeagent", "greenhouse-01", "edgeagent")
 INFO = DeviceInfo("greenhouse-01", "SmolLM2.gguf", heartbeat_s=10, temperature_known=True)
 ON = HomeAssistantConfig(discovery=True)
-HEARTBEAT = {
-    "device": "greenhouse-01",
-    "state": "serving",
-    "ts": 1764403200.5,
-    "queue": {"depth": 2, "capacity": 16},
-    "tasks": {"done": 42, "failed": 1, "busy": 0},
-    "tokens_per_s": 11.8,
-    "context": {"n_ctx": 4096, "budget": 3072, "available_mb": 1210.4},
-    "memory": {"rss_mb": 612.3, "host_available_mb": 2210.0},
-    "board": {"temp_c": 51.2},
-}
+# Through the daemon's model (protocol/heartbeat.py): the templates are tested on a
+# heartbeat the daemon can publish, and a field renamed there fails here.
+HEARTBEAT = Heartbeat.model_validate(
+    {
+        "device": "greenhouse-01",
+        "state": "serving",
+        "ts": 1764403200.5,
+        "queue": {"depth": 2, "capacity": 16},
+        "tasks": {"done": 42, "failed": 1, "busy": 0},
+        "tokens_per_s": 11.8,
+        "context": {"n_ctx": 4096, "budget": 3072, "available_mb": 1210.4},
+        "memory": {"rss_mb": 612.3, "host_available_mb": 2210.0},
+        "board": {"temp_c": 51.2},
+        "store": {"state": "ok"},
+    }
+).to_json()
 HEARTBEAT_NO_BOARD = {k: v for k, v in HEARTBEAT.items() if k != "board"}
 LAST_ACTION = {"name": "set_irrigation", "at": "2026-01-05T10:00:00+00:00", "task_id": "t1"}
 

@@ -11,19 +11,21 @@ from support import homeassistant_schema as ha
 from support.homeassistant_commands import Hass, TemplateError, press
 
 from edgeagent.config import HomeAssistantConfig
+from edgeagent.protocol.heartbeat import LatestHold
 from edgeagent.protocol.topics import Topics
 from edgeagent.service.views.homeassistant import DeviceInfo, discovery_configs
 
 TOPICS = Topics("edgeagent", "greenhouse-01", "edgeagent")
 INFO = DeviceInfo("greenhouse-01", "m.gguf", heartbeat_s=10, temperature_known=False)
 ON = HomeAssistantConfig(discovery=True)
-LATEST = {
-    "task_id": "t-42",
-    "action": "set_irrigation",
-    "args": {"zone": 3, "minutes": 20},
-    "confidence": 0.62,
-    "expires_at": "2026-12-07T05:10:00Z",
-}
+# Through the daemon's model (protocol/heartbeat.py): a field renamed there fails here.
+LATEST = LatestHold(
+    task_id="t-42",
+    action="set_irrigation",
+    args={"zone": 3, "minutes": 20},
+    confidence=0.62,
+    expires_at="2026-12-07T05:10:00Z",
+).model_dump()
 BEAT = {"device": "greenhouse-01", "state": "serving", "held": 2, "latest_hold": LATEST}
 IDLE = {"device": "greenhouse-01", "state": "serving", "held": 0, "latest_hold": None}
 OLD_DAEMON = {"device": "greenhouse-01", "state": "serving"}  # no hold fields at all

@@ -10,25 +10,38 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from edgeagent import __version__
+from edgeagent.protocol.heartbeat import Heartbeat
 from edgeagent.service.views.prometheus import STATES, Metrics
 from edgeagent.service.views.prometheus_export import HttpEndpoint, MetricsExport, TextfileWriter
 from edgeagent.service.views.prometheus_http import MetricsServer
 
-HEARTBEAT = {
+BODY: dict[str, Any] = {
     "device": "greenhouse-01",
     "state": "serving",
+    "ts": 1764403200.5,
     "queue": {"depth": 3, "capacity": 16},
     "tasks": {"done": 42, "failed": 1, "busy": 0},
     "tokens_per_s": 11.8,
     "context": {"n_ctx": 2048, "budget": 3072, "available_mb": 1024.0},
     "memory": {"rss_mb": 512.0, "host_available_mb": 2048.0},
     "board": {"temp_c": 51.2, "throttled": False},
+    "store": {"state": "ok"},
 }
+
+
+def heartbeat(**changes: Any) -> Heartbeat:
+    """The heartbeat of BODY with `changes`; a change to None leaves the field out."""
+    body = {**BODY, **changes}
+    return Heartbeat.model_validate({k: v for k, v in body.items() if v is not None})
+
+
+HEARTBEAT = heartbeat()
 
 
 def samples(text: str | bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -64,18 +77,19 @@ def test_gauges_follow_the_heartbeat():
 def test_missing_values_leave_the_gauge_alone():
     metrics = Metrics("d")
     metrics.observe(HEARTBEAT)
-    metrics.observe(
-        {"state": "loading", "tokens_per_s": None, "context": {"n_ctx": 512}, "memory": {}}
-    )
+    loading = heartbeat(state="loading", context={"n_ctx": 512}, board=None)
+    metrics.observe(loading.model_copy(update={"tokens_per_s": None}))
     got = samples(metrics.exposition())
     assert got[("edgeagent_tokens_per_second", ())] == 11.8
     assert got[("edgeagent_context_tokens", ())] == 512
+    assert got[("edgeagent_context_budget_tokens", ())] == 3072
+    assert got[("edgeagent_soc_temperature_celsius", ())] == 51.2
     assert got[("edgeagent_state", (("edgeagent_state", "loading"),))] == 1
 
 
 def test_host_memory_when_the_governor_has_no_reading_yet():
     metrics = Metrics("d")
-    metrics.observe({**HEARTBEAT, "context": {"n_ctx": 512}})
+    metrics.observe(heartbeat(context={"n_ctx": 512}))
     assert samples(metrics.exposition())[("edgeagent_memory_available_bytes", ())] == 2048 * 2**20
 
 
@@ -123,7 +137,7 @@ def test_textfile_is_replaced_whole_and_readable_by_node_exporter(tmp_path):
     old_umask = os.umask(0o077)  # the service's UMask=
     try:
         writer.write()
-        metrics.observe({**HEARTBEAT, "queue": {"depth": 9, "capacity": 16}})
+        metrics.observe(heartbeat(queue={"depth": 9, "capacity": 16}))
         writer.write()
     finally:
         os.umask(old_umask)

@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import json
 
+from structlog.testing import capture_logs
 from support.fake_engine import FakeDecision, FakeEngine, FakeMemory, FakeNotifier
 from support.fake_link import FakeLink
 from support.service_parts import make_daemon
@@ -110,6 +111,24 @@ def test_heartbeat_is_published_retained_only_while_connected():
         (beat,) = h.link.on(HEARTBEAT)
         assert beat.retain
         assert json.loads(beat.payload)["device"] == "dev1"
+
+    asyncio.run(scenario())
+
+
+def test_a_reading_the_model_does_not_describe_skips_one_heartbeat_not_the_daemon():
+    async def scenario():
+        h = Harness()
+        h.link.connected.set()
+        h.telemetry._memory_usage = lambda: {"rss_mb": 1.0, "swap_mb": 2.0}  # an unknown key
+        with capture_logs() as logs:
+            h.telemetry.publish_heartbeat()  # does not raise
+        assert h.link.on(HEARTBEAT) == []
+        assert [e["event"] for e in logs if e["log_level"] == "error"] == [
+            "heartbeat not published: a reading does not fit its model"
+        ]
+        h.telemetry._memory_usage = lambda: {"rss_mb": 1.0, "host_available_mb": 2.0}
+        h.telemetry.publish_heartbeat()
+        assert len(h.link.on(HEARTBEAT)) == 1
 
     asyncio.run(scenario())
 
