@@ -15,7 +15,7 @@ from edgeagent.cli.command_io import (
 )
 from edgeagent.config import load_config
 from edgeagent.errors import EdgeAgentError, ErrorCode
-from edgeagent.protocol.overflow import OverflowPolicy
+from edgeagent.protocol.overflow_policy import OverflowPolicy
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -1,4 +1,4 @@
-"""`edgeagent status`: one device's status and heartbeat (cli/client.py), or with --fleet
+"""`edgeagent status`: one device's status and heartbeat (cli/device_calls.py), or with --fleet
 one row per device (cli/fleet.py); exit 0 when the device is online."""
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from edgeagent.cli import client  # noqa: PLC0415
+    from edgeagent.cli import device_calls  # noqa: PLC0415
 
     try:
         cfg = load_config(args.config)
@@ -54,7 +54,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 timeout=args.timeout,
                 selection=selection,
             )
-        result = client.status(cfg, device=args.device, timeout=args.timeout)
+        result = device_calls.status(cfg, device=args.device, timeout=args.timeout)
     except EdgeAgentError as exc:
         return fail(exc)
     print_json(result)

@@ -1,5 +1,5 @@
 """`edgeagent submit`: the command line of a task sent over MQTT (the client is
-cli/client.py); prints the reply, exit 0 when it is ok and 1 when it is an error reply."""
+cli/device_calls.py); prints the reply, exit 0 when it is ok and 1 when it is an error reply."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from edgeagent.cli.command_io import (
 )
 from edgeagent.config import load_config
 from edgeagent.errors import EdgeAgentError
-from edgeagent.protocol.overflow import OverflowPolicy
+from edgeagent.protocol.overflow_policy import OverflowPolicy
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -57,12 +57,12 @@ def task_request(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from edgeagent.cli import client  # noqa: PLC0415
+    from edgeagent.cli import device_calls  # noqa: PLC0415
 
     try:
         cfg = load_config(args.config)
         device = None if args.fleet else (args.device or cfg.device.id)
-        reply = client.submit(cfg, task_request(args), device=device, timeout=args.timeout)
+        reply = device_calls.submit(cfg, task_request(args), device=device, timeout=args.timeout)
     except EdgeAgentError as exc:
         return fail(exc)
     print_json(reply)

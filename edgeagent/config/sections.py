@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 
 from edgeagent.config.base import TOPIC_LEVEL_RE, Section, topic_prefix
-from edgeagent.protocol.overflow import OverflowPolicy
+from edgeagent.protocol.overflow_policy import OverflowPolicy
 from edgeagent.protocol.topics import RESERVED_DEVICE_IDS
 
 

@@ -24,7 +24,7 @@ from edgeagent.inference.contract import OutputSpec
 from edgeagent.inference.prompt import Message
 from edgeagent.inference.shots import Shot
 from edgeagent.inference.task import Answer, Task
-from edgeagent.protocol.overflow import OverflowPolicy
+from edgeagent.protocol.overflow_policy import OverflowPolicy
 
 MARKER = "\n[...]\n"  # stands where truncate cut the input out
 # Chat templates add a few tokens around the input that tokenizing it alone misses.

@@ -10,7 +10,7 @@ from typing import Any
 from edgeagent.inference.contract import OutputSpec
 from edgeagent.inference.prompt import Message
 from edgeagent.inference.shots import Shot
-from edgeagent.protocol.overflow import OverflowPolicy
+from edgeagent.protocol.overflow_policy import OverflowPolicy
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ from typing import Any, Literal, NoReturn
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgeagent.errors import EdgeAgentError, ErrorCode
-from edgeagent.protocol.overflow import OverflowPolicy
+from edgeagent.protocol.overflow_policy import OverflowPolicy
 from edgeagent.protocol.reply_policy import MQTT_TOPIC_MAX_BYTES, topic_name_problem
 
 _ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"

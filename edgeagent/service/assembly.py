@@ -20,7 +20,7 @@ from edgeagent.service.daemon import Daemon
 from edgeagent.service.holds import learning as holds_learning
 from edgeagent.service.holds.asyncholds import AsyncHoldStore, open_hold_store
 from edgeagent.service.holds.desk import HoldDesk
-from edgeagent.service.holds.metrics import HoldMetrics
+from edgeagent.service.holds.hold_metrics import HoldMetrics
 from edgeagent.service.holds.outbox import Outbox
 from edgeagent.service.learning.learner import Learner
 from edgeagent.service.pipeline.admission import receive_window

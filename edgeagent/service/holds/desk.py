@@ -33,8 +33,8 @@ from edgeagent.service.holds import records
 from edgeagent.service.holds.asyncholds import AsyncHoldStore, StoreThread
 from edgeagent.service.holds.commands import Command, answer_route, parse_command
 from edgeagent.service.holds.decisions import decide, learned, log_resolution, not_pending
+from edgeagent.service.holds.hold_metrics import HoldMetrics
 from edgeagent.service.holds.learning import Learner, LearnerHook
-from edgeagent.service.holds.metrics import HoldMetrics
 from edgeagent.service.holds.outbox import Asker, Outbox
 from edgeagent.service.holds.pending import PendingHolds
 from edgeagent.service.holds.records import Decision, HoldRecord, HoldState, Resolved

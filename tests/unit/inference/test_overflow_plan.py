@@ -6,7 +6,7 @@ import pytest
 
 from edgeagent.errors import EdgeAgentError, ErrorCode
 from edgeagent.inference.overflow import plan_overflow
-from edgeagent.protocol.overflow import OverflowPolicy
+from edgeagent.protocol.overflow_policy import OverflowPolicy
 
 # --- overflow ------------------------------------------------------------------------------
 

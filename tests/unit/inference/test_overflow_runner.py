@@ -11,7 +11,7 @@ from edgeagent.errors import EdgeAgentError, ErrorCode
 from edgeagent.inference.contract import schema_spec
 from edgeagent.inference.overflow import MARKER, answer_within_budget
 from edgeagent.inference.task import Answer, Task
-from edgeagent.protocol.overflow import OverflowPolicy
+from edgeagent.protocol.overflow_policy import OverflowPolicy
 
 SPEC = schema_spec({"type": "object", "properties": {"summary": {"type": "string"}}})
 FIXED = 20  # prompt tokens around the input (system prompt, schema, template)

@@ -15,7 +15,7 @@ from support.fake_link import FakeLink
 from support.hold_parts import ACTION, ERRORS, START, TOPICS, HoldParts, held_config, held_task
 
 from edgeagent.mqtt.incoming import Incoming
-from edgeagent.service.holds.metrics import HoldMetrics
+from edgeagent.service.holds.hold_metrics import HoldMetrics
 from edgeagent.service.holds.resolution import HoldResolution
 
 RESULT = "edgeagent/dev1/results/t1"

@@ -1,4 +1,5 @@
-"""`edgeagent submit` and `edgeagent status`: a small MQTT client of our own protocol.
+"""`edgeagent submit` and `edgeagent status` over MQTT: one blocking call each (publish a
+task and wait for its reply; read a device's retained status and heartbeat).
 
 submit publishes one task with an MQTT v5 Response Topic and Correlation Data (the
 same request/response pattern as mosquitto_rr) and waits for the reply.
