@@ -3,8 +3,8 @@
 Each task's token loop (`decoding.generate_constrained`, with its own llguidance
 matcher, forced tokens, repetition guard and stop) runs unchanged in a thread of its
 own, against a `SeqHandle`: a model whose every call (prefill, feed, rewind) becomes a
-request to the `Batcher`. The batcher runs on the engine's inference thread — the only
-thread that touches llama.cpp — and serves the requests of all open sequences:
+`ModelCall` to the `Batcher`. The batcher runs on the engine's inference thread — the only
+thread that touches llama.cpp — and serves the calls of all open sequences:
 
 * **batch mode** (enough open sequences by batch_rule.py, the rule the service worker
   follows too, where batches pay: `BatchCosts` (batch_costs.py) learns from the decodes
@@ -45,7 +45,7 @@ from edgeagent.inference.batch_rule import BatchRule
 from edgeagent.inference.kvcache import KvContext
 from edgeagent.inference.prefix_cache import PrefixCache, fixed_length
 from edgeagent.inference.prefix_cache import prefill as prefill_prompt
-from edgeagent.inference.sequence import Kind, Request, SeqHandle, Slot, TokenModel, pending
+from edgeagent.inference.sequence import Kind, ModelCall, SeqHandle, Slot, TokenModel, pending
 from edgeagent.inference.task import Task
 
 _WAIT_S = 0.05  # how long the batcher waits for a slow sequence before it goes on
@@ -76,7 +76,7 @@ class BatchStats:
 
 
 class Batcher:
-    """Serves the open sequences' requests; `step` runs on the inference thread only."""
+    """Serves the open sequences' model calls; `step` runs on the inference thread only."""
 
     def __init__(
         self,
@@ -126,9 +126,9 @@ class Batcher:
             self._cv.notify_all()
         return SeqHandle(self, slot, self.model)
 
-    def submit(self, slot: Slot, request: Request) -> None:
+    def submit(self, slot: Slot, call: ModelCall) -> None:
         with self._cv:
-            slot.request = request
+            slot.call = call
             self._cv.notify_all()
 
     def wake(self) -> None:
@@ -153,7 +153,7 @@ class Batcher:
         return True
 
     def step(self, *, wait_s: float = _WAIT_S) -> None:
-        """Serve one round of requests (waits up to wait_s for the open sequences)."""
+        """Serve one round of model calls (waits up to wait_s for the open sequences)."""
         with self._cv:
             self._cv.wait_for(self._can_step, wait_s)
             self._poked = False
@@ -196,34 +196,34 @@ class Batcher:
         return all(pending(s) is not None for s in self._slots)
 
     def _expire(self, slots: list[Slot]) -> None:
-        """Fail the waiting requests of sequences past their deadline or cancelled."""
+        """Fail the waiting calls of sequences past their deadline or cancelled."""
         now = time.monotonic()
         for slot in slots:
-            request = slot.request
-            if pending(slot) in (None, Kind.CLOSE) or request is None:
+            call = slot.call
+            if pending(slot) in (None, Kind.CLOSE) or call is None:
                 continue
             if slot.cancel is not None and slot.cancel.is_set():
-                request.finish(error=TaskHandedBack("task cancelled by shutdown"))
+                call.finish(error=TaskHandedBack("task cancelled by shutdown"))
             elif now > slot.deadline:
                 error = EdgeAgentError(ErrorCode.DEADLINE_EXCEEDED, "deadline passed while waiting")
-                request.finish(error=error)
+                call.finish(error=error)
 
     def _serve_now(self, slot: Slot) -> None:
-        request = slot.request
-        assert request is not None
-        if request.kind is Kind.CLOSE:
+        call = slot.call
+        assert call is not None
+        if call.kind is Kind.CLOSE:
             with self._cv:
                 self._slots.remove(slot)
         elif slot.seq is not None:
             kv = self.model.kv
-            kv.remove(slot.seq, len(kv.tokens[slot.seq]) - int(request.tokens[0]))
-        request.finish()
+            kv.remove(slot.seq, len(kv.tokens[slot.seq]) - int(call.tokens[0]))
+        call.finish()
 
     def _serve_prefill(self, slot: Slot, slots: list[Slot]) -> bool:
         """Evaluate the slot's prompt; False when no sequence is free for it yet."""
-        request = slot.request
-        assert request is not None
-        prompt = request.tokens
+        call = slot.call
+        assert call is not None
+        prompt = call.tokens
         taken = {s.seq for s in slots if s is not slot and s.seq is not None}
         try:
             if not taken:
@@ -240,10 +240,10 @@ class Batcher:
                 reused = prefill_prompt(self.model.kv, slot.seq, prompt, self.model.prefix_cache)
         except BaseException as exc:
             slot.seq = None
-            request.finish(error=exc)
+            call.finish(error=exc)
             return True
         self.stats.steps += 1
-        request.finish(result=(reused, np.array(self.model.kv.logits(-1))))
+        call.finish(result=(reused, np.array(self.model.kv.logits(-1))))
         return True
 
     def _pick(self, free: list[int], prompt: Sequence[int]) -> int:
@@ -260,7 +260,7 @@ class Batcher:
         group: list[Slot] = []
         size = 0
         for slot in feeds:
-            tokens = len(slot.request.tokens) if slot.request is not None else 0
+            tokens = len(slot.call.tokens) if slot.call is not None else 0
             if group and size + tokens > limit:
                 self._decode(group)
                 group, size = [], 0
@@ -275,30 +275,29 @@ class Batcher:
 
     def _decode(self, group: list[Slot]) -> None:
         kv = self.model.kv
-        requests = [s.request for s in group if s.request is not None]
+        calls = [s.call for s in group if s.call is not None]
         started = time.perf_counter()
         try:
-            if len(group) == 1 and len(requests[0].tokens) > kv.n_batch:
-                kv.feed(group[0].seq or 0, requests[0].tokens)
-                starts = [-len(requests[0].tokens)]
+            if len(group) == 1 and len(calls[0].tokens) > kv.n_batch:
+                kv.feed(group[0].seq or 0, calls[0].tokens)
+                starts = [-len(calls[0].tokens)]
             else:
                 parts = [
-                    (s.seq or 0, r.tokens, r.all_logits)
-                    for s, r in zip(group, requests, strict=True)
+                    (s.seq or 0, c.tokens, c.all_logits) for s, c in zip(group, calls, strict=True)
                 ]
                 starts = kv.decode(parts)
         except BaseException as exc:
-            for request in requests:
-                request.finish(error=exc)
+            for call in calls:
+                call.finish(error=exc)
             return
         elapsed = time.perf_counter() - started
         self.stats.decode_s += elapsed
-        if all(len(r.tokens) == 1 for r in requests):
-            self.costs.decoded(elapsed * 1000, len(requests))
+        if all(len(c.tokens) == 1 for c in calls):
+            self.costs.decoded(elapsed * 1000, len(calls))
         self.stats.steps += 1
         self.stats.batched_steps += len(group) > 1
-        for start, request in zip(starts, requests, strict=True):
-            count = len(request.tokens)
-            first = start if request.all_logits else start + count - 1
+        for start, call in zip(starts, calls, strict=True):
+            count = len(call.tokens)
+            first = start if call.all_logits else start + count - 1
             rows = [np.array(kv.logits(i)) for i in range(first, start + count)]
-            request.finish(result=rows)
+            call.finish(result=rows)

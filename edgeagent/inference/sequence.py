@@ -1,7 +1,7 @@
-"""One task's sequence as its token loop sees it: requests to the batcher (batch.py).
+"""One task's sequence as its token loop sees it: model calls the batcher serves (batch.py).
 
 The token loop runs in the task's own thread and calls a `SeqHandle` as it would call
-the model; each call becomes a `Request` the batcher serves on the inference thread,
+the model; each call becomes a `ModelCall` the batcher serves on the inference thread,
 and the thread waits for it. Logits come back as copies: other sequences' decodes
 reuse llama.cpp's buffer before this thread reads them.
 """
@@ -27,7 +27,7 @@ class Server(Protocol):
 
     batch_mode: bool
 
-    def submit(self, slot: Slot, request: Request) -> None: ...
+    def submit(self, slot: Slot, call: ModelCall) -> None: ...
 
 
 class TokenModel(Protocol):
@@ -47,7 +47,9 @@ class Kind(Enum):
 
 
 @dataclass(eq=False)
-class Request:
+class ModelCall:
+    """One call of a sequence on the model, waiting for the batcher to serve it."""
+
     kind: Kind
     tokens: Sequence[int] = ()
     all_logits: bool = False
@@ -67,7 +69,7 @@ class Slot:
     deadline: float
     cancel: threading.Event | None
     seq: int | None = None
-    request: Request | None = None
+    call: ModelCall | None = None  # the sequence's latest call
 
     @property
     def rank(self) -> tuple[int, int]:
@@ -96,19 +98,19 @@ class SeqHandle:
         return self._batcher.batch_mode
 
     def prefill(self, prompt: Sequence[int]) -> int:
-        reused, self._logits = self._ask(Request(Kind.PREFILL, prompt))
+        reused, self._logits = self._ask(ModelCall(Kind.PREFILL, prompt))
         return int(reused)
 
     def feed(self, tokens: Sequence[int]) -> None:
-        self._logits = self._ask(Request(Kind.FEED, tokens))[-1]
+        self._logits = self._ask(ModelCall(Kind.FEED, tokens))[-1]
 
     def feed_all(self, tokens: Sequence[int]) -> list[Logits]:
-        rows: list[Logits] = self._ask(Request(Kind.FEED, tokens, all_logits=True))
+        rows: list[Logits] = self._ask(ModelCall(Kind.FEED, tokens, all_logits=True))
         self._logits = rows[-1]
         return rows
 
     def rewind(self, count: int) -> None:
-        self._ask(Request(Kind.REWIND, [count]))
+        self._ask(ModelCall(Kind.REWIND, [count]))
 
     def logits(self) -> Logits:
         if self._logits is None:
@@ -116,7 +118,7 @@ class SeqHandle:
         return self._logits
 
     def close(self) -> None:
-        self._ask(Request(Kind.CLOSE))
+        self._ask(ModelCall(Kind.CLOSE))
 
     def is_end_token(self, token: int) -> bool:
         return self._model.is_end_token(token)
@@ -124,17 +126,17 @@ class SeqHandle:
     def piece(self, token: int) -> str:
         return self._model.piece(token)
 
-    def _ask(self, request: Request) -> Any:
-        self._batcher.submit(self._slot, request)
-        request.done.wait()
-        if request.error is not None:
-            raise request.error
-        return request.result
+    def _ask(self, call: ModelCall) -> Any:
+        self._batcher.submit(self._slot, call)
+        call.done.wait()
+        if call.error is not None:
+            raise call.error
+        return call.result
 
 
 def pending(slot: Slot) -> Kind | None:
-    """The kind of the slot's request that waits to be served (None: none waits)."""
-    request = slot.request
-    if request is None or request.done.is_set():
+    """The kind of the slot's call that waits to be served (None: none waits)."""
+    call = slot.call
+    if call is None or call.done.is_set():
         return None
-    return request.kind
+    return call.kind
