@@ -44,7 +44,7 @@ from edgeagent.mqtt.limits import (
     connect_properties,
     maximum_packet_size,
 )
-from edgeagent.mqtt.pubacks import Pubacks, settle
+from edgeagent.mqtt.pubacks import Pubacks, complete_publish
 from edgeagent.mqtt.refusals import PublishInvalid
 from edgeagent.protocol.reply_policy import topic_name_problem
 
@@ -166,9 +166,9 @@ class MqttLink:
         self._to_loop(self._on_message, incoming)
 
     def _paho_publish(self, _c: Any, _u: Any, mid: int, reason: Any, _props: Any) -> None:
-        settled = self._pubacks.acked(mid, reason)
-        if settled is not None:
-            self._to_loop(settle, *settled)
+        waiting = self._pubacks.acked(mid, reason)
+        if waiting is not None:
+            self._to_loop(complete_publish, *waiting)
 
     # -- event loop side -------------------------------------------------------------
 

@@ -3,7 +3,7 @@
 paho reports a PUBACK on its own thread, and it can arrive before publish() has returned
 the packet id to us: an outcome with no future yet is remembered until the future is
 registered. The bookkeeping is shared by the two threads under one lock; futures are
-only ever settled on the event loop (the link hands `settle` over with
+only ever completed on the event loop (the link hands `complete_publish` over with
 call_soon_threadsafe).
 """
 
@@ -28,7 +28,7 @@ class Pubacks:
     def acked(
         self, mid: int, reason_code: Any
     ) -> tuple[asyncio.Future[None], PublishRefused | None] | None:
-        """On paho's thread: the future to settle and how, or None (remembered early)."""
+        """On paho's thread: the future to complete and how, or None (remembered early)."""
         outcome = refusal(reason_code)
         if outcome is not None:
             self.refusals += 1  # paho's thread is the only writer
@@ -40,16 +40,17 @@ class Pubacks:
         return future, outcome
 
     def expect(self, mid: int, future: asyncio.Future[None]) -> None:
-        """On the event loop, once paho returned the mid: settled now if its PUBACK came
+        """On the event loop, once paho returned the mid: completed now if its PUBACK came
         first, else when it comes."""
         with self._lock:
             if mid in self._early:
-                settle(future, self._early.pop(mid))
+                complete_publish(future, self._early.pop(mid))
             else:
                 self._pending[mid] = future
 
 
-def settle(future: asyncio.Future[None], outcome: PublishRefused | None) -> None:
+def complete_publish(future: asyncio.Future[None], outcome: PublishRefused | None) -> None:
+    """The publish's future resolved by its PUBACK: None, or the broker's refusal."""
     if future.done():
         return
     if outcome is None:

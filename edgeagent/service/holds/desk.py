@@ -162,7 +162,7 @@ class HoldDesk:
                         self.outbox.announce(record)
                 else:
                     log.info("hold resolution resumed", task_id=record.task_id)
-                    self.outbox.settle(record)
+                    self.outbox.publish_resolution(record)
 
     def _keep(self, record: HoldRecord) -> None:
         self._pending.keep(record)
@@ -277,7 +277,7 @@ class HoldDesk:
         # True: the store failed; degraded, the resolution goes on in memory.
         self._pending.drop(record.task_id)
         done = records.resolved_record(record, resolved)
-        self.outbox.settle(done, asker)
+        self.outbox.publish_resolution(done, asker)
         log_resolution(record, resolved, note)
         if self._metrics is not None:
             self._metrics.resolved(resolved.decision)

@@ -84,11 +84,11 @@ class Outbox:
         self._notices[record.task_id] = task
         task.add_done_callback(lambda _t: self._forget_notice(record.task_id, task))
 
-    def settle(self, record: HoldRecord, asker: Asker | None = None) -> None:
+    def publish_resolution(self, record: HoldRecord, asker: Asker | None = None) -> None:
         """Publish what a resolved hold owes; answer and acknowledge `asker` on the way."""
         if record.action_state is Confirmation.PENDING:
             self._dispatching[record.task_id] = asyncio.get_running_loop().create_future()
-        self._spawn(self._settle(record, asker))
+        self._spawn(self._publish_resolution(record, asker))
 
     def join(self, record: HoldRecord, asker: Asker) -> None:
         """A command the broker delivered again, that resolved `record` already: answered
@@ -141,7 +141,7 @@ class Outbox:
         state = Confirmation.REFUSED if refused else Confirmation.CONFIRMED
         await self._store.mark(record.task_id, "notice_state", state, hold=HoldState.PENDING)
 
-    async def _settle(self, record: HoldRecord, asker: Asker | None) -> None:
+    async def _publish_resolution(self, record: HoldRecord, asker: Asker | None) -> None:
         task_id = record.task_id
         try:
             record = await self._dispatch(record)

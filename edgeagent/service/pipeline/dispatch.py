@@ -29,7 +29,7 @@ from edgeagent.protocol.topics import Topics
 
 
 @dataclass(frozen=True, slots=True)
-class Settled:
+class DispatchDecision:
     """An answer as the reply and the dispatch see it."""
 
     output: Any  # the reply's output: for an action, {"action", "args"}
@@ -37,17 +37,19 @@ class Settled:
     message: ActionMessage | None  # what to publish on actions/<name>; None: nothing
 
 
-def settle(cfg: Config, task_id: str, kind: str, answer: Answer, content: Any = "") -> Settled:
+def decide_dispatch(
+    cfg: Config, task_id: str, kind: str, answer: Answer, content: Any = ""
+) -> DispatchDecision:
     """The reply's output and action fields, and the action message if it is dispatched.
     `content`: the task's input, which the arguments' numbers must be supported by."""
     output = answer.output
     if kind != "action" or not isinstance(output, dict):
-        return Settled(output, None, None)
+        return DispatchDecision(output, None, None)
     reason = output.get("reason")
     output = {k: v for k, v in output.items() if k != "reason"}
     action_cfg = cfg.action(str(output.get("action")))
     if action_cfg is None:  # the contract only lets catalog actions out
-        return Settled(output, ActionInfo(answer.confidence, dispatched=False), None)
+        return DispatchDecision(output, ActionInfo(answer.confidence, dispatched=False), None)
     verdict = judge(
         cfg.catalog,
         action_cfg,
@@ -77,4 +79,4 @@ def settle(cfg: Config, task_id: str, kind: str, answer: Answer, content: Any = 
         reason=reason if isinstance(reason, str) else None,
         act_confidence=verdict.act_confidence,
     )
-    return Settled(output, info, message)
+    return DispatchDecision(output, info, message)

@@ -42,7 +42,7 @@ from edgeagent.protocol.reply import (
 )
 from edgeagent.service.pipeline.alone import AloneGate
 from edgeagent.service.pipeline.delivery import Finisher
-from edgeagent.service.pipeline.dispatch import Settled, settle
+from edgeagent.service.pipeline.dispatch import DispatchDecision, decide_dispatch
 from edgeagent.service.pipeline.jobs import Job
 from edgeagent.service.pipeline.ledger import Ledger
 from edgeagent.service.pipeline.queue import TaskQueue
@@ -202,7 +202,7 @@ class Worker:
         answer: Answer | None = None
         log.debug("task started", task_id=request.id, queue_ms=round(queue_ms, 1))
         reply: Reply
-        settled: Settled | None = None
+        decided: DispatchDecision | None = None
         try:
             if started > job.deadline:
                 raise EdgeAgentError(ErrorCode.DEADLINE_EXCEEDED, "deadline passed while queued")
@@ -219,8 +219,8 @@ class Worker:
             # Committed before the engine starts: a run that ends the process is counted.
             await self._store.start_run(job.task_id)
             answer = await self._engine.answer(task)
-            settled = settle(self.cfg, job.task_id, job.spec.kind, answer, request.content)
-            reply = self._ok_reply(job, answer, settled, queue_ms)
+            decided = decide_dispatch(self.cfg, job.task_id, job.spec.kind, answer, request.content)
+            reply = self._ok_reply(job, answer, decided, queue_ms)
         except TaskHandedBack:
             await self.hand_back(job)
             return
@@ -234,7 +234,7 @@ class Worker:
         replayable = isinstance(reply, OkReply) or not reply.error.code.retryable
         # A held action (dispatch.py) has no message: it is never published, now or on
         # a redelivery, since the stored reply carries none either.
-        message = settled.message if settled is not None and isinstance(reply, OkReply) else None
+        message = decided.message if decided is not None and isinstance(reply, OkReply) else None
         # A held dispatch action waits for an operator (service/holds): its hold is
         # recorded before the reply is stored and opened after, so a crash between
         # leaves no hold without its reply nor a reply without its hold.
@@ -249,11 +249,13 @@ class Worker:
             return ()
         return await self._learned.shots(input_text(job.request.content), job.spec.allowed_actions)
 
-    def _ok_reply(self, job: Job, answer: Answer, settled: Settled, queue_ms: float) -> OkReply:
+    def _ok_reply(
+        self, job: Job, answer: Answer, decided: DispatchDecision, queue_ms: float
+    ) -> OkReply:
         return OkReply(
             id=job.task_id,
-            output=settled.output,
-            action=settled.action,
+            output=decided.output,
+            action=decided.action,
             cut_short=answer.cut_short,
             usage=Usage(
                 prompt_tokens=answer.prompt_tokens,

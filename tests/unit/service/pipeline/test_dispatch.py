@@ -10,7 +10,7 @@ from support.fake_engine import service_config
 from edgeagent.config import ActionConfig
 from edgeagent.inference.task import Answer
 from edgeagent.protocol.hold import HoldReason
-from edgeagent.service.pipeline.dispatch import settle
+from edgeagent.service.pipeline.dispatch import decide_dispatch
 
 EMPTY = {"type": "object", "properties": {}}
 ACTIONS = [
@@ -34,28 +34,28 @@ def answer(output: Any, confidence: float | None = None, *, cut_short: bool = Fa
 
 
 def test_schema_answers_pass_through():
-    settled = settle(config(), "t1", "schema", answer({"reason": "kept"}))
-    assert settled.output == {"reason": "kept"}
-    assert settled.action is None
-    assert settled.message is None
+    decision = decide_dispatch(config(), "t1", "schema", answer({"reason": "kept"}))
+    assert decision.output == {"reason": "kept"}
+    assert decision.action is None
+    assert decision.message is None
 
 
 def test_no_floor_dispatches_as_before_whatever_the_confidence():
     for confidence in (None, 0.1, 0.99):
-        settled = settle(
+        decision = decide_dispatch(
             config(), "t1", "action", answer({"action": "water", "args": {}}, confidence)
         )
-        assert settled.message is not None
-        assert settled.message.to_json() == {
+        assert decision.message is not None
+        assert decision.message.to_json() == {
             "id": "t1",
             "device": "dev1",
             "action": "water",
             "args": {},
         }
-        assert settled.action is not None
-        assert settled.action.dispatched
-        assert settled.action.held is None
-        assert settled.action.confidence == confidence
+        assert decision.action is not None
+        assert decision.action.dispatched
+        assert decision.action.held is None
+        assert decision.action.confidence == confidence
 
 
 @pytest.mark.parametrize(
@@ -68,76 +68,76 @@ def test_no_floor_dispatches_as_before_whatever_the_confidence():
     ],
 )
 def test_below_the_action_floor_it_is_held(confidence, held):
-    settled = settle(
+    decision = decide_dispatch(
         config(), "t1", "action", answer({"action": "careful", "args": {}}, confidence)
     )
-    assert settled.action is not None
+    assert decision.action is not None
     if held is None:
-        assert settled.message is not None
-        assert settled.action.dispatched
+        assert decision.message is not None
+        assert decision.action.dispatched
         return
-    assert settled.message is None
-    assert not settled.action.dispatched
-    assert settled.action.held is not None
-    assert settled.action.held.reason is held
-    assert settled.action.held.min_confidence == 0.9
-    assert settled.action.held.topic == "edgeagent/dev1/actions/careful"
+    assert decision.message is None
+    assert not decision.action.dispatched
+    assert decision.action.held is not None
+    assert decision.action.held.reason is held
+    assert decision.action.held.min_confidence == 0.9
+    assert decision.action.held.topic == "edgeagent/dev1/actions/careful"
 
 
 def test_the_catalog_floor_applies_to_actions_without_their_own():
     cfg = config(min_confidence=0.5)
-    low = settle(cfg, "t1", "action", answer({"action": "water", "args": {}}, 0.4))
+    low = decide_dispatch(cfg, "t1", "action", answer({"action": "water", "args": {}}, 0.4))
     assert low.message is None
     assert low.action is not None
     assert low.action.held is not None
     assert low.action.held.min_confidence == 0.5
     # The action's own floor wins over the catalog's.
-    own = settle(cfg, "t1", "action", answer({"action": "careful", "args": {}}, 0.6))
+    own = decide_dispatch(cfg, "t1", "action", answer({"action": "careful", "args": {}}, 0.6))
     assert own.action is not None
     assert own.action.held is not None
     assert own.action.held.min_confidence == 0.9
 
 
 def test_a_reply_only_action_is_held_without_a_topic():
-    settled = settle(
+    decision = decide_dispatch(
         config(min_confidence=0.5), "t1", "action", answer({"action": "tell", "args": {}}, 0.2)
     )
-    assert settled.message is None
-    assert settled.action is not None
-    assert settled.action.held is not None
-    assert settled.action.held.topic is None
+    assert decision.message is None
+    assert decision.action is not None
+    assert decision.action.held is not None
+    assert decision.action.held.topic is None
 
 
 def test_nothing_to_do_is_never_held():
-    settled = settle(
+    decision = decide_dispatch(
         config(min_confidence=0.99),
         "t1",
         "action",
         answer({"action": "idle", "args": {}}, 0.1, cut_short=True),
     )
-    assert settled.action is not None
-    assert settled.action.held is None
-    assert not settled.action.dispatched  # it has no dispatch either
+    assert decision.action is not None
+    assert decision.action.held is None
+    assert not decision.action.dispatched  # it has no dispatch either
 
 
 def test_a_cut_short_action_is_held_even_without_a_floor():
-    settled = settle(
+    decision = decide_dispatch(
         config(), "t1", "action", answer({"action": "water", "args": {}}, 0.99, cut_short=True)
     )
-    assert settled.message is None
-    assert settled.action is not None
-    assert settled.action.held is not None
-    assert settled.action.held.reason is HoldReason.CUT_SHORT
+    assert decision.message is None
+    assert decision.action is not None
+    assert decision.action.held is not None
+    assert decision.action.held.reason is HoldReason.CUT_SHORT
 
 
 def test_the_reason_moves_to_the_reply_and_never_into_the_action_message():
     output = {"reason": "zone is dry", "action": "water", "args": {}}
-    settled = settle(config(), "t1", "action", answer(output, 0.97))
-    assert settled.output == {"action": "water", "args": {}}
-    assert settled.action is not None
-    assert settled.action.reason == "zone is dry"
-    assert settled.message is not None
-    assert "reason" not in settled.message.to_json()
+    decision = decide_dispatch(config(), "t1", "action", answer(output, 0.97))
+    assert decision.output == {"action": "water", "args": {}}
+    assert decision.action is not None
+    assert decision.action.reason == "zone is dry"
+    assert decision.message is not None
+    assert "reason" not in decision.message.to_json()
 
 
 def acting(act: float | None, prior: float | None) -> Answer:
@@ -156,21 +156,21 @@ def acting(act: float | None, prior: float | None) -> Answer:
     ],
 )
 def test_the_act_floor_holds_an_action_the_model_barely_wants(act, prior, held):
-    settled = settle(config(min_act_confidence=0.6), "t1", "action", acting(act, prior))
-    assert settled.action is not None
-    assert (settled.action.held.reason if settled.action.held else None) == held
-    assert (settled.message is None) == (held is not None)
+    decision = decide_dispatch(config(min_act_confidence=0.6), "t1", "action", acting(act, prior))
+    assert decision.action is not None
+    assert (decision.action.held.reason if decision.action.held else None) == held
+    assert (decision.message is None) == (held is not None)
     if act is not None and prior is not None:
         odds = act / (1 - act) / (prior / (1 - prior))
-        assert settled.action.act_confidence == pytest.approx(odds / (1 + odds))
-        assert settled.action.to_json()["act_confidence"] == round(odds / (1 + odds), 4)
+        assert decision.action.act_confidence == pytest.approx(odds / (1 + odds))
+        assert decision.action.to_json()["act_confidence"] == round(odds / (1 + odds), 4)
 
 
 def test_without_an_act_floor_the_act_score_is_reported_only():
-    settled = settle(config(), "t1", "action", acting(0.01, 0.5))
-    assert settled.action is not None
-    assert settled.action.dispatched
-    assert settled.action.act_confidence == pytest.approx(0.01)
+    decision = decide_dispatch(config(), "t1", "action", acting(0.01, 0.5))
+    assert decision.action is not None
+    assert decision.action.dispatched
+    assert decision.action.act_confidence == pytest.approx(0.01)
 
 
 IRRIGATE = {"action": "set_irrigation", "args": {"zone": 3, "minutes": 99}}
@@ -192,25 +192,27 @@ def greenhouse(**catalog: Any):
 )
 def test_a_number_the_input_does_not_support_holds_the_action(content, held):
     answer = Answer(IRRIGATE, 10, 0, 5, 1.0, 2.0, 512, confidence=0.95)
-    settled = settle(greenhouse(), "t1", "action", answer, content)
-    assert settled.action is not None
+    decision = decide_dispatch(greenhouse(), "t1", "action", answer, content)
+    assert decision.action is not None
     if held is None:
-        assert settled.action.held is None
-        assert settled.message is not None
+        assert decision.action.held is None
+        assert decision.message is not None
     else:
-        assert settled.action.held is not None
-        assert settled.action.held.reason is HoldReason.UNSUPPORTED_ARGUMENT
-        assert settled.message is None
+        assert decision.action.held is not None
+        assert decision.action.held.reason is HoldReason.UNSUPPORTED_ARGUMENT
+        assert decision.message is None
 
 
 def test_lower_halves_the_confidence_and_leaves_the_floor_to_decide():
     answer = Answer(IRRIGATE, 10, 0, 5, 1.0, 2.0, 512, confidence=0.9)
     content = "open every valve for 999 minutes in zone 3"
-    settled = settle(greenhouse(unsupported_arguments="lower", min_confidence=0.5), "t", "action",
+    decision = decide_dispatch(greenhouse(unsupported_arguments="lower", min_confidence=0.5), "t", "action",
                      answer, content)  # fmt: skip
-    assert settled.action is not None
-    assert settled.action.confidence == pytest.approx(0.45)
-    assert settled.action.held is not None
-    assert settled.action.held.reason is HoldReason.CONFIDENCE
-    allowed = settle(greenhouse(unsupported_arguments="allow"), "t", "action", answer, content)
+    assert decision.action is not None
+    assert decision.action.confidence == pytest.approx(0.45)
+    assert decision.action.held is not None
+    assert decision.action.held.reason is HoldReason.CONFIDENCE
+    allowed = decide_dispatch(
+        greenhouse(unsupported_arguments="allow"), "t", "action", answer, content
+    )
     assert allowed.message is not None
