@@ -57,3 +57,10 @@ def complete_publish(future: asyncio.Future[None], outcome: PublishRefused | Non
         future.set_result(None)
     else:
         future.set_exception(outcome)
+
+
+def ignore_result(future: asyncio.Future[None]) -> None:
+    """A done callback for a publish nobody waits for (the status, a heartbeat, Home
+    Assistant's last_action): a lost one is not worth more than marking it retrieved."""
+    if not future.cancelled():
+        future.exception()

@@ -26,6 +26,7 @@ from edgeagent.config import Config, load_config
 from edgeagent.config.reload import reloaded
 from edgeagent.errors import EdgeAgentError
 from edgeagent.mqtt.incoming import Incoming
+from edgeagent.mqtt.pubacks import ignore_result
 from edgeagent.mqtt.refusals import PublishRefused
 from edgeagent.mqtt.timeouts import with_timeout
 from edgeagent.protocol.topics import Topics
@@ -242,7 +243,7 @@ class Daemon:
     def _on_connect(self) -> None:
         self.telemetry.publish_heartbeat()  # this run's, before `online` shows old values
         future = self.link.publish(self.topics.status, "online", retain=True)
-        future.add_done_callback(_ignore_result)
+        future.add_done_callback(ignore_result)
         if self.operators is not None:
             self.operators.connected()
 
@@ -291,8 +292,3 @@ class Daemon:
             self.learner.close()
         counters = self.telemetry.counters
         log.info("stopped", done=counters.done, failed=counters.failed)
-
-
-def _ignore_result(future: asyncio.Future[None]) -> None:
-    if not future.cancelled():
-        future.exception()  # mark retrieved; a refused status is not worth more

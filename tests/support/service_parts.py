@@ -16,6 +16,7 @@ from edgeagent.mqtt.incoming import Incoming
 from edgeagent.service.assembly import build_telemetry, topics_for, wire
 from edgeagent.service.daemon import Daemon
 from edgeagent.service.learning.learner import Learner
+from edgeagent.service.pipeline.admission import Admission
 from edgeagent.service.pipeline.asyncstore import AsyncTaskStore
 from edgeagent.service.pipeline.jobs import Job
 from edgeagent.service.pipeline.queue import TaskQueue
@@ -125,7 +126,14 @@ class Parts:
         """Admit one message now (instead of through the link and the intake queue), and
         wait until it is queued or refused (its contract may compile in the background)."""
         await self.admission.admit(message)
-        await self.admission.settle()
+        await preparations_done(self.admission)
 
     async def record(self, task_id: str) -> Any:
         return await self.store.get(task_id)
+
+
+async def preparations_done(admission: Admission) -> None:
+    """Until every task whose contract was compiling is queued or refused (after close():
+    handed back). Read from admission's own set of them: the daemon never waits for them."""
+    while admission._preparing:
+        await asyncio.wait(set(admission._preparing))

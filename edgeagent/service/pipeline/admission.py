@@ -135,11 +135,6 @@ class Admission:
         for task in self._preparing:  # their contracts compile on: nobody waits for them
             task.cancel()
 
-    async def settle(self) -> None:
-        """Until every task whose contract was compiling is queued or refused."""
-        while self._preparing:
-            await asyncio.wait(set(self._preparing))
-
     # -- intake --------------------------------------------------------------------------
 
     def offer(self, message: Incoming) -> None:

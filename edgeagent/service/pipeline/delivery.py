@@ -180,10 +180,6 @@ class Delivery:
         for task in self._tasks:
             task.cancel()
 
-    @property
-    def in_progress(self) -> int:
-        return len(self._tasks)
-
     # -- the steps -----------------------------------------------------------------------
 
     def _observe(self, reply: Reply) -> None:

@@ -19,6 +19,7 @@ import structlog
 
 from edgeagent.config import Config
 from edgeagent.errors import EdgeAgentError
+from edgeagent.mqtt.pubacks import ignore_result
 from edgeagent.mqtt.refusals import PublishRefused
 from edgeagent.protocol.heartbeat import Heartbeat
 from edgeagent.protocol.reply import OkReply, Reply
@@ -95,7 +96,7 @@ class OperatorViews:
         topic, payload = homeassistant.last_action_message(
             self._topics, task_id, output, datetime.now(UTC)
         )
-        self._link.publish(topic, payload, retain=True).add_done_callback(_ignore_result)
+        self._link.publish(topic, payload, retain=True).add_done_callback(ignore_result)
 
     def heartbeat_taken(self, beat: Heartbeat) -> None:
         self._spawn(self._refresh_metrics(beat))
@@ -122,8 +123,3 @@ class OperatorViews:
             connects=getattr(self._link, "connects", None),
             puback_refusals=getattr(self._link, "refusals", None),
         )
-
-
-def _ignore_result(future: asyncio.Future[None]) -> None:
-    if not future.cancelled():
-        future.exception()  # mark retrieved; a lost last_action is not worth more

@@ -15,6 +15,7 @@ import psutil
 import structlog
 from pydantic import ValidationError
 
+from edgeagent.mqtt.pubacks import ignore_result
 from edgeagent.protocol.heartbeat import Heartbeat
 from edgeagent.protocol.topics import Topics
 from edgeagent.service.ports import HeartbeatLink, MemoryLoop, StatusNotifier
@@ -198,7 +199,7 @@ class Telemetry:
             return  # not queued for later: a stale heartbeat is worth nothing
         beat = heartbeat.to_json()
         future = self._link.publish(self._topics.heartbeat, json.dumps(beat), retain=True)
-        future.add_done_callback(_ignore_result)
+        future.add_done_callback(ignore_result)
 
     async def run(self) -> None:
         while True:
@@ -207,8 +208,3 @@ class Telemetry:
             # Jitter, not a secret.
             spread = random.uniform(1 - PERIOD_JITTER, 1 + PERIOD_JITTER)  # noqa: S311
             await asyncio.sleep(self._period_s * spread)
-
-
-def _ignore_result(future: asyncio.Future[None]) -> None:
-    if not future.cancelled():
-        future.exception()  # mark retrieved; a lost heartbeat is not an error

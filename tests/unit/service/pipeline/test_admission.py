@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 from support.aio import run
 from support.fake_engine import SCHEMA, service_config
 from support.fake_link import FakeLink
-from support.service_parts import Parts
+from support.service_parts import Parts, preparations_done
 
 from edgeagent.config import QueueConfig, SchemaLimits
 from edgeagent.errors import EdgeAgentError, ErrorCode
@@ -841,7 +841,7 @@ def test_a_task_still_compiling_at_shutdown_is_left_to_the_broker():
         await asyncio.to_thread(entered.wait, 5)
         assert "t1" in parts.admission._ledger
         parts.admission.close()  # SIGTERM
-        await parts.admission.settle()
+        await preparations_done(parts.admission)
         release.set()
         assert "t1" not in parts.admission._ledger
         assert parts.link.ack_attempts == []  # not acked: the broker delivers it again
