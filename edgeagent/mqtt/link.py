@@ -12,7 +12,8 @@ Delivery: QoS 1 with manual acknowledgement. An incoming task (mqtt/incoming.py)
 acknowledged only after its reply was confirmed by the broker (PUBACK with a success
 reason code), so a crash at any point makes the broker deliver it again; an ack goes out
 only on the connection the message came on. A publish's future fails with
-PublishRefused or PublishInvalid (mqtt/refusals.py) when it cannot be delivered.
+PublishRefused or PublishInvalid (mqtt/refusals.py) when it cannot be delivered, and
+with OutgoingQueueFull when paho has no room for it yet.
 
 Hostile input: an oversize task payload is dropped on arrival (mqtt/incoming.py) and,
 on MQTT v5, not even sent by the broker (mqtt/limits.py). A publish that paho or the
@@ -32,7 +33,6 @@ import structlog
 from paho.mqtt.packettypes import PacketTypes
 
 from edgeagent.config import MqttConfig
-from edgeagent.errors import EdgeAgentError, ErrorCode
 from edgeagent.mqtt.backoff import Backoff, ReconnectSchedule
 from edgeagent.mqtt.client import mqtt_properties, new_client
 from edgeagent.mqtt.generation import Generation
@@ -45,7 +45,7 @@ from edgeagent.mqtt.limits import (
     maximum_packet_size,
 )
 from edgeagent.mqtt.pubacks import Pubacks, complete_publish
-from edgeagent.mqtt.refusals import PublishInvalid
+from edgeagent.mqtt.refusals import OutgoingQueueFull, PublishInvalid
 from edgeagent.protocol.reply_policy import topic_name_problem
 
 log = structlog.get_logger("edgeagent.mqtt.link")
@@ -225,7 +225,8 @@ class MqttLink:
 
         The future resolves on a success PUBACK, fails with PublishRefused when the
         broker refuses, with PublishInvalid at once when the topic or payload cannot be
-        published, and with BUSY at once when paho's outgoing queue is full. Never raises.
+        published, and with OutgoingQueueFull at once when paho's outgoing queue is full.
+        Never raises.
         """
         assert self._loop is not None, "start() first"
         future: asyncio.Future[None] = self._loop.create_future()
@@ -249,7 +250,7 @@ class MqttLink:
             future.set_exception(PublishInvalid(topic, f"{type(exc).__name__}: {exc}"))
             return future
         if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
-            future.set_exception(EdgeAgentError(ErrorCode.BUSY, "too many unsent MQTT messages"))
+            future.set_exception(OutgoingQueueFull())
             return future
         self._pubacks.expect(info.mid, future)
         return future

@@ -3,7 +3,8 @@
 A publish's future resolves on a success PUBACK and fails with PublishRefused on a
 failure reason code (MQTT v5; a 3.1.1 broker has no way to refuse). A publish that paho
 or the broker would choke on never reaches paho: PublishInvalid, which delivery treats
-like a refusal (final: sending it again cannot help).
+like a refusal (final: sending it again cannot help). A publish paho had no room for
+fails with OutgoingQueueFull: not a refusal, it may be sent again once the queue drains.
 """
 
 from __future__ import annotations
@@ -31,6 +32,15 @@ class PublishInvalid(PublishRefused):
     def __init__(self, topic: str, problem: str) -> None:
         super().__init__(TOPIC_NAME_INVALID, f"not publishable: {problem}")
         self.topic = topic
+
+
+class OutgoingQueueFull(Exception):  # noqa: N818 - names the condition, like QueueFull
+    """paho's outgoing queue is full (MAX_QUEUED_PUBLISHES unsent: the broker is slow or
+    away), so the publish was not taken. Internal to the daemon, never a reply's error
+    code (that is ErrorCode.BUSY, the device's own queue): delivery tries again later."""
+
+    def __init__(self) -> None:
+        super().__init__("too many unsent MQTT messages")
 
 
 def refusal(reason_code: Any) -> PublishRefused | None:

@@ -27,7 +27,7 @@ from edgeagent.config.reload import reloaded
 from edgeagent.errors import EdgeAgentError
 from edgeagent.mqtt.incoming import Incoming
 from edgeagent.mqtt.pubacks import ignore_result
-from edgeagent.mqtt.refusals import PublishRefused
+from edgeagent.mqtt.refusals import OutgoingQueueFull, PublishRefused
 from edgeagent.mqtt.timeouts import with_timeout
 from edgeagent.protocol.topics import Topics
 from edgeagent.service.holds.desk import HoldDesk
@@ -273,7 +273,7 @@ class Daemon:
         # Stopped serving: the retained heartbeat says so before `offline` and the disconnect.
         self._set_state(State.STOPPED)
         if self.link.connected.is_set():
-            with contextlib.suppress(EdgeAgentError, PublishRefused):
+            with contextlib.suppress(EdgeAgentError, PublishRefused, OutgoingQueueFull):
                 await with_timeout(
                     self.link.publish(self.topics.status, "offline", retain=True),
                     FINAL_PUBLISH_TIMEOUT_S,

@@ -26,7 +26,7 @@ class Publisher(Protocol):
         correlation_data: bytes | None = None,
     ) -> asyncio.Future[None]:
         """QoS 1; resolves on the broker's success PUBACK, fails with PublishRefused on a
-        refusal and with EdgeAgentError(BUSY) when too many publishes are unsent."""
+        refusal and with OutgoingQueueFull when too many publishes are unsent."""
         ...
 
 

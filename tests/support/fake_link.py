@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgeagent.mqtt.incoming import Incoming
-from edgeagent.mqtt.refusals import PublishInvalid, PublishRefused
+from edgeagent.mqtt.refusals import OutgoingQueueFull, PublishInvalid, PublishRefused
 from edgeagent.protocol.reply_policy import topic_name_problem
 
 NOT_AUTHORIZED = 135  # mosquitto's PUBACK reason when an ACL denies the topic
@@ -60,7 +60,7 @@ class FakeLink:
         self.publish_raises: Exception | None = None
         self.invalid: list[tuple[str, str]] = []  # (topic, problem) refused by the link
         self.refuse: dict[str, int] = {}  # topic -> reason code of its PUBACK
-        self.queue_full = False  # paho's outgoing queue: publish() fails with BUSY
+        self.queue_full = False  # paho's outgoing queue: publish() fails with OutgoingQueueFull
         self.queue_full_attempts = 0
         self.published: list[Published] = []
         self.acked: list[Incoming] = []
@@ -98,8 +98,6 @@ class FakeLink:
         retain: bool = False,
         correlation_data: bytes | None = None,
     ) -> asyncio.Future[None]:
-        from edgeagent.errors import EdgeAgentError, ErrorCode  # noqa: PLC0415 - keeps the header light
-
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self.publish_raises is not None:
             self._changed.set()
@@ -118,7 +116,7 @@ class FakeLink:
         if self.queue_full:
             self.queue_full_attempts += 1
             self._changed.set()
-            future.set_exception(EdgeAgentError(ErrorCode.BUSY, "too many unsent MQTT messages"))
+            future.set_exception(OutgoingQueueFull())
             return future
         text = payload.decode() if isinstance(payload, bytes) else payload
         published = Published(topic, text, retain, correlation_data, future, self.generation)

@@ -14,8 +14,9 @@ it to this (or answers it from the store), and the action is never published twi
 A pending hold's notice is published retained and marked; its clearing waits for it, so
 a slow notice can never land after its own clearing.
 
-Publishing is delivery's (pipeline/publishing.py): QoS 1 until the PUBACK, BUSY retried,
-refusals final, reported on the errors topic and recorded as refused.
+Publishing is delivery's (pipeline/publishing.py): QoS 1 until the PUBACK, retried while
+paho's outgoing queue is full, refusals final, reported on the errors topic and recorded
+as refused.
 """
 
 from __future__ import annotations

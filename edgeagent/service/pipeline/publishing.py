@@ -1,11 +1,11 @@
 """Publishing until the broker answers: what delivery and the holds share.
 
-A QoS 1 publish is retried while paho's outgoing queue is full (BUSY: the broker is slow
-or away) and waited for until its PUBACK, however long the broker takes; paho resends an
-unconfirmed publish after a reconnect, so nothing here publishes a message twice. A
-refusal (a PUBACK reason code >= 0x80, or the link's own PublishInvalid for a topic or
-payload that can never be sent) is final: logged, reported on the errors topic as
-REPLY_REFUSED, and returned to the caller, which records it.
+A QoS 1 publish is retried while paho's outgoing queue is full (OutgoingQueueFull: the
+broker is slow or away) and waited for until its PUBACK, however long the broker takes;
+paho resends an unconfirmed publish after a reconnect, so nothing here publishes a
+message twice. A refusal (a PUBACK reason code >= 0x80, or the link's own PublishInvalid
+for a topic or payload that can never be sent) is final: logged, reported on the errors
+topic as REPLY_REFUSED, and returned to the caller, which records it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import asyncio
 import structlog
 
 from edgeagent.errors import EdgeAgentError, ErrorCode
-from edgeagent.mqtt.refusals import PublishInvalid, PublishRefused
+from edgeagent.mqtt.refusals import OutgoingQueueFull, PublishInvalid, PublishRefused
 from edgeagent.protocol.reply import ErrorReply, encode
 from edgeagent.protocol.topics import Topics
 from edgeagent.service.ports import Publisher
@@ -62,10 +62,7 @@ class ConfirmedPublisher:
             except PublishRefused as refusal:
                 self._refused(task_id, topic, what, refusal)
                 return True
-            except EdgeAgentError as exc:
-                if exc.code is not ErrorCode.BUSY:
-                    self._refused(task_id, topic, what, PublishInvalid(topic, exc.message))
-                    return True
+            except OutgoingQueueFull:
                 # Not a refusal: the broker is slow or away, and paho's queue drains
                 # when it takes messages again.
                 log.warning("mqtt outgoing queue full; retrying", task_id=task_id, topic=topic)

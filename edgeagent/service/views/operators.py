@@ -20,7 +20,7 @@ import structlog
 from edgeagent.config import Config
 from edgeagent.errors import EdgeAgentError
 from edgeagent.mqtt.pubacks import ignore_result
-from edgeagent.mqtt.refusals import PublishRefused
+from edgeagent.mqtt.refusals import OutgoingQueueFull, PublishRefused
 from edgeagent.protocol.heartbeat import Heartbeat
 from edgeagent.protocol.reply import OkReply, Reply
 from edgeagent.protocol.topics import Topics
@@ -112,7 +112,7 @@ class OperatorViews:
                 lambda topic, payload: self._link.publish(topic, payload, retain=True),
                 session_present=session_present,
             )
-        except (EdgeAgentError, PublishRefused, OSError) as exc:
+        except (EdgeAgentError, PublishRefused, OutgoingQueueFull, OSError) as exc:
             log.warning("home assistant discovery not published", error=str(exc))
 
     async def _refresh_metrics(self, beat: Heartbeat) -> None:

@@ -19,11 +19,10 @@ from paho.mqtt.reasoncodes import ReasonCode
 from support import aio
 
 from edgeagent.config import MqttConfig
-from edgeagent.errors import EdgeAgentError, ErrorCode
 from edgeagent.mqtt.incoming import Incoming
 from edgeagent.mqtt.limits import PACKET_HEADROOM_BYTES, maximum_packet_size
 from edgeagent.mqtt.link import MqttLink
-from edgeagent.mqtt.refusals import PublishInvalid, PublishRefused
+from edgeagent.mqtt.refusals import OutgoingQueueFull, PublishInvalid, PublishRefused
 
 SUCCESS = ReasonCode(PacketTypes.PUBACK, "Success")
 NOT_AUTHORIZED = ReasonCode(PacketTypes.PUBACK, "Not authorized")
@@ -117,14 +116,13 @@ def test_a_refusal_reason_code_fails_the_publish():
     run(scenario())
 
 
-def test_a_full_outgoing_queue_answers_busy_at_once():
+def test_a_full_outgoing_queue_fails_the_publish_at_once():
     async def scenario():
         link, paho = make_link()
         paho.max_queued_messages_set(1)
         link.publish("replies/a", "{}")  # queued: not connected
-        with pytest.raises(EdgeAgentError) as busy:
+        with pytest.raises(OutgoingQueueFull):
             await link.publish("replies/a", "{}")
-        assert busy.value.code is ErrorCode.BUSY
 
     run(scenario())
 
