@@ -23,8 +23,10 @@ EXIT_ERROR = 1  # the task failed (error reply, invalid output, ...)
 EXIT_USAGE = 2  # bad command line or configuration
 
 
-def print_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, ensure_ascii=False) + "\n")
+def print_json(value: Any, *, ascii_only: bool = False) -> None:
+    """ascii_only: for what others wrote (a retained status, a heartbeat): every
+    non-ASCII character escaped, so no C1 control or bidi override reaches the terminal."""
+    sys.stdout.write(json.dumps(value, ensure_ascii=ascii_only) + "\n")
     sys.stdout.flush()
 
 

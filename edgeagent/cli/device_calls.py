@@ -15,6 +15,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 
+from edgeagent.cli.fleet_heartbeat import MAX_HEARTBEAT_BYTES, MAX_HEARTBEAT_DEPTH
+from edgeagent.cli.untrusted_json import parse_object
 from edgeagent.config import Config
 from edgeagent.errors import EdgeAgentError, ErrorCode
 from edgeagent.mqtt.client import mqtt_properties, new_client
@@ -108,15 +110,26 @@ def status(cfg: Config, *, device: str | None, timeout: float) -> dict[str, Any]
     result: dict[str, Any] = {"device": topics.device, "status": None, "heartbeat": None}
     try:
         client.subscribe([(topics.status, 1), (topics.heartbeat, 1)])
-        while result["status"] is None or result["heartbeat"] is None:
+        answered: set[str] = set()
+        while answered != {topics.status, topics.heartbeat}:
             try:
                 topic, payload = seen.get(timeout=timeout)
             except queue.Empty:
                 break
+            answered.add(topic)
             if topic == topics.status:
                 result["status"] = payload.decode("utf-8", "replace")
-            else:
-                result["heartbeat"] = json.loads(payload)
+            elif payload:  # (an empty one: cleared, the device was decommissioned)
+                # What the broker retains there is anyone's who may publish it: read
+                # bounded, and shown as the problem it is when it is no JSON object.
+                result["heartbeat"], problem = parse_object(
+                    payload,
+                    what="heartbeat",
+                    max_bytes=MAX_HEARTBEAT_BYTES,
+                    max_depth=MAX_HEARTBEAT_DEPTH,
+                )
+                if problem is not None:
+                    result["heartbeat_problem"] = problem
     finally:
         client.disconnect()
         client.loop_stop()

@@ -57,5 +57,5 @@ def cmd_status(args: argparse.Namespace) -> int:
         result = device_calls.status(cfg, device=args.device, timeout=args.timeout)
     except EdgeAgentError as exc:
         return fail(exc)
-    print_json(result)
+    print_json(result, ascii_only=True)  # the device's retained messages, as they are
     return EXIT_OK if result["status"] == "online" else EXIT_ERROR

@@ -17,6 +17,7 @@ from support.daemon import EDGEAGENT, ROOT, write_config
 from support.heartbeats import (
     assert_printable,
     beat,
+    hostile_beats,
     hostile_fleet,
     retain,
     run_fleet_view,
@@ -24,6 +25,7 @@ from support.heartbeats import (
 from support.mosquitto import Mosquitto, MqttProbe
 
 from edgeagent.cli import fleet as fleet_view
+from edgeagent.cli.fleet_heartbeat import MAX_HEARTBEAT_BYTES
 from edgeagent.config import load_config
 from edgeagent.errors import EdgeAgentError, ErrorCode
 
@@ -174,3 +176,49 @@ def test_the_view_exits_non_zero_when_its_network_thread_dies(
         fleet_view.run(load_config(config), as_json=True, watch=False, timeout=10)
     assert info.value.code is ErrorCode.INTERNAL
     assert "RuntimeError: a parser bug" in info.value.message
+
+
+def test_status_of_one_device_reads_what_it_retained_defensively(mosquitto, tmp_path):
+    """`edgeagent status --device D` shows a hostile device's retained status and
+    heartbeat as JSON with every non-ASCII character escaped, names what is wrong with a
+    heartbeat that is no JSON object, and never dies of it."""
+    config = write_config(
+        tmp_path / "cli.toml", model=tmp_path / "unused.gguf", port=mosquitto.port
+    )
+    probe = MqttProbe(mosquitto.port)
+    try:
+        for n, (status, heartbeat) in enumerate(hostile_beats("pi-h", 1)):
+            _retain(probe, "pi-h", status, heartbeat)
+            shown = subprocess.run(
+                [*EDGEAGENT, "status", "--device", "pi-h", "--config", str(config)],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                cwd=ROOT,
+                check=False,
+            )
+            assert shown.returncode in (0, 1), (n, shown.stdout, shown.stderr)
+            assert "Traceback" not in shown.stderr, (n, shown.stderr)
+            assert shown.stdout.isascii(), n
+            assert_printable(shown.stdout)
+            result = json.loads(shown.stdout)
+            assert result["device"] == "pi-h"
+            if isinstance(heartbeat, dict) and len(json.dumps(heartbeat)) <= MAX_HEARTBEAT_BYTES:
+                assert result["heartbeat"] == json.loads(json.dumps(heartbeat)), n
+            else:
+                assert result["heartbeat"] is None, n
+                assert result["heartbeat_problem"], n
+        # A cleared heartbeat (a decommissioned device): nothing to show, no problem.
+        probe.publish("edgeagent/pi-h/heartbeat", "", retain=True)
+        shown = subprocess.run(
+            [*EDGEAGENT, "status", "--device", "pi-h", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=ROOT,
+            check=False,
+        )
+        assert json.loads(shown.stdout)["heartbeat"] is None
+        assert "heartbeat_problem" not in json.loads(shown.stdout)
+    finally:
+        probe.close()
