@@ -19,7 +19,7 @@ from edgeagent.cli.fleet_heartbeat import MAX_HEARTBEAT_BYTES, MAX_HEARTBEAT_DEP
 from edgeagent.cli.untrusted_json import parse_object
 from edgeagent.config import Config
 from edgeagent.errors import EdgeAgentError, ErrorCode
-from edgeagent.mqtt.client import mqtt_properties, new_client
+from edgeagent.mqtt.client import connect_once, mqtt_properties, new_client
 from edgeagent.protocol.topics import Topics
 
 
@@ -30,12 +30,7 @@ def _client(cfg: Config) -> mqtt.Client:
 def _connect(client: mqtt.Client, cfg: Config, timeout: float) -> None:
     connected: queue.Queue[bool] = queue.Queue(maxsize=1)
     client.on_connect = lambda _c, _u, _f, reason, _p: connected.put(not reason.is_failure)
-    try:
-        client.connect(cfg.mqtt.host, cfg.mqtt.port, keepalive=30)
-    except OSError as exc:
-        raise EdgeAgentError(
-            ErrorCode.TIMEOUT, f"cannot reach broker {cfg.mqtt.host}:{cfg.mqtt.port}: {exc}"
-        ) from exc
+    connect_once(client, cfg.mqtt)
     client.loop_start()
     try:
         ok = connected.get(timeout=timeout)

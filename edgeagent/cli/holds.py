@@ -30,7 +30,7 @@ from paho.mqtt.packettypes import PacketTypes
 from edgeagent.cli.untrusted_json import parse_object
 from edgeagent.config import DEFAULT_CONFIG_PATH, Config, load_config
 from edgeagent.errors import EdgeAgentError, ErrorCode
-from edgeagent.mqtt.client import mqtt_properties, new_client
+from edgeagent.mqtt.client import connect_once, mqtt_properties, new_client
 
 EXIT_OK = 0
 EXIT_REFUSED = 1  # the device's typed error
@@ -120,12 +120,7 @@ def decide(
     client.on_subscribe = lambda _c, _u, _m, codes, _p: put("subscribed", codes)
     client.on_publish = lambda _c, _u, _m, reason, _p: put("published", reason)
     client.on_message = on_message
-    try:
-        client.connect(cfg.mqtt.host, cfg.mqtt.port, keepalive=30)
-    except OSError as exc:
-        raise EdgeAgentError(
-            ErrorCode.TIMEOUT, f"cannot reach broker {cfg.mqtt.host}:{cfg.mqtt.port}: {exc}"
-        ) from exc
+    connect_once(client, cfg.mqtt)
     client.loop_start()
     try:
         _expect(events, "connected", timeout, "no CONNACK from the broker")

@@ -25,7 +25,7 @@ import paho.mqtt.client as mqtt
 
 from edgeagent.config import Config
 from edgeagent.errors import EdgeAgentError, ErrorCode
-from edgeagent.mqtt.client import new_client
+from edgeagent.mqtt.client import connect_once, new_client
 
 # Pending "change" events beyond this are redundant: one redraw shows them all.
 EVENTS_MAX = 64
@@ -97,13 +97,7 @@ class RetainedWatch:
 
     def start(self, timeout: float) -> None:
         """Connect, subscribe and wait until the retained messages are in."""
-        try:
-            self._client.connect(self.cfg.mqtt.host, self.cfg.mqtt.port, keepalive=30)
-        except OSError as exc:
-            raise EdgeAgentError(
-                ErrorCode.TIMEOUT,
-                f"cannot reach broker {self.cfg.mqtt.host}:{self.cfg.mqtt.port}: {exc}",
-            ) from exc
+        connect_once(self._client, self.cfg.mqtt)
         self._thread.start()
         deadline = time.monotonic() + timeout
         while True:

@@ -15,6 +15,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 
 from edgeagent.config import MqttConfig
+from edgeagent.errors import EdgeAgentError, ErrorCode
 
 
 def new_client(
@@ -48,6 +49,17 @@ def new_client(
             tls_version=ssl.PROTOCOL_TLS_CLIENT,
         )
     return client
+
+
+def connect_once(client: mqtt.Client, cfg: MqttConfig, *, keepalive: int = 30) -> None:
+    """A command's one connection attempt (the CLI's: it has no reconnect loop); a broker
+    that cannot be reached is a typed TIMEOUT, not an OSError."""
+    try:
+        client.connect(cfg.host, cfg.port, keepalive=keepalive)
+    except OSError as exc:
+        raise EdgeAgentError(
+            ErrorCode.TIMEOUT, f"cannot reach broker {cfg.host}:{cfg.port}: {exc}"
+        ) from exc
 
 
 def no_delay(_client: Any, _userdata: Any, sock: Any) -> None:
