@@ -12,6 +12,7 @@ two at once: they would share the same cores). See docs/evaluation.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -68,6 +69,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="also run llama-cpp-python's JSON-schema mode on the first model",
     )
     p.add_argument("--threads", type=int, help="CPU threads (default: the config's)")
+    p.add_argument(
+        "--max-instruction-score",
+        type=probability,
+        metavar="P",
+        help="hold at this instruction-screen score in every set (default: each catalog's)",
+    )
     p.add_argument("--n-ctx", type=int, help="context size (default: the config's)")
     p.add_argument("--max-tokens", type=int, help="answer limit of cases that set none")
     p.add_argument(
@@ -109,6 +116,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=run)
 
 
+def probability(text: str) -> float:
+    """An argparse type: a number in (0, 1]."""
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not in (0, 1]")
+    return value
+
+
 def _config(args: argparse.Namespace, cache: dict[str, Config]) -> Config:
     if "cfg" not in cache:
         cache["cfg"] = load_config(args.config or DEFAULT_CONFIG_PATH)
@@ -142,6 +157,9 @@ def load_sets(args: argparse.Namespace, cache: dict[str, Config]) -> list[EvalSe
         )
     if len({s.name for s in sets}) != len(sets):
         raise CaseError("two sets have the same name; rename a file or a suite set")
+    if args.max_instruction_score is not None:  # the model's, not the catalog's, figure
+        update = {"max_instruction_score": args.max_instruction_score}
+        sets = [dataclasses.replace(s, settings=s.settings.model_copy(update=update)) for s in sets]
     return select(sets, args.sets, args.limit)
 
 

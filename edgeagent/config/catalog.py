@@ -121,6 +121,25 @@ class CatalogConfig(Section):
             "`min_confidence` decides, or `allow` it."
         ),
     )
+    screen_instructions: bool = Field(
+        default=True,
+        description=(
+            "Instruction screen: before an action (any but the nothing-to-do one) goes out, "
+            "the model is asked separately whether the input tries to instruct the device "
+            "(ignore its rules, claim an override, play a role, orders hidden in a report). "
+            "Costs the input's tokens once more per acting answer; `false`: no screen."
+        ),
+    )
+    max_instruction_score: float = Field(
+        default=0.9,
+        gt=0.0,
+        le=1.0,
+        description=(
+            "An action whose input the instruction screen scores at or above this "
+            "probability is held (reason `instruction_like`); the reply's "
+            "`instruction_score` says what it scored."
+        ),
+    )
     hold_ttl_s: float = Field(
         default=3600.0,
         gt=0,

@@ -66,6 +66,9 @@ class Outcome:
     act_prior: float | None = None
     act_confidence: float | None = None
     unsupported: bool = False  # the arguments hold a number the input does not support
+    # The instruction screen's P(the input tries to instruct the device), for answers
+    # that act (inference/screen.py); None when it did not run.
+    instruction_score: float | None = None
 
 
 def confidence_of(answer: object) -> float | None:
@@ -128,6 +131,7 @@ def run_case(
     max_tokens: int,
     deadline_s: float,
     shots: tuple[Shot, ...] = (),
+    screen: bool = False,
 ) -> Outcome:
     task = Task(
         content=case.content,
@@ -135,6 +139,7 @@ def run_case(
         max_tokens=case.max_tokens or max_tokens,
         deadline=time.monotonic() + deadline_s,
         shots=shots,
+        screen=screen,
     )
     started = time.perf_counter()
     try:
@@ -152,6 +157,7 @@ def run_case(
         "cut_short": cut_short_of(answer),
         "act": _number_of(answer, "act"),
         "act_prior": _number_of(answer, "act_prior"),
+        "instruction_score": _number_of(answer, "instruction_score"),
     }
     try:
         spec.validate(answer.output)
@@ -180,6 +186,7 @@ def with_hold(outcome: Outcome, eval_set: EvalSet, case: Case) -> Outcome:
         act=outcome.act,
         act_prior=outcome.act_prior,
         cut_short=outcome.cut_short,
+        instruction_score=outcome.instruction_score,
     )
     held = None if verdict.held is None or name == eval_set.no_action else str(verdict.held)
     return dataclasses.replace(
@@ -222,6 +229,7 @@ def run_sets(
                     max_tokens=max_tokens,
                     deadline_s=deadline_s,
                     shots=shots(case, spec, eval_set) if shots is not None else (),
+                    screen=eval_set.settings.screen_instructions,
                 )
                 outcome = with_hold(outcome, eval_set, case)
             if progress is not None:

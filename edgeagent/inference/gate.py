@@ -10,6 +10,9 @@ the eval measures the gate the device runs. What it weighs:
   (confidence.calibrated_act, act_prior.py), against `[catalog] min_act_confidence`;
 * numbers in the arguments the input does not support (grounding.py): held, or the
   confidence halved, as `[catalog] unsupported_arguments` says;
+* the instruction screen's score of the input (screen.py), against `[catalog]
+  max_instruction_score`: text that reads as an attempt to instruct the device is held
+  whatever the action's confidence;
 * an answer cut short at max_tokens: always held.
 
 The "nothing to do" action is never held (holding it would hold nothing).
@@ -36,6 +39,7 @@ class Verdict:
     act_confidence: float | None  # calibrated P(act at all)
     min_confidence: float | None
     unsupported: tuple[float, ...] = ()  # the numbers the input does not support
+    instruction_score: float | None = None  # the screen's P(the input instructs the device)
 
 
 def judge(
@@ -48,6 +52,7 @@ def judge(
     act: float | None,
     act_prior: float | None,
     cut_short: bool,
+    instruction_score: float | None = None,
 ) -> Verdict:
     """The verdict on `action` answered with `args` for the task's `content`."""
     act_confidence = calibrated_act(act, act_prior)
@@ -65,5 +70,13 @@ def judge(
         act=act_confidence,
         min_act_confidence=settings.min_act_confidence,
         unsupported=bool(unsupported) and policy == "hold",
+        instruction_like=instruction_like(settings, instruction_score),
     )
-    return Verdict(why, confidence, act_confidence, floor, unsupported)
+    return Verdict(why, confidence, act_confidence, floor, unsupported, instruction_score)
+
+
+def instruction_like(settings: CatalogConfig, score: float | None) -> bool:
+    """Whether the screen's score holds the action (None: the screen did not run, as
+    with `screen_instructions = false`; the engine screens every acting answer of a task
+    built with `screen`, runner.py)."""
+    return score is not None and score >= settings.max_instruction_score

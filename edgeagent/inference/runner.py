@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import time
 from collections.abc import Callable, Sequence
 
 from llguidance import LLMatcher
@@ -31,9 +32,11 @@ from edgeagent.inference.decoding import (
 )
 from edgeagent.inference.engine_model import EngineModel
 from edgeagent.inference.finish import Completer, Finisher
+from edgeagent.inference.grounding import content_text
 from edgeagent.inference.overflow import answer_within_budget
 from edgeagent.inference.prefix_cache import FixedParts, Prompt
 from edgeagent.inference.prompt import Message, build_messages
+from edgeagent.inference.screen import AnswerTokens, instruction_score, screen_messages
 from edgeagent.inference.sequence import SeqHandle
 from edgeagent.inference.shots import Shot, shot_messages
 from edgeagent.inference.speculative import MAX_DRAFT, DraftTarget, SpeculativeDecoder
@@ -65,6 +68,7 @@ class Runner:
         self._sampler = Sampler(cfg.temperature, cfg.seed)
         self._fixed_parts = FixedParts()
         self._act_priors = ActPriors()  # per catalog prompt (act_prior.py)
+        self._answer_tokens: AnswerTokens | None = None  # the screen's yes/no (screen.py)
 
     @property
     def n_ctx(self) -> int:
@@ -133,7 +137,23 @@ class Runner:
                 confidence=tracker_for(task.spec, model),
                 finisher=Finisher(Completer(model.lltokenizer, model.piece), task.max_tokens),
             )
-        return dataclasses.replace(finish(task.spec, generation, model), act_prior=prior)
+            answer = dataclasses.replace(finish(task.spec, generation, model), act_prior=prior)
+            if task.screen and acts(task.spec, answer.output):
+                control.check()
+                answer = self._screened(sequence, answer, content)
+        return answer
+
+    def _screened(self, reader: DraftTarget, answer: Answer, content: Content) -> Answer:
+        """The answer with the instruction screen's score of the caller's text (screen.py)."""
+        if self._answer_tokens is None:
+            self._answer_tokens = AnswerTokens(self.model)
+        started = time.perf_counter()
+        prompt = self._fixed_parts.prompt(
+            self.model.render_chat, screen_messages(content_text(content)), screen_messages
+        )
+        score = instruction_score(reader, prompt, self._answer_tokens)
+        elapsed = (time.perf_counter() - started) * 1000
+        return dataclasses.replace(answer, instruction_score=score, screen_ms=elapsed)
 
     def sequence(
         self, task: Task, *, batched: bool
@@ -156,6 +176,13 @@ class Runner:
         return SpeculativeDecoder(
             model, matcher, max_tokens=max_tokens, max_draft=rows - 1, propose_if=alone
         )
+
+
+def acts(spec: OutputSpec, output: object) -> bool:
+    """Whether an answer chose an action other than the catalog's "nothing to do"."""
+    if spec.kind != "action" or not isinstance(output, dict):
+        return False
+    return output.get("action") != spec.no_action
 
 
 def finish(spec: OutputSpec, generation: Generation, model: EngineModel) -> Answer:

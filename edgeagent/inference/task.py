@@ -28,6 +28,9 @@ class Task:
     # Learned examples shown before the input (inference/shots.py); dropped first when
     # the prompt does not fit the context.
     shots: tuple[Shot, ...] = ()
+    # Screen an answer that acts: score the caller's text for an attempt to instruct
+    # the device (inference/screen.py); the gate weighs it.
+    screen: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +56,10 @@ class Answer:
     # The decoder was steered to the shortest valid completion near max_tokens: the
     # answer validates but the model had more to say (the reply says so).
     cut_short: bool = False
+    # Screened answers (Task.screen, an action other than "nothing to do"): P(the input
+    # tries to instruct the device), and what asking cost.
+    instruction_score: float | None = None
+    screen_ms: float = 0.0
 
     def context(self) -> dict[str, int]:
         return {"budget": self.n_ctx, "truncated": self.truncated, "chunks": self.chunks}
@@ -65,4 +72,7 @@ class Answer:
         }
 
     def timing(self) -> dict[str, float]:
-        return {"prompt_ms": round(self.prompt_ms, 1), "decode_ms": round(self.decode_ms, 1)}
+        spent = {"prompt_ms": round(self.prompt_ms, 1), "decode_ms": round(self.decode_ms, 1)}
+        if self.screen_ms:
+            spent["screen_ms"] = round(self.screen_ms, 1)
+        return spent

@@ -20,6 +20,7 @@ class HoldReason(StrEnum):
     CUT_SHORT = "cut_short"  # the decoder ended the answer at max_tokens
     ACT_CONFIDENCE = "act_confidence"  # acting at all is below [catalog] min_act_confidence
     UNSUPPORTED_ARGUMENT = "unsupported_argument"  # a number the input does not support
+    INSTRUCTION_LIKE = "instruction_like"  # the input reads as an attempt to instruct the device
 
 
 def hold_reason(
@@ -30,18 +31,22 @@ def hold_reason(
     act: float | None = None,
     min_act_confidence: float | None = None,
     unsupported: bool = False,
+    instruction_like: bool = False,
 ) -> HoldReason | None:
     """Whether an action answer is held, and why (None: it goes out as configured).
 
     An answer the decoder had to end early is never acted on: its arguments may be cut;
     nor one whose arguments hold a number the input does not support (`unsupported`,
-    when `[catalog] unsupported_arguments = "hold"`). With a `min_confidence`, an answer
-    below it is held, and so is one whose confidence is unknown (the operator asked for
-    a floor; nothing says the answer reaches it); the same for the act-or-not score
-    (`act`) and `min_act_confidence`.
+    when `[catalog] unsupported_arguments = "hold"`), nor one whose input the instruction
+    screen scored at or above `[catalog] max_instruction_score` (`instruction_like`).
+    With a `min_confidence`, an answer below it is held, and so is one whose confidence
+    is unknown (the operator asked for a floor; nothing says the answer reaches it); the
+    same for the act-or-not score (`act`) and `min_act_confidence`.
     """
     if cut_short:
         return HoldReason.CUT_SHORT
+    if instruction_like:
+        return HoldReason.INSTRUCTION_LIKE
     if unsupported:
         return HoldReason.UNSUPPORTED_ARGUMENT
     for value, floor, below in (

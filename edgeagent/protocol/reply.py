@@ -66,14 +66,18 @@ class Timing:
     prompt_ms: float
     decode_ms: float
     total_ms: float
+    screen_ms: float = 0.0  # the instruction screen, when it ran (inference/screen.py)
 
     def to_json(self) -> dict[str, float]:
-        return {
+        body = {
             "queue_ms": self.queue_ms,
             "prompt_ms": self.prompt_ms,
             "decode_ms": self.decode_ms,
             "total_ms": self.total_ms,
         }
+        if self.screen_ms:
+            body["screen_ms"] = self.screen_ms
+        return body
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +119,9 @@ class ActionInfo:
     # Calibrated P(act at all) over the whole catalog (inference/gate.py); None when
     # the catalog has no "nothing to do" action.
     act_confidence: float | None = None
+    # The instruction screen's P(the input tries to instruct the device)
+    # (inference/screen.py); None when it did not run.
+    instruction_score: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -123,6 +130,8 @@ class ActionInfo:
         }
         if self.act_confidence is not None:  # the catalog has a "nothing to do" action
             body["act_confidence"] = rounded_confidence(self.act_confidence)
+        if self.instruction_score is not None:  # screened: an acting answer
+            body["instruction_score"] = rounded_confidence(self.instruction_score)
         if self.held is not None:
             body["held"] = self.held.to_json()
         if self.reason is not None:

@@ -74,7 +74,8 @@ PLAYBOOK = """
           {{ {'tier': edgeagent_model_tier_chosen.name, 'src': edgeagent_model_src,
           'url': edgeagent_model_url, 'sha256': edgeagent_model_sha256,
           'filename': edgeagent_model_filename, 'origin': edgeagent_model_origin,
-          'memtotal_mb': ansible_memtotal_mb | int} | to_json }}
+          'memtotal_mb': ansible_memtotal_mb | int,
+          'catalog': edgeagent_settings.catalog} | to_json }}
         dest: "{{ out_dir }}/{{ inventory_hostname }}.json"
         mode: "0644"
 """
@@ -123,6 +124,9 @@ def test_each_host_gets_the_tier_of_its_memory(ansible_bin: Path, tmp_path: Path
     for host, (variables, tier) in HOSTS.items():
         resolved = _resolved(tmp_path, host)
         assert resolved["tier"] == tier, (host, resolved)
+        # The instruction screen's ceiling is the tier model's (docs/models.md).
+        ceiling = {LARGE: 0.9, SMALL: 0.3}[tier] if host != "own-model" else None
+        assert resolved["catalog"] == {"max_instruction_score": ceiling}, host
         if host == "own-model":
             assert resolved["sha256"] == SMOLLM2_SHA
             assert resolved["filename"] == "SmolLM2-135M-Instruct.Q4_1.gguf"

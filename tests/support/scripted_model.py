@@ -300,15 +300,17 @@ class ScriptedFactory:
     """An Engine model factory (`Engine(cfg, factory=ScriptedFactory(...))`).
 
     Each model is created at the context size the engine asks for, with the keyword
-    arguments given here; `models` holds every model made, for the test to look at.
+    arguments given here (of `model_class`, a ScriptedModel subclass if a test needs
+    one); `models` holds every model made, for the test to look at.
     """
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, model_class: type[ScriptedModel] | None = None, **kwargs: Any) -> None:
+        self._class = model_class or ScriptedModel
         self._kwargs = kwargs
         self.models: list[ScriptedModel] = []
 
     def __call__(self, cfg: ModelConfig) -> ScriptedModel:
-        model = ScriptedModel(n_ctx=cfg.n_ctx, **self._kwargs)
+        model = self._class(n_ctx=cfg.n_ctx, **self._kwargs)
         self.models.append(model)
         return model
 

@@ -59,6 +59,7 @@ def decide_dispatch(
         act=answer.act,
         act_prior=answer.act_prior,
         cut_short=answer.cut_short,
+        instruction_score=answer.instruction_score,
     )
     held = None
     if verdict.held is not None:
@@ -78,5 +79,6 @@ def decide_dispatch(
         held=held,
         reason=reason if isinstance(reason, str) else None,
         act_confidence=verdict.act_confidence,
+        instruction_score=verdict.instruction_score,
     )
     return DispatchDecision(output, info, message)

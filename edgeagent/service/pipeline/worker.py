@@ -215,6 +215,7 @@ class Worker:
                 overflow=request.overflow or self.cfg.memory.overflow,
                 priority=request.priority,
                 shots=await self._shots(job),
+                screen=self.cfg.catalog.screen_instructions,
             )
             # Committed before the engine starts: a run that ends the process is counted.
             await self._store.start_run(job.task_id)
@@ -267,6 +268,7 @@ class Worker:
                 prompt_ms=round(answer.prompt_ms, 1),
                 decode_ms=round(answer.decode_ms, 1),
                 total_ms=round((self._clock() - job.received) * 1000, 1),
+                screen_ms=round(answer.screen_ms, 1),
             ),
             device=self.cfg.device.id,
             context=ContextUse(
@@ -295,6 +297,8 @@ class Worker:
             # journalctl shows why an action did not go out without reading the reply.
             info = reply.action
             fields |= {"confidence": info.to_json()["confidence"], "dispatched": info.dispatched}
+            if info.instruction_score is not None:
+                fields["instruction_score"] = info.to_json()["instruction_score"]
             if info.held is not None:
                 fields["held"] = str(info.held.reason)
         if isinstance(reply, OkReply) and reply.cut_short:

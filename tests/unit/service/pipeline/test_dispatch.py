@@ -216,3 +216,49 @@ def test_lower_halves_the_confidence_and_leaves_the_floor_to_decide():
         greenhouse(unsupported_arguments="allow"), "t", "action", answer, content
     )
     assert allowed.message is not None
+
+
+@pytest.mark.parametrize(
+    ("score", "held"),
+    [
+        (None, None),
+        (0.2, None),
+        (0.89, None),
+        (0.9, HoldReason.INSTRUCTION_LIKE),
+        (0.99, HoldReason.INSTRUCTION_LIKE),
+    ],
+)
+def test_an_input_the_screen_finds_instructing_holds_the_action(score, held):
+    screened = Answer(
+        {"action": "water", "args": {}},
+        10,
+        0,
+        5,
+        1.0,
+        2.0,
+        512,
+        confidence=0.99,
+        instruction_score=score,
+    )
+    decision = decide_dispatch(config(), "t1", "action", screened, "water the plants")
+    assert decision.action is not None
+    assert (None if decision.action.held is None else decision.action.held.reason) == held
+    assert (decision.message is None) == (held is not None)
+    # The reply says what the screen scored, held or not.
+    body = decision.action.to_json()
+    assert body.get("instruction_score") == (None if score is None else round(score, 4))
+
+
+def test_the_screen_ceiling_is_the_catalogs_and_never_holds_nothing_to_do():
+    screened = Answer(
+        {"action": "water", "args": {}}, 10, 0, 5, 1.0, 2.0, 512, instruction_score=0.6
+    )
+    strict = decide_dispatch(config(max_instruction_score=0.5), "t1", "action", screened)
+    assert strict.action is not None
+    assert strict.action.held is not None
+    assert strict.action.held.reason is HoldReason.INSTRUCTION_LIKE
+    assert decide_dispatch(config(), "t1", "action", screened).message is not None
+    idle = Answer({"action": "idle", "args": {}}, 10, 0, 5, 1.0, 2.0, 512, instruction_score=1.0)
+    decision = decide_dispatch(config(max_instruction_score=0.5), "t1", "action", idle)
+    assert decision.action is not None
+    assert decision.action.held is None
