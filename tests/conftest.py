@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.daemon import ROOT
+from support.models import fetched_model
 from support.mosquitto import Mosquitto, MqttProbe
 
 # A run started in the background (nohup, `cmd &` in a script) inherits SIGINT ignored,
@@ -30,13 +28,7 @@ def model_path() -> Path:
     env = os.environ.get("EDGEAGENT_TEST_MODEL")
     if env:
         return Path(env)
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "fetch_model.py"), "smollm2"],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return Path(out.stdout.strip().splitlines()[-1])
+    return fetched_model("smollm2")
 
 
 @pytest.fixture

@@ -221,6 +221,7 @@ def case_record(label: str, score: CaseScore) -> dict[str, Any]:
         "act": o.act,
         "act_prior": o.act_prior,
         "act_confidence": o.act_confidence,
+        "instruction_score": o.instruction_score,
         "unsupported": o.unsupported,
         "noop_expected": score.noop_expected,
         "noop_allowed": score.noop_allowed,
