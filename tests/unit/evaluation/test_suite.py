@@ -156,6 +156,31 @@ def test_the_development_set_loads_and_keeps_its_promises():
     assert len({c.id for _, c in every}) == len(every)
 
 
+def test_the_held_out_set_is_apart_from_the_development_set():
+    """eval/heldout checks tuned changes: the dev catalogs, other cases, the same mix."""
+    dev = load_suite(ROOT / "eval" / "dev" / "suite.toml")
+    held_out = load_suite(ROOT / "eval" / "heldout" / "suite.toml")
+    assert {s.name for s in held_out} == {s.name for s in dev}
+    for ours in held_out:
+        (theirs,) = [s for s in dev if s.name == ours.name]
+        assert ours.catalog == theirs.catalog  # the same catalogs, so the figures compare
+        assert ours.settings == theirs.settings
+    inputs = {
+        c.content if isinstance(c.content, str) else str(c.content) for s in dev for c in s.cases
+    }
+    cases = [c for s in held_out for c in s.cases]
+    assert len(cases) >= 80
+    assert not [
+        c.id
+        for c in cases
+        if (c.content if isinstance(c.content, str) else str(c.content)) in inputs
+    ]
+    tags = [t for c in cases for t in c.tags]
+    assert tags.count("injection") >= 16
+    assert tags.count("urgent") >= 4  # forceful requests that are no injection
+    assert {"en", "de", "fr", "es", "it", "zh"} <= {c.lang for c in cases}
+
+
 DESIGNATED = """
 [catalog]
 min_confidence = 0.7
