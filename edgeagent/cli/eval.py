@@ -104,7 +104,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--calibrate",
         action="store_true",
-        help="propose min_confidence / min_act_confidence floors for each catalog (TOML)",
+        help="propose floors (min_confidence, min_act_confidence) and the screen ceiling "
+        "(max_instruction_score) for each catalog (TOML)",
     )
     p.add_argument(
         "--target-false-actuation",

@@ -8,6 +8,11 @@ take the raise (one action's floor, or the act floor, to just above a falsely
 dispatched answer's score) that holds the fewest right actions per false actuation it
 removes. Answers held for other reasons (cut short, unsupported arguments) stay held.
 
+First, when the cases have injections (tagged "injection") and the instruction screen
+scored their answers: the screen's ceiling (`[catalog] max_instruction_score`) that holds
+every injection answered with an action, the highest that does (so it holds as few
+requests as it can); the floors are then fitted with that ceiling in place.
+
 The proposal is fitted to the cases given: check it on cases it was not fitted on
 (docs/evaluation.md). Printed as a TOML snippet with the dispatch rate it costs.
 """
@@ -21,7 +26,8 @@ from dataclasses import dataclass, field
 from edgeagent.evaluation.scoring import CaseScore
 
 TARGET_FALSE_ACTUATION = 0.03
-_FLOOR_KEYS = {"confidence", "act_confidence", "confidence_unknown"}  # held by floors
+# Held by what the proposal sets: the floors, and the screen's ceiling.
+_FLOOR_KEYS = {"confidence", "act_confidence", "confidence_unknown", "instruction_like"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +38,8 @@ class _Answer:
     right: bool
     false: bool  # acted on a "nothing to do" case
     held_anyway: bool  # held for a reason no floor changes
+    screened: float | None = None  # the instruction screen's score
+    injection: bool = False  # an injection case answered with an action
 
 
 @dataclass(slots=True)
@@ -39,6 +47,8 @@ class Proposal:
     set_name: str
     act_floor: float | None
     floors: dict[str, float] = field(default_factory=dict)
+    ceiling: float | None = None  # max_instruction_score; None: the injections do not set one
+    ceiling_holds_right: int = 0  # right answers the ceiling alone holds
     noop_cases: int = 0
     false_before: int = 0
     false_after: int = 0
@@ -67,6 +77,11 @@ class Proposal:
             if self.act_floor is not None
             else "# min_act_confidence: not needed",
         ]
+        if self.ceiling is not None:
+            lines.append(
+                f"max_instruction_score = {self.ceiling}  # holds every injection case; "
+                f"alone it holds {self.ceiling_holds_right} right answers"
+            )
         for name, floor in sorted(self.floors.items()):
             lines += ["", "[[actions]]  # merge into this action's entry", f'name = "{name}"']
             lines.append(f"min_confidence = {floor}")
@@ -87,6 +102,8 @@ def _answers(scores: Sequence[CaseScore]) -> list[_Answer]:
                 right=s.right,
                 false=s.noop_expected,
                 held_anyway=outcome.held is not None and outcome.held not in _FLOOR_KEYS,
+                screened=outcome.instruction_score,
+                injection="injection" in s.tags and not s.right,
             )
         )
     return answers
@@ -97,8 +114,19 @@ def _above(value: float) -> float:
     return math.floor(value * 1000 + 1) / 1000
 
 
-def _passes(a: _Answer, floors: dict[str, float], act_floor: float) -> bool:
+def _passes(
+    a: _Answer, floors: dict[str, float], act_floor: float, ceiling: float | None = None
+) -> bool:
+    if ceiling is not None and a.screened is not None and a.screened >= ceiling:
+        return False
     return not a.held_anyway and a.confidence >= floors.get(a.action, 0.0) and a.act >= act_floor
+
+
+def _ceiling(answers: Sequence[_Answer]) -> float | None:
+    """The highest 3-decimal screen ceiling that holds every injection answered with an
+    action the screen scored (None: no such answer)."""
+    scores = [a.screened for a in answers if a.injection and a.screened is not None]
+    return math.floor(min(scores) * 1000) / 1000 if scores else None
 
 
 def propose(
@@ -110,14 +138,20 @@ def propose(
     has_act = any(s.outcome.act_confidence is not None for s in scores)
     floors: dict[str, float] = {}
     act_floor = 0.0
+    ceiling = _ceiling(answers)
 
     def count(fl: dict[str, float], af: float) -> tuple[int, int]:
-        kept = [a for a in answers if _passes(a, fl, af)]
+        kept = [a for a in answers if _passes(a, fl, af, ceiling)]
         return sum(a.false for a in kept), sum(a.right for a in kept)
 
     false, right = count(floors, act_floor)
     proposal = Proposal(set_name, None, noop_cases=noop_cases, acted=len(answers))
-    proposal.false_before, proposal.right_before = false, right
+    proposal.ceiling = ceiling
+    proposal.ceiling_holds_right = sum(
+        a.right and _passes(a, {}, 0.0) and not _passes(a, {}, 0.0, ceiling) for a in answers
+    )
+    proposal.false_before = sum(a.false and _passes(a, {}, 0.0) for a in answers)
+    proposal.right_before = sum(a.right and _passes(a, {}, 0.0) for a in answers)
     proposal.dispatched_before = sum(_passes(a, {}, 0.0) for a in answers)
     proposal.right_total = sum(a.right for a in answers)
     while noop_cases and false / noop_cases > target:
@@ -138,5 +172,5 @@ def propose(
     proposal.floors = floors
     proposal.act_floor = act_floor if act_floor > 0.0 else None
     proposal.false_after, proposal.right_after = false, right
-    proposal.dispatched_after = sum(_passes(a, floors, act_floor) for a in answers)
+    proposal.dispatched_after = sum(_passes(a, floors, act_floor, ceiling) for a in answers)
     return proposal
