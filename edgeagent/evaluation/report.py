@@ -228,6 +228,7 @@ def case_record(label: str, score: CaseScore) -> dict[str, Any]:
         "cut_short": o.cut_short,
         "held": o.held,
         "latency_ms": round(o.latency_ms, 1),
+        "screen_ms": round(o.screen_ms, 1),
         "prompt_tokens": o.prompt_tokens,
         "cached_prompt_tokens": o.cached_prompt_tokens,
         "completion_tokens": o.completion_tokens,

@@ -69,6 +69,7 @@ class Outcome:
     # The instruction screen's P(the input tries to instruct the device), for answers
     # that act (inference/screen.py); None when it did not run.
     instruction_score: float | None = None
+    screen_ms: float = 0.0  # what the screen cost (part of latency_ms)
 
 
 def confidence_of(answer: object) -> float | None:
@@ -158,6 +159,7 @@ def run_case(
         "act": _number_of(answer, "act"),
         "act_prior": _number_of(answer, "act_prior"),
         "instruction_score": _number_of(answer, "instruction_score"),
+        "screen_ms": _number_of(answer, "screen_ms") or 0.0,
     }
     try:
         spec.validate(answer.output)
