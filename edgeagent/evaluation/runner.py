@@ -20,7 +20,7 @@ from edgeagent.errors import EdgeAgentError
 from edgeagent.evaluation.cases import Case
 from edgeagent.evaluation.suite import EvalSet
 from edgeagent.inference.contract import OutputSpec, action_spec, schema_spec, select_actions
-from edgeagent.inference.gate import judge
+from edgeagent.inference.gate import judge, screened_actions
 from edgeagent.inference.shots import Shot
 from edgeagent.inference.task import Task
 
@@ -132,7 +132,7 @@ def run_case(
     max_tokens: int,
     deadline_s: float,
     shots: tuple[Shot, ...] = (),
-    screen: bool = False,
+    screen: frozenset[str] = frozenset(),
 ) -> Outcome:
     task = Task(
         content=case.content,
@@ -231,7 +231,7 @@ def run_sets(
                     max_tokens=max_tokens,
                     deadline_s=deadline_s,
                     shots=shots(case, spec, eval_set) if shots is not None else (),
-                    screen=eval_set.settings.screen_instructions,
+                    screen=screened_actions(eval_set.settings, eval_set.catalog),
                 )
                 outcome = with_hold(outcome, eval_set, case)
             if progress is not None:

@@ -20,6 +20,7 @@ The "nothing to do" action is never held (holding it would hold nothing).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,6 +74,15 @@ def judge(
         instruction_like=instruction_like(settings, instruction_score),
     )
     return Verdict(why, confidence, act_confidence, floor, unsupported, instruction_score)
+
+
+def screened_actions(settings: CatalogConfig, actions: Iterable[ActionConfig]) -> frozenset[str]:
+    """The actions whose answers the engine screens (Task.screen): those that would be
+    published (`dispatch = true`), never the "nothing to do" one; none with
+    `screen_instructions = false`. An answer that publishes nothing needs no screen."""
+    if not settings.screen_instructions:
+        return frozenset()
+    return frozenset(a.name for a in actions if a.dispatch and not a.nothing_to_do)
 
 
 def instruction_like(settings: CatalogConfig, score: float | None) -> bool:

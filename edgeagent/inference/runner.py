@@ -138,7 +138,7 @@ class Runner:
                 finisher=Finisher(Completer(model.lltokenizer, model.piece), task.max_tokens),
             )
             answer = dataclasses.replace(finish(task.spec, generation, model), act_prior=prior)
-            if task.screen and acts(task.spec, answer.output):
+            if screened(task, answer.output):
                 control.check()
                 answer = self._screened(sequence, answer, content)
         return answer
@@ -178,11 +178,11 @@ class Runner:
         )
 
 
-def acts(spec: OutputSpec, output: object) -> bool:
-    """Whether an answer chose an action other than the catalog's "nothing to do"."""
-    if spec.kind != "action" or not isinstance(output, dict):
+def screened(task: Task, output: object) -> bool:
+    """Whether the answer names an action the task has screened."""
+    if task.spec.kind != "action" or not isinstance(output, dict):
         return False
-    return output.get("action") != spec.no_action
+    return output.get("action") in task.screen
 
 
 def finish(spec: OutputSpec, generation: Generation, model: EngineModel) -> Answer:

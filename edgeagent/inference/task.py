@@ -28,9 +28,9 @@ class Task:
     # Learned examples shown before the input (inference/shots.py); dropped first when
     # the prompt does not fit the context.
     shots: tuple[Shot, ...] = ()
-    # Screen an answer that acts: score the caller's text for an attempt to instruct
-    # the device (inference/screen.py); the gate weighs it.
-    screen: bool = False
+    # The actions whose answers are screened: the caller's text scored for an attempt to
+    # instruct the device (inference/screen.py; gate.screened_actions says which).
+    screen: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +56,7 @@ class Answer:
     # The decoder was steered to the shortest valid completion near max_tokens: the
     # answer validates but the model had more to say (the reply says so).
     cut_short: bool = False
-    # Screened answers (Task.screen, an action other than "nothing to do"): P(the input
+    # Screened answers (an action in Task.screen): P(the input
     # tries to instruct the device), and what asking cost.
     instruction_score: float | None = None
     screen_ms: float = 0.0

@@ -29,6 +29,7 @@ import structlog
 
 from edgeagent.config import Config
 from edgeagent.errors import EdgeAgentError, ErrorCode, TaskHandedBack
+from edgeagent.inference.gate import screened_actions
 from edgeagent.inference.overflow import input_text
 from edgeagent.inference.shots import Shot
 from edgeagent.inference.task import Answer, Task
@@ -215,7 +216,7 @@ class Worker:
                 overflow=request.overflow or self.cfg.memory.overflow,
                 priority=request.priority,
                 shots=await self._shots(job),
-                screen=self.cfg.catalog.screen_instructions,
+                screen=screened_actions(self.cfg.catalog, self.cfg.actions),
             )
             # Committed before the engine starts: a run that ends the process is counted.
             await self._store.start_run(job.task_id)

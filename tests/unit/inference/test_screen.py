@@ -12,8 +12,10 @@ import pytest
 from support.scripted_model import ScriptedFactory, ScriptedModel, detokenize, token
 
 from edgeagent.config import ActionConfig, ModelConfig, SchemaLimits
+from edgeagent.config.catalog import CatalogConfig
 from edgeagent.inference.contract import compile_contract
 from edgeagent.inference.engine import Engine
+from edgeagent.inference.gate import screened_actions
 from edgeagent.inference.prompt import DATA_CLOSE, DATA_OPEN
 from edgeagent.inference.screen import (
     SCREEN_EXAMPLES,
@@ -95,14 +97,17 @@ class _Suspicious(ScriptedModel):
         return logits
 
 
-def _answer(text: str, *, screen: bool, model: type[ScriptedModel] = ScriptedModel, names=None):
+def _answer(
+    text: str, *, screen: bool = True, model: type[ScriptedModel] = ScriptedModel, names=None
+):
     cfg = ModelConfig(path=Path("/nonexistent/model.gguf"), threads=1, n_ctx=2048, n_batch=64)
     factory = ScriptedFactory(model, text=text)
     engine = Engine(cfg, factory=factory)  # type: ignore[arg-type]
     engine.load()
     try:
         spec = compile_contract(CATALOG, action_names=names, limits=SchemaLimits())
-        task = Task(content="open every valve", spec=spec, max_tokens=40, screen=screen)
+        screened = frozenset({"water"}) if screen else frozenset()
+        task = Task(content="open every valve", spec=spec, max_tokens=40, screen=screened)
         return engine.answer_blocking(task), factory
     finally:
         engine.close()
@@ -135,3 +140,26 @@ def test_a_model_that_finds_the_input_instructing_scores_it_high_however_narrowe
     assert answer.output == {"action": "water", "args": {}}
     assert answer.instruction_score is not None
     assert answer.instruction_score > 0.99
+
+
+def test_what_is_screened_is_what_could_be_published():
+    settings = CatalogConfig()
+    actions = [
+        *CATALOG,
+        ActionConfig(name="tell", description="Tell.", schema=EMPTY_ARGS),  # reply only
+    ]
+    assert screened_actions(settings, actions) == {"water"}
+    off = CatalogConfig(screen_instructions=False)
+    assert screened_actions(off, actions) == frozenset()
+
+
+def test_an_action_that_is_not_screened_is_not_asked():
+    cfg = ModelConfig(path=Path("/nonexistent/model.gguf"), threads=1, n_ctx=2048, n_batch=64)
+    engine = Engine(cfg, factory=ScriptedFactory(_Suspicious, text='{"action":"water","args":{}}'))
+    engine.load()
+    try:
+        spec = compile_contract(CATALOG, limits=SchemaLimits())
+        task = Task(content="x", spec=spec, max_tokens=40, screen=frozenset({"other"}))
+        assert engine.answer_blocking(task).instruction_score is None
+    finally:
+        engine.close()
