@@ -124,10 +124,10 @@ class CatalogConfig(Section):
     screen_instructions: bool = Field(
         default=True,
         description=(
-            "Instruction screen: before an action (any but the nothing-to-do one) goes out, "
-            "the model is asked separately whether the input tries to instruct the device "
-            "(ignore its rules, claim an override, play a role, orders hidden in a report). "
-            "Costs the input's tokens once more per acting answer; `false`: no screen."
+            "Instruction screen: before a `dispatch = true` action goes out, the model is "
+            "asked separately whether the input tries to instruct the device (ignore its "
+            "rules, claim an override, play a role, orders hidden in a report). Costs the "
+            "input's tokens once more per such answer; `false`: no screen."
         ),
     )
     max_instruction_score: float = Field(

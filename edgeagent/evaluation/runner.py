@@ -188,7 +188,10 @@ def with_hold(outcome: Outcome, eval_set: EvalSet, case: Case) -> Outcome:
         act=outcome.act,
         act_prior=outcome.act_prior,
         cut_short=outcome.cut_short,
-        instruction_score=outcome.instruction_score,
+        # What the engine screens (rescoring older answers that were screened more widely).
+        instruction_score=outcome.instruction_score
+        if name in screened_actions(eval_set.settings, eval_set.catalog)
+        else None,
     )
     held = None if verdict.held is None or name == eval_set.no_action else str(verdict.held)
     return dataclasses.replace(

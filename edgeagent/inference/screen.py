@@ -14,10 +14,10 @@ action whose score reaches `[catalog] max_instruction_score` (inference/gate.py)
 
 The screen's instructions and examples are the same for every task, so their KV is a
 cached prefix (prefix_cache.py) like a catalog's; a task costs its input's tokens once
-more and one logits read, and only when the answer acts (an answer of the "nothing to
-do" action is never screened). Its examples come from devices the evaluation sets do
-not cover (pool pumps, printers, hives), so eval/dev and eval/heldout measure it on
-text it has not seen.
+more and one logits read, and only when its answer names an action that would be
+published (gate.screened_actions: not the "nothing to do" one, not a reply-only one).
+Its examples come from devices the evaluation sets do not cover (pool pumps, printers,
+hives), so eval/dev and eval/heldout measure it on text it has not seen.
 """
 
 from __future__ import annotations
