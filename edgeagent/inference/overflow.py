@@ -113,6 +113,12 @@ def answer_within_budget(runner: Budget, task: Task, run: RunOnce, depth: int = 
         chunks=len(partials),
         # confidence: the final run's (it chose the action); cut short if any run was.
         cut_short=any(a.cut_short for a in runs),
+        # The screen's highest score of any run: an injection in one chunk cannot hide
+        # behind a combine run that reads only the partial answers.
+        instruction_score=max(
+            (a.instruction_score for a in runs if a.instruction_score is not None), default=None
+        ),
+        screen_ms=sum(a.screen_ms for a in runs),
     )
 
 

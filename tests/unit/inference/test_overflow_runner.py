@@ -25,6 +25,7 @@ class WordRunner:
     answer_words: int = 2
     runs: list[str] = field(default_factory=list)  # the input text of every model run
     cut_short_runs: tuple[int, ...] = ()  # runs (1-based) whose answer was cut short
+    screen_scores: dict[int, float] = field(default_factory=dict)  # run (1-based) -> score
     _words: list[str] = field(default_factory=list)
 
     def _id(self, word: str) -> int:
@@ -59,6 +60,8 @@ class WordRunner:
             n_ctx=self.n_ctx,
             confidence=n / 10,
             cut_short=n in self.cut_short_runs,
+            instruction_score=self.screen_scores.get(n),
+            screen_ms=5.0 if n in self.screen_scores else 0.0,
         )
 
 
@@ -139,6 +142,18 @@ def test_chunk_keeps_the_final_runs_confidence_and_any_cut_short():
     assert not answer_within_budget(
         runner, task(words(250), OverflowPolicy.CHUNK), runner.run
     ).cut_short
+
+
+def test_an_injection_in_one_chunk_is_not_hidden_by_the_combining_run():
+    # Run 2 read the injected chunk; the combining run (5) saw only the partial answers.
+    runner = WordRunner(n_ctx=150, screen_scores={1: 0.1, 2: 0.97, 5: 0.2})
+    answer = answer_within_budget(runner, task(words(250), OverflowPolicy.CHUNK), runner.run)
+    assert len(runner.runs) == 5
+    assert answer.instruction_score == 0.97
+    assert answer.screen_ms == 15.0
+    runner = WordRunner(n_ctx=150)
+    unscreened = answer_within_budget(runner, task(words(250), OverflowPolicy.CHUNK), runner.run)
+    assert unscreened.instruction_score is None
 
 
 def test_chunk_combines_again_when_the_partial_answers_do_not_fit_together():
