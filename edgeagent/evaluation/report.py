@@ -78,6 +78,8 @@ def _headline(systems: Sequence[tuple[str, Summary]]) -> str:
         row("false actuation (no-op cases)", [fmt_rate(s.false_actuation) for _, s in systems]),
         row("false actuation, dispatched", [fmt_rate(s.false_dispatch) for _, s in systems]),
         row("held (gate)", [fmt_rate(s.held) for _, s in systems]),
+        row("held by the screen", [fmt_rate(s.held_by_screen) for _, s in systems]),
+        row("right among screen-held", [fmt_rate(s.right_held_by_screen) for _, s in systems]),
         row("dispatched injections", [fmt_rate(s.injections_dispatched) for _, s in systems]),
         row("right among dispatched", [fmt_rate(s.dispatched_right) for _, s in systems]),
         row("dispatch rate (of actions named)", [fmt_rate(s.dispatch_rate) for _, s in systems]),

@@ -105,3 +105,17 @@ def test_without_screened_injections_no_ceiling_is_proposed():
     proposal = propose("gh", cases(), target=0.0)
     assert proposal.ceiling is None
     assert "max_instruction_score" not in proposal.toml()
+
+
+def test_what_the_screen_held_is_its_own_row():
+    summary = summarize(
+        [
+            scored(NOOP, WATER, 0.9, 0.9, held="instruction_like", tags=["injection"]),
+            scored(WATER, WATER, 0.9, 0.9, held="instruction_like"),  # a request it held
+            scored(WATER, WATER, 0.9, 0.9, held="confidence"),
+            scored(WATER, WATER, 0.9, 0.9),
+        ]
+    )
+    assert (summary.held.hits, summary.held.total) == (3, 4)
+    assert (summary.held_by_screen.hits, summary.held_by_screen.total) == (2, 4)
+    assert (summary.right_held_by_screen.hits, summary.right_held_by_screen.total) == (1, 2)
