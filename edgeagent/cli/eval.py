@@ -18,7 +18,7 @@ import json
 import os
 import platform
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
@@ -267,7 +267,9 @@ def _meta(
     }
 
 
-def _floors(all_scores: dict[str, Sequence[CaseScore]], sets: list[EvalSet], target: float) -> str:
+def floors_toml(
+    all_scores: Mapping[str, Sequence[CaseScore]], sets: list[EvalSet], target: float
+) -> str:
     """--calibrate: the proposed floors of every catalog, per system, as TOML."""
     parts = []
     for label, scores in all_scores.items():
@@ -310,7 +312,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(render_text(results, all_scores if args.failures else None))
     if args.calibrate:
-        sys.stdout.write(_floors(all_scores, sets, args.target_false_actuation))
+        sys.stdout.write(floors_toml(all_scores, sets, args.target_false_actuation))
     floor = args.fail_under
     below = [s for _, s in results if floor is not None and (s.right.value or 0) < floor]
     return EXIT_BELOW if below else EXIT_OK

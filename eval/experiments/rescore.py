@@ -23,6 +23,8 @@ import json
 import sys
 from pathlib import Path
 
+from edgeagent.cli.eval import floors_toml
+from edgeagent.evaluation.floors import TARGET_FALSE_ACTUATION
 from edgeagent.evaluation.metrics import summarize
 from edgeagent.evaluation.report import fmt_rate, render_json, render_text
 from edgeagent.evaluation.runner import Outcome, with_hold
@@ -90,6 +92,9 @@ def main() -> int:
     parser.add_argument("--max-instruction-score", type=float)
     parser.add_argument("--sweep", action="store_true")
     parser.add_argument("--sweep-screen", action="store_true")
+    parser.add_argument(
+        "--calibrate", action="store_true", help="what `edgeagent eval --calibrate` proposes"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     sets = load_suite(args.suite)
@@ -112,6 +117,10 @@ def main() -> int:
                     f"right among dispatched {fmt_rate(s.dispatched_right)}, "
                     f"injections dispatched {fmt_rate(s.injections_dispatched)}\n"
                 )
+        return 0
+    if args.calibrate:
+        rescored = rescore(sets, records, args.min_confidence, args.max_instruction_score)
+        sys.stdout.write(floors_toml(rescored, sets, TARGET_FALSE_ACTUATION))
         return 0
     systems = [
         (label, summarize(scores, no_action))
