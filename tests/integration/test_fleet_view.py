@@ -178,6 +178,18 @@ def test_the_view_exits_non_zero_when_its_network_thread_dies(
     assert "RuntimeError: a parser bug" in info.value.message
 
 
+def _status(config: Path, device: str) -> subprocess.CompletedProcess[str]:
+    """`edgeagent status --device DEVICE`, as an operator runs it."""
+    return subprocess.run(
+        [*EDGEAGENT, "status", "--device", device, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+        check=False,
+    )
+
+
 def test_status_of_one_device_reads_what_it_retained_defensively(mosquitto, tmp_path):
     """`edgeagent status --device D` shows a hostile device's retained status and
     heartbeat as JSON with every non-ASCII character escaped, names what is wrong with a
@@ -189,14 +201,7 @@ def test_status_of_one_device_reads_what_it_retained_defensively(mosquitto, tmp_
     try:
         for n, (status, heartbeat) in enumerate(hostile_beats("pi-h", 1)):
             _retain(probe, "pi-h", status, heartbeat)
-            shown = subprocess.run(
-                [*EDGEAGENT, "status", "--device", "pi-h", "--config", str(config)],
-                capture_output=True,
-                text=True,
-                timeout=30,
-                cwd=ROOT,
-                check=False,
-            )
+            shown = _status(config, "pi-h")
             assert shown.returncode in (0, 1), (n, shown.stdout, shown.stderr)
             assert "Traceback" not in shown.stderr, (n, shown.stderr)
             assert shown.stdout.isascii(), n
@@ -210,14 +215,7 @@ def test_status_of_one_device_reads_what_it_retained_defensively(mosquitto, tmp_
                 assert result["heartbeat_problem"], n
         # A cleared heartbeat (a decommissioned device): nothing to show, no problem.
         probe.publish("edgeagent/pi-h/heartbeat", "", retain=True)
-        shown = subprocess.run(
-            [*EDGEAGENT, "status", "--device", "pi-h", "--config", str(config)],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            cwd=ROOT,
-            check=False,
-        )
+        shown = _status(config, "pi-h")
         assert json.loads(shown.stdout)["heartbeat"] is None
         assert "heartbeat_problem" not in json.loads(shown.stdout)
     finally:
