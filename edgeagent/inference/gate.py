@@ -87,6 +87,6 @@ def screened_actions(settings: CatalogConfig, actions: Iterable[ActionConfig]) -
 
 def instruction_like(settings: CatalogConfig, score: float | None) -> bool:
     """Whether the screen's score holds the action (None: the screen did not run, as
-    with `screen_instructions = false`; the engine screens every acting answer of a task
-    built with `screen`, runner.py)."""
+    with `screen_instructions = false`; the engine screens every answer naming an action
+    of Task.screen, runner.py)."""
     return score is not None and score >= settings.max_instruction_score
